@@ -1,0 +1,208 @@
+//! The admin HTTP API (paths fixed by DESIGN.md): health, readiness,
+//! `/metrics`, tenant status, record reads and on-demand sweeps. Every
+//! error is `{"error":{"code","message"}}`; with `KEYSEAL_ADMIN_TOKEN` set,
+//! `/v1/*` needs `Authorization: Bearer <token>` (compared in constant time).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::config::Settings;
+use crate::crypto::CryptoError;
+use crate::ingest::validate::{is_valid_record_id, is_valid_tenant_id};
+use crate::records::{self, RecordError};
+use crate::worker::Services;
+
+/// Largest request body accepted.
+const MAX_BODY_BYTES: usize = 64 << 10;
+
+/// An API error: status, stable code, and a message saying what to fix.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<RecordError> for ApiError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::Crypto(CryptoError::Integrity { .. }) => {
+                error!(error = %e, "integrity check failed on read");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "integrity_error",
+                    "the stored record failed its integrity check; it was not returned",
+                )
+            }
+            other => {
+                error!(error = %other, "request failed");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", other.to_string())
+            }
+        }
+    }
+}
+
+/// Binds the admin listener, refusing a non-loopback address unless an
+/// admin token is configured.
+pub async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
+    if !settings.http_addr.ip().is_loopback() && settings.admin_token.is_none() {
+        anyhow::bail!(
+            "refusing to serve the admin API on non-loopback {} without KEYSEAL_ADMIN_TOKEN; set a token or bind 127.0.0.1",
+            settings.http_addr
+        );
+    }
+    TcpListener::bind(settings.http_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the admin API to {}: {e}", settings.http_addr))
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, services: Arc<Services>, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(services))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// The routes, for serving and for in-process tests.
+pub fn router(services: Arc<Services>) -> Router {
+    let v1 = Router::new()
+        .route("/tenants/{tenant}", get(tenant_status))
+        .route("/tenants/{tenant}/records/{record_id}", get(read_record))
+        .route("/sweeps", post(sweep))
+        .route_layer(middleware::from_fn_with_state(services.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(services)
+}
+
+async fn require_token(
+    State(services): State<Arc<Services>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = &services.settings.admin_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <KEYSEAL_ADMIN_TOKEN>",
+            ));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+async fn readyz(State(services): State<Arc<Services>>) -> Result<Json<serde_json::Value>, ApiError> {
+    if services.amqp_ready.load(Ordering::SeqCst) {
+        Ok(Json(json!({"status": "ready"})))
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "not consuming from RabbitMQ yet",
+        ))
+    }
+}
+
+async fn metrics(State(services): State<Arc<Services>>) -> Response {
+    if let Err(e) = services.refresh_gauges() {
+        error!(error = %e, "refreshing gauges");
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::handle().render(),
+    )
+        .into_response()
+}
+
+fn check_tenant(tenant: &str) -> Result<(), ApiError> {
+    if is_valid_tenant_id(tenant) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant_id",
+            "tenant ids match [a-z0-9][a-z0-9-]{0,62}",
+        ))
+    }
+}
+
+async fn tenant_status(
+    State(services): State<Arc<Services>>,
+    Path(tenant): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_tenant(&tenant)?;
+    let projection = services.store.tenant(&tenant).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "tenant_not_found", format!("no records or events for tenant {tenant}"))
+    })?;
+    Ok(Json(json!({
+        "tenant": tenant,
+        "state": "active",
+        "encryption": {"mode": "managed", "keyUri": null, "keyVersion": null},
+        "records": {"hot": projection.hot_records, "sealed": projection.sealed_records},
+        "keyHealth": {"status": "healthy", "since": null, "reason": null, "lastProbe": null, "lockdownAt": null},
+    })))
+}
+
+async fn read_record(
+    State(services): State<Arc<Services>>,
+    Path((tenant, record_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_tenant(&tenant)?;
+    if !is_valid_record_id(&record_id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_record_id",
+            "record ids are 1..=128 bytes",
+        ));
+    }
+    let (_, content) = records::read(&services.store, &services.keyring, &tenant, &record_id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "record_not_found", "no such record for this tenant"))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], content.payload).into_response())
+}
+
+async fn sweep(State(services): State<Arc<Services>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let summary = services.sweep().await?;
+    Ok(Json(json!({"seal": summary})))
+}

@@ -1,0 +1,186 @@
+//! Worker settings. Each comes from a flag, else its `KEYSEAL_*`
+//! environment variable, else the TOML file named by `--config`, else its
+//! default. The file is applied by turning its keys into flags placed
+//! before the real ones, so clap stays the single parser and validator.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::crypto::keyring::CacheLimits;
+
+/// Settings of `keyseal run` (and the worker inside `keyseal demo`).
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// TOML file with settings named like the flags (`seal-after = "48h"`).
+    #[arg(long, env = "KEYSEAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// RabbitMQ to consume from and publish events to.
+    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// Shard data dir: the RocksDB and the managed root keys.
+    #[arg(long, env = "KEYSEAL_DATA_DIR", default_value = "./keyseal-data")]
+    pub data_dir: PathBuf,
+    /// Admin API and /metrics address. Non-loopback needs KEYSEAL_ADMIN_TOKEN.
+    #[arg(long, env = "KEYSEAL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Residence time after which records are sealed.
+    #[arg(long, env = "KEYSEAL_SEAL_AFTER", default_value = "48h", value_parser = humantime::parse_duration)]
+    pub seal_after: Duration,
+    /// How often the seal sweep runs.
+    #[arg(long, env = "KEYSEAL_SWEEP_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+    /// Unacked deliveries the broker may send ahead (AMQP prefetch).
+    #[arg(long, env = "KEYSEAL_PREFETCH", default_value_t = 1000)]
+    pub prefetch: u16,
+    /// Most deliveries stored in one atomic write batch.
+    #[arg(long, env = "KEYSEAL_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+    /// How long a batch waits to fill once its first delivery arrived.
+    #[arg(long, env = "KEYSEAL_BATCH_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub batch_linger: Duration,
+    /// Longest an unwrapped data key stays in memory.
+    #[arg(long, env = "KEYSEAL_DEK_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub dek_cache_ttl: Duration,
+    /// Log output format.
+    #[arg(long, env = "KEYSEAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Bearer token for /v1/* (only from the environment, never a flag).
+    #[arg(skip = std::env::var("KEYSEAL_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()))]
+    pub admin_token: Option<String>,
+}
+
+impl Settings {
+    /// Data-key cache limits derived from the settings.
+    pub fn cache_limits(&self) -> CacheLimits {
+        CacheLimits {
+            max_age: self.dek_cache_ttl,
+            ..CacheLimits::default()
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Errors reading the `--config` file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a value of an unsupported type.
+    #[error("config file {path}: {reason}")]
+    Invalid {
+        /// File.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Returns `args` with the settings of the `--config` file (or
+/// `KEYSEAL_CONFIG`) inserted as flags right after `subcommand`, skipping
+/// keys whose environment variable is set, so flags beat the environment
+/// and the environment beats the file.
+pub fn with_config_file(args: Vec<OsString>, subcommand: &str) -> Result<Vec<OsString>, ConfigError> {
+    let Some(at) = args.iter().position(|a| a == subcommand) else {
+        return Ok(args);
+    };
+    let path = config_path(&args[at + 1..]).or_else(|| std::env::var_os("KEYSEAL_CONFIG").map(PathBuf::from));
+    let Some(path) = path else {
+        return Ok(args);
+    };
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let invalid = |reason: String| ConfigError::Invalid {
+        path: shown.clone(),
+        reason,
+    };
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let env = format!("KEYSEAL_{}", key.to_uppercase().replace('-', "_"));
+        if std::env::var_os(&env).is_some() {
+            continue;
+        }
+        let values = match value {
+            toml::Value::Array(items) => items,
+            single => vec![single],
+        };
+        for value in values {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => return Err(invalid(format!("`{key}`: unsupported value {other}"))),
+            };
+            flags.push(OsString::from(format!("--{key}={text}")));
+        }
+    }
+    let mut out = args;
+    out.splice(at + 1..at + 1, flags);
+    Ok(out)
+}
+
+fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let arg = arg.to_string_lossy();
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+        if arg == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_settings_go_before_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keyseal.toml");
+        std::fs::write(&file, "seal-after = \"2h\"\nprefetch = 50\n").unwrap();
+        let args: Vec<OsString> = ["keyseal", "run", "--config", file.to_str().unwrap(), "--prefetch", "7"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let out = with_config_file(args, "run").unwrap();
+        let shown: Vec<_> = out.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let seal = shown.iter().position(|a| a == "--seal-after=2h").unwrap();
+        let file_prefetch = shown.iter().position(|a| a == "--prefetch=50").unwrap();
+        let flag_prefetch = shown.iter().position(|a| a == "--prefetch").unwrap();
+        assert_eq!(seal.min(file_prefetch), 2, "file flags come right after the subcommand");
+        assert!(file_prefetch < flag_prefetch, "real flags come later and win");
+    }
+
+    #[test]
+    fn unreadable_file_is_a_clear_error() {
+        let args: Vec<OsString> = ["keyseal", "run", "--config=/nonexistent/k.toml"].iter().map(OsString::from).collect();
+        let err = with_config_file(args, "run").unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/k.toml"), "{err}");
+    }
+}

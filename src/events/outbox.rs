@@ -1,0 +1,108 @@
+//! The outbox relay. Events are committed to the log with the state they
+//! describe; this task publishes them in order to `keyseal.events` with
+//! publisher confirms, and advances the durable published watermark only
+//! after the broker confirmed everything up to it. A crash therefore re-sends
+//! at most the unconfirmed tail (at-least-once; consumers dedupe by sequence).
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::{kind_name, routing_key};
+use crate::amqp::{self, Backoff, EVENTS_EXCHANGE, PROTOBUF_CONTENT_TYPE};
+use crate::metrics as m;
+use crate::storage::{Store, StoreError};
+
+/// Events published per confirm round.
+const BATCH: usize = 500;
+/// How often the relay looks at the log even without a commit signal.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("broker nacked event {0}")]
+    Nacked(u64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Relays until `shutdown`, reconnecting with backoff.
+pub async fn run(store: &Store, amqp_url: &str, shutdown: CancellationToken) {
+    let mut backoff = Backoff::default();
+    loop {
+        match relay(store, amqp_url, &shutdown, &mut backoff).await {
+            Ok(()) => return,
+            Err(e) => warn!(error = %e, "event relay interrupted; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+async fn relay(
+    store: &Store,
+    amqp_url: &str,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), RelayError> {
+    let connection = amqp::connect(amqp_url, "events").await?;
+    let channel = connection.create_channel().await?;
+    amqp::declare_topology(&channel).await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    backoff.reset();
+    loop {
+        let watermark = store.published_watermark()?;
+        m::outbox_lag(store.last_sequence().saturating_sub(watermark));
+        let events = store.events_after(watermark, BATCH)?;
+        let Some(last) = events.last().map(|e| e.sequence) else {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = connection.close(200, "shutdown".into()).await;
+                    return Ok(());
+                }
+                () = store.appended().notified() => {}
+                () = tokio::time::sleep(IDLE_POLL) => {}
+            }
+            continue;
+        };
+        let mut confirms = Vec::with_capacity(events.len());
+        for event in &events {
+            let kind = event.kind.as_ref().map_or("unknown", kind_name);
+            let mut headers = FieldTable::default();
+            headers.insert("x-keyseal-sequence".into(), AMQPValue::LongLongInt(event.sequence as i64));
+            let properties = BasicProperties::default()
+                .with_content_type(PROTOBUF_CONTENT_TYPE.into())
+                .with_delivery_mode(2)
+                .with_message_id(event.sequence.to_string().into())
+                .with_type(kind.into())
+                .with_timestamp((event.time_unix_ms / 1000).max(0) as u64)
+                .with_headers(headers);
+            let confirm = channel
+                .basic_publish(
+                    EVENTS_EXCHANGE.into(),
+                    routing_key(event).into(),
+                    BasicPublishOptions::default(),
+                    &event.encode_to_vec(),
+                    properties,
+                )
+                .await?;
+            confirms.push((event.sequence, confirm));
+        }
+        for (sequence, confirm) in confirms {
+            if !confirm.await?.is_ack() {
+                return Err(RelayError::Nacked(sequence));
+            }
+        }
+        store.set_published_watermark(last)?;
+        m::events_published(events.len() as u64);
+    }
+}

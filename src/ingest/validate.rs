@@ -1,0 +1,144 @@
+//! Checks a delivery against the `IngestRecord` contract. Pure: no broker,
+//! no store. Each rejection has a stable reason code that becomes the
+//! dead letter's `x-keyseal-error` header.
+
+use prost::Message;
+
+use crate::proto::v1::IngestRecord;
+
+/// Largest accepted payload.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Longest accepted record id, in bytes.
+pub const MAX_RECORD_ID_BYTES: usize = 128;
+/// Largest accepted total of attribute names and values.
+pub const MAX_ATTRIBUTE_BYTES: usize = 64 << 10;
+/// The content type producers publish with.
+pub const CONTENT_TYPE: &str = "application/x-protobuf";
+
+/// Why a message cannot be accepted. Never carries payload bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The body does not decode as an `IngestRecord`.
+    #[error("malformed_protobuf: body is not a keyseal.v1.IngestRecord ({0})")]
+    MalformedProtobuf(String),
+    /// A content type other than `application/x-protobuf` was declared.
+    #[error("unsupported_content_type: expected application/x-protobuf")]
+    UnsupportedContentType,
+    /// Tenant id outside `[a-z0-9][a-z0-9-]{0,62}`.
+    #[error("invalid_tenant_id: must match [a-z0-9][a-z0-9-]{{0,62}}")]
+    InvalidTenantId,
+    /// Routing key differs from the tenant id (it drives sharding).
+    #[error("routing_key_mismatch: routing key must equal tenant_id")]
+    RoutingKeyMismatch,
+    /// Record id empty or longer than 128 bytes.
+    #[error("invalid_record_id: must be 1..=128 bytes, got {0}")]
+    InvalidRecordId(usize),
+    /// Payload over 1 MiB.
+    #[error("payload_too_large: {0} bytes exceeds 1048576")]
+    PayloadTooLarge(usize),
+    /// Attributes over 64 KiB in total.
+    #[error("attributes_too_large: {0} bytes exceeds 65536")]
+    AttributesTooLarge(usize),
+    /// Same tenant and record id as a stored record, different content.
+    #[error("conflicting_duplicate: record id already stored with different content")]
+    ConflictingDuplicate,
+}
+
+impl Rejection {
+    /// The stable reason code (the header value starts with it).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedProtobuf(_) => "malformed_protobuf",
+            Self::UnsupportedContentType => "unsupported_content_type",
+            Self::InvalidTenantId => "invalid_tenant_id",
+            Self::RoutingKeyMismatch => "routing_key_mismatch",
+            Self::InvalidRecordId(_) => "invalid_record_id",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::AttributesTooLarge(_) => "attributes_too_large",
+            Self::ConflictingDuplicate => "conflicting_duplicate",
+        }
+    }
+}
+
+/// Whether `tenant` matches `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn is_valid_tenant_id(tenant: &str) -> bool {
+    let bytes = tenant.as_bytes();
+    matches!(bytes.first(), Some(b'a'..=b'z' | b'0'..=b'9'))
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+}
+
+/// Whether `record_id` has an acceptable length.
+pub fn is_valid_record_id(record_id: &str) -> bool {
+    (1..=MAX_RECORD_ID_BYTES).contains(&record_id.len())
+}
+
+/// Decodes and validates one delivery.
+pub fn validate(body: &[u8], content_type: Option<&str>, routing_key: &str) -> Result<IngestRecord, Rejection> {
+    if content_type.is_some_and(|ct| ct != CONTENT_TYPE) {
+        return Err(Rejection::UnsupportedContentType);
+    }
+    let record = IngestRecord::decode(body).map_err(|e| Rejection::MalformedProtobuf(e.to_string()))?;
+    if !is_valid_tenant_id(&record.tenant_id) {
+        return Err(Rejection::InvalidTenantId);
+    }
+    if routing_key != record.tenant_id {
+        return Err(Rejection::RoutingKeyMismatch);
+    }
+    if !is_valid_record_id(&record.record_id) {
+        return Err(Rejection::InvalidRecordId(record.record_id.len()));
+    }
+    if record.payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Rejection::PayloadTooLarge(record.payload.len()));
+    }
+    let attribute_bytes: usize = record.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if attribute_bytes > MAX_ATTRIBUTE_BYTES {
+        return Err(Rejection::AttributesTooLarge(attribute_bytes));
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(tenant: &str, id: &str, payload: usize) -> Vec<u8> {
+        IngestRecord {
+            tenant_id: tenant.into(),
+            record_id: id.into(),
+            observed_at_unix_ms: 1,
+            payload: vec![7; payload],
+            attributes: Default::default(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn tenant_ids_follow_the_pattern() {
+        for ok in ["a", "acme", "0-x", &"a".repeat(63)] {
+            assert!(is_valid_tenant_id(ok), "{ok}");
+        }
+        for bad in ["", "-a", "Acme", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(!is_valid_tenant_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_bad_input_has_its_reason() {
+        let ct = Some(CONTENT_TYPE);
+        assert!(validate(&record("acme", "1", 10), ct, "acme").is_ok());
+        let cases = [
+            (validate(b"\xff\xff\xff", ct, "acme"), "malformed_protobuf"),
+            (validate(&record("acme", "1", 1), Some("text/plain"), "acme"), "unsupported_content_type"),
+            (validate(&record("Bad", "1", 1), ct, "Bad"), "invalid_tenant_id"),
+            (validate(&record("acme", "1", 1), ct, "other"), "routing_key_mismatch"),
+            (validate(&record("acme", "", 1), ct, "acme"), "invalid_record_id"),
+            (validate(&record("acme", &"r".repeat(129), 1), ct, "acme"), "invalid_record_id"),
+            (validate(&record("acme", "1", MAX_PAYLOAD_BYTES + 1), ct, "acme"), "payload_too_large"),
+        ];
+        for (result, code) in cases {
+            assert_eq!(result.unwrap_err().code(), code);
+        }
+        assert!(validate(&record("acme", &"r".repeat(128), MAX_PAYLOAD_BYTES), None, "acme").is_ok());
+    }
+}

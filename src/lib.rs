@@ -1,0 +1,41 @@
+//! keyseal: an event-sourced worker that keeps tenant records encrypted at
+//! rest and seals them under each tenant's own key.
+//!
+//! A map of the crate, in the order a record travels:
+//!
+//! - [`ingest`]: consume `keyseal.ingest` in batches, [`ingest::validate`]
+//!   each message, dead-letter rejects with a reason, ack after durability.
+//! - [`records`]: turn producer content into encrypted envelopes in `hot`
+//!   (deduplicating redeliveries) and read them back.
+//! - [`crypto`]: data keys, the root keys that wrap them, the keyring cache
+//!   and the envelope that binds a ciphertext to its identity.
+//! - [`storage`]: RocksDB column families and the one atomic write path,
+//!   which appends events and folds them into the [`projection`].
+//! - [`sealing`]: the sweep that moves records older than the seal age
+//!   into `sealed`.
+//! - [`events`]: event naming and the [`events::outbox`] relay to
+//!   `keyseal.events`.
+//! - [`api`] and [`client`]: the admin HTTP API and its CLI client.
+//! - [`publish`]: a confirm-mode producer for `keyseal publish`, tests and
+//!   benchmarks.
+//! - [`worker`]: wires one shard's tasks together; [`config`], [`clock`],
+//!   [`amqp`], [`metrics`] and [`proto`] support them.
+
+#![warn(missing_docs)]
+
+pub mod amqp;
+pub mod api;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod events;
+pub mod ingest;
+pub mod metrics;
+pub mod projection;
+pub mod proto;
+pub mod publish;
+pub mod records;
+pub mod sealing;
+pub mod storage;
+pub mod worker;

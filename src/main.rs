@@ -1,0 +1,179 @@
+//! The `keyseal` command line: the worker, a producer, and thin clients of
+//! the admin API. Subcommand names are part of keyseal's contract.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use keyseal::client::AdminClient;
+use keyseal::clock::{Clock, SystemClock};
+use keyseal::config::{self, LogFormat, Settings};
+use keyseal::publish::{self, Publisher};
+use keyseal::worker::Worker;
+
+#[derive(Debug, Parser)]
+#[command(name = "keyseal", version, about = "Customer-managed-key encryption at rest for tenant records", args_override_self = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the worker: consume, store encrypted, seal, relay events, serve the admin API.
+    Run(Box<Settings>),
+    /// Publish IngestRecords to keyseal.ingest with publisher confirms.
+    Publish(PublishArgs),
+    /// Tenant administration.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Print one record's payload bytes to stdout.
+    Get {
+        /// Tenant id.
+        tenant: String,
+        /// Record id.
+        record_id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Run a seal sweep now and print its summary.
+    Sweep {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Show a tenant's state, encryption, record counts and key health.
+    Status {
+        /// Tenant id.
+        tenant: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Admin API of the worker.
+    #[arg(long, env = "KEYSEAL_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+}
+
+impl ServerArgs {
+    fn client(&self) -> AdminClient {
+        let token = std::env::var("KEYSEAL_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+        AdminClient::new(&self.server, token)
+    }
+}
+
+#[derive(Debug, Args)]
+struct PublishArgs {
+    /// RabbitMQ to publish to.
+    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// Tenant of the synthetic records.
+    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    tenant: Option<String>,
+    /// How many synthetic records.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Payload bytes per synthetic record.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Record id prefix of the synthetic records (ids are prefix + index).
+    #[arg(long, default_value = "rec-")]
+    prefix: String,
+    /// JSON Lines file of records ({"tenantId","recordId","payload"|"payloadBase64","attributes","observedAtUnixMs"}).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Messages in flight before waiting for confirms.
+    #[arg(long, default_value_t = 1000)]
+    window: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match config::with_config_file(std::env::args_os().collect(), "run") {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
+    let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYSEAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(settings) => {
+            init_logging(settings.log_format);
+            let worker = Worker::start(*settings, Arc::new(SystemClock)).await?;
+            worker.run_until_signal().await
+        }
+        Command::Publish(args) => publish_command(args).await,
+        Command::Tenant {
+            command: TenantCommand::Status { tenant, server },
+        } => print_json(&server.client().tenant_status(&tenant).await?),
+        Command::Get {
+            tenant,
+            record_id,
+            server,
+        } => {
+            let payload = server.client().record(&tenant, &record_id).await?;
+            std::io::stdout().write_all(&payload).context("writing the payload to stdout")
+        }
+        Command::Sweep { server } => print_json(&server.client().sweep().await?),
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn publish_command(args: PublishArgs) -> anyhow::Result<()> {
+    let now = SystemClock.now_ms();
+    let records = match (&args.file, &args.tenant) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            publish::parse_records_file(&text, now)?
+        }
+        (None, Some(tenant)) => publish::synthetic(tenant, &args.prefix, args.count, args.size, now),
+        (None, None) => unreachable!("clap requires --tenant or --file"),
+    };
+    let publisher = Publisher::connect(&args.amqp_url).await?;
+    let started = std::time::Instant::now();
+    let confirmed = publisher.publish_all(&records, args.window).await?;
+    let ok = confirmed.iter().filter(|c| **c).count();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "published {} records, {ok} confirmed, in {secs:.2}s ({:.0} records/s)",
+        records.len(),
+        ok as f64 / secs.max(1e-9)
+    );
+    anyhow::ensure!(ok == records.len(), "{} records were not confirmed by the broker", records.len() - ok);
+    Ok(())
+}

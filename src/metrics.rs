@@ -1,0 +1,93 @@
+//! Prometheus metrics. Each function records one thing that happened, so
+//! call sites stay one line and names and labels live in one place. Labels
+//! never carry key material or payloads; tenant is the only high-cardinality
+//! label and is used only where a per-tenant view is needed.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Installs the process-wide recorder once and returns the handle that
+/// renders `/metrics`. Every worker in a process shares it.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!("keyseal_records_ingested_total", Unit::Count, "Ingested messages by result: stored, duplicate, dead_lettered.");
+    describe_counter!("keyseal_dead_letters_total", Unit::Count, "Messages sent to keyseal.ingest.dead, by reason.");
+    describe_histogram!("keyseal_batch_commit_seconds", Unit::Seconds, "Time to validate, encrypt, durably write and ack one ingest batch.");
+    describe_gauge!("keyseal_ingest_paused", Unit::Count, "1 while consuming is paused because the store rejects writes.");
+    describe_counter!("keyseal_records_sealed_total", Unit::Count, "Records moved from hot to sealed.");
+    describe_gauge!("keyseal_records", Unit::Count, "Records at rest, by tenant and layer (hot, sealed).");
+    describe_gauge!("keyseal_seal_lag_seconds", Unit::Seconds, "How far past --seal-after the oldest unsealed record is (0 when none is overdue).");
+    describe_counter!("keyseal_events_published_total", Unit::Count, "Domain events confirmed by the broker on keyseal.events.");
+    describe_gauge!("keyseal_outbox_lag_events", Unit::Count, "Events appended but not yet confirmed on keyseal.events.");
+    describe_counter!("keyseal_data_key_cache_total", Unit::Count, "Data-key lookups by result: hit, miss.");
+    describe_counter!("keyseal_root_key_operations_total", Unit::Count, "Root-key wrap and unwrap operations.");
+}
+
+/// One ingest batch was made durable and acked.
+pub fn batch_committed<'a>(stored: u64, duplicates: u64, rejected: impl Iterator<Item = &'a str>, took: Duration) {
+    counter!("keyseal_records_ingested_total", "result" => "stored").increment(stored);
+    counter!("keyseal_records_ingested_total", "result" => "duplicate").increment(duplicates);
+    for reason in rejected {
+        counter!("keyseal_records_ingested_total", "result" => "dead_lettered").increment(1);
+        counter!("keyseal_dead_letters_total", "reason" => reason.to_owned()).increment(1);
+    }
+    histogram!("keyseal_batch_commit_seconds").record(took.as_secs_f64());
+}
+
+/// Consuming paused (or resumed) because of a storage failure.
+pub fn storage_paused(paused: bool) {
+    gauge!("keyseal_ingest_paused").set(if paused { 1.0 } else { 0.0 });
+}
+
+/// A seal sweep moved `count` records.
+pub fn sealed(count: u64) {
+    counter!("keyseal_records_sealed_total").increment(count);
+}
+
+/// Current record counts of one tenant.
+pub fn tenant_records(tenant: &str, hot: u64, sealed: u64) {
+    gauge!("keyseal_records", "tenant" => tenant.to_owned(), "layer" => "hot").set(hot as f64);
+    gauge!("keyseal_records", "tenant" => tenant.to_owned(), "layer" => "sealed").set(sealed as f64);
+}
+
+/// Seal lag, in seconds past the seal age.
+pub fn seal_lag(seconds: f64) {
+    gauge!("keyseal_seal_lag_seconds").set(seconds.max(0.0));
+}
+
+/// Events confirmed by the broker.
+pub fn events_published(count: u64) {
+    counter!("keyseal_events_published_total").increment(count);
+}
+
+/// Events not yet confirmed.
+pub fn outbox_lag(events: u64) {
+    gauge!("keyseal_outbox_lag_events").set(events as f64);
+}
+
+/// A data-key lookup was served from memory (`hit`) or not.
+pub fn data_key_lookup(hit: bool) {
+    counter!("keyseal_data_key_cache_total", "result" => if hit { "hit" } else { "miss" }).increment(1);
+}
+
+/// A root key wrapped or unwrapped a data key.
+pub fn root_key_operation() {
+    counter!("keyseal_root_key_operations_total").increment(1);
+}

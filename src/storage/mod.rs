@@ -1,0 +1,470 @@
+//! The embedded store: one RocksDB per shard data dir, with a column family
+//! per kind of value. Every state change goes through a [`Transaction`]
+//! committed as one atomic, WAL-synced `WriteBatch` that also carries its
+//! events, the projections they update and the projection checkpoint.
+
+pub mod keys;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use prost::Message;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode,
+    Options, ReadOptions, WriteBatch, WriteOptions,
+};
+use thiserror::Error;
+use tokio::sync::Notify;
+
+use crate::projection;
+use crate::proto::store::{StoredRecord, TenantProjection, WrappedDataKey};
+use crate::proto::v1::{Event, Layer, event::Kind};
+
+/// Records younger than the seal age, encrypted under managed-rooted keys.
+pub const CF_HOT: &str = "hot";
+/// Records past the seal age, under keys rooted at the tenant's root.
+pub const CF_SEALED: &str = "sealed";
+/// Ingestion-time index of `hot`, read by the seal sweep.
+pub const CF_BY_TIME: &str = "by_time";
+/// Wrapped data keys.
+pub const CF_DEKS: &str = "deks";
+/// The append-only event log.
+pub const CF_EVENTS: &str = "events";
+/// Projection state, its checkpoint and the outbox watermark.
+pub const CF_PROJECTIONS: &str = "projections";
+
+const COLUMN_FAMILIES: [&str; 6] = [CF_HOT, CF_SEALED, CF_BY_TIME, CF_DEKS, CF_EVENTS, CF_PROJECTIONS];
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const OUTBOX_KEY: &[u8] = b"outbox/published";
+
+/// Storage failures. A caller that gets one must not acknowledge the input
+/// that led to it.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// RocksDB refused a read or write.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A stored value failed to decode.
+    #[error("corrupt {what} in column family {cf}: {reason}")]
+    Corrupt {
+        /// Column family.
+        cf: &'static str,
+        /// Kind of value.
+        what: &'static str,
+        /// Decoder message.
+        reason: String,
+    },
+}
+
+/// What a successful commit appended to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// Sequence of the last event appended, or the previous head if none.
+    pub last_sequence: u64,
+}
+
+/// State only the committer touches, behind one lock: the next sequence and
+/// the current projections, updated only after a batch is durable.
+struct Head {
+    next_sequence: u64,
+    tenants: HashMap<String, TenantProjection>,
+}
+
+/// A record as stored, with the layer it was found in.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// `hot` or `sealed`.
+    pub layer: Layer,
+    /// The encrypted record.
+    pub record: StoredRecord,
+}
+
+/// The shard's RocksDB and the single write path into it.
+pub struct Store {
+    db: DB,
+    head: Mutex<Head>,
+    appended: Notify,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `dir` and loads the head
+    /// of the log and the projections.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let cache = Cache::new_lru_cache(32 << 20);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        // One budget for all memtables keeps memory flat whatever the load.
+        db_opts.set_db_write_buffer_size(64 << 20);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let descriptors = COLUMN_FAMILIES.iter().map(|name| {
+            let mut cf = Options::default();
+            cf.set_block_based_table_factory(&table);
+            cf.set_write_buffer_size(16 << 20);
+            cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, dir, descriptors)?;
+        let store = Self {
+            db,
+            head: Mutex::new(Head {
+                next_sequence: 1,
+                tenants: HashMap::new(),
+            }),
+            appended: Notify::new(),
+        };
+        let head = store.load_head()?;
+        *store.head.lock().expect("head lock") = head;
+        Ok(store)
+    }
+
+    fn load_head(&self) -> Result<Head, StoreError> {
+        let last = self
+            .db
+            .iterator_cf(self.cf(CF_EVENTS), IteratorMode::End)
+            .next()
+            .transpose()?
+            .map(|(k, _)| decode_sequence(&k))
+            .transpose()?
+            .unwrap_or(0);
+        let mut tenants = HashMap::new();
+        let prefix = b"tenant/";
+        for item in self.db.iterator_cf(
+            self.cf(CF_PROJECTIONS),
+            IteratorMode::From(prefix, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            let Some(tenant) = key.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let tenant = String::from_utf8_lossy(tenant).into_owned();
+            tenants.insert(tenant, decode(CF_PROJECTIONS, "tenant projection", &value)?);
+        }
+        Ok(Head {
+            next_sequence: last + 1,
+            tenants,
+        })
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column family opened at start")
+    }
+
+    /// Starts a set of changes to commit atomically.
+    pub fn transaction(&self) -> Transaction<'_> {
+        Transaction {
+            store: self,
+            batch: WriteBatch::default(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Signalled after every commit that appended events (the outbox waits on it).
+    pub fn appended(&self) -> &Notify {
+        &self.appended
+    }
+
+    /// A tenant's projection, if the tenant has ever had an event.
+    pub fn tenant(&self, tenant: &str) -> Option<TenantProjection> {
+        self.head.lock().expect("head lock").tenants.get(tenant).cloned()
+    }
+
+    /// Every known tenant and its projection, sorted by tenant.
+    pub fn tenants(&self) -> Vec<(String, TenantProjection)> {
+        let head = self.head.lock().expect("head lock");
+        let mut all: Vec<_> = head.tenants.iter().map(|(t, p)| (t.clone(), p.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Sequence of the newest event in the log (0 when empty).
+    pub fn last_sequence(&self) -> u64 {
+        self.head.lock().expect("head lock").next_sequence - 1
+    }
+
+    /// Looks a record up in `hot`, then `sealed`.
+    pub fn find_record(&self, record_key: &[u8]) -> Result<Option<Located>, StoreError> {
+        Ok(self.find_records(&[record_key])?.pop().flatten())
+    }
+
+    /// Looks many records up in one consistent snapshot, so a record being
+    /// sealed concurrently is seen in exactly one layer.
+    pub fn find_records<K: AsRef<[u8]>>(
+        &self,
+        record_keys: &[K],
+    ) -> Result<Vec<Option<Located>>, StoreError> {
+        let snapshot = self.db.snapshot();
+        let lookups = [(Layer::Hot, CF_HOT), (Layer::Sealed, CF_SEALED)];
+        let mut found: Vec<Option<Located>> = vec![None; record_keys.len()];
+        for (layer, cf_name) in lookups {
+            let cf = self.cf(cf_name);
+            let missing: Vec<usize> = (0..record_keys.len()).filter(|&i| found[i].is_none()).collect();
+            if missing.is_empty() {
+                break;
+            }
+            let values = snapshot.multi_get_cf(missing.iter().map(|&i| (cf, record_keys[i].as_ref())));
+            for (i, value) in missing.into_iter().zip(values) {
+                if let Some(bytes) = value? {
+                    found[i] = Some(Located {
+                        layer,
+                        record: decode(cf_name, "record", &bytes)?,
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Up to `limit` index entries with ingestion time before `cutoff_ms`,
+    /// oldest first, as (index key, ingested_at_ms, record key).
+    pub fn ingested_before(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, i64, Vec<u8>)>, StoreError> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound((cutoff_ms.max(0) as u64).to_be_bytes().to_vec());
+        let mut due = Vec::new();
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf(CF_BY_TIME), opts, IteratorMode::Start)
+            .take(limit)
+        {
+            let (key, _) = item?;
+            let (at, record) = keys::split_index_key(&key).ok_or_else(|| StoreError::Corrupt {
+                cf: CF_BY_TIME,
+                what: "index key",
+                reason: "shorter than 8 bytes".into(),
+            })?;
+            let record = record.to_vec();
+            due.push((key.into_vec(), at, record));
+        }
+        Ok(due)
+    }
+
+    /// Ingestion time of the oldest record still in `hot`.
+    pub fn oldest_hot_ingested_at(&self) -> Result<Option<i64>, StoreError> {
+        let first = self.db.iterator_cf(self.cf(CF_BY_TIME), IteratorMode::Start).next();
+        Ok(first.transpose()?.and_then(|(k, _)| keys::split_index_key(&k).map(|(at, _)| at)))
+    }
+
+    /// A wrapped data key by id.
+    pub fn wrapped_data_key(&self, id: &[u8]) -> Result<Option<WrappedDataKey>, StoreError> {
+        self.db
+            .get_cf(self.cf(CF_DEKS), id)?
+            .map(|v| decode(CF_DEKS, "wrapped data key", &v))
+            .transpose()
+    }
+
+    /// Up to `limit` events with sequence greater than `after`, in order.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let start = keys::event_key(after + 1);
+        let mut events = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_EVENTS), IteratorMode::From(&start, Direction::Forward))
+            .take(limit)
+        {
+            let (_, value) = item?;
+            events.push(decode(CF_EVENTS, "event", &value)?);
+        }
+        Ok(events)
+    }
+
+    /// The highest sequence the outbox relay has had confirmed by the broker.
+    pub fn published_watermark(&self) -> Result<u64, StoreError> {
+        match self.db.get_cf(self.cf(CF_PROJECTIONS), OUTBOX_KEY)? {
+            Some(v) => decode_sequence(&v),
+            None => Ok(0),
+        }
+    }
+
+    /// Records that every event up to `sequence` was confirmed by the broker.
+    pub fn set_published_watermark(&self, sequence: u64) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(CF_PROJECTIONS), OUTBOX_KEY, sequence.to_be_bytes(), &opts)?;
+        Ok(())
+    }
+
+    /// The sequence the persisted projections reflect.
+    pub fn checkpoint(&self) -> Result<u64, StoreError> {
+        match self.db.get_cf(self.cf(CF_PROJECTIONS), CHECKPOINT_KEY)? {
+            Some(v) => decode_sequence(&v),
+            None => Ok(0),
+        }
+    }
+
+    /// Flushes memtables to SST files (used before inspecting files on disk).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for name in COLUMN_FAMILIES {
+            self.db.flush_cf(self.cf(name))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a probe batch to check that the store accepts writes again
+    /// after a failure.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_PROJECTIONS), b"writable-probe", b"1");
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// The raw database, for benchmarks and tests that inspect or tamper
+    /// with stored bytes.
+    pub fn raw(&self) -> &DB {
+        &self.db
+    }
+}
+
+/// A set of changes and events that commit together or not at all.
+pub struct Transaction<'a> {
+    store: &'a Store,
+    batch: WriteBatch,
+    events: Vec<(String, Kind)>,
+}
+
+impl Transaction<'_> {
+    /// Puts a record into `hot` or `sealed`.
+    pub fn put_record(&mut self, layer: Layer, record_key: &[u8], record: &StoredRecord) {
+        self.batch
+            .put_cf(self.store.cf(layer_cf(layer)), record_key, record.encode_to_vec());
+    }
+
+    /// Removes a record from `hot` or `sealed`.
+    pub fn delete_record(&mut self, layer: Layer, record_key: &[u8]) {
+        self.batch.delete_cf(self.store.cf(layer_cf(layer)), record_key);
+    }
+
+    /// Adds an ingestion-time index entry.
+    pub fn put_index(&mut self, index_key: &[u8]) {
+        self.batch.put_cf(self.store.cf(CF_BY_TIME), index_key, []);
+    }
+
+    /// Removes an ingestion-time index entry.
+    pub fn delete_index(&mut self, index_key: &[u8]) {
+        self.batch.delete_cf(self.store.cf(CF_BY_TIME), index_key);
+    }
+
+    /// Stores a wrapped data key.
+    pub fn put_data_key(&mut self, id: &[u8], key: &WrappedDataKey) {
+        self.batch.put_cf(self.store.cf(CF_DEKS), id, key.encode_to_vec());
+    }
+
+    /// Appends a domain event for `tenant`.
+    pub fn event(&mut self, tenant: &str, kind: Kind) {
+        self.events.push((tenant.to_owned(), kind));
+    }
+
+    /// Whether nothing has been added.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.events.is_empty()
+    }
+
+    /// Assigns sequences, folds the events into the projections, writes it
+    /// all in one synced batch and only then publishes the new head.
+    pub fn commit(mut self, now_ms: i64) -> Result<Receipt, StoreError> {
+        let store = self.store;
+        let mut head = store.head.lock().expect("head lock");
+        let mut sequence = head.next_sequence;
+        let mut touched: HashMap<String, TenantProjection> = HashMap::new();
+        let appended_any = !self.events.is_empty();
+        for (tenant, kind) in self.events.drain(..) {
+            let projection = touched
+                .entry(tenant.clone())
+                .or_insert_with(|| head.tenants.get(&tenant).cloned().unwrap_or_default());
+            projection::apply(projection, &kind);
+            let event = Event {
+                sequence,
+                time_unix_ms: now_ms,
+                tenant_id: tenant,
+                kind: Some(kind),
+            };
+            self.batch
+                .put_cf(store.cf(CF_EVENTS), keys::event_key(sequence), event.encode_to_vec());
+            sequence += 1;
+        }
+        let last_sequence = sequence - 1;
+        for (tenant, projection) in &touched {
+            self.batch.put_cf(
+                store.cf(CF_PROJECTIONS),
+                keys::projection_key(tenant),
+                projection.encode_to_vec(),
+            );
+        }
+        if appended_any {
+            self.batch
+                .put_cf(store.cf(CF_PROJECTIONS), CHECKPOINT_KEY, last_sequence.to_be_bytes());
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        store.db.write_opt(self.batch, &opts)?;
+        head.next_sequence = sequence;
+        head.tenants.extend(touched);
+        drop(head);
+        if appended_any {
+            store.appended.notify_one();
+        }
+        Ok(Receipt { last_sequence })
+    }
+}
+
+fn layer_cf(layer: Layer) -> &'static str {
+    match layer {
+        Layer::Sealed => CF_SEALED,
+        Layer::Hot | Layer::Unspecified => CF_HOT,
+    }
+}
+
+fn decode<M: Message + Default>(cf: &'static str, what: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+        cf,
+        what,
+        reason: e.to_string(),
+    })
+}
+
+fn decode_sequence(bytes: &[u8]) -> Result<u64, StoreError> {
+    let raw: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        cf: CF_EVENTS,
+        what: "sequence",
+        reason: format!("expected 8 bytes, got {}", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::v1::RecordsStored;
+
+    #[test]
+    fn commit_appends_events_and_folds_projection_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut txn = store.transaction();
+            txn.event("acme", Kind::RecordsStored(RecordsStored { count: 2, bytes: 10 }));
+            txn.event("beta", Kind::RecordsStored(RecordsStored { count: 1, bytes: 5 }));
+            assert_eq!(txn.commit(7).unwrap().last_sequence, 2);
+            assert_eq!(store.tenant("acme").unwrap().hot_records, 2);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.last_sequence(), 2);
+        assert_eq!(store.checkpoint().unwrap(), 2);
+        assert_eq!(store.tenant("beta").unwrap().hot_records, 1);
+        let events = store.events_after(1, 10).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!((events[0].sequence, events[0].tenant_id.as_str()), (2, "beta"));
+    }
+}

@@ -1,0 +1,175 @@
+//! Wiring of one shard's worker: opens the store and keys, then runs the
+//! ingest consumer, the seal scheduler, the outbox relay and the admin API
+//! as tasks that all stop on one cancellation token. Nothing here is
+//! process-global, so a process can later run several shards.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::api;
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::crypto::keyring::Keyring;
+use crate::crypto::root_key::ManagedRootKeys;
+use crate::events::outbox;
+use crate::ingest::consumer;
+use crate::metrics as m;
+use crate::records::RecordError;
+use crate::sealing::{self, SealSummary};
+use crate::storage::Store;
+
+/// Everything a shard's tasks share.
+pub struct Services {
+    /// The shard's store.
+    pub store: Arc<Store>,
+    /// Data keys of the shard.
+    pub keyring: Keyring,
+    /// Time source.
+    pub clock: SharedClock,
+    /// Settings the worker was started with.
+    pub settings: Settings,
+    /// Whether the ingest consumer is connected and consuming.
+    pub amqp_ready: AtomicBool,
+    /// Serialises sweeps (scheduled and on demand).
+    sweep: tokio::sync::Mutex<()>,
+}
+
+impl Services {
+    /// Opens the store and the managed root key under the data dir.
+    pub fn open(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+        let store = Arc::new(
+            Store::open(&settings.data_dir.join("db"))
+                .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
+        );
+        let managed = ManagedRootKeys::load_or_create(&settings.data_dir.join("root-keys"))
+            .context("loading the managed root key")?;
+        let keyring = Keyring::new(store.clone(), managed, settings.cache_limits());
+        Ok(Self {
+            store,
+            keyring,
+            clock,
+            settings,
+            amqp_ready: AtomicBool::new(false),
+            sweep: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Runs a seal sweep now (waiting for one in progress to finish first).
+    pub async fn sweep(&self) -> Result<SealSummary, RecordError> {
+        let _one_at_a_time = self.sweep.lock().await;
+        let summary = sealing::seal_due(&self.store, &self.keyring, self.clock.now_ms(), self.settings.seal_after).await?;
+        m::sealed(summary.sealed);
+        self.refresh_gauges()?;
+        Ok(summary)
+    }
+
+    /// Updates the gauges derived from stored state.
+    pub fn refresh_gauges(&self) -> Result<(), RecordError> {
+        for (tenant, projection) in self.store.tenants() {
+            m::tenant_records(&tenant, projection.hot_records, projection.sealed_records);
+        }
+        let lag = match self.store.oldest_hot_ingested_at()? {
+            Some(oldest) => {
+                let overdue_ms = sealing::seal_cutoff_ms(self.clock.now_ms(), self.settings.seal_after) - oldest;
+                overdue_ms as f64 / 1000.0
+            }
+            None => 0.0,
+        };
+        m::seal_lag(lag);
+        Ok(())
+    }
+}
+
+/// A running worker.
+pub struct Worker {
+    /// Shared services (tests use them to inspect the store).
+    pub services: Arc<Services>,
+    /// Where the admin API listens.
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Worker {
+    /// Opens the shard and starts its tasks.
+    pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
+        let services = Arc::new(Services::open(settings, clock)?);
+        let shutdown = CancellationToken::new();
+        let listener = api::bind(&services.settings).await?;
+        let http_addr = listener.local_addr()?;
+        info!(%http_addr, data_dir = %services.settings.data_dir.display(), "keyseal worker starting");
+
+        let mut tasks = JoinSet::new();
+        let (s, stop) = (services.clone(), shutdown.clone());
+        tasks.spawn(async move { consumer::run(&s, stop).await });
+        let (s, stop) = (services.clone(), shutdown.clone());
+        tasks.spawn(async move { outbox::run(&s.store, &s.settings.amqp_url, stop).await });
+        let (s, stop) = (services.clone(), shutdown.clone());
+        tasks.spawn(async move { seal_on_schedule(&s, stop).await });
+        let (s, stop) = (services.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = api::serve(listener, s, stop).await {
+                error!(error = %e, "admin API stopped");
+            }
+        });
+        Ok(Self {
+            services,
+            http_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then stops cleanly.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        info!("shutting down");
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Stops every task and waits for them (unacked messages return to the queue).
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn seal_on_schedule(services: &Services, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(services.settings.sweep_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match services.sweep().await {
+            Ok(summary) if summary.sealed > 0 => info!(sealed = summary.sealed, "seal sweep done"),
+            Ok(_) => {}
+            Err(e) => error!(error = %e, "seal sweep failed; retrying next interval"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

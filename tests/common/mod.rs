@@ -1,0 +1,143 @@
+//! Shared test harness: a RabbitMQ vhost per test (so the fixed topology
+//! names never collide), an in-process worker on a temp data dir, and
+//! condition polling with timeouts instead of sleeps.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use keyseal::clock::SharedClock;
+use keyseal::config::Settings;
+use keyseal::proto::v1::IngestRecord;
+use keyseal::publish::Publisher;
+use keyseal::worker::Worker;
+
+/// A throwaway vhost, deleted on drop.
+pub struct Vhost {
+    pub name: String,
+}
+
+impl Vhost {
+    pub fn new(test: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "keyseal-test-{test}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Self { name }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.name]).output();
+    }
+}
+
+pub fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl").args(args).output().expect("running rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[derive(Parser)]
+struct SettingsOnly {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// Settings for a test worker: the vhost, the data dir, an ephemeral port,
+/// plus `extra` flags.
+pub fn settings(vhost: &Vhost, data_dir: &Path, extra: &[&str]) -> Settings {
+    let url = vhost.amqp_url();
+    let dir = data_dir.to_str().unwrap().to_owned();
+    let mut args = vec![
+        "test",
+        "--amqp-url",
+        &url,
+        "--data-dir",
+        &dir,
+        "--http-addr",
+        "127.0.0.1:0",
+        "--sweep-interval",
+        "1h",
+    ];
+    args.extend_from_slice(extra);
+    SettingsOnly::try_parse_from(args).expect("valid test settings").settings
+}
+
+pub async fn start_worker(vhost: &Vhost, data_dir: &Path, clock: SharedClock, extra: &[&str]) -> Worker {
+    Worker::start(settings(vhost, data_dir, extra), clock).await.expect("worker starts")
+}
+
+pub fn base_url(worker: &Worker) -> String {
+    format!("http://{}", worker.http_addr)
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (hot, sealed) counts of a tenant as the admin API reports them.
+pub async fn counts(base: &str, tenant: &str) -> Option<(u64, u64)> {
+    let response = reqwest::get(format!("{base}/v1/tenants/{tenant}")).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let status: serde_json::Value = response.json().await.ok()?;
+    Some((
+        status["records"]["hot"].as_u64()?,
+        status["records"]["sealed"].as_u64()?,
+    ))
+}
+
+/// Waits until the tenant's hot + sealed count reaches `total`.
+pub async fn wait_for_records(base: &str, tenant: &str, total: u64, timeout: Duration) {
+    wait_until(&format!("{total} records for {tenant}"), timeout, || async {
+        counts(base, tenant).await.is_some_and(|(h, s)| h + s == total)
+    })
+    .await;
+}
+
+/// GET a record; returns (status, body).
+pub async fn get_record(base: &str, tenant: &str, record_id: &str) -> (u16, Vec<u8>) {
+    let response = reqwest::get(format!("{base}/v1/tenants/{tenant}/records/{record_id}"))
+        .await
+        .expect("admin API reachable");
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
+/// Publishes and asserts every record was confirmed.
+pub async fn publish_confirmed(vhost: &Vhost, records: &[IngestRecord]) {
+    let publisher = Publisher::connect(&vhost.amqp_url()).await.expect("publisher connects");
+    let confirmed = publisher.publish_all(records, 500).await.expect("publish");
+    assert!(confirmed.iter().all(|c| *c), "every record confirmed");
+}
