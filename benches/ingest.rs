@@ -65,7 +65,10 @@ async fn bare_consumer(vhost: &Vhost, count: usize) -> f64 {
 async fn keyseal_worker(vhost: &Vhost, count: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let prefetch = PREFETCH.to_string();
-    let settings = common::settings(vhost, dir.path(), &["--prefetch", &prefetch]);
+    let extra = std::env::var("KEYSEAL_BENCH_WORKER_ARGS").unwrap_or_default();
+    let mut args = vec!["--prefetch", &prefetch];
+    args.extend(extra.split_whitespace());
+    let settings = common::settings(vhost, dir.path(), &args);
     // Root key generation is start-up work, not ingestion: do it first.
     keyseal::crypto::root_key::ManagedRootKeys::load_or_create(&dir.path().join("root-keys")).unwrap();
     let started = Instant::now();

@@ -41,7 +41,10 @@ pub enum Outcome {
 
 /// Stores a batch of validated records atomically: every new record, its
 /// index entry and one `RecordsStored` event per tenant go into a single
-/// synced write batch. Returns one outcome per input, in order.
+/// write batch. The batch is visible at once but durable only after the
+/// next [`Store::sync`], which the caller must await before acknowledging
+/// (this lets the consumer overlap one batch's fsync with the next batch's
+/// work). Returns one outcome per input, in order.
 pub async fn store_batch(
     store: &Store,
     keyring: &Keyring,
@@ -116,7 +119,7 @@ pub async fn store_batch(
             }),
         );
     }
-    txn.commit(now_ms)?;
+    txn.commit_unsynced(now_ms)?;
     Ok(outcomes)
 }
 

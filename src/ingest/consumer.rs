@@ -4,15 +4,18 @@
 //! and its rejects are confirmed in the dead-letter queue. Any broker error
 //! ends the session and a new one starts after a backoff; unacked messages
 //! come back as redeliveries, which the store recognises as duplicates.
-//! A storage error nacks the batch back to the queue and pauses consuming
-//! until the store accepts writes again.
+//! A storage error closes the session, which returns every unacked delivery
+//! to the queue, and consuming pauses until the store accepts writes again.
+//!
+//! Writes use group commit: batch N+1 is gathered and written while batch
+//! N's WAL fsync runs on a blocking thread; N is acked once its fsync is done.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use tokio::time::Instant;
@@ -24,6 +27,7 @@ use super::validate::{Rejection, validate};
 use crate::amqp::{self, Backoff, INGEST_QUEUE};
 use crate::metrics as m;
 use crate::records::{self, Outcome, RecordError};
+use crate::storage::StoreError;
 use crate::worker::Services;
 
 /// Why a consuming session ended.
@@ -37,6 +41,8 @@ enum SessionError {
     ConsumerClosed,
     #[error("storing a batch failed: {0}")]
     Storage(#[from] RecordError),
+    #[error("the WAL sync task failed: {0}")]
+    SyncTask(String),
 }
 
 /// Consumes until `shutdown`, reconnecting after broker failures and
@@ -68,8 +74,20 @@ async fn session(
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
+    let connection = amqp::connect(&services.settings.amqp_url, "ingest").await?;
+    let result = consume(services, &connection, shutdown, backoff).await;
+    // Closing returns every unacked delivery to the queue, on success or error.
+    let _ = connection.close(200, "keyseal ingest session ended".into()).await;
+    result
+}
+
+async fn consume(
+    services: &Services,
+    connection: &lapin::Connection,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), SessionError> {
     let settings = &services.settings;
-    let connection = amqp::connect(&settings.amqp_url, "ingest").await?;
     let channel = connection.create_channel().await?;
     amqp::declare_topology(&channel).await?;
     let dead_letters = connection.create_channel().await?;
@@ -86,23 +104,48 @@ async fn session(
     services.amqp_ready.store(true, Ordering::SeqCst);
     backoff.reset();
     info!(queue = INGEST_QUEUE, prefetch = settings.prefetch, "consuming");
+    let mut pending: Option<Pending> = None;
     loop {
-        let batch = tokio::select! {
-            () = shutdown.cancelled() => {
-                // Unacked deliveries return to the queue when the connection closes.
-                let _ = connection.close(200, "shutdown".into()).await;
-                return Ok(());
+        // Wait for the next delivery; meanwhile finish the batch whose fsync
+        // is in flight, so an idle queue never leaves a batch unacked.
+        let first = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    if let Some(done) = pending.take() {
+                        done.finish(&channel, &dead_letters).await?;
+                    }
+                    return Ok(());
+                }
+                synced = async { (&mut pending.as_mut().expect("guarded").sync).await }, if pending.is_some() => {
+                    let done = pending.take().expect("guarded");
+                    done.written.acknowledge(synced, &channel, &dead_letters).await?;
+                }
+                delivery = consumer.next() => break delivery.ok_or(SessionError::ConsumerClosed)??,
             }
-            batch = next_batch(&mut consumer, settings.batch_size as usize, settings.batch_linger) => batch?,
         };
-        process(services, &channel, &dead_letters, &batch).await?;
+        let batch = fill_batch(first, &mut consumer, settings.batch_size as usize, settings.batch_linger).await?;
+        let written = write(services, batch).await?;
+        // Group commit: the previous batch's fsync ran while this one was
+        // gathered and written; ack it now, then start syncing this one.
+        if let Some(done) = pending.take() {
+            done.finish(&channel, &dead_letters).await?;
+        }
+        let store = services.store.clone();
+        pending = Some(Pending {
+            sync: tokio::task::spawn_blocking(move || store.sync()),
+            written,
+        });
     }
 }
 
-/// Waits for one delivery, then gathers more until the batch is full or the
-/// linger time has passed.
-async fn next_batch(consumer: &mut Consumer, max: usize, linger: Duration) -> Result<Vec<Delivery>, SessionError> {
-    let first = consumer.next().await.ok_or(SessionError::ConsumerClosed)??;
+/// Gathers more deliveries after `first` until the batch is full or the
+/// linger time has passed. Never cancelled midway, so no delivery is lost.
+async fn fill_batch(
+    first: Delivery,
+    consumer: &mut Consumer,
+    max: usize,
+    linger: Duration,
+) -> Result<Vec<Delivery>, SessionError> {
     let mut batch = vec![first];
     let deadline = Instant::now() + linger;
     while batch.len() < max {
@@ -114,56 +157,94 @@ async fn next_batch(consumer: &mut Consumer, max: usize, linger: Duration) -> Re
     Ok(batch)
 }
 
-async fn process(
-    services: &Services,
-    channel: &Channel,
-    dead_letters: &Channel,
-    batch: &[Delivery],
-) -> Result<(), SessionError> {
+/// A batch written to the store and waiting for its WAL fsync before ack.
+struct Written {
+    batch: Vec<Delivery>,
+    last_tag: u64,
+    rejected: Vec<(usize, Rejection)>,
+    stored: u64,
+    duplicates: u64,
+    started: std::time::Instant,
+}
+
+struct Pending {
+    sync: tokio::task::JoinHandle<Result<(), StoreError>>,
+    written: Written,
+}
+
+impl Pending {
+    async fn finish(self, channel: &Channel, dead_letters: &Channel) -> Result<(), SessionError> {
+        let synced = self.sync.await;
+        self.written.acknowledge(synced, channel, dead_letters).await
+    }
+}
+
+impl Written {
+    /// After the fsync: dead-letter the rejects (confirmed), then ack the
+    /// whole batch with one `multiple` ack.
+    async fn acknowledge(
+        self,
+        synced: Result<Result<(), StoreError>, tokio::task::JoinError>,
+        channel: &Channel,
+        dead_letters: &Channel,
+    ) -> Result<(), SessionError> {
+        synced.map_err(|e| SessionError::SyncTask(e.to_string()))?.map_err(RecordError::from)?;
+        if !self.rejected.is_empty() {
+            let rejected: Vec<(&Delivery, Rejection)> =
+                self.rejected.iter().map(|(i, r)| (&self.batch[*i], r.clone())).collect();
+            dead_letter::publish(dead_letters, &rejected).await?;
+            for (_, rejection) in &self.rejected {
+                warn!(reason = rejection.code(), "message dead-lettered");
+            }
+        }
+        channel
+            .basic_ack(self.last_tag, BasicAckOptions { multiple: true })
+            .await?;
+        m::batch_committed(
+            self.stored,
+            self.duplicates,
+            self.rejected.iter().map(|(_, r)| r.code()),
+            self.started.elapsed(),
+        );
+        Ok(())
+    }
+}
+
+/// Validates a batch and writes its new records (unsynced).
+async fn write(services: &Services, batch: Vec<Delivery>) -> Result<Written, RecordError> {
     let started = std::time::Instant::now();
     let last_tag = batch.last().expect("batches are never empty").delivery_tag;
-    let mut valid = Vec::with_capacity(batch.len());
-    let mut rejected: Vec<(&Delivery, Rejection)> = Vec::new();
-    for delivery in batch {
+    let mut records = Vec::with_capacity(batch.len());
+    let mut positions = Vec::with_capacity(batch.len());
+    let mut rejected = Vec::new();
+    for (i, delivery) in batch.iter().enumerate() {
         let content_type = delivery.properties.content_type().as_ref().map(|ct| ct.as_str());
         match validate(&delivery.data, content_type, delivery.routing_key.as_str()) {
-            Ok(record) => valid.push((delivery, record)),
-            Err(rejection) => rejected.push((delivery, rejection)),
+            Ok(record) => {
+                records.push(record);
+                positions.push(i);
+            }
+            Err(rejection) => rejected.push((i, rejection)),
         }
     }
-    let (deliveries, records): (Vec<&Delivery>, Vec<_>) = valid.into_iter().unzip();
-    let outcomes = match records::store_batch(&services.store, &services.keyring, &records, services.clock.now_ms()).await {
-        Ok(outcomes) => outcomes,
-        Err(e) => {
-            let requeue = BasicNackOptions {
-                multiple: true,
-                requeue: true,
-            };
-            if let Err(nack) = channel.basic_nack(last_tag, requeue).await {
-                warn!(error = %nack, "nack after storage failure failed; the broker requeues on close");
-            }
-            return Err(e.into());
-        }
-    };
-    let (mut stored, mut duplicates) = (0u64, 0u64);
-    for (delivery, outcome) in deliveries.into_iter().zip(outcomes) {
+    let outcomes = records::store_batch(&services.store, &services.keyring, &records, services.clock.now_ms())
+        .await?;
+    let (mut stored, mut duplicates) = (0, 0);
+    for (i, outcome) in positions.into_iter().zip(outcomes) {
         match outcome {
             Outcome::Stored => stored += 1,
             Outcome::Duplicate => duplicates += 1,
-            Outcome::Conflict => rejected.push((delivery, Rejection::ConflictingDuplicate)),
+            Outcome::Conflict => rejected.push((i, Rejection::ConflictingDuplicate)),
         }
     }
-    if !rejected.is_empty() {
-        dead_letter::publish(dead_letters, &rejected).await?;
-        for (_, rejection) in &rejected {
-            warn!(reason = rejection.code(), "message dead-lettered");
-        }
-    }
-    channel
-        .basic_ack(last_tag, BasicAckOptions { multiple: true })
-        .await?;
-    m::batch_committed(stored, duplicates, rejected.iter().map(|(_, r)| r.code()), started.elapsed());
-    Ok(())
+    Ok(Written {
+        batch,
+        last_tag,
+        rejected,
+        stored,
+        duplicates,
+        started,
+    })
 }
 
 async fn wait_until_writable(services: &Services, shutdown: &CancellationToken) {

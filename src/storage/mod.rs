@@ -8,6 +8,7 @@ pub mod keys;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
 use rocksdb::{
@@ -84,6 +85,9 @@ pub struct Located {
 pub struct Store {
     db: DB,
     head: Mutex<Head>,
+    /// Highest sequence known to be on disk (WAL synced). The outbox never
+    /// publishes past it, so a crash can never un-happen a published event.
+    durable_sequence: AtomicU64,
     appended: Notify,
 }
 
@@ -116,9 +120,11 @@ impl Store {
                 next_sequence: 1,
                 tenants: HashMap::new(),
             }),
+            durable_sequence: AtomicU64::new(0),
             appended: Notify::new(),
         };
         let head = store.load_head()?;
+        store.durable_sequence.store(head.next_sequence - 1, Ordering::SeqCst);
         *store.head.lock().expect("head lock") = head;
         Ok(store)
     }
@@ -261,19 +267,36 @@ impl Store {
             .transpose()
     }
 
-    /// Up to `limit` events with sequence greater than `after`, in order.
+    /// Up to `limit` durable events with sequence greater than `after`, in order.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let start = keys::event_key(after + 1);
+        let durable = self.durable_sequence.load(Ordering::SeqCst);
+        let available = usize::try_from(durable.saturating_sub(after)).unwrap_or(usize::MAX);
         let mut events = Vec::new();
         for item in self
             .db
             .iterator_cf(self.cf(CF_EVENTS), IteratorMode::From(&start, Direction::Forward))
-            .take(limit)
+            .take(limit.min(available))
         {
             let (_, value) = item?;
             events.push(decode(CF_EVENTS, "event", &value)?);
         }
         Ok(events)
+    }
+
+    /// Makes every write committed so far durable (one WAL fsync for any
+    /// number of [`Transaction::commit_unsynced`] calls: group commit).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let covered = self.last_sequence();
+        self.db.flush_wal(true)?;
+        self.mark_durable(covered);
+        Ok(())
+    }
+
+    fn mark_durable(&self, sequence: u64) {
+        if self.durable_sequence.fetch_max(sequence, Ordering::SeqCst) < sequence {
+            self.appended.notify_one();
+        }
     }
 
     /// The highest sequence the outbox relay has had confirmed by the broker.
@@ -373,7 +396,21 @@ impl Transaction<'_> {
 
     /// Assigns sequences, folds the events into the projections, writes it
     /// all in one synced batch and only then publishes the new head.
-    pub fn commit(mut self, now_ms: i64) -> Result<Receipt, StoreError> {
+    pub fn commit(self, now_ms: i64) -> Result<Receipt, StoreError> {
+        let store = self.store;
+        let receipt = self.write(now_ms, true)?;
+        store.mark_durable(receipt.last_sequence);
+        Ok(receipt)
+    }
+
+    /// Like [`Transaction::commit`] but without waiting for the WAL fsync:
+    /// the changes are visible at once and durable after the next
+    /// [`Store::sync`]. Whoever acknowledges the input must sync first.
+    pub fn commit_unsynced(self, now_ms: i64) -> Result<Receipt, StoreError> {
+        self.write(now_ms, false)
+    }
+
+    fn write(mut self, now_ms: i64, sync: bool) -> Result<Receipt, StoreError> {
         let store = self.store;
         let mut head = store.head.lock().expect("head lock");
         let mut sequence = head.next_sequence;
@@ -407,14 +444,10 @@ impl Transaction<'_> {
                 .put_cf(store.cf(CF_PROJECTIONS), CHECKPOINT_KEY, last_sequence.to_be_bytes());
         }
         let mut opts = WriteOptions::default();
-        opts.set_sync(true);
+        opts.set_sync(sync);
         store.db.write_opt(self.batch, &opts)?;
         head.next_sequence = sequence;
         head.tenants.extend(touched);
-        drop(head);
-        if appended_any {
-            store.appended.notify_one();
-        }
         Ok(Receipt { last_sequence })
     }
 }
@@ -461,9 +494,16 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.last_sequence(), 2);
-        assert_eq!(store.checkpoint().unwrap(), 2);
+        let mut txn = store.transaction();
+        txn.event("acme", Kind::RecordsStored(RecordsStored { count: 1, bytes: 1 }));
+        txn.commit_unsynced(8).unwrap();
+        assert_eq!(store.events_after(0, 10).unwrap().len(), 2, "unsynced events are not relayed");
+        store.sync().unwrap();
+        assert_eq!(store.events_after(0, 10).unwrap().len(), 3);
+        assert_eq!(store.checkpoint().unwrap(), 3);
         assert_eq!(store.tenant("beta").unwrap().hot_records, 1);
-        let events = store.events_after(1, 10).unwrap();
+        assert_eq!(store.tenant("acme").unwrap().hot_records, 3);
+        let events = store.events_after(1, 1).unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!((events[0].sequence, events[0].tenant_id.as_str()), (2, "beta"));
     }
