@@ -32,7 +32,7 @@ async fn populate(dir: &Path, roots: &Path, count: usize, clock: &ManualClock) -
     for (t, tenant) in tenants.iter().enumerate() {
         let records = synthetic(tenant, "r-", count / tenants.len(), 1024, t as i64);
         for chunk in records.chunks(500) {
-            store_batch(&store, &keyring, chunk, clock.now_ms()).await.unwrap();
+            store_batch(&store, &keyring, chunk.to_vec(), clock.now_ms()).await.unwrap();
         }
     }
     clock.advance(SEAL_AFTER + Duration::from_secs(1));

@@ -36,8 +36,9 @@ pub struct Settings {
     /// Unacked deliveries the broker may send ahead (AMQP prefetch).
     #[arg(long, env = "KEYSEAL_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,
-    /// Most deliveries stored in one atomic write batch.
-    #[arg(long, env = "KEYSEAL_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Most deliveries stored in one atomic write batch. A quarter of the
+    /// prefetch keeps the broker sending while two batches are in flight.
+    #[arg(long, env = "KEYSEAL_BATCH_SIZE", default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
     /// How long a batch waits to fill once its first delivery arrived.
     #[arg(long, env = "KEYSEAL_BATCH_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]

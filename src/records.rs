@@ -48,15 +48,17 @@ pub enum Outcome {
 pub async fn store_batch(
     store: &Store,
     keyring: &Keyring,
-    records: &[IngestRecord],
+    mut records: Vec<IngestRecord>,
     now_ms: i64,
 ) -> Result<Vec<Outcome>, RecordError> {
+    let payload_lengths: Vec<u64> = records.iter().map(|r| r.payload.len() as u64).collect();
+    // The content moves out of each record into its (zeroizing) encoding.
     let contents: Vec<_> = records
-        .iter()
+        .iter_mut()
         .map(|r| {
             encode_content(&RecordContent {
-                payload: r.payload.clone(),
-                attributes: r.attributes.clone(),
+                payload: std::mem::take(&mut r.payload),
+                attributes: std::mem::take(&mut r.attributes),
                 observed_at_unix_ms: r.observed_at_unix_ms,
             })
         })
@@ -109,7 +111,7 @@ pub async fn store_batch(
             let envelope = identity.seal(&key_id, &key, &contents[i], now_ms);
             txn.put_record(Layer::Hot, &record_keys[i], &envelope);
             txn.put_index(&keys::index_key(now_ms, &record_keys[i]));
-            bytes += records[i].payload.len() as u64;
+            bytes += payload_lengths[i];
         }
         txn.event(
             tenant,

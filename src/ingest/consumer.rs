@@ -227,7 +227,7 @@ async fn write(services: &Services, batch: Vec<Delivery>) -> Result<Written, Rec
             Err(rejection) => rejected.push((i, rejection)),
         }
     }
-    let outcomes = records::store_batch(&services.store, &services.keyring, &records, services.clock.now_ms())
+    let outcomes = records::store_batch(&services.store, &services.keyring, records, services.clock.now_ms())
         .await?;
     let (mut stored, mut duplicates) = (0, 0);
     for (i, outcome) in positions.into_iter().zip(outcomes) {
