@@ -105,7 +105,6 @@ impl Store {
         // One budget for all memtables keeps memory flat whatever the load.
         db_opts.set_db_write_buffer_size(64 << 20);
         db_opts.set_max_background_jobs(2);
-        db_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let descriptors = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
             cf.set_block_based_table_factory(&table);
@@ -114,7 +113,13 @@ impl Store {
             // them without walking the skiplist.
             cf.set_memtable_whole_key_filtering(true);
             cf.set_memtable_prefix_bloom_ratio(0.02);
-            cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // Ciphertext does not compress: don't spend CPU trying.
+            let compression = if matches!(*name, CF_HOT | CF_SEALED) {
+                rocksdb::DBCompressionType::None
+            } else {
+                rocksdb::DBCompressionType::Lz4
+            };
+            cf.set_compression_type(compression);
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&db_opts, dir, descriptors)?;
