@@ -18,6 +18,8 @@
 //! - [`api`] and [`client`]: the admin HTTP API and its CLI client.
 //! - [`publish`]: a confirm-mode producer for `keyseal publish`, tests and
 //!   benchmarks.
+//! - [`emulator`]: `keyseal keyvault-emulator`, a local Azure Key
+//!   Vault–compatible HTTPS server for tests, demos and compose.
 //! - [`worker`]: wires one shard's tasks together; [`config`], [`clock`],
 //!   [`amqp`], [`metrics`] and [`proto`] support them.
 
@@ -29,6 +31,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod emulator;
 pub mod events;
 pub mod ingest;
 pub mod metrics;

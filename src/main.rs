@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use keyseal::client::AdminClient;
 use keyseal::clock::{Clock, SystemClock};
 use keyseal::config::{self, LogFormat, Settings};
+use keyseal::emulator::{self, EmulatorArgs};
 use keyseal::publish::{self, Publisher};
 use keyseal::worker::Worker;
 
@@ -45,6 +46,8 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Serve a local Azure Key Vault–compatible HTTPS API (keys only) for tests, demos and compose.
+    KeyvaultEmulator(EmulatorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +149,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             std::io::stdout().write_all(&payload).context("writing the payload to stdout")
         }
         Command::Sweep { server } => print_json(&server.client().sweep().await?),
+        Command::KeyvaultEmulator(args) => {
+            init_logging(LogFormat::Text);
+            Ok(emulator::run(args).await?)
+        }
     }
 }
 

@@ -1,0 +1,26 @@
+//! Per-operation request counts, so tests can prove how often a caller
+//! really talks to the vault (for instance, no unwrap per record read).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
+/// Counts requests by operation name ("wrapkey", "get_key", ...).
+#[derive(Default)]
+pub(crate) struct CallCounter {
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl CallCounter {
+    pub(crate) fn record(&self, operation: &'static str) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        *counts.entry(operation).or_default() += 1;
+    }
+
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts
+            .iter()
+            .map(|(op, n)| ((*op).to_owned(), *n))
+            .collect()
+    }
+}

@@ -1,0 +1,173 @@
+//! Key Vault's error responses. Clients branch on the status and on
+//! `error.code` (the Azure SDKs surface both), so every refusal the emulator
+//! makes uses the status, code, inner code and message wording the real
+//! service uses, where they are known.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Where Key Vault's not-found messages send the reader.
+const NOT_FOUND_HELP: &str =
+    "For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182";
+
+/// One error response: `{"error":{"code","message","innererror":{"code"}}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) inner_code: Option<&'static str>,
+    pub(crate) message: String,
+}
+
+impl ServiceError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            inner_code: None,
+            message: message.into(),
+        }
+    }
+
+    fn with_inner(mut self, inner_code: &'static str) -> Self {
+        self.inner_code = Some(inner_code);
+        self
+    }
+
+    /// 404 for a missing key, a missing version or a deleted key (the
+    /// message wording is Key Vault's).
+    pub(crate) fn key_not_found(name_or_id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "KeyNotFound",
+            format!(
+                "A key with (name/id) {name_or_id} was not found in this key vault. If you \
+                 recently deleted this key you may be able to recover it using the correct \
+                 recovery command. {NOT_FOUND_HELP}"
+            ),
+        )
+    }
+
+    /// 404 for `/deletedkeys/{name}` when the key is not in the deleted state.
+    pub(crate) fn deleted_key_not_found(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "KeyNotFound",
+            format!("Deleted Key not found: {name}. {NOT_FOUND_HELP}"),
+        )
+    }
+
+    /// 400 for a malformed request.
+    pub(crate) fn bad_parameter(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadParameter", message)
+    }
+
+    /// 404 for a method and path that name no operation.
+    pub(crate) fn unknown_operation(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("No Key Vault operation matches {method} {path}."),
+        )
+    }
+
+    /// 409 when a create names a key that is deleted but still recoverable.
+    pub(crate) fn name_held_by_deleted_key(name: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Key {name} is currently in a deleted but recoverable state, and its name \
+                 cannot be reused; in this state, the key can only be recovered or purged."
+            ),
+        )
+    }
+
+    /// 403 for any cryptographic operation on a disabled key version.
+    pub(crate) fn key_disabled(operation: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("Operation {operation} is not allowed on a disabled key."),
+        )
+        .with_inner("KeyDisabled")
+    }
+
+    /// 403 when the operation is missing from the key's `key_ops`.
+    pub(crate) fn operation_not_permitted(operation: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("Operation {operation} is not permitted on this key."),
+        )
+        .with_inner("KeyOperationForbidden")
+    }
+
+    /// 403 for encrypt or wrap before the key's `nbf`.
+    pub(crate) fn key_not_yet_valid(operation: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("Operation {operation} is not allowed on a key that is not yet valid."),
+        )
+        .with_inner("KeyNotYetValid")
+    }
+
+    /// 403 for encrypt or wrap at or after the key's `exp`.
+    pub(crate) fn key_expired(operation: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("Operation {operation} is not allowed on an expired key."),
+        )
+        .with_inner("KeyExpired")
+    }
+
+    /// 403 for a purge while the recovery level protects deleted keys.
+    pub(crate) fn purge_protected() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Operation \"purge\" is not allowed because purge protection is enabled for this \
+             vault. Key Vault service will automatically purge it after the retention period \
+             has passed.",
+        )
+    }
+
+    /// 401 without (or with a wrong) bearer token.
+    pub(crate) fn unauthorized(message: &'static str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+    }
+
+    /// 429 beyond the configured request rate.
+    pub(crate) fn throttled() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Throttled",
+            "Request was not processed because too many requests were received. Reason: \
+             VaultRequestTypeLimitReached",
+        )
+    }
+
+    /// 500 when the emulator itself failed (its state could not be written);
+    /// the cause is logged, never sent.
+    pub(crate) fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "The emulator could not complete the request; see its log.",
+        )
+    }
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(inner) = self.inner_code {
+            error["innererror"] = json!({ "code": inner });
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}

@@ -1,0 +1,327 @@
+//! `keyseal keyvault-emulator`: a local HTTPS server that speaks the Azure
+//! Key Vault keys REST API, so demos, docker-compose and tests can exercise
+//! the real Key Vault client code path without an Azure subscription.
+//!
+//! It is faithful where keyseal's behaviour depends on it: Key Vault's paths
+//! (including the SDK's empty-version `/keys/{name}//wrapkey` form), JSON
+//! field names, error bodies and status codes, the 401 bearer challenge the
+//! official SDKs need before they send a token, soft delete governed by the
+//! vault's recovery level, and real RSA-OAEP / RSA-OAEP-256 cryptography.
+//! State (keys, versions, attributes, deleted keys, the TLS certificate)
+//! lives in one directory and survives restarts.
+//!
+//! The parts, in the order a request meets them:
+//!
+//! - `tls`: the self-signed certificate (`<state-dir>/cert.pem`) and the
+//!   TLS listener;
+//! - `server`: the request pipeline (latency, `auth`, `throttle`,
+//!   `api-version`) and the background tasks;
+//! - `routes`: which Key Vault operation a method and path name;
+//! - `handlers`: one function per operation, rendering `wire` shapes;
+//! - `vault`: keys, versions and their rules; `material` does the
+//!   cryptography and `store` the crash-safe persistence;
+//! - `error`: Key Vault's error responses; `calls`: per-operation counts.
+
+mod auth;
+mod calls;
+mod error;
+mod handlers;
+mod material;
+mod routes;
+mod server;
+mod store;
+mod throttle;
+mod tls;
+mod vault;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// The bearer token the emulator accepts when none is configured, so local
+/// demos and compose files work without agreeing on a secret first. It grants
+/// access to throwaway development keys only.
+pub const DEV_TOKEN: &str = "keyseal-emulator-dev-token";
+
+/// How long [`Emulator::shutdown`] lets in-flight requests finish before it
+/// abandons them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Settings of `keyseal keyvault-emulator`. They exist as flags (with
+/// environment variables) so a compose file or a test can shape the vault's
+/// behaviour: where it listens, where it keeps state, how deletion works and
+/// how slow or stingy it is.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EmulatorArgs {
+    /// Address to listen on for HTTPS; port 0 picks a free port.
+    #[arg(long, env = "KEYSEAL_EMULATOR_ADDR", default_value = "127.0.0.1:8443")]
+    pub addr: SocketAddr,
+
+    /// Directory holding keys, deleted keys and the TLS certificate
+    /// (`cert.pem`); reused across restarts.
+    #[arg(
+        long,
+        env = "KEYSEAL_EMULATOR_STATE_DIR",
+        default_value = "./keyvault-emulator"
+    )]
+    pub state_dir: PathBuf,
+
+    /// The vault's deletion recovery level, reported in every key's
+    /// `recoveryLevel`: levels with "Recoverable" soft-delete keys, levels
+    /// with "Purgeable" allow purging them.
+    #[arg(long, value_enum, default_value_t = RecoveryLevel::Recoverable)]
+    pub recovery_level: RecoveryLevel,
+
+    /// Soft-delete retention in days (7 to 90), after which a deleted key is
+    /// purged automatically.
+    #[arg(long, default_value_t = 90)]
+    pub recoverable_days: u32,
+
+    /// Answer 429 (with `Retry-After`) beyond this many requests per second.
+    #[arg(long)]
+    pub throttle_rps: Option<NonZeroU32>,
+
+    /// Delay added to every request, e.g. `50ms`, to imitate a remote vault.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+
+    /// The only bearer token accepted.
+    #[arg(long, env = "KEYSEAL_VAULT_TOKEN", default_value = DEV_TOKEN, hide_env_values = true)]
+    pub token: String,
+}
+
+/// Key Vault's `DeletionRecoveryLevel`: the vault-wide policy that decides
+/// whether a deleted key can be recovered and whether it can be purged
+/// early. Tests pick one to check both the soft-delete and the
+/// purge-protection paths of their callers.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryLevel {
+    /// No soft delete: a deleted key is gone at once.
+    #[value(name = "Purgeable")]
+    Purgeable,
+    /// Soft delete; a deleted key may be purged before its retention ends.
+    #[value(name = "Recoverable+Purgeable")]
+    RecoverablePurgeable,
+    /// Soft delete with purge protection.
+    #[value(name = "Recoverable")]
+    Recoverable,
+    /// Soft delete with purge protection, the subscription protected too.
+    #[value(name = "Recoverable+ProtectedSubscription")]
+    RecoverableProtectedSubscription,
+    /// Soft delete with a custom retention; purging allowed.
+    #[value(name = "CustomizedRecoverable+Purgeable")]
+    CustomizedRecoverablePurgeable,
+    /// Soft delete with a custom retention and purge protection.
+    #[value(name = "CustomizedRecoverable")]
+    CustomizedRecoverable,
+    /// Soft delete with a custom retention, purge and subscription protection.
+    #[value(name = "CustomizedRecoverable+ProtectedSubscription")]
+    CustomizedRecoverableProtectedSubscription,
+}
+
+impl RecoveryLevel {
+    /// The exact string Key Vault reports in `attributes.recoveryLevel`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Purgeable => "Purgeable",
+            Self::RecoverablePurgeable => "Recoverable+Purgeable",
+            Self::Recoverable => "Recoverable",
+            Self::RecoverableProtectedSubscription => "Recoverable+ProtectedSubscription",
+            Self::CustomizedRecoverablePurgeable => "CustomizedRecoverable+Purgeable",
+            Self::CustomizedRecoverable => "CustomizedRecoverable",
+            Self::CustomizedRecoverableProtectedSubscription => {
+                "CustomizedRecoverable+ProtectedSubscription"
+            }
+        }
+    }
+
+    /// Whether deleting a key keeps it recoverable (soft delete).
+    pub fn soft_delete(self) -> bool {
+        self.as_str().contains("Recoverable")
+    }
+
+    /// Whether a soft-deleted key may be purged before its retention ends.
+    pub fn purge_allowed(self) -> bool {
+        self.as_str().contains("Purgeable")
+    }
+}
+
+/// Why the emulator could not start or keep its state. Each variant names
+/// what the operator has to fix; none is retried internally.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    /// A flag value Key Vault itself would not allow.
+    #[error("invalid emulator setting: {0}")]
+    InvalidSetting(String),
+    /// Reading or writing the state directory failed.
+    #[error("state directory I/O on {path}: {source}")]
+    StateIo {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A state file exists but cannot be understood; the emulator refuses to
+    /// start rather than silently drop keys.
+    #[error("corrupt emulator state in {path}: {reason}")]
+    CorruptState {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Generating the self-signed TLS certificate failed.
+    #[error("cannot generate the TLS certificate: {0}")]
+    Certificate(String),
+    /// The TLS configuration was rejected.
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The requested address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Waiting for Ctrl-C or SIGTERM failed.
+    #[error("cannot wait for a shutdown signal: {0}")]
+    Signal(std::io::Error),
+}
+
+/// A running emulator. It exists so an embedding process (a test, `keyseal
+/// demo`) can learn where the vault listens and which certificate to trust,
+/// read its call counts, and stop it. Dropping it stops the server too.
+pub struct Emulator {
+    addr: SocketAddr,
+    cert_pem_path: PathBuf,
+    app: Arc<server::App>,
+    stop: DropGuard,
+    server: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("addr", &self.addr)
+            .field("cert_pem_path", &self.cert_pem_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emulator {
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The vault URL clients use, e.g. `https://127.0.0.1:8443`: the value a
+    /// key URI starts with.
+    pub fn vault_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The PEM certificate clients must trust (`<state-dir>/cert.pem`).
+    pub fn cert_pem_path(&self) -> &std::path::Path {
+        &self.cert_pem_path
+    }
+
+    /// Requests served per operation since start ("wrapkey", "unwrapkey",
+    /// "get_key", ...), counting those that passed authentication and
+    /// throttling whatever their outcome, so tests can prove how often a
+    /// caller really talks to the vault.
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        self.app.calls.snapshot()
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (for a
+    /// few seconds at most) and waits for the server to end, so the state
+    /// directory can be reopened at once.
+    pub async fn shutdown(self) {
+        let Emulator {
+            stop, mut server, ..
+        } = self;
+        drop(stop);
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "key vault emulator task failed"),
+            Err(_) => {
+                tracing::warn!("key vault emulator did not drain in time; aborting open requests");
+                server.abort();
+                // Only the abort's own cancellation error can come back here.
+                let _ = server.await;
+            }
+        }
+    }
+}
+
+/// Starts the emulator in the background: prepares the state directory and
+/// certificate, loads the keys, binds `args.addr` and serves until
+/// [`Emulator::shutdown`] (or drop). Embedders and tests call this.
+pub async fn start(args: EmulatorArgs) -> Result<Emulator, EmulatorError> {
+    if args.token.trim().is_empty() {
+        return Err(EmulatorError::InvalidSetting(
+            "--token must not be empty".to_owned(),
+        ));
+    }
+    let policy = vault::DeletionPolicy::new(args.recovery_level, args.recoverable_days)?;
+    store::create_state_dir(&args.state_dir)?;
+    let tls_config = tls::server_config(&args.state_dir)?;
+    let vault = vault::Vault::open(store::KeyStore::open(&args.state_dir)?, policy).await?;
+    let listener = tls::TlsListener::bind(args.addr, tls_config).await?;
+    let addr = listener.local_addr();
+    let app = Arc::new(server::App::new(vault, &args, addr));
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(server::serve(listener, app.clone(), cancel.clone()));
+    tracing::info!(
+        vault_url = %format!("https://{addr}"),
+        state_dir = %args.state_dir.display(),
+        recovery_level = args.recovery_level.as_str(),
+        "key vault emulator listening"
+    );
+    Ok(Emulator {
+        addr,
+        cert_pem_path: tls::cert_pem_path(&args.state_dir),
+        app,
+        stop: cancel.drop_guard(),
+        server,
+    })
+}
+
+/// Runs the emulator in the foreground until Ctrl-C or SIGTERM: the body of
+/// `keyseal keyvault-emulator`.
+pub async fn run(args: EmulatorArgs) -> Result<(), EmulatorError> {
+    let emulator = start(args).await?;
+    println!(
+        "key vault emulator: {} (trust {})",
+        emulator.vault_url(),
+        emulator.cert_pem_path().display()
+    );
+    let signal = shutdown_signal().await;
+    emulator.shutdown().await;
+    signal
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM (what `docker stop` sends).
+async fn shutdown_signal() -> Result<(), EmulatorError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(EmulatorError::Signal)?;
+        tokio::select! {
+            ctrl_c = tokio::signal::ctrl_c() => ctrl_c.map_err(EmulatorError::Signal),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map_err(EmulatorError::Signal)
+    }
+}

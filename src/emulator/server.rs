@@ -1,0 +1,208 @@
+//! The request pipeline and the server's tasks. Every request meets, in
+//! order: the configured latency, bearer authentication (401 + challenge
+//! before the body is looked at, as the SDKs' first tokenless request
+//! needs), throttling, the mandatory `api-version`, routing, then its
+//! handler. Alongside, a sweeper purges deleted keys whose retention ended.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, Uri, header::HOST};
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+
+use super::EmulatorArgs;
+use super::auth::BearerAuth;
+use super::calls::CallCounter;
+use super::error::ServiceError;
+use super::handlers::{self, RequestContext};
+use super::routes::Route;
+use super::throttle::{self, Throttle};
+use super::tls::TlsListener;
+use super::vault::{Vault, unix_now};
+
+/// Request bodies are small JSON documents; anything bigger is refused.
+const MAX_BODY_BYTES: usize = 1 << 20;
+/// How often deleted keys past their retention are looked for.
+const PURGE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Everything a request can touch.
+pub(crate) struct App {
+    pub(crate) vault: Vault,
+    pub(crate) calls: CallCounter,
+    auth: BearerAuth,
+    throttle: Option<Throttle>,
+    latency: Duration,
+    /// `host:port` for the rare request without a Host header.
+    listen_authority: String,
+}
+
+impl App {
+    pub(crate) fn new(vault: Vault, args: &EmulatorArgs, addr: SocketAddr) -> Self {
+        Self {
+            vault,
+            calls: CallCounter::default(),
+            auth: BearerAuth::new(args.token.clone()),
+            throttle: args
+                .throttle_rps
+                .map(|rps| Throttle::new(rps, Instant::now())),
+            latency: args.latency,
+            listen_authority: addr.to_string(),
+        }
+    }
+}
+
+/// Serves until `cancel` fires, then drains open requests.
+pub(crate) async fn serve(listener: TlsListener, app: Arc<App>, cancel: CancellationToken) {
+    let router = Router::new()
+        .fallback(handle_request)
+        .with_state(app.clone());
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(cancel.clone().cancelled_owned());
+    let (served, ()) = tokio::join!(async { server.await }, sweep_deleted_keys(app, cancel));
+    if let Err(e) = served {
+        tracing::error!(error = %e, "key vault emulator server stopped");
+    }
+}
+
+/// Purges deleted keys whose scheduled purge date has passed, as Key Vault
+/// does by itself.
+async fn sweep_deleted_keys(app: Arc<App>, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(PURGE_SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticks.tick() => {
+                match app.vault.purge_expired(unix_now()).await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::info!(purged, "purged deleted keys past their retention"),
+                    // Already logged where it failed; the next tick retries.
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn handle_request(State(app): State<Arc<App>>, request: Request) -> Response {
+    if !app.latency.is_zero() {
+        tokio::time::sleep(app.latency).await;
+    }
+    if let Err(refusal) = app.auth.check(request.headers()) {
+        return refusal.into_response();
+    }
+    if let Some(throttle) = &app.throttle {
+        if let Err(wait) = throttle.admit(Instant::now()) {
+            return throttle::too_many_requests(wait);
+        }
+    }
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = process(&app, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    tracing::debug!(%method, path, status = response.status().as_u16(), "key vault emulator request");
+    response
+}
+
+/// Everything after authentication and throttling.
+async fn process(app: &App, request: Request) -> Result<Response, ServiceError> {
+    let (parts, body) = request.into_parts();
+    let query = query_parameters(&parts.uri)?;
+    let route = Route::parse(parts.method.as_str(), parts.uri.path())?;
+    app.calls.record(route.operation());
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ServiceError::bad_parameter("The request body is unreadable or larger than 1 MiB.")
+        })?;
+    let ctx = RequestContext {
+        vault_url: vault_url(&parts.headers, &parts.uri, &app.listen_authority)?,
+        path: parts.uri.path().to_owned(),
+        query,
+    };
+    handlers::handle(app, &ctx, route, &body).await
+}
+
+/// The query string, which must carry a plausible `api-version`.
+fn query_parameters(uri: &Uri) -> Result<BTreeMap<String, String>, ServiceError> {
+    let Query(query) = Query::<BTreeMap<String, String>>::try_from_uri(uri)
+        .map_err(|_| ServiceError::bad_parameter("The query string is malformed."))?;
+    match query.get("api-version") {
+        None => Err(ServiceError::bad_parameter(
+            "The api-version query parameter is required.",
+        )),
+        Some(version)
+            if version.is_empty()
+                || !version
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+        {
+            Err(ServiceError::bad_parameter(format!(
+                "The specified api-version {version:?} is not valid."
+            )))
+        }
+        Some(_) => Ok(query),
+    }
+}
+
+/// `https://{Host}`: identifiers in responses use the authority the client
+/// addressed, as Key Vault's do.
+fn vault_url(headers: &HeaderMap, uri: &Uri, fallback: &str) -> Result<String, ServiceError> {
+    let host = match headers.get(HOST) {
+        Some(value) => value
+            .to_str()
+            .map_err(|_| ServiceError::bad_parameter("The Host header is not valid."))?,
+        None => uri
+            .authority()
+            .map_or(fallback, |authority| authority.as_str()),
+    };
+    let plausible = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !plausible {
+        return Err(ServiceError::bad_parameter("The Host header is not valid."));
+    }
+    Ok(format!("https://{host}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn api_version_is_required() {
+        let missing: Uri = "/keys/k1?maxresults=2".parse().expect("uri");
+        assert_eq!(query_parameters(&missing).unwrap_err().status, 400);
+        let odd: Uri = "/keys/k1?api-version=%26x".parse().expect("uri");
+        assert_eq!(query_parameters(&odd).unwrap_err().status, 400);
+        let fine: Uri = "/keys/k1?api-version=2025-07-01".parse().expect("uri");
+        assert_eq!(
+            query_parameters(&fine).expect("valid")["api-version"],
+            "2025-07-01"
+        );
+    }
+
+    #[test]
+    fn vault_url_follows_the_host_header() {
+        let uri: Uri = "/keys".parse().expect("uri");
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            vault_url(&headers, &uri, "127.0.0.1:9").expect("fallback"),
+            "https://127.0.0.1:9"
+        );
+        headers.insert(HOST, HeaderValue::from_static("localhost:8443"));
+        assert_eq!(
+            vault_url(&headers, &uri, "127.0.0.1:9").expect("host"),
+            "https://localhost:8443"
+        );
+        headers.insert(HOST, HeaderValue::from_static("evil/path"));
+        assert!(vault_url(&headers, &uri, "127.0.0.1:9").is_err());
+    }
+}
