@@ -27,7 +27,12 @@ fn env_usize(name: &str, default: usize) -> usize {
 /// A store holding `count` 1 KiB records in `hot`, all due for sealing.
 async fn populate(dir: &Path, roots: &Path, count: usize, clock: &ManualClock) -> (Arc<Store>, Keyring) {
     let store = Arc::new(Store::open(dir).unwrap());
-    let keyring = Keyring::new(store.clone(), ManagedRootKeys::load_or_create(roots).unwrap(), CacheLimits::default());
+    let keyring = Keyring::new(
+        store.clone(),
+        ManagedRootKeys::load_or_create(roots).unwrap(),
+        Err("managed keys only".into()),
+        CacheLimits::default(),
+    );
     let tenants = ["alpha", "bravo", "charlie", "delta"];
     for (t, tenant) in tenants.iter().enumerate() {
         let records = synthetic(tenant, "r-", count / tenants.len(), 1024, t as i64);
@@ -93,7 +98,7 @@ fn main() {
             let clock = ManualClock::new(1_700_000_000_000);
             let (store, keyring) = populate(dir.path(), roots.path(), count, &clock).await;
             let started = Instant::now();
-            let summary = seal_due(&store, &keyring, clock.now_ms(), SEAL_AFTER).await.unwrap();
+            let summary = seal_due(&store, &keyring, clock.now_ms(), SEAL_AFTER, &Default::default()).await.unwrap();
             let secs = started.elapsed().as_secs_f64();
             assert_eq!(summary.sealed as usize, count);
             keyseal_rates.push(count as f64 / secs);

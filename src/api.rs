@@ -10,7 +10,8 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::extract::rejection::JsonRejection;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -20,6 +21,7 @@ use tracing::error;
 
 use crate::config::Settings;
 use crate::crypto::CryptoError;
+use crate::encryption::{self, EncryptionError};
 use crate::ingest::validate::{is_valid_record_id, is_valid_tenant_id};
 use crate::records::{self, RecordError};
 use crate::worker::Services;
@@ -97,6 +99,7 @@ pub fn router(services: Arc<Services>) -> Router {
     let v1 = Router::new()
         .route("/tenants/{tenant}", get(tenant_status))
         .route("/tenants/{tenant}/records/{record_id}", get(read_record))
+        .route("/tenants/{tenant}/encryption", put(enable_encryption).delete(disable_encryption))
         .route("/sweeps", post(sweep))
         .route_layer(middleware::from_fn_with_state(services.clone(), require_token));
     Router::new()
@@ -175,10 +178,20 @@ async fn tenant_status(
     let projection = services.store.tenant(&tenant).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "tenant_not_found", format!("no records or events for tenant {tenant}"))
     })?;
+    let encryption = if projection.key_uri.is_empty() {
+        json!({"mode": "managed", "keyUri": null, "keyVersion": null})
+    } else {
+        json!({
+            "mode": "customer_key",
+            "keyUri": projection.key_uri,
+            "keyVersion": projection.key_version,
+            "rewrapPending": projection.rewrap_pending,
+        })
+    };
     Ok(Json(json!({
         "tenant": tenant,
         "state": "active",
-        "encryption": {"mode": "managed", "keyUri": null, "keyVersion": null},
+        "encryption": encryption,
         "records": {"hot": projection.hot_records, "sealed": projection.sealed_records},
         "keyHealth": {"status": "healthy", "since": null, "reason": null, "lastProbe": null, "lockdownAt": null},
     })))
@@ -200,6 +213,52 @@ async fn read_record(
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "record_not_found", "no such record for this tenant"))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], content.payload).into_response())
+}
+
+/// Body of `PUT /v1/tenants/{tenant}/encryption`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EnableRequest {
+    key_uri: String,
+}
+
+impl From<EncryptionError> for ApiError {
+    fn from(e: EncryptionError) -> Self {
+        let message = e.to_string();
+        match e {
+            EncryptionError::Refused(refusal) => Self::new(refusal.status(), refusal.code(), message),
+            EncryptionError::VaultNotConfigured(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "vault_not_configured", message)
+            }
+            EncryptionError::NotEnabled => Self::new(StatusCode::CONFLICT, "customer_key_not_enabled", message),
+            EncryptionError::CustomerKeyUnusable(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "customer_key_unusable", message)
+            }
+            EncryptionError::Store(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message),
+        }
+    }
+}
+
+async fn enable_encryption(
+    State(services): State<Arc<Services>>,
+    Path(tenant): Path<String>,
+    body: Result<Json<EnableRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_tenant(&tenant)?;
+    let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text()))?;
+    let rewrap = encryption::enable(&services, &tenant, &request.key_uri).await?;
+    let Json(status) = tenant_status(State(services), Path(tenant)).await?;
+    Ok(Json(json!({"status": status, "rewrap": rewrap})))
+}
+
+async fn disable_encryption(
+    State(services): State<Arc<Services>>,
+    Path(tenant): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_tenant(&tenant)?;
+    let rewrap = encryption::disable(&services, &tenant).await?;
+    let Json(status) = tenant_status(State(services), Path(tenant)).await?;
+    Ok(Json(json!({"status": status, "rewrap": rewrap})))
 }
 
 async fn sweep(State(services): State<Arc<Services>>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -47,8 +47,20 @@ impl AdminClient {
     }
 
     async fn send(&self, method: Method, path: &str) -> Result<bytes::Bytes, ClientError> {
+        self.send_json(method, path, None).await
+    }
+
+    async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<bytes::Bytes, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -84,6 +96,23 @@ impl AdminClient {
             &format!("/v1/tenants/{}/records/{}", encode(tenant), encode(record_id)),
         )
         .await
+    }
+
+    /// `PUT /v1/tenants/{tenant}/encryption`: enable the tenant's own key.
+    pub async fn enable(&self, tenant: &str, key_uri: &str) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/v1/tenants/{}/encryption", encode(tenant));
+        let body = self
+            .send_json(Method::PUT, &path, Some(serde_json::json!({"keyUri": key_uri})))
+            .await?;
+        Ok(serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// `DELETE /v1/tenants/{tenant}/encryption`: back to managed keys.
+    pub async fn disable(&self, tenant: &str) -> Result<serde_json::Value, ClientError> {
+        let body = self
+            .send(Method::DELETE, &format!("/v1/tenants/{}/encryption", encode(tenant)))
+            .await?;
+        Ok(serde_json::from_slice(&body).unwrap_or_default())
     }
 
     /// `POST /v1/sweeps`: runs a sweep now and returns its summary.

@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::crypto::keyring::CacheLimits;
+use crate::keyvault::VaultOptions;
+use crate::keyvault::credential::VaultCredentialKind;
 
 /// Settings of `keyseal run` (and the worker inside `keyseal demo`).
 #[derive(Debug, Clone, Args)]
@@ -46,6 +48,19 @@ pub struct Settings {
     /// Longest an unwrapped data key stays in memory.
     #[arg(long, env = "KEYSEAL_DEK_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub dek_cache_ttl: Duration,
+    /// A self-hosted vault `host:port` key URIs may name besides Azure's
+    /// vault hosts (repeatable), e.g. the emulator.
+    #[arg(long = "trusted-vault-host", env = "KEYSEAL_TRUSTED_VAULT_HOST", value_delimiter = ',')]
+    pub trusted_vault_hosts: Vec<String>,
+    /// Extra CA certificate (PEM) trusted for vault TLS, e.g. `<emulator state dir>/cert.pem`.
+    #[arg(long, env = "KEYSEAL_VAULT_CA_CERT")]
+    pub vault_ca_cert: Option<PathBuf>,
+    /// How keyseal authenticates to Key Vault.
+    #[arg(long, env = "KEYSEAL_VAULT_CREDENTIAL", value_enum, default_value_t = VaultCredentialKind::WorkloadIdentity)]
+    pub vault_credential: VaultCredentialKind,
+    /// Timeout of one vault request (retries come on top).
+    #[arg(long, env = "KEYSEAL_VAULT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub vault_timeout: Duration,
     /// Log output format.
     #[arg(long, env = "KEYSEAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -60,6 +75,17 @@ impl Settings {
         CacheLimits {
             max_age: self.dek_cache_ttl,
             ..CacheLimits::default()
+        }
+    }
+}
+
+impl Settings {
+    /// Options of the Key Vault client.
+    pub fn vault_options(&self) -> VaultOptions {
+        VaultOptions {
+            trusted_hosts: self.trusted_vault_hosts.clone(),
+            ca_cert: self.vault_ca_cert.clone(),
+            timeout: self.vault_timeout,
         }
     }
 }

@@ -11,6 +11,10 @@
 //!   and the envelope that binds a ciphertext to its identity.
 //! - [`storage`]: RocksDB column families and the one atomic write path,
 //!   which appends events and folds them into the [`projection`].
+//! - [`keyvault`]: Azure Key Vault as a tenant's root key (BYOK): key URIs,
+//!   credentials, the official client and the enable checks.
+//! - [`encryption`]: enabling and disabling a tenant's own key, rewraps,
+//!   and holding back sealing while a key is unusable.
 //! - [`sealing`]: the sweep that moves records older than the seal age
 //!   into `sealed`.
 //! - [`events`]: event naming and the [`events::outbox`] relay to
@@ -32,8 +36,10 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod emulator;
+pub mod encryption;
 pub mod events;
 pub mod ingest;
+pub mod keyvault;
 pub mod metrics;
 pub mod projection;
 pub mod proto;

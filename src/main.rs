@@ -59,6 +59,23 @@ enum TenantCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Validate a Key Vault key and make it the root of the tenant's sealed data.
+    Enable {
+        /// Tenant id.
+        tenant: String,
+        /// https://{vault}.vault.azure.net/keys/{name}[/{version}]
+        #[arg(long)]
+        key_uri: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove the customer-key layer; data stays encrypted under managed keys.
+    Disable {
+        /// Tenant id.
+        tenant: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -137,9 +154,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             worker.run_until_signal().await
         }
         Command::Publish(args) => publish_command(args).await,
-        Command::Tenant {
-            command: TenantCommand::Status { tenant, server },
-        } => print_json(&server.client().tenant_status(&tenant).await?),
+        Command::Tenant { command } => match command {
+            TenantCommand::Status { tenant, server } => print_json(&server.client().tenant_status(&tenant).await?),
+            TenantCommand::Enable { tenant, key_uri, server } => {
+                print_json(&server.client().enable(&tenant, &key_uri).await?)
+            }
+            TenantCommand::Disable { tenant, server } => print_json(&server.client().disable(&tenant).await?),
+        },
         Command::Get {
             tenant,
             record_id,

@@ -38,6 +38,8 @@ fn describe() {
     describe_gauge!("keyseal_outbox_lag_events", Unit::Count, "Events appended but not yet confirmed on keyseal.events.");
     describe_counter!("keyseal_data_key_cache_total", Unit::Count, "Data-key lookups by result: hit, miss.");
     describe_counter!("keyseal_root_key_operations_total", Unit::Count, "Root-key wrap and unwrap operations.");
+    describe_counter!("keyseal_vault_requests_total", Unit::Count, "Key Vault requests by operation and outcome (ok, throttled, unreachable, error).");
+    describe_histogram!("keyseal_vault_request_seconds", Unit::Seconds, "Key Vault request latency, retries included, by operation.");
 }
 
 /// One ingest batch was made durable and acked.
@@ -90,4 +92,10 @@ pub fn data_key_lookup(hit: bool) {
 /// A root key wrapped or unwrapped a data key.
 pub fn root_key_operation() {
     counter!("keyseal_root_key_operations_total").increment(1);
+}
+
+/// One Key Vault request finished.
+pub fn vault_request(operation: &'static str, outcome: &'static str, took: Duration) {
+    counter!("keyseal_vault_requests_total", "operation" => operation, "outcome" => outcome).increment(1);
+    histogram!("keyseal_vault_request_seconds", "operation" => operation).record(took.as_secs_f64());
 }

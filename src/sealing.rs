@@ -4,7 +4,7 @@
 //! entry and append `RecordsSealed` per tenant, so a crash mid-sweep leaves
 //! every record in exactly one layer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -34,22 +34,35 @@ pub struct SealSummary {
     pub tenants: BTreeMap<String, u64>,
     /// Index entries whose record was already gone (cleaned up).
     pub stale_index_entries: u64,
+    /// Records left in `hot` because their tenant's key is not usable now.
+    pub held_back: BTreeMap<String, u64>,
 }
 
-/// Seals every record due at `now_ms`, batch by batch, until none is left.
+/// Seals every record due at `now_ms`, batch by batch, until none is left,
+/// except those of the tenants in `hold`, which stay in `hot` untouched.
 pub async fn seal_due(
     store: &Store,
     keyring: &Keyring,
     now_ms: i64,
     seal_after: Duration,
+    hold: &BTreeSet<String>,
 ) -> Result<SealSummary, RecordError> {
     let cutoff = seal_cutoff_ms(now_ms, seal_after);
     let mut summary = SealSummary::default();
+    let mut cursor: Option<Vec<u8>> = None;
     loop {
-        let due = store.ingested_before(cutoff, SEAL_BATCH)?;
-        if due.is_empty() {
+        let mut due = store.ingested_before(cursor.as_deref(), cutoff, SEAL_BATCH)?;
+        let Some(last) = due.last() else {
             return Ok(summary);
-        }
+        };
+        cursor = Some(last.0.clone());
+        due.retain(|(_, _, record_key)| match keys::split_record_key(record_key) {
+            Some((tenant, _)) if hold.contains(tenant) => {
+                *summary.held_back.entry(tenant.to_owned()).or_default() += 1;
+                false
+            }
+            _ => true,
+        });
         seal_batch(store, keyring, &due, now_ms, &mut summary).await?;
     }
 }
@@ -61,6 +74,9 @@ async fn seal_batch(
     now_ms: i64,
     summary: &mut SealSummary,
 ) -> Result<(), RecordError> {
+    if due.is_empty() {
+        return Ok(());
+    }
     let record_keys: Vec<&[u8]> = due.iter().map(|(_, _, k)| k.as_slice()).collect();
     let found = store.find_records(&record_keys)?;
     let mut txn = store.transaction();

@@ -10,13 +10,15 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::api;
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::crypto::keyring::Keyring;
 use crate::crypto::root_key::ManagedRootKeys;
+use crate::encryption;
+use crate::keyvault::{Vault, credential};
 use crate::events::outbox;
 use crate::ingest::consumer;
 use crate::metrics as m;
@@ -51,7 +53,14 @@ impl Services {
         );
         let managed = ManagedRootKeys::load_or_create(&settings.data_dir.join("root-keys"))
             .context("loading the managed root key")?;
-        let keyring = Keyring::new(store.clone(), managed, settings.cache_limits());
+        let vault = credential::credential(settings.vault_credential)
+            .map_err(|e| e.to_string())
+            .and_then(|c| Vault::new(c, settings.vault_options()).map_err(|e| e.to_string()))
+            .map(Arc::new);
+        if let Err(reason) = &vault {
+            warn!(%reason, "no Key Vault client: tenants cannot enable their own key until this is fixed");
+        }
+        let keyring = Keyring::new(store.clone(), managed, vault, settings.cache_limits());
         Ok(Self {
             store,
             keyring,
@@ -62,13 +71,23 @@ impl Services {
         })
     }
 
-    /// Runs a seal sweep now (waiting for one in progress to finish first).
+    /// Runs a seal sweep now (waiting for one in progress to finish first):
+    /// resumes unfinished rewraps, holds back tenants whose own key is not
+    /// usable, and seals the rest.
     pub async fn sweep(&self) -> Result<SealSummary, RecordError> {
         let _one_at_a_time = self.sweep.lock().await;
-        let summary = sealing::seal_due(&self.store, &self.keyring, self.clock.now_ms(), self.settings.seal_after).await?;
+        encryption::resume_rewraps(self).await;
+        let hold = encryption::unusable_customer_keys(self).await;
+        let summary =
+            sealing::seal_due(&self.store, &self.keyring, self.clock.now_ms(), self.settings.seal_after, &hold).await?;
         m::sealed(summary.sealed);
         self.refresh_gauges()?;
         Ok(summary)
+    }
+
+    /// Serialises changes of a tenant's root with sweeps.
+    pub(crate) async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.sweep.lock().await
     }
 
     /// Updates the gauges derived from stored state.
@@ -101,6 +120,8 @@ pub struct Worker {
 impl Worker {
     /// Opens the shard and starts its tasks.
     pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
+        // Install the recorder first so every counter counts from the start.
+        m::handle();
         let services = Arc::new(Services::open(settings, clock)?);
         let shutdown = CancellationToken::new();
         let listener = api::bind(&services.settings).await?;

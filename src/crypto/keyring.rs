@@ -2,6 +2,11 @@
 //! else by unwrapping the stored wrapped key with its root, else by creating
 //! and wrapping a new one (committed with a `DataKeyCreated` event before it
 //! is used). Root-key calls therefore happen per data key, never per record.
+//!
+//! Hot data keys are always rooted at the managed key; sealed data keys at
+//! the tenant's customer key while BYOK is enabled. [`Keyring::rewrap_sealed`]
+//! moves a tenant's sealed data keys to another root without touching a
+//! record.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +19,9 @@ use super::data_key::{DataKey, DataKeyId};
 use super::root_key::{ManagedRootKeys, WRAP_ALGORITHM};
 use crate::clock::utc_day;
 use crate::proto::store::WrappedDataKey;
-use crate::proto::v1::{DataKeyCreated, Layer, RootKeyRef, event::Kind, root_key_ref::Root};
+use crate::keyvault::key_uri::KeyUriError;
+use crate::keyvault::{KeyUri, Vault, VaultError};
+use crate::proto::v1::{DataKeyCreated, Layer, RewrapProgress, RootKeyRef, event::Kind, root_key_ref::Root};
 use crate::storage::{Store, StoreError};
 
 /// Failures getting a usable data key.
@@ -29,6 +36,38 @@ pub enum KeyringError {
     /// A record names a data key the store does not have.
     #[error("data key not found")]
     UnknownDataKey,
+    /// The tenant's Key Vault key could not be used.
+    #[error("customer key: {0}")]
+    Vault(#[from] VaultError),
+    /// A stored key id names a vault this worker may not call.
+    #[error("customer key id: {0}")]
+    KeyUri(#[from] KeyUriError),
+    /// A tenant uses a customer key but no vault client could be built.
+    #[error("no Key Vault client: {0}")]
+    VaultNotConfigured(String),
+}
+
+/// The root a data key is (to be) wrapped by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootKey {
+    /// The service-managed key, current version.
+    Managed,
+    /// A tenant's Key Vault key at a version.
+    Vault {
+        /// The key.
+        uri: KeyUri,
+        /// The version.
+        version: String,
+    },
+}
+
+/// What a rewrap did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RewrapSummary {
+    /// Sealed data keys wrapped anew.
+    pub rewrapped: u32,
+    /// Sealed data keys of the tenant.
+    pub total: u32,
 }
 
 /// How long and how much an unwrapped key may be reused from memory (like
@@ -74,6 +113,7 @@ pub struct KeyringStats {
 pub struct Keyring {
     store: Arc<Store>,
     managed: ManagedRootKeys,
+    vault: Result<Arc<Vault>, String>,
     limits: CacheLimits,
     cache: Mutex<HashMap<Vec<u8>, Cached>>,
     stats: Mutex<KeyringStats>,
@@ -82,11 +122,19 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// A keyring over `store`, wrapping with the managed root.
-    pub fn new(store: Arc<Store>, managed: ManagedRootKeys, limits: CacheLimits) -> Self {
+    /// A keyring over `store`, wrapping with the managed root and, for
+    /// tenants with their own key, through `vault` (or the reason there is
+    /// no vault client).
+    pub fn new(
+        store: Arc<Store>,
+        managed: ManagedRootKeys,
+        vault: Result<Arc<Vault>, String>,
+        limits: CacheLimits,
+    ) -> Self {
         Self {
             store,
             managed,
+            vault,
             limits,
             cache: Mutex::new(HashMap::new()),
             stats: Mutex::new(KeyringStats::default()),
@@ -118,10 +166,14 @@ impl Keyring {
             return Ok((id, key));
         }
         let _creating = self.creating.lock().await;
-        match self.load(&id)? {
+        match self.load(&id).await? {
             Some(key) => Ok((id, key)),
             None => {
-                let key = self.create(tenant, layer, &id, now_ms)?;
+                let root = match layer {
+                    Layer::Sealed => self.tenant_root(tenant)?,
+                    Layer::Hot | Layer::Unspecified => RootKey::Managed,
+                };
+                let key = self.create(tenant, layer, &id, &root, now_ms).await?;
                 Ok((id, key))
             }
         }
@@ -132,7 +184,107 @@ impl Keyring {
         if let Some(key) = self.cached(id) {
             return Ok(key);
         }
-        self.load(id)?.ok_or(KeyringError::UnknownDataKey)
+        self.load(id).await?.ok_or(KeyringError::UnknownDataKey)
+    }
+
+    /// Drops every unwrapped key from memory (each is zeroized once no
+    /// batch still holds it), so the next use must unwrap with its root.
+    pub fn forget_cached(&self) {
+        self.cache.lock().expect("cache lock").clear();
+    }
+
+    /// The vault client, or why there is none.
+    pub fn vault(&self) -> Result<&Arc<Vault>, KeyringError> {
+        self.vault.as_ref().map_err(|reason| KeyringError::VaultNotConfigured(reason.clone()))
+    }
+
+    /// The root of `tenant`'s sealed data keys: its customer key while BYOK
+    /// is enabled, else the managed key.
+    pub fn tenant_root(&self, tenant: &str) -> Result<RootKey, KeyringError> {
+        match self.store.tenant(tenant) {
+            Some(p) if !p.key_uri.is_empty() => Ok(RootKey::Vault {
+                uri: KeyUri::parse(&p.key_uri, self.vault()?.trusted_hosts())?,
+                version: p.key_version,
+            }),
+            _ => Ok(RootKey::Managed),
+        }
+    }
+
+    /// Wraps every sealed data key of `tenant` that is not yet under
+    /// `target`, then commits them all with one `RewrapProgress` event and
+    /// `closing` (if any) in one batch: all or nothing, idempotent, O(data
+    /// keys) and never touching a record.
+    pub async fn rewrap_sealed(
+        &self,
+        tenant: &str,
+        target: &RootKey,
+        now_ms: i64,
+        closing: Option<Kind>,
+    ) -> Result<RewrapSummary, KeyringError> {
+        let _creating = self.creating.lock().await;
+        let target_ref = self.root_ref(target);
+        let mut txn = self.store.transaction();
+        let mut summary = RewrapSummary::default();
+        for (id, wrapped) in self.store.data_keys_of(tenant)? {
+            if DataKeyId::from_bytes(&id)?.layer != Layer::Sealed {
+                continue;
+            }
+            summary.total += 1;
+            if wrapped.wrapped_by.as_ref().is_some_and(|r| same_root(r, &target_ref)) {
+                continue;
+            }
+            let key = match self.cached(&id) {
+                Some(key) => key,
+                None => Arc::new(self.unwrap(&wrapped).await?),
+            };
+            let (wrapped_by, bytes) = self.wrap(target, &key).await?;
+            txn.put_data_key(
+                &id,
+                &WrappedDataKey {
+                    wrapped_by: Some(wrapped_by),
+                    algorithm: WRAP_ALGORITHM.into(),
+                    wrapped: bytes,
+                    created_at_unix_ms: wrapped.created_at_unix_ms,
+                },
+            );
+            summary.rewrapped += 1;
+        }
+        txn.event(
+            tenant,
+            Kind::RewrapProgress(RewrapProgress {
+                rewrapped: summary.total,
+                total: summary.total,
+                target: Some(target_ref),
+            }),
+        );
+        if let Some(closing) = closing {
+            txn.event(tenant, closing);
+        }
+        txn.commit(now_ms)?;
+        Ok(summary)
+    }
+
+    fn root_ref(&self, root: &RootKey) -> RootKeyRef {
+        RootKeyRef {
+            root: Some(match root {
+                RootKey::Managed => Root::ManagedVersion(self.managed.current_version()),
+                RootKey::Vault { uri, version } => Root::VaultKeyId(uri.versioned(version)),
+            }),
+        }
+    }
+
+    async fn wrap(&self, root: &RootKey, key: &DataKey) -> Result<(RootKeyRef, Vec<u8>), KeyringError> {
+        self.count_root_operation();
+        match root {
+            RootKey::Managed => {
+                let (version, wrapped) = self.managed.wrap(key)?;
+                Ok((RootKeyRef { root: Some(Root::ManagedVersion(version)) }, wrapped))
+            }
+            RootKey::Vault { uri, version } => {
+                let (_, wrapped) = self.vault()?.wrap(uri, version, key).await?;
+                Ok((self.root_ref(root), wrapped))
+            }
+        }
     }
 
     fn cached(&self, id: &[u8]) -> Option<Arc<DataKey>> {
@@ -187,34 +339,43 @@ impl Keyring {
         crate::metrics::root_key_operation();
     }
 
-    fn load(&self, id: &[u8]) -> Result<Option<Arc<DataKey>>, KeyringError> {
+    async fn load(&self, id: &[u8]) -> Result<Option<Arc<DataKey>>, KeyringError> {
         let Some(wrapped) = self.store.wrapped_data_key(id)? else {
             return Ok(None);
         };
-        let key = Arc::new(self.unwrap(&wrapped)?);
+        let key = Arc::new(self.unwrap(&wrapped).await?);
         self.remember(id, &key);
         Ok(Some(key))
     }
 
-    fn unwrap(&self, wrapped: &WrappedDataKey) -> Result<DataKey, KeyringError> {
+    async fn unwrap(&self, wrapped: &WrappedDataKey) -> Result<DataKey, KeyringError> {
         self.count_root_operation();
         match wrapped.wrapped_by.as_ref().and_then(|r| r.root.as_ref()) {
             Some(Root::ManagedVersion(version)) => Ok(self.managed.unwrap(*version, &wrapped.wrapped)?),
-            Some(Root::VaultKeyId(_)) | None => Err(CryptoError::RootKey {
-                root: "unknown".into(),
-                reason: "wrapped by a root this worker does not have".into(),
+            Some(Root::VaultKeyId(kid)) => {
+                let vault = self.vault()?;
+                let uri = KeyUri::parse(kid, vault.trusted_hosts())?;
+                let version = uri.version.clone().ok_or(KeyUriError::Malformed("stored key id has no version"))?;
+                Ok(vault.unwrap(&uri, &version, &wrapped.wrapped).await?)
+            }
+            None => Err(CryptoError::Corrupt {
+                what: "wrapped data key",
+                reason: "names no root".into(),
             }
             .into()),
         }
     }
 
-    fn create(&self, tenant: &str, layer: Layer, id: &[u8], now_ms: i64) -> Result<Arc<DataKey>, KeyringError> {
+    async fn create(
+        &self,
+        tenant: &str,
+        layer: Layer,
+        id: &[u8],
+        root: &RootKey,
+        now_ms: i64,
+    ) -> Result<Arc<DataKey>, KeyringError> {
         let key = DataKey::generate();
-        self.count_root_operation();
-        let (version, wrapped) = self.managed.wrap(&key)?;
-        let root = RootKeyRef {
-            root: Some(Root::ManagedVersion(version)),
-        };
+        let (root, wrapped) = self.wrap(root, &key).await?;
         let mut txn = self.store.transaction();
         txn.put_data_key(
             id,
@@ -237,5 +398,12 @@ impl Keyring {
         let key = Arc::new(key);
         self.remember(id, &key);
         Ok(key)
+    }
+}
+
+fn same_root(a: &RootKeyRef, b: &RootKeyRef) -> bool {
+    match (&a.root, &b.root) {
+        (Some(Root::VaultKeyId(x)), Some(Root::VaultKeyId(y))) => x.eq_ignore_ascii_case(y),
+        (x, y) => x == y,
     }
 }

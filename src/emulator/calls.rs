@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
+/// The pseudo-operation counting requests refused with 429.
+pub(crate) const THROTTLED: &str = "throttled";
+
 /// Counts requests by operation name ("wrapkey", "get_key", ...).
 #[derive(Default)]
 pub(crate) struct CallCounter {

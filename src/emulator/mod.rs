@@ -236,7 +236,8 @@ impl Emulator {
     /// Requests served per operation since start ("wrapkey", "unwrapkey",
     /// "get_key", ...), counting those that passed authentication and
     /// throttling whatever their outcome, so tests can prove how often a
-    /// caller really talks to the vault.
+    /// caller really talks to the vault. Requests refused with 429 are
+    /// counted under "throttled".
     pub fn calls(&self) -> BTreeMap<String, u64> {
         self.app.calls.snapshot()
     }

@@ -21,6 +21,7 @@ use super::calls::CallCounter;
 use super::error::ServiceError;
 use super::handlers::{self, RequestContext};
 use super::routes::Route;
+use super::calls::THROTTLED;
 use super::throttle::{self, Throttle};
 use super::tls::TlsListener;
 use super::vault::{Vault, unix_now};
@@ -97,6 +98,7 @@ async fn handle_request(State(app): State<Arc<App>>, request: Request) -> Respon
     }
     if let Some(throttle) = &app.throttle {
         if let Err(wait) = throttle.admit(Instant::now()) {
+            app.calls.record(THROTTLED);
             return throttle::too_many_requests(wait);
         }
     }

@@ -236,18 +236,25 @@ impl Store {
     }
 
     /// Up to `limit` index entries with ingestion time before `cutoff_ms`,
-    /// oldest first, as (index key, ingested_at_ms, record key).
+    /// oldest first, strictly after index key `after` when given, as
+    /// (index key, ingested_at_ms, record key).
     pub fn ingested_before(
         &self,
+        after: Option<&[u8]>,
         cutoff_ms: i64,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, i64, Vec<u8>)>, StoreError> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound((cutoff_ms.max(0) as u64).to_be_bytes().to_vec());
+        let mode = match after {
+            Some(key) => IteratorMode::From(key, Direction::Forward),
+            None => IteratorMode::Start,
+        };
         let mut due = Vec::new();
         for item in self
             .db
-            .iterator_cf_opt(self.cf(CF_BY_TIME), opts, IteratorMode::Start)
+            .iterator_cf_opt(self.cf(CF_BY_TIME), opts, mode)
+            .filter(|item| !matches!((item, after), (Ok((key, _)), Some(after)) if key.as_ref() == after))
             .take(limit)
         {
             let (key, _) = item?;
@@ -274,6 +281,23 @@ impl Store {
             .get_cf(self.cf(CF_DEKS), id)?
             .map(|v| decode(CF_DEKS, "wrapped data key", &v))
             .transpose()
+    }
+
+    /// Every data key of `tenant` (all layers), as (id bytes, wrapped key).
+    pub fn data_keys_of(&self, tenant: &str) -> Result<Vec<(Vec<u8>, WrappedDataKey)>, StoreError> {
+        let prefix = keys::tenant_prefix(tenant);
+        let mut found = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_DEKS), IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (id, value) = item?;
+            if !id.starts_with(&prefix) {
+                break;
+            }
+            found.push((id.into_vec(), decode(CF_DEKS, "wrapped data key", &value)?));
+        }
+        Ok(found)
     }
 
     /// Up to `limit` durable events with sequence greater than `after`, in order.

@@ -1,0 +1,313 @@
+//! The Key Vault root-key provider: the official `KeyClient` (one per vault
+//! host), with bounded timeouts and azure_core's exponential retry for 429
+//! and 5xx (1, 2, 4, 8, 16 s, honouring `Retry-After`). Every call is
+//! counted and timed in `keyseal_vault_requests_total` and
+//! `keyseal_vault_request_seconds`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use azure_core::credentials::TokenCredential;
+use azure_core::error::ErrorKind;
+use azure_core::http::{ExponentialRetryOptions, RetryOptions, Transport};
+use azure_security_keyvault_keys::models::{
+    EncryptionAlgorithm, KeyClientGetKeyOptions, KeyClientWrapKeyOptions, KeyOperationParameters,
+};
+use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
+
+use super::KeyUri;
+use crate::crypto::data_key::DataKey;
+use crate::metrics as m;
+
+/// What a vault call can fail with, classified for callers (validation,
+/// health probes). Messages never carry key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VaultError {
+    /// DNS, TCP, TLS or timeout: the vault could not be asked.
+    #[error("vault unreachable: {0}")]
+    Unreachable(String),
+    /// No token could be had for the vault.
+    #[error("no token for the vault: {0}")]
+    Credential(String),
+    /// 404: the key (or that version) does not exist.
+    #[error("key not found in the vault")]
+    KeyNotFound,
+    /// 401/403: the vault refused; `code` is Key Vault's inner error code
+    /// (`KeyDisabled`, `KeyOperationForbidden`, `KeyExpired`, …).
+    #[error("vault refused the operation ({code}): {message}")]
+    Forbidden {
+        /// Key Vault's most specific error code.
+        code: String,
+        /// Key Vault's message.
+        message: String,
+    },
+    /// 429 after every retry.
+    #[error("vault kept throttling after retries")]
+    Throttled,
+    /// Any other answer.
+    #[error("vault answered {status} ({code}): {message}")]
+    Service {
+        /// HTTP status.
+        status: u16,
+        /// Key Vault error code.
+        code: String,
+        /// Key Vault's message.
+        message: String,
+    },
+    /// The vault's answer lacked something keyseal needs.
+    #[error("unexpected vault answer: {0}")]
+    Invalid(String),
+}
+
+/// A key as the vault describes it (public parts and attributes only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultKey {
+    /// Full key id with version.
+    pub kid: String,
+    /// The version in `kid`.
+    pub version: String,
+    /// `RSA`, `RSA-HSM`, `EC`, …
+    pub kty: String,
+    /// Permitted operations.
+    pub key_ops: Vec<String>,
+    /// Whether the key is enabled.
+    pub enabled: bool,
+    /// Not valid before (Unix seconds).
+    pub not_before: Option<i64>,
+    /// Expiry (Unix seconds).
+    pub expires: Option<i64>,
+    /// The vault's deletion recovery level (`Recoverable`, …).
+    pub recovery_level: Option<String>,
+    /// RSA modulus size in bits (0 for other key types).
+    pub modulus_bits: usize,
+}
+
+/// Settings for reaching vaults.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    /// `host:port` entries allowed besides Azure's vault hosts.
+    pub trusted_hosts: Vec<String>,
+    /// Extra CA certificate (PEM) to trust, e.g. the emulator's.
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Per-request timeout.
+    pub timeout: std::time::Duration,
+}
+
+/// Errors building the vault client.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultSetupError {
+    /// The CA certificate could not be read or parsed.
+    #[error("vault CA certificate {path}: {reason}")]
+    CaCert {
+        /// File.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("building the vault HTTP client: {0}")]
+    Http(String),
+}
+
+/// Clients for every vault the worker's tenants use.
+pub struct Vault {
+    credential: Arc<dyn TokenCredential>,
+    http: Arc<reqwest::Client>,
+    options: VaultOptions,
+    clients: Mutex<HashMap<String, Arc<KeyClient>>>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// A vault client with `credential`; trusts the extra CA, if any, in
+    /// addition to the platform's roots.
+    pub fn new(credential: Arc<dyn TokenCredential>, options: VaultOptions) -> Result<Self, VaultSetupError> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(options.timeout);
+        if let Some(path) = &options.ca_cert {
+            builder = builder.tls_certs_merge([read_ca(path)?]);
+        }
+        let http = builder.build().map_err(|e| VaultSetupError::Http(e.to_string()))?;
+        Ok(Self {
+            credential,
+            http: Arc::new(http),
+            options,
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The hosts besides Azure's that key URIs may name.
+    pub fn trusted_hosts(&self) -> &[String] {
+        &self.options.trusted_hosts
+    }
+
+    fn client(&self, uri: &KeyUri) -> Result<Arc<KeyClient>, VaultError> {
+        let mut clients = self.clients.lock().expect("clients lock");
+        if let Some(client) = clients.get(&uri.vault_url) {
+            return Ok(client.clone());
+        }
+        let mut options = KeyClientOptions::default();
+        // Azure hosts must match the challenge's resource; a trusted
+        // self-hosted vault (127.0.0.1, localhost) never can.
+        let host = uri.vault_url.trim_start_matches("https://");
+        let trusted = self.options.trusted_hosts.iter().any(|t| t.eq_ignore_ascii_case(host));
+        options.verify_challenge_resource = Some(!trusted);
+        options.client_options.transport = Some(Transport::new(self.http.clone()));
+        options.client_options.retry = RetryOptions::exponential(ExponentialRetryOptions {
+            initial_delay: azure_core::time::Duration::seconds(1),
+            max_retries: 5,
+            max_delay: azure_core::time::Duration::seconds(16),
+            max_total_elapsed: azure_core::time::Duration::seconds(45),
+        });
+        let client = Arc::new(
+            KeyClient::new(&uri.vault_url, self.credential.clone(), Some(options))
+                .map_err(|e| VaultError::Invalid(e.to_string()))?,
+        );
+        clients.insert(uri.vault_url.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// Reads a key: `version` or, with `None`, the latest version.
+    pub async fn get_key(&self, uri: &KeyUri, version: Option<&str>) -> Result<VaultKey, VaultError> {
+        let client = self.client(uri)?;
+        let options = KeyClientGetKeyOptions {
+            key_version: version.map(str::to_owned),
+            ..Default::default()
+        };
+        let key = timed("get_key", async {
+            client.get_key(&uri.name, Some(options)).await?.into_model()
+        })
+        .await?;
+        let attributes = key.attributes.unwrap_or_default();
+        let jwk = key.key.ok_or_else(|| VaultError::Invalid("no key in the answer".into()))?;
+        let kid = jwk.kid.clone().ok_or_else(|| VaultError::Invalid("no kid".into()))?;
+        let version = kid.rsplit('/').next().unwrap_or_default().to_owned();
+        let modulus_bits = jwk.n.as_ref().map_or(0, |n| {
+            let significant = n.iter().skip_while(|b| **b == 0).count();
+            significant * 8 - n.iter().find(|b| **b != 0).map_or(0, |b| b.leading_zeros() as usize)
+        });
+        Ok(VaultKey {
+            kid,
+            version,
+            kty: jwk.kty.map(|k| k.to_string()).unwrap_or_default(),
+            key_ops: jwk.key_ops.unwrap_or_default(),
+            enabled: attributes.enabled.unwrap_or(false),
+            not_before: attributes.not_before.map(|t| t.unix_timestamp()),
+            expires: attributes.expires.map(|t| t.unix_timestamp()),
+            recovery_level: attributes.recovery_level.map(|l| l.to_string()),
+            modulus_bits,
+        })
+    }
+
+    /// Wraps a data key with RSA-OAEP-256 under `version`; returns the
+    /// wrapping key's id and the wrapped bytes.
+    pub async fn wrap(&self, uri: &KeyUri, version: &str, key: &DataKey) -> Result<(String, Vec<u8>), VaultError> {
+        let client = self.client(uri)?;
+        let parameters = KeyOperationParameters {
+            algorithm: Some(EncryptionAlgorithm::RsaOaep256),
+            value: Some(key.expose_for_wrapping().to_vec()),
+            ..Default::default()
+        };
+        let result = timed("wrapkey", async {
+            let options = KeyClientWrapKeyOptions {
+                key_version: Some(version.to_owned()),
+                ..Default::default()
+            };
+            client
+                .wrap_key(&uri.name, parameters.try_into()?, Some(options))
+                .await?
+                .into_model()
+        })
+        .await?;
+        let kid = result.kid.ok_or_else(|| VaultError::Invalid("no kid".into()))?;
+        let wrapped = result.result.ok_or_else(|| VaultError::Invalid("no wrapped key".into()))?;
+        Ok((kid, wrapped))
+    }
+
+    /// Unwraps a data key wrapped by `version` with RSA-OAEP-256.
+    pub async fn unwrap(&self, uri: &KeyUri, version: &str, wrapped: &[u8]) -> Result<DataKey, VaultError> {
+        let client = self.client(uri)?;
+        let parameters = KeyOperationParameters {
+            algorithm: Some(EncryptionAlgorithm::RsaOaep256),
+            value: Some(wrapped.to_vec()),
+            ..Default::default()
+        };
+        let result = timed("unwrapkey", async {
+            client
+                .unwrap_key(&uri.name, version, parameters.try_into()?, None)
+                .await?
+                .into_model()
+        })
+        .await?;
+        let raw = zeroize::Zeroizing::new(result.result.ok_or_else(|| VaultError::Invalid("no unwrapped key".into()))?);
+        DataKey::from_slice(&raw).map_err(|e| VaultError::Invalid(e.to_string()))
+    }
+}
+
+fn read_ca(path: &Path) -> Result<reqwest::Certificate, VaultSetupError> {
+    let fail = |reason: String| VaultSetupError::CaCert {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    reqwest::Certificate::from_pem(&pem).map_err(|e| fail(e.to_string()))
+}
+
+/// Runs one vault call, recording its outcome and latency.
+async fn timed<T>(
+    operation: &'static str,
+    call: impl std::future::Future<Output = azure_core::Result<T>>,
+) -> Result<T, VaultError> {
+    let started = Instant::now();
+    let result = call.await.map_err(classify);
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(VaultError::Throttled) => "throttled",
+        Err(VaultError::Unreachable(_)) => "unreachable",
+        Err(_) => "error",
+    };
+    m::vault_request(operation, outcome, started.elapsed());
+    result
+}
+
+/// Maps an azure_core error to a [`VaultError`], reading Key Vault's error
+/// body for the most specific code (the inner error, when there is one).
+fn classify(error: azure_core::Error) -> VaultError {
+    match error.kind() {
+        ErrorKind::HttpResponse {
+            status,
+            error_code,
+            raw_response,
+        } => {
+            let body: serde_json::Value = raw_response
+                .as_ref()
+                .and_then(|r| serde_json::from_slice(r.body()).ok())
+                .unwrap_or_default();
+            let inner = body["error"]["innererror"]["code"].as_str();
+            let code = inner
+                .or(body["error"]["code"].as_str())
+                .or(error_code.as_deref())
+                .unwrap_or("unknown")
+                .to_owned();
+            let message = body["error"]["message"].as_str().unwrap_or_default().to_owned();
+            match u16::from(*status) {
+                404 => VaultError::KeyNotFound,
+                401 | 403 => VaultError::Forbidden { code, message },
+                429 => VaultError::Throttled,
+                status => VaultError::Service { status, code, message },
+            }
+        }
+        ErrorKind::Connection | ErrorKind::Io => VaultError::Unreachable(error.to_string()),
+        ErrorKind::Credential => VaultError::Credential(error.to_string()),
+        _ => VaultError::Unreachable(error.to_string()),
+    }
+}

@@ -1,0 +1,206 @@
+//! A Key Vault emulator for tests and benchmarks, with an HTTPS admin
+//! client that trusts only its certificate.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keyseal::emulator::{self, DEV_TOKEN, Emulator, EmulatorArgs, RecoveryLevel};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const API_VERSION: &str = "2025-07-01";
+pub const CHALLENGE: &str = "Bearer authorization=\"https://login.microsoftonline.com/8a2b5c1e-4f3d-4e6a-9b7c-0d1e2f3a4b5c\", resource=\"https://vault.azure.net\"";
+
+pub fn args(state_dir: &Path, recovery_level: RecoveryLevel) -> EmulatorArgs {
+    EmulatorArgs {
+        addr: "127.0.0.1:0".parse().expect("addr"),
+        state_dir: state_dir.to_path_buf(),
+        recovery_level,
+        recoverable_days: 90,
+        throttle_rps: None,
+        latency: Duration::ZERO,
+        token: DEV_TOKEN.to_owned(),
+    }
+}
+
+/// A running emulator and an HTTPS client that trusts only its certificate.
+pub struct Vault {
+    pub emulator: Emulator,
+    pub http: reqwest::Client,
+}
+
+impl Vault {
+    pub async fn start(args: EmulatorArgs) -> Self {
+        let emulator = emulator::start(args).await.expect("emulator starts");
+        let pem = std::fs::read(emulator.cert_pem_path()).expect("cert.pem written");
+        let http = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("PEM certificate")])
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        Self { emulator, http }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{path}{separator}api-version={API_VERSION}",
+            self.emulator.vault_url()
+        )
+    }
+
+    pub async fn send(&self, method: Method, url: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, url).bearer_auth(DEV_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request reaches the emulator");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("JSON body ({e}): {text}"))
+        };
+        (status, json)
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.send(method, &self.url(path), body).await
+    }
+
+    /// Calls an operation that must succeed and returns its body.
+    pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, json) = self.call(method.clone(), path, body).await;
+        assert_eq!(status, StatusCode::OK, "{method} {path}: {json}");
+        json
+    }
+
+    pub async fn create_rsa(&self, name: &str) -> Value {
+        let key = self
+            .ok(
+                Method::POST,
+                &format!("/keys/{name}/create"),
+                Some(json!({"kty": "RSA", "key_size": 2048})),
+            )
+            .await;
+        assert_kid(&key["key"]["kid"], &self.emulator.vault_url(), name);
+        key
+    }
+
+    pub async fn wrap(
+        &self,
+        name: &str,
+        version: &str,
+        alg: &str,
+        plain: &[u8],
+    ) -> (StatusCode, Value) {
+        let body = json!({"alg": alg, "value": URL_SAFE_NO_PAD.encode(plain)});
+        self.call(
+            Method::POST,
+            &format!("/keys/{name}/{version}/wrapkey"),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn unwrap(
+        &self,
+        name: &str,
+        version: &str,
+        alg: &str,
+        wrapped: &Value,
+    ) -> (StatusCode, Value) {
+        let body = json!({"alg": alg, "value": wrapped["value"]});
+        self.call(
+            Method::POST,
+            &format!("/keys/{name}/{version}/unwrapkey"),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn patch(&self, name: &str, body: Value) -> Value {
+        self.ok(Method::PATCH, &format!("/keys/{name}/"), Some(body))
+            .await
+    }
+}
+
+pub fn decode(value: &Value) -> Vec<u8> {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {value}"));
+    assert!(!text.contains('='), "base64url must be unpadded: {text}");
+    URL_SAFE_NO_PAD.decode(text).expect("base64url")
+}
+
+/// `https://{authority}/keys/{name}/{32 lowercase hex}`; returns the version.
+pub fn assert_kid(kid: &Value, vault_url: &str, name: &str) -> String {
+    let kid = kid.as_str().expect("kid is a string");
+    let prefix = format!("{vault_url}/keys/{name}/");
+    let version = kid
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("kid {kid} must start with {prefix}"));
+    assert_eq!(version.len(), 32, "version of {kid}");
+    assert!(
+        version.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')),
+        "{kid}"
+    );
+    version.to_owned()
+}
+
+pub fn version_of(bundle: &Value) -> String {
+    let kid = bundle["key"]["kid"].as_str().expect("kid");
+    kid.rsplit('/').next().expect("version").to_owned()
+}
+
+pub fn error_code(body: &Value) -> (&str, Option<&str>) {
+    (
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("error body: {body}")),
+        body["error"]["innererror"]["code"].as_str(),
+    )
+}
+
+pub fn now() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+    )
+    .expect("i64")
+}
+
+
+impl Vault {
+    /// `host:port` of the emulator, for `--trusted-vault-host`.
+    pub fn host(&self) -> String {
+        self.emulator.vault_url().trim_start_matches("https://").to_owned()
+    }
+
+    /// Worker flags that let it use this emulator as a vault.
+    pub fn worker_flags(&self) -> Vec<String> {
+        vec![
+            "--trusted-vault-host".into(),
+            self.host(),
+            "--vault-ca-cert".into(),
+            self.emulator.cert_pem_path().display().to_string(),
+            "--vault-credential".into(),
+            "static-token".into(),
+        ]
+    }
+
+    /// The key URI (no version) of key `name`.
+    pub fn key_uri(&self, name: &str) -> String {
+        format!("{}/keys/{name}", self.emulator.vault_url())
+    }
+
+    /// Creates a key from a Key Vault create body; returns its version.
+    pub async fn create(&self, name: &str, body: Value) -> String {
+        version_of(&self.ok(Method::POST, &format!("/keys/{name}/create"), Some(body)).await)
+    }
+}
