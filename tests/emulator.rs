@@ -615,3 +615,23 @@ async fn the_official_python_sdk_wraps_and_unwraps_through_the_emulator() {
     assert!(calls.get("unwrapkey").is_some_and(|n| *n >= 1), "{calls:?}");
     vault.emulator.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_tls_name_renews_the_certificate_once() {
+    let state = tempfile::tempdir().expect("state dir");
+    let cert = |v: &Vault| std::fs::read(v.emulator.cert_pem_path()).expect("cert.pem");
+    let first = Vault::start(args(state.path(), RecoveryLevel::Recoverable)).await;
+    let original = cert(&first);
+    first.emulator.shutdown().await;
+
+    let mut named = args(state.path(), RecoveryLevel::Recoverable);
+    named.tls_names = vec!["keyvault-emulator".to_owned()];
+    let second = Vault::start(named.clone()).await;
+    let renewed = cert(&second);
+    assert_ne!(renewed, original, "a missing name makes a new certificate");
+    second.create_rsa("still-served").await;
+    second.emulator.shutdown().await;
+
+    let third = Vault::start(named).await;
+    assert_eq!(cert(&third), renewed, "the same names reuse it");
+}

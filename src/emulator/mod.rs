@@ -92,6 +92,11 @@ pub struct EmulatorArgs {
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub latency: Duration,
 
+    /// Extra DNS name or IP address the TLS certificate must cover, e.g. the
+    /// compose service name `keyvault-emulator` (repeatable).
+    #[arg(long = "tls-name", env = "KEYSEAL_EMULATOR_TLS_NAMES", value_delimiter = ',')]
+    pub tls_names: Vec<String>,
+
     /// The only bearer token accepted.
     #[arg(long, env = "KEYSEAL_VAULT_TOKEN", default_value = DEV_TOKEN, hide_env_values = true)]
     pub token: String,
@@ -274,7 +279,7 @@ pub async fn start(args: EmulatorArgs) -> Result<Emulator, EmulatorError> {
     }
     let policy = vault::DeletionPolicy::new(args.recovery_level, args.recoverable_days)?;
     store::create_state_dir(&args.state_dir)?;
-    let tls_config = tls::server_config(&args.state_dir)?;
+    let tls_config = tls::server_config(&args.state_dir, &args.tls_names)?;
     let vault = vault::Vault::open(store::KeyStore::open(&args.state_dir)?, policy).await?;
     let listener = tls::TlsListener::bind(args.addr, tls_config).await?;
     let addr = listener.local_addr();

@@ -1,8 +1,9 @@
 //! HTTPS for the emulator. The Azure SDKs refuse to send a bearer token over
 //! plain HTTP, so the emulator serves TLS with a self-signed certificate
-//! made on first start (SANs `localhost`, `127.0.0.1`, `::1`) and kept in the
-//! state directory, so clients that trust `<state-dir>/cert.pem` keep
-//! trusting it across restarts.
+//! made on first start (SANs `localhost`, `127.0.0.1`, `::1`, plus any
+//! `--tls-name`, e.g. a compose service name) and kept in the state
+//! directory, so clients that trust `<state-dir>/cert.pem` keep trusting it
+//! across restarts. It is made anew only when a requested name is missing.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,8 @@ use super::store::{PRIVATE_MODE, write_atomically};
 
 const CERT_FILE: &str = "cert.pem";
 const CERT_KEY_FILE: &str = "cert-key.pem";
+/// The names the stored certificate covers, one per line.
+const CERT_NAMES_FILE: &str = "cert-names";
 const CERT_MODE: u32 = 0o644;
 const SUBJECT_ALT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// A client that has not finished its handshake by then is dropped, so it
@@ -39,9 +42,11 @@ pub(crate) fn cert_pem_path(state_dir: &Path) -> PathBuf {
 
 /// The rustls configuration serving the state directory's certificate,
 /// created on first use.
-pub(crate) fn server_config(state_dir: &Path) -> Result<Arc<ServerConfig>, EmulatorError> {
+pub(crate) fn server_config(state_dir: &Path, extra_names: &[String]) -> Result<Arc<ServerConfig>, EmulatorError> {
     install_crypto_provider();
-    let (cert_pem, key_pem) = load_or_create_certificate(state_dir)?;
+    let mut names: Vec<String> = SUBJECT_ALT_NAMES.iter().map(|n| n.to_string()).collect();
+    names.extend(extra_names.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
+    let (cert_pem, key_pem) = load_or_create_certificate(state_dir, &names)?;
     let corrupt = |file: &str, reason: String| EmulatorError::CorruptState {
         path: state_dir.join(file),
         reason,
@@ -75,21 +80,24 @@ fn install_crypto_provider() {
 /// written first, so a certificate on disk always has its key.
 fn load_or_create_certificate(
     state_dir: &Path,
+    names: &[String],
 ) -> Result<(String, Zeroizing<String>), EmulatorError> {
     let cert_path = cert_pem_path(state_dir);
     let key_path = state_dir.join(CERT_KEY_FILE);
+    let names_path = state_dir.join(CERT_NAMES_FILE);
+    // A certificate from before names were recorded covers the defaults.
+    let covered = read_if_exists(&names_path)?.map_or_else(
+        || SUBJECT_ALT_NAMES.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        |text| text.lines().map(str::to_owned).collect(),
+    );
     if let (Some(cert), Some(key)) = (read_if_exists(&cert_path)?, read_if_exists(&key_path)?) {
-        return Ok((cert, Zeroizing::new(key)));
+        if names.iter().all(|n| covered.contains(n)) {
+            return Ok((cert, Zeroizing::new(key)));
+        }
     }
     let generation = |e: rcgen::Error| EmulatorError::Certificate(e.to_string());
     let key_pair = rcgen::KeyPair::generate().map_err(generation)?;
-    let mut params = rcgen::CertificateParams::new(
-        SUBJECT_ALT_NAMES
-            .iter()
-            .map(|name| name.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .map_err(generation)?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(generation)?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "keyseal Key Vault emulator");
@@ -108,6 +116,7 @@ fn load_or_create_certificate(
     };
     write_atomically(&key_path, key_pem.as_bytes(), PRIVATE_MODE).map_err(io_error(&key_path))?;
     write_atomically(&cert_path, cert_pem.as_bytes(), CERT_MODE).map_err(io_error(&cert_path))?;
+    write_atomically(&names_path, names.join("\n").as_bytes(), CERT_MODE).map_err(io_error(&names_path))?;
     tracing::info!(cert = %cert_path.display(), "generated the key vault emulator's TLS certificate");
     Ok((cert_pem, key_pem))
 }

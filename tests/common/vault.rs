@@ -21,6 +21,7 @@ pub fn args(state_dir: &Path, recovery_level: RecoveryLevel) -> EmulatorArgs {
         recoverable_days: 90,
         throttle_rps: None,
         latency: Duration::ZERO,
+        tls_names: Vec::new(),
         token: DEV_TOKEN.to_owned(),
     }
 }
