@@ -22,6 +22,9 @@ use tracing::error;
 use crate::config::Settings;
 use crate::crypto::CryptoError;
 use crate::encryption::{self, EncryptionError};
+use crate::health::policy;
+use crate::proto::store::TenantState;
+use crate::worker::state_name;
 use crate::ingest::validate::{is_valid_record_id, is_valid_tenant_id};
 use crate::records::{self, RecordError};
 use crate::worker::Services;
@@ -101,6 +104,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/tenants/{tenant}/records/{record_id}", get(read_record))
         .route("/tenants/{tenant}/encryption", put(enable_encryption).delete(disable_encryption))
         .route("/sweeps", post(sweep))
+        .route("/admin/replay", post(replay))
         .route_layer(middleware::from_fn_with_state(services.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -188,12 +192,28 @@ async fn tenant_status(
             "rewrapPending": projection.rewrap_pending,
         })
     };
+    let state = projection.state();
+    let unavailable = !projection.health_reason.is_empty();
+    let since = match (unavailable, state) {
+        (true, _) => Some(projection.degraded_since_unix_ms),
+        (false, TenantState::Active) if projection.state_since_unix_ms > 0 => Some(projection.state_since_unix_ms),
+        _ => None,
+    };
+    let lockdown_at = (state == TenantState::Degraded)
+        .then(|| policy::lockdown_at(&projection, services.settings.lockdown_after));
     Ok(Json(json!({
         "tenant": tenant,
-        "state": "active",
+        "state": state_name(state),
+        "stateSince": (projection.state_since_unix_ms > 0).then(|| rfc3339(projection.state_since_unix_ms)),
         "encryption": encryption,
         "records": {"hot": projection.hot_records, "sealed": projection.sealed_records},
-        "keyHealth": {"status": "healthy", "since": null, "reason": null, "lastProbe": null, "lockdownAt": null},
+        "keyHealth": {
+            "status": if unavailable { "unavailable" } else { "healthy" },
+            "since": since.map(rfc3339),
+            "reason": unavailable.then_some(projection.health_reason.as_str()),
+            "lastProbe": services.probe_times.last(&tenant).map(rfc3339),
+            "lockdownAt": lockdown_at.map(rfc3339),
+        },
     })))
 }
 
@@ -207,6 +227,16 @@ async fn read_record(
             StatusCode::BAD_REQUEST,
             "invalid_record_id",
             "record ids are 1..=128 bytes",
+        ));
+    }
+    if let Some(p) = services.store.tenant(&tenant).filter(|p| p.state() == TenantState::LockedDown) {
+        return Err(ApiError::new(
+            StatusCode::LOCKED,
+            "tenant_locked_down",
+            format!(
+                "the tenant is locked down because its key is unavailable ({}); access returns as soon as the key works again",
+                p.health_reason
+            ),
         ));
     }
     let (_, content) = records::read(&services.store, &services.keyring, &tenant, &record_id)
@@ -259,6 +289,19 @@ async fn disable_encryption(
     let rewrap = encryption::disable(&services, &tenant).await?;
     let Json(status) = tenant_status(State(services), Path(tenant)).await?;
     Ok(Json(json!({"status": status, "rewrap": rewrap})))
+}
+
+async fn replay(State(services): State<Arc<Services>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let report = services.replay().map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
+    })?;
+    Ok(Json(serde_json::to_value(report).expect("a report serialises")))
+}
+
+/// Unix milliseconds as RFC 3339 (UTC), the API's time format.
+fn rfc3339(unix_ms: i64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64))
+        .to_string()
 }
 
 async fn sweep(State(services): State<Arc<Services>>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -115,6 +115,12 @@ impl AdminClient {
         Ok(serde_json::from_slice(&body).unwrap_or_default())
     }
 
+    /// `POST /v1/admin/replay`: rebuild projections from the log and compare.
+    pub async fn replay(&self) -> Result<serde_json::Value, ClientError> {
+        let body = self.send(Method::POST, "/v1/admin/replay").await?;
+        Ok(serde_json::from_slice(&body).unwrap_or_default())
+    }
+
     /// `POST /v1/sweeps`: runs a sweep now and returns its summary.
     pub async fn sweep(&self) -> Result<serde_json::Value, ClientError> {
         let body = self.send(Method::POST, "/v1/sweeps").await?;

@@ -35,6 +35,13 @@ pub struct Settings {
     /// How often the seal sweep runs.
     #[arg(long, env = "KEYSEAL_SWEEP_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
+    /// How often each customer key is probed.
+    #[arg(long, env = "KEYSEAL_PROBE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub probe_interval: Duration,
+    /// Grace after the first failed probe before the tenant is locked down
+    /// (with the probe interval this keeps lockdown under one hour).
+    #[arg(long, env = "KEYSEAL_LOCKDOWN_AFTER", default_value = "50m", value_parser = humantime::parse_duration)]
+    pub lockdown_after: Duration,
     /// Unacked deliveries the broker may send ahead (AMQP prefetch).
     #[arg(long, env = "KEYSEAL_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,

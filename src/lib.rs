@@ -15,6 +15,7 @@
 //!   credentials, the official client and the enable checks.
 //! - [`encryption`]: enabling and disabling a tenant's own key, rewraps,
 //!   and holding back sealing while a key is unusable.
+//! - [`health`]: the key prober and the lockdown policy.
 //! - [`sealing`]: the sweep that moves records older than the seal age
 //!   into `sealed`.
 //! - [`events`]: event naming and the [`events::outbox`] relay to
@@ -38,6 +39,7 @@ pub mod crypto;
 pub mod emulator;
 pub mod encryption;
 pub mod events;
+pub mod health;
 pub mod ingest;
 pub mod keyvault;
 pub mod metrics;

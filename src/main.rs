@@ -46,6 +46,11 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Administration of the worker's event-sourced state.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Serve a local Azure Key Vault–compatible HTTPS API (keys only) for tests, demos and compose.
     KeyvaultEmulator(EmulatorArgs),
 }
@@ -73,6 +78,15 @@ enum TenantCommand {
     Disable {
         /// Tenant id.
         tenant: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Rebuild every projection from sequence 0 in scratch memory and report whether it equals the live state.
+    Replay {
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -170,6 +184,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             std::io::stdout().write_all(&payload).context("writing the payload to stdout")
         }
         Command::Sweep { server } => print_json(&server.client().sweep().await?),
+        Command::Admin {
+            command: AdminCommand::Replay { server },
+        } => {
+            let report = server.client().replay().await?;
+            print_json(&report)?;
+            anyhow::ensure!(report["equal"] == true, "replayed projections differ from the live state");
+            Ok(())
+        }
         Command::KeyvaultEmulator(args) => {
             init_logging(LogFormat::Text);
             Ok(emulator::run(args).await?)

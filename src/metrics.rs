@@ -38,6 +38,8 @@ fn describe() {
     describe_gauge!("keyseal_outbox_lag_events", Unit::Count, "Events appended but not yet confirmed on keyseal.events.");
     describe_counter!("keyseal_data_key_cache_total", Unit::Count, "Data-key lookups by result: hit, miss.");
     describe_counter!("keyseal_root_key_operations_total", Unit::Count, "Root-key wrap and unwrap operations.");
+    describe_gauge!("keyseal_tenants", Unit::Count, "Tenants by lockdown state (active, degraded, locked_down).");
+    describe_gauge!("keyseal_key_healthy", Unit::Count, "1 while a BYOK tenant's key is healthy, 0 while unavailable.");
     describe_counter!("keyseal_vault_requests_total", Unit::Count, "Key Vault requests by operation and outcome (ok, throttled, unreachable, error).");
     describe_histogram!("keyseal_vault_request_seconds", Unit::Seconds, "Key Vault request latency, retries included, by operation.");
 }
@@ -98,4 +100,14 @@ pub fn root_key_operation() {
 pub fn vault_request(operation: &'static str, outcome: &'static str, took: Duration) {
     counter!("keyseal_vault_requests_total", "operation" => operation, "outcome" => outcome).increment(1);
     histogram!("keyseal_vault_request_seconds", "operation" => operation).record(took.as_secs_f64());
+}
+
+/// How many tenants are in `state`.
+pub fn tenants_in_state(state: &'static str, count: usize) {
+    gauge!("keyseal_tenants", "state" => state).set(count as f64);
+}
+
+/// Whether a BYOK tenant's key is healthy.
+pub fn key_health(tenant: &str, healthy: bool) {
+    gauge!("keyseal_key_healthy", "tenant" => tenant.to_owned()).set(if healthy { 1.0 } else { 0.0 });
 }

@@ -1,12 +1,34 @@
 //! The tenant read model: a pure fold of the event log. The store applies
 //! each event as it commits it (in the same write batch as the event and the
-//! checkpoint), so the projection is exactly as current as the log.
+//! checkpoint), so the projection is exactly as current as the log, and
+//! [`replay`] from sequence 1 rebuilds the same state.
+//!
+//! The lockdown states follow DESIGN.md:
+//! `active --KeyHealth(unavailable)--> degraded(since)`,
+//! `degraded --KeyHealth(healthy)--> active`,
+//! `degraded --TenantLockedDown--> locked_down`,
+//! `locked_down --TenantRestored--> active`. Time-driven transitions are
+//! explicit events, so the fold never looks at a clock.
 
-use crate::proto::store::TenantProjection;
-use crate::proto::v1::event::Kind;
+use std::collections::BTreeMap;
 
-/// Folds one event into a tenant's projection.
-pub fn apply(projection: &mut TenantProjection, event: &Kind) {
+use crate::proto::store::{TenantProjection, TenantState};
+use crate::proto::v1::key_health::Status;
+use crate::proto::v1::{Event, event::Kind};
+
+/// Folds an event log from the start into every tenant's projection.
+pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> BTreeMap<String, TenantProjection> {
+    let mut tenants: BTreeMap<String, TenantProjection> = BTreeMap::new();
+    for event in events {
+        if let Some(kind) = &event.kind {
+            apply(tenants.entry(event.tenant_id.clone()).or_default(), kind, event.time_unix_ms);
+        }
+    }
+    tenants
+}
+
+/// Folds one event (appended at `at_ms`) into a tenant's projection.
+pub fn apply(projection: &mut TenantProjection, event: &Kind, at_ms: i64) {
     match event {
         Kind::RecordsStored(stored) => projection.hot_records += u64::from(stored.count),
         Kind::RecordsSealed(sealed) => {
@@ -23,17 +45,50 @@ pub fn apply(projection: &mut TenantProjection, event: &Kind) {
             projection.key_uri.clear();
             projection.key_version.clear();
             projection.rewrap_pending = false;
+            // Tenants on the managed key are never degraded or locked.
+            set_state(projection, TenantState::Active, at_ms);
+            projection.health_reason.clear();
+            projection.degraded_since_unix_ms = 0;
+        }
+        Kind::KeyHealth(health) => match (health.status(), projection.state()) {
+            (Status::Unavailable, TenantState::Active) => {
+                set_state(projection, TenantState::Degraded, at_ms);
+                projection.degraded_since_unix_ms = at_ms;
+                projection.health_reason.clone_from(&health.reason);
+            }
+            (Status::Unavailable, TenantState::Degraded | TenantState::LockedDown) => {
+                projection.health_reason.clone_from(&health.reason);
+            }
+            (Status::Healthy | Status::Unspecified, TenantState::Degraded) => {
+                set_state(projection, TenantState::Active, at_ms);
+                projection.health_reason.clear();
+                projection.degraded_since_unix_ms = 0;
+            }
+            // A locked-down tenant waits for TenantRestored (appended with this event).
+            (Status::Healthy | Status::Unspecified, TenantState::Active | TenantState::LockedDown) => {}
+        },
+        Kind::TenantLockedDown(locked) => {
+            set_state(projection, TenantState::LockedDown, at_ms);
+            projection.health_reason.clone_from(&locked.reason);
+        }
+        Kind::TenantRestored(_) => {
+            set_state(projection, TenantState::Active, at_ms);
+            projection.health_reason.clear();
+            projection.degraded_since_unix_ms = 0;
         }
         Kind::RewrapProgress(progress) => {
             if progress.rewrapped == progress.total {
                 projection.rewrap_pending = false;
             }
         }
-        Kind::DataKeyCreated(_)
-        | Kind::KeyHealth(_)
-        | Kind::KeyRolled(_)
-        | Kind::TenantLockedDown(_)
-        | Kind::TenantRestored(_) => {}
+        Kind::DataKeyCreated(_) | Kind::KeyRolled(_) => {}
+    }
+}
+
+fn set_state(projection: &mut TenantProjection, state: TenantState, at_ms: i64) {
+    if projection.state() != state {
+        projection.set_state(state);
+        projection.state_since_unix_ms = at_ms;
     }
 }
 
@@ -45,13 +100,14 @@ mod tests {
     #[test]
     fn stored_then_sealed_moves_counts() {
         let mut p = TenantProjection::default();
-        apply(&mut p, &Kind::RecordsStored(RecordsStored { count: 5, bytes: 50 }));
+        apply(&mut p, &Kind::RecordsStored(RecordsStored { count: 5, bytes: 50 }), 1);
         apply(
             &mut p,
             &Kind::RecordsSealed(RecordsSealed {
                 count: 3,
                 oldest_ingested_at_unix_ms: 0,
             }),
+            2,
         );
         assert_eq!((p.hot_records, p.sealed_records), (2, 3));
     }
@@ -65,13 +121,46 @@ mod encryption_tests {
     #[test]
     fn enabling_sets_the_key_until_disabled_and_rewrap_completion_clears_pending() {
         let mut p = TenantProjection::default();
-        apply(&mut p, &Kind::EncryptionEnabled(EncryptionEnabled { key_uri: "u".into(), key_version: "v1".into() }));
+        apply(&mut p, &Kind::EncryptionEnabled(EncryptionEnabled { key_uri: "u".into(), key_version: "v1".into() }), 1);
         assert_eq!((p.key_uri.as_str(), p.key_version.as_str(), p.rewrap_pending), ("u", "v1", true));
-        apply(&mut p, &Kind::RewrapProgress(RewrapProgress { rewrapped: 1, total: 2, target: None }));
+        apply(&mut p, &Kind::RewrapProgress(RewrapProgress { rewrapped: 1, total: 2, target: None }), 2);
         assert!(p.rewrap_pending);
-        apply(&mut p, &Kind::RewrapProgress(RewrapProgress { rewrapped: 2, total: 2, target: None }));
+        apply(&mut p, &Kind::RewrapProgress(RewrapProgress { rewrapped: 2, total: 2, target: None }), 3);
         assert!(!p.rewrap_pending);
-        apply(&mut p, &Kind::EncryptionDisabled(EncryptionDisabled { key_uri: "u".into() }));
+        apply(&mut p, &Kind::EncryptionDisabled(EncryptionDisabled { key_uri: "u".into() }), 4);
         assert!(p.key_uri.is_empty() && p.key_version.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod lockdown_tests {
+    use super::*;
+    use crate::proto::v1::{KeyHealth, TenantLockedDown, TenantRestored};
+
+    fn health(status: Status, reason: &str) -> Kind {
+        Kind::KeyHealth(KeyHealth {
+            status: status as i32,
+            reason: reason.into(),
+            key_version: String::new(),
+        })
+    }
+
+    #[test]
+    fn given_events_the_states_follow_the_design_diagram() {
+        let mut p = TenantProjection::default();
+        apply(&mut p, &health(Status::Unavailable, "key_disabled"), 100);
+        assert_eq!((p.state(), p.state_since_unix_ms, p.degraded_since_unix_ms), (TenantState::Degraded, 100, 100));
+        apply(&mut p, &health(Status::Unavailable, "key_not_found"), 200);
+        assert_eq!((p.degraded_since_unix_ms, p.health_reason.as_str()), (100, "key_not_found"), "the grace does not restart");
+        apply(&mut p, &health(Status::Healthy, ""), 300);
+        assert_eq!((p.state(), p.degraded_since_unix_ms), (TenantState::Active, 0));
+
+        apply(&mut p, &health(Status::Unavailable, "key_expired"), 400);
+        apply(&mut p, &Kind::TenantLockedDown(TenantLockedDown { reason: "key_expired".into(), degraded_since_unix_ms: 400 }), 500);
+        assert_eq!((p.state(), p.state_since_unix_ms), (TenantState::LockedDown, 500));
+        apply(&mut p, &health(Status::Healthy, ""), 600);
+        assert_eq!(p.state(), TenantState::LockedDown, "only TenantRestored unlocks");
+        apply(&mut p, &Kind::TenantRestored(TenantRestored { locked_since_unix_ms: 500 }), 600);
+        assert_eq!((p.state(), p.health_reason.as_str()), (TenantState::Active, ""));
     }
 }

@@ -20,11 +20,14 @@ use crate::crypto::root_key::ManagedRootKeys;
 use crate::encryption;
 use crate::keyvault::{Vault, credential};
 use crate::events::outbox;
+use crate::health::prober::{self, ProbeTimes};
+use crate::proto::store::TenantState;
 use crate::ingest::consumer;
 use crate::metrics as m;
 use crate::records::RecordError;
 use crate::sealing::{self, SealSummary};
-use crate::storage::Store;
+use crate::projection;
+use crate::storage::{Store, StoreError};
 
 /// Everything a shard's tasks share.
 pub struct Services {
@@ -38,6 +41,8 @@ pub struct Services {
     pub settings: Settings,
     /// Whether the ingest consumer is connected and consuming.
     pub amqp_ready: AtomicBool,
+    /// When each tenant's key was last probed.
+    pub probe_times: ProbeTimes,
     /// Serialises sweeps (scheduled and on demand).
     sweep: tokio::sync::Mutex<()>,
 }
@@ -67,6 +72,7 @@ impl Services {
             clock,
             settings,
             amqp_ready: AtomicBool::new(false),
+            probe_times: ProbeTimes::default(),
             sweep: tokio::sync::Mutex::new(()),
         })
     }
@@ -77,7 +83,16 @@ impl Services {
     pub async fn sweep(&self) -> Result<SealSummary, RecordError> {
         let _one_at_a_time = self.sweep.lock().await;
         encryption::resume_rewraps(self).await;
-        let hold = encryption::unusable_customer_keys(self).await;
+        let mut hold = encryption::unusable_customer_keys(self).await;
+        // Sealing of a tenant that is not healthy waits; its backlog is
+        // sealed after it is restored.
+        hold.extend(
+            self.store
+                .tenants()
+                .into_iter()
+                .filter(|(_, p)| p.state() != TenantState::Active)
+                .map(|(tenant, _)| tenant),
+        );
         let summary =
             sealing::seal_due(&self.store, &self.keyring, self.clock.now_ms(), self.settings.seal_after, &hold).await?;
         m::sealed(summary.sealed);
@@ -90,10 +105,42 @@ impl Services {
         self.sweep.lock().await
     }
 
+    /// Rebuilds every projection from sequence 1 into scratch memory and
+    /// compares it with the live projections at the same sequence.
+    pub fn replay(&self) -> Result<ReplayReport, StoreError> {
+        self.store.sync()?;
+        let (live, sequence) = self.store.projections_at();
+        let events = self.store.events_after(0, usize::try_from(sequence).unwrap_or(usize::MAX))?;
+        let replayed = projection::replay(&events);
+        let differing: Vec<String> = live
+            .keys()
+            .chain(replayed.keys())
+            .filter(|t| live.get(*t) != replayed.get(*t))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        Ok(ReplayReport {
+            equal: differing.is_empty(),
+            sequence,
+            events: events.len() as u64,
+            tenants: replayed.len(),
+            differing,
+        })
+    }
+
     /// Updates the gauges derived from stored state.
     pub fn refresh_gauges(&self) -> Result<(), RecordError> {
-        for (tenant, projection) in self.store.tenants() {
-            m::tenant_records(&tenant, projection.hot_records, projection.sealed_records);
+        let tenants = self.store.tenants();
+        for (tenant, projection) in &tenants {
+            m::tenant_records(tenant, projection.hot_records, projection.sealed_records);
+            if !projection.key_uri.is_empty() {
+                m::key_health(tenant, projection.health_reason.is_empty());
+            }
+        }
+        for state in [TenantState::Active, TenantState::Degraded, TenantState::LockedDown] {
+            let count = tenants.iter().filter(|(_, p)| p.state() == state).count();
+            m::tenants_in_state(state_name(state), count);
         }
         let lag = match self.store.oldest_hot_ingested_at()? {
             Some(oldest) => {
@@ -105,6 +152,22 @@ impl Services {
         m::seal_lag(lag);
         Ok(())
     }
+}
+
+/// The outcome of [`Services::replay`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayReport {
+    /// Whether replayed and live projections are identical.
+    pub equal: bool,
+    /// The sequence both reflect.
+    pub sequence: u64,
+    /// Events replayed.
+    pub events: u64,
+    /// Tenants rebuilt.
+    pub tenants: usize,
+    /// Tenants whose projections differ.
+    pub differing: Vec<String>,
 }
 
 /// A running worker.
@@ -122,6 +185,7 @@ impl Worker {
     pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
         // Install the recorder first so every counter counts from the start.
         m::handle();
+        m::storage_paused(false);
         let services = Arc::new(Services::open(settings, clock)?);
         let shutdown = CancellationToken::new();
         let listener = api::bind(&services.settings).await?;
@@ -135,6 +199,8 @@ impl Worker {
         tasks.spawn(async move { outbox::run(&s.store, &s.settings.amqp_url, stop).await });
         let (s, stop) = (services.clone(), shutdown.clone());
         tasks.spawn(async move { seal_on_schedule(&s, stop).await });
+        let (s, stop) = (services.clone(), shutdown.clone());
+        tasks.spawn(async move { prober::run(&s, stop).await });
         let (s, stop) = (services.clone(), shutdown.clone());
         tasks.spawn(async move {
             if let Err(e) = api::serve(listener, s, stop).await {
@@ -161,6 +227,15 @@ impl Worker {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The API and metrics name of a tenant state.
+pub fn state_name(state: TenantState) -> &'static str {
+    match state {
+        TenantState::Active => "active",
+        TenantState::Degraded => "degraded",
+        TenantState::LockedDown => "locked_down",
     }
 }
 

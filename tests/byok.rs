@@ -7,138 +7,20 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::byok::setup;
 use common::vault::{Vault, args};
 use common::*;
 use keyseal::clock::ManualClock;
 use keyseal::emulator::RecoveryLevel;
 use keyseal::proto::v1::root_key_ref::Root;
 use keyseal::publish::synthetic;
-use keyseal::worker::Worker;
 use reqwest::Method;
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(60);
 const HOURS_49: Duration = Duration::from_secs(49 * 3600);
-
-struct Setup {
-    vault: Vault,
-    vhost: Vhost,
-    _dir: tempfile::TempDir,
-    worker: Worker,
-    base: String,
-    clock: ManualClock,
-    http: reqwest::Client,
-    _state: tempfile::TempDir,
-}
-
-async fn setup(name: &str, recovery_level: RecoveryLevel, throttle_rps: Option<u32>) -> Setup {
-    let state = tempfile::tempdir().unwrap();
-    let mut emulator_args = args(state.path(), recovery_level);
-    emulator_args.throttle_rps = throttle_rps.map(|n| std::num::NonZeroU32::new(n).unwrap());
-    let vault = Vault::start(emulator_args).await;
-    let vhost = Vhost::new(name);
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::starting_now();
-    let flags = vault.worker_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let worker = start_worker(&vhost, dir.path(), Arc::new(clock.clone()), &flags).await;
-    let base = base_url(&worker);
-    Setup {
-        vault,
-        vhost,
-        _dir: dir,
-        worker,
-        base,
-        clock,
-        http: reqwest::Client::new(),
-        _state: state,
-    }
-}
-
-impl Setup {
-    async fn enable(&self, tenant: &str, key_uri: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .put(format!("{}/v1/tenants/{tenant}/encryption", self.base))
-            .json(&json!({"keyUri": key_uri}))
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
-    }
-
-    async fn disable(&self, tenant: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .delete(format!("{}/v1/tenants/{tenant}/encryption", self.base))
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
-    }
-
-    async fn sweep(&self) -> Value {
-        self.http
-            .post(format!("{}/v1/sweeps", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn status(&self, tenant: &str) -> Value {
-        reqwest::get(format!("{}/v1/tenants/{tenant}", self.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn publish(&self, tenant: &str, prefix: &str, count: usize) -> Vec<keyseal::proto::v1::IngestRecord> {
-        let before = counts(&self.base, tenant).await.map_or(0, |(h, s)| h + s);
-        let records = synthetic(tenant, prefix, count, 300, 1);
-        publish_confirmed(&self.vhost, &records).await;
-        wait_for_records(&self.base, tenant, before + count as u64, WAIT).await;
-        records
-    }
-
-    async fn assert_readable(&self, records: &[keyseal::proto::v1::IngestRecord]) {
-        for record in records {
-            let (status, body) = get_record(&self.base, &record.tenant_id, &record.record_id).await;
-            assert_eq!(status, 200, "{}/{}", record.tenant_id, record.record_id);
-            assert_eq!(body, record.payload);
-        }
-    }
-
-    /// Roots of the tenant's sealed data keys, as stored.
-    fn sealed_roots(&self, tenant: &str) -> Vec<Root> {
-        self.worker
-            .services
-            .store
-            .data_keys_of(tenant)
-            .unwrap()
-            .into_iter()
-            .filter(|(id, _)| {
-                keyseal::crypto::data_key::DataKeyId::from_bytes(id).unwrap().layer
-                    == keyseal::proto::v1::Layer::Sealed
-            })
-            .map(|(_, wrapped)| wrapped.wrapped_by.unwrap().root.unwrap())
-            .collect()
-    }
-
-    async fn rsa_key(&self, name: &str) -> String {
-        self.vault
-            .create(name, json!({"kty": "RSA", "key_size": 2048, "key_ops": ["wrapKey", "unwrapKey"]}))
-            .await
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enabling_a_valid_key_moves_sealed_data_keys_under_it() {
-    let s = setup("byok-enable", RecoveryLevel::Recoverable, None).await;
+    let s = setup("byok-enable", RecoveryLevel::Recoverable, None, &[]).await;
     let version = s.rsa_key("acme-key").await;
     let before = s.publish("acme", "before-", 40).await;
     s.clock.advance(HOURS_49);
@@ -171,7 +53,7 @@ async fn enabling_a_valid_key_moves_sealed_data_keys_under_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_unusable_key_is_refused_with_its_own_code_and_changes_nothing() {
-    let s = setup("byok-refuse", RecoveryLevel::Recoverable, None).await;
+    let s = setup("byok-refuse", RecoveryLevel::Recoverable, None, &[]).await;
     let records = s.publish("acme", "r-", 5).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let rsa = json!({"kty": "RSA", "key_size": 2048});
@@ -241,7 +123,7 @@ async fn every_unusable_key_is_refused_with_its_own_code_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_disable_the_customer_key_can_be_deleted_and_everything_stays_readable() {
-    let s = setup("byok-disable", RecoveryLevel::Recoverable, None).await;
+    let s = setup("byok-disable", RecoveryLevel::Recoverable, None, &[]).await;
     s.rsa_key("k").await;
     let (status, body) = s.enable("acme", &s.vault.key_uri("k")).await;
     assert_eq!(status, 200, "{body}");
@@ -267,7 +149,7 @@ async fn after_disable_the_customer_key_can_be_deleted_and_everything_stays_read
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_fails_cleanly_when_the_customer_key_is_gone() {
-    let s = setup("byok-disable-fail", RecoveryLevel::Recoverable, None).await;
+    let s = setup("byok-disable-fail", RecoveryLevel::Recoverable, None, &[]).await;
     s.rsa_key("k").await;
     assert_eq!(s.enable("acme", &s.vault.key_uri("k")).await.0, 200);
     let sealed = s.publish("acme", "s-", 10).await;
@@ -284,7 +166,7 @@ async fn disable_fails_cleanly_when_the_customer_key_is_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_disabled_after_enabling_holds_that_tenant_in_hot_and_nothing_else() {
-    let s = setup("byok-hold", RecoveryLevel::Recoverable, None).await;
+    let s = setup("byok-hold", RecoveryLevel::Recoverable, None, &[]).await;
     s.rsa_key("acme-key").await;
     assert_eq!(s.enable("acme", &s.vault.key_uri("acme-key")).await.0, 200);
     let acme = s.publish("acme", "a-", 20).await;
@@ -307,7 +189,7 @@ async fn a_key_disabled_after_enabling_holds_that_tenant_in_hot_and_nothing_else
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_vault_calls_are_retried_until_they_succeed() {
-    let s = setup("byok-throttle", RecoveryLevel::Recoverable, Some(2)).await;
+    let s = setup("byok-throttle", RecoveryLevel::Recoverable, Some(2), &[]).await;
     s.rsa_key("k").await;
     let records = s.publish("acme", "t-", 10).await;
     s.clock.advance(HOURS_49);
@@ -328,7 +210,7 @@ async fn throttled_vault_calls_are_retried_until_they_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_calls_grow_with_data_keys_not_records() {
     const PER_TENANT: usize = 25_000;
-    let s = setup("byok-budget", RecoveryLevel::Recoverable, None).await;
+    let s = setup("byok-budget", RecoveryLevel::Recoverable, None, &[]).await;
     let tenants = ["t1", "t2", "t3", "t4"];
     for tenant in tenants {
         s.rsa_key(tenant).await;

@@ -197,6 +197,13 @@ impl Store {
         all
     }
 
+    /// Every tenant's projection and the sequence they reflect, read together.
+    pub fn projections_at(&self) -> (std::collections::BTreeMap<String, TenantProjection>, u64) {
+        let head = self.head.lock().expect("head lock");
+        let all = head.tenants.iter().map(|(t, p)| (t.clone(), p.clone())).collect();
+        (all, head.next_sequence - 1)
+    }
+
     /// Sequence of the newest event in the log (0 when empty).
     pub fn last_sequence(&self) -> u64 {
         self.head.lock().expect("head lock").next_sequence - 1
@@ -453,7 +460,7 @@ impl Transaction<'_> {
             let projection = touched
                 .entry(tenant.clone())
                 .or_insert_with(|| head.tenants.get(&tenant).cloned().unwrap_or_default());
-            projection::apply(projection, &kind);
+            projection::apply(projection, &kind, now_ms);
             let event = Event {
                 sequence,
                 time_unix_ms: now_ms,

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod byok;
 pub mod vault;
 
 use std::future::Future;

@@ -1,0 +1,141 @@
+//! The lockdown policy, pure: given a tenant's projection, what a probe
+//! found and the time, which events to append. `KeyHealth` only on a change
+//! of health or reason; `TenantLockedDown` once the grace since the first
+//! failed probe has passed; `TenantRestored` with the first healthy probe
+//! after a lockdown. Throttling alone decides nothing.
+
+use std::time::Duration;
+
+use crate::keyvault::validate::KeyRefusal;
+use crate::projection;
+use crate::proto::store::{TenantProjection, TenantState};
+use crate::proto::v1::key_health::Status;
+use crate::proto::v1::{KeyHealth, TenantLockedDown, TenantRestored, event::Kind};
+
+/// What one probe of a tenant's key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The key is readable, enabled, active, RSA, permits wrap and unwrap.
+    Healthy {
+        /// Latest version seen.
+        version: String,
+    },
+    /// The key cannot be used, for one of DESIGN.md's reasons.
+    Unavailable(&'static str),
+    /// The vault throttled every attempt: no conclusion either way.
+    Inconclusive,
+}
+
+/// The health reason (DESIGN.md's list) for a refusal.
+pub fn reason(refusal: &KeyRefusal) -> &'static str {
+    match refusal {
+        KeyRefusal::KeyNotFound => "key_not_found",
+        KeyRefusal::KeyDisabled => "key_disabled",
+        KeyRefusal::KeyNotYetActive(_) => "key_not_yet_active",
+        KeyRefusal::KeyExpired(_) => "key_expired",
+        KeyRefusal::UnsupportedKeyType(_) | KeyRefusal::KeyTooSmall(_) => "unsupported_key_type",
+        KeyRefusal::MissingPermission(_)
+        | KeyRefusal::MissingKeyOperations(_)
+        | KeyRefusal::CanaryFailed(_)
+        | KeyRefusal::PurgeProtectionRequired(_) => "missing_permission",
+        KeyRefusal::VaultUnreachable(_) | KeyRefusal::InvalidKeyUri(_) | KeyRefusal::UntrustedVaultHost(_) => {
+            "vault_unreachable"
+        }
+    }
+}
+
+/// The events `probe` at `now_ms` calls for, in order.
+pub fn decide(current: &TenantProjection, probe: &Probe, now_ms: i64, lockdown_after: Duration) -> Vec<Kind> {
+    let mut events = Vec::new();
+    match probe {
+        Probe::Inconclusive => {}
+        Probe::Healthy { version } => {
+            if current.state() != TenantState::Active {
+                events.push(Kind::KeyHealth(KeyHealth {
+                    status: Status::Healthy as i32,
+                    reason: String::new(),
+                    key_version: version.clone(),
+                }));
+            }
+            if current.state() == TenantState::LockedDown {
+                events.push(Kind::TenantRestored(TenantRestored {
+                    locked_since_unix_ms: current.state_since_unix_ms,
+                }));
+            }
+        }
+        Probe::Unavailable(reason) => {
+            if current.state() == TenantState::Active || current.health_reason != *reason {
+                events.push(Kind::KeyHealth(KeyHealth {
+                    status: Status::Unavailable as i32,
+                    reason: (*reason).to_owned(),
+                    key_version: String::new(),
+                }));
+            }
+        }
+    }
+    let mut after = current.clone();
+    for event in &events {
+        projection::apply(&mut after, event, now_ms);
+    }
+    if after.state() == TenantState::Degraded && now_ms >= lockdown_at(&after, lockdown_after) {
+        events.push(Kind::TenantLockedDown(TenantLockedDown {
+            reason: after.health_reason.clone(),
+            degraded_since_unix_ms: after.degraded_since_unix_ms,
+        }));
+    }
+    events
+}
+
+/// When a degraded tenant will be locked down unless its key comes back.
+pub fn lockdown_at(projection: &TenantProjection, lockdown_after: Duration) -> i64 {
+    projection.degraded_since_unix_ms + lockdown_after.as_millis() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(50 * 60);
+
+    fn run(p: &mut TenantProjection, probe: Probe, now: i64) -> Vec<&'static str> {
+        let events = decide(p, &probe, now, GRACE);
+        for event in &events {
+            projection::apply(p, event, now);
+        }
+        events.iter().map(crate::events::kind_name).collect()
+    }
+
+    #[test]
+    fn a_broken_key_degrades_then_locks_after_the_grace_then_restores() {
+        let healthy = || Probe::Healthy { version: "v1".into() };
+        let mut p = TenantProjection::default();
+        assert!(run(&mut p, healthy(), 0).is_empty(), "healthy stays silent");
+        assert_eq!(run(&mut p, Probe::Unavailable("key_disabled"), 1_000), ["key_health"]);
+        assert!(run(&mut p, Probe::Unavailable("key_disabled"), 61_000).is_empty(), "no event without a change");
+        assert!(run(&mut p, Probe::Inconclusive, 3_000_000).is_empty(), "throttling decides nothing");
+        let at = 1_000 + GRACE.as_millis() as i64;
+        assert!(run(&mut p, Probe::Unavailable("key_disabled"), at - 1).is_empty());
+        assert_eq!(run(&mut p, Probe::Unavailable("key_disabled"), at), ["tenant_locked_down"]);
+        assert_eq!(p.state(), TenantState::LockedDown);
+        assert_eq!(run(&mut p, Probe::Unavailable("key_not_found"), at + 1), ["key_health"], "reason change");
+        assert_eq!(run(&mut p, healthy(), at + 2), ["key_health", "tenant_restored"]);
+        assert_eq!(p.state(), TenantState::Active);
+    }
+
+    #[test]
+    fn recovery_within_the_grace_never_locks() {
+        let mut p = TenantProjection::default();
+        run(&mut p, Probe::Unavailable("vault_unreachable"), 0);
+        assert_eq!(run(&mut p, Probe::Healthy { version: "v1".into() }, 10), ["key_health"]);
+        assert!(run(&mut p, Probe::Unavailable("vault_unreachable"), GRACE.as_millis() as i64 + 5)
+            .contains(&"key_health"));
+        assert_eq!(p.state(), TenantState::Degraded, "a new outage starts a new grace");
+    }
+
+    #[test]
+    fn a_probe_arriving_after_a_long_outage_locks_at_once() {
+        let mut p = TenantProjection::default();
+        run(&mut p, Probe::Unavailable("key_expired"), 0);
+        assert_eq!(run(&mut p, Probe::Unavailable("key_expired"), 10 * GRACE.as_millis() as i64), ["tenant_locked_down"]);
+    }
+}

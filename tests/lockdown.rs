@@ -1,0 +1,219 @@
+//! Key health and lockdown, end to end: the prober against the emulator over
+//! TLS, a manual clock for the one-hour story, real RabbitMQ and RocksDB.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::byok::{Setup, WAIT, setup};
+use common::vault::{Vault, args};
+use common::*;
+use futures_util::StreamExt;
+use keyseal::amqp::EVENTS_EXCHANGE;
+use keyseal::emulator::RecoveryLevel;
+use keyseal::proto::v1::key_health::Status;
+use keyseal::proto::v1::{Event, event::Kind};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use prost::Message;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const FAST_PROBES: [&str; 2] = ["--probe-interval", "100ms"];
+const GRACE_PASSED: Duration = Duration::from_secs(51 * 60);
+
+async fn wait_for_state(s: &Setup, tenant: &str, state: &str, reason: Option<&str>) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = s.status(tenant).await;
+        if status["state"] == state && status["keyHealth"]["reason"].as_str() == reason {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{tenant} never became {state} ({reason:?}): {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_key_degrades_locks_down_and_restores_with_nothing_lost() {
+    let s = setup("lock-cycle", RecoveryLevel::Recoverable, None, &FAST_PROBES).await;
+    s.rsa_key("k").await;
+    assert_eq!(s.enable("acme", &s.vault.key_uri("k")).await.0, 200);
+    let early = s.publish("acme", "early-", 10).await;
+
+    let connection = keyseal::amqp::connect(&s.vhost.amqp_url(), "test").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.queue_declare("test.health".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    for key in ["tenant.acme.key_health", "tenant.acme.tenant_locked_down", "tenant.acme.tenant_restored"] {
+        channel
+            .queue_bind("test.health".into(), EVENTS_EXCHANGE.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .unwrap();
+    }
+    let mut events = channel
+        .basic_consume("test.health".into(), "t".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+
+    s.vault.patch("k", json!({"attributes": {"enabled": false}})).await;
+    let degraded = wait_for_state(&s, "acme", "degraded", Some("key_disabled")).await;
+    assert_eq!(degraded["keyHealth"]["status"], "unavailable");
+    assert!(degraded["keyHealth"]["lockdownAt"].is_string(), "{degraded}");
+    assert!(degraded["keyHealth"]["lastProbe"].is_string());
+    assert_eq!(get_record(&s.base, "acme", "early-0").await.0, 200, "degraded still reads");
+
+    s.clock.advance(GRACE_PASSED);
+    wait_for_state(&s, "acme", "locked_down", Some("key_disabled")).await;
+    let (status, body) = get_record(&s.base, "acme", "early-1").await;
+    assert_eq!(status, 423);
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "tenant_locked_down");
+    assert!(error["error"]["message"].as_str().unwrap().contains("key_disabled"));
+
+    // Ingestion goes on; sealing waits.
+    let late = s.publish("acme", "late-", 5).await;
+    s.clock.advance(Duration::from_secs(49 * 3600));
+    let summary = s.sweep().await;
+    assert_eq!(summary["seal"]["heldBack"]["acme"], 15, "{summary}");
+    assert_eq!(s.status("acme").await["records"], json!({"hot": 15, "sealed": 0}));
+
+    s.vault.patch("k", json!({"attributes": {"enabled": true}})).await;
+    let restored = wait_for_state(&s, "acme", "active", None).await;
+    assert_eq!(restored["keyHealth"]["status"], "healthy");
+    s.assert_readable(&early).await;
+    s.assert_readable(&late).await;
+    assert_eq!(s.sweep().await["seal"]["sealed"], 15, "the backlog is sealed after the restore");
+    s.assert_replay_equal().await;
+
+    let mut seen = Vec::new();
+    let mut sequences = BTreeSet::new();
+    while seen.len() < 4 {
+        let delivery = tokio::time::timeout(WAIT, events.next()).await.expect("health events").unwrap().unwrap();
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let event = Event::decode(delivery.data.as_slice()).unwrap();
+        assert!(sequences.insert(event.sequence), "sequence {} twice", event.sequence);
+        seen.push(match event.kind.unwrap() {
+            Kind::KeyHealth(h) if h.status() == Status::Unavailable => "unavailable",
+            Kind::KeyHealth(_) => "healthy",
+            Kind::TenantLockedDown(_) => "locked_down",
+            Kind::TenantRestored(_) => "restored",
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    assert_eq!(seen, ["unavailable", "locked_down", "healthy", "restored"]);
+    assert!(sequences.iter().is_sorted());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_reason_comes_from_its_real_cause() {
+    let mut s = setup("lock-reasons", RecoveryLevel::Recoverable, None, &FAST_PROBES).await;
+    let causes: [(&str, &str); 5] = [
+        ("deleted", "key_not_found"),
+        ("disabled", "key_disabled"),
+        ("expired", "key_expired"),
+        ("future", "key_not_yet_active"),
+        ("no-unwrap", "missing_permission"),
+    ];
+    for (tenant, _) in causes {
+        s.rsa_key(tenant).await;
+        let (status, body) = s.enable(tenant, &s.vault.key_uri(tenant)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _) = s.vault.call(Method::DELETE, "/keys/deleted", None).await;
+    assert_eq!(status, 200);
+    s.vault.patch("disabled", json!({"attributes": {"enabled": false}})).await;
+    s.vault.patch("expired", json!({"attributes": {"exp": unix_now() - 60}})).await;
+    s.vault.patch("future", json!({"attributes": {"nbf": unix_now() + 86_400}})).await;
+    s.vault.patch("no-unwrap", json!({"key_ops": ["wrapKey", "encrypt"]})).await;
+    for (tenant, reason) in causes {
+        wait_for_state(&s, tenant, "degraded", Some(reason)).await;
+    }
+    s.assert_replay_equal().await;
+
+    // Stop the vault the worker uses: every reason becomes vault_unreachable.
+    let other_state = tempfile::tempdir().unwrap();
+    let other = Vault::start(args(other_state.path(), RecoveryLevel::Recoverable)).await;
+    std::mem::replace(&mut s.vault, other).emulator.shutdown().await;
+    for (tenant, _) in causes {
+        wait_for_state(&s, tenant, "degraded", Some("vault_unreachable")).await;
+    }
+    s.assert_replay_equal().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_alone_never_locks_a_tenant() {
+    let s = setup("lock-throttle", RecoveryLevel::Recoverable, Some(3), &FAST_PROBES).await;
+    s.rsa_key("k").await;
+    assert_eq!(s.enable("acme", &s.vault.key_uri("k")).await.0, 200);
+    for _ in 0..6 {
+        s.clock.advance(Duration::from_secs(20 * 60));
+        let before = s.status("acme").await["keyHealth"]["lastProbe"].clone();
+        wait_until("another probe", WAIT, || async { s.status("acme").await["keyHealth"]["lastProbe"] != before }).await;
+        assert_eq!(s.status("acme").await["state"], "active");
+    }
+    let calls = s.vault.emulator.calls();
+    assert!(calls.get("throttled").copied().unwrap_or(0) > 0, "the vault did throttle: {calls:?}");
+    s.assert_replay_equal().await;
+}
+
+fn spawn_worker(s_vault: &Vault, vhost: &Vhost, data_dir: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_keyseal"))
+        .args(["run", "--amqp-url", &vhost.amqp_url(), "--http-addr", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(s_vault.worker_flags())
+        .args(["--probe-interval", "200ms", "--lockdown-after", "1h"])
+        .env("KEYSEAL_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawning keyseal run")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_degraded_keeps_the_state_and_the_deadline() {
+    let state = tempfile::tempdir().unwrap();
+    let vault = Vault::start(args(state.path(), RecoveryLevel::Recoverable)).await;
+    vault.create("k", json!({"kty": "RSA", "key_size": 2048})).await;
+    let vhost = Vhost::new("lock-kill");
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let status = || async { reqwest::get(format!("{base}/v1/tenants/acme")).await.ok()?.json::<Value>().await.ok() };
+
+    let mut child = spawn_worker(&vault, &vhost, dir.path(), port);
+    wait_until("the worker", WAIT, || async { reqwest::get(format!("{base}/healthz")).await.is_ok() }).await;
+    let enabled = http
+        .put(format!("{base}/v1/tenants/acme/encryption"))
+        .json(&json!({"keyUri": vault.key_uri("k")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enabled.status().as_u16(), 200);
+    vault.patch("k", json!({"attributes": {"enabled": false}})).await;
+    wait_until("degraded", WAIT, || async { status().await.is_some_and(|s| s["state"] == "degraded") }).await;
+    let before = status().await.unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut child = spawn_worker(&vault, &vhost, dir.path(), port);
+    wait_until("the restarted worker to probe", WAIT, || async {
+        status().await.is_some_and(|s| s["keyHealth"]["lastProbe"].is_string())
+    })
+    .await;
+    let after = status().await.unwrap();
+    assert_eq!(after["state"], "degraded");
+    assert_eq!(after["keyHealth"]["since"], before["keyHealth"]["since"], "the grace did not restart");
+    assert_eq!(after["keyHealth"]["lockdownAt"], before["keyHealth"]["lockdownAt"]);
+    assert_eq!(after["keyHealth"]["reason"], "key_disabled");
+    let replay: Value = http.post(format!("{base}/v1/admin/replay")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(replay["equal"], true, "{replay}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
