@@ -235,3 +235,20 @@ async fn vault_calls_grow_with_data_keys_not_records() {
     let total: u64 = after.values().sum::<u64>() - before.values().sum::<u64>();
     assert!(total <= 2 * tenants.len() as u64, "{total} vault calls for {} records", records.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latest_enabled_version_is_used_whatever_the_uri_names() {
+    let s = setup("byok-version", RecoveryLevel::Recoverable, None, &[]).await;
+    let older = s.rsa_key("k").await;
+    let newest = s.rsa_key("k").await;
+    assert_ne!(older, newest);
+    s.vault
+        .ok(Method::PATCH, &format!("/keys/k/{newest}"), Some(json!({"attributes": {"enabled": false}})))
+        .await;
+    let named = format!("{}/{newest}", s.vault.key_uri("k"));
+    let (status, body) = s.enable("acme", &named).await;
+    assert_eq!(status, 200, "{body}");
+    let encryption = &body["status"]["encryption"];
+    assert_eq!(encryption["keyUri"], named.as_str(), "the URI is recorded as given");
+    assert_eq!(encryption["keyVersion"], older.as_str(), "the newest enabled version is used");
+}

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use azure_core::credentials::TokenCredential;
+use futures_util::TryStreamExt;
 use azure_core::error::ErrorKind;
 use azure_core::http::{ExponentialRetryOptions, RetryOptions, Transport};
 use azure_security_keyvault_keys::models::{
@@ -206,6 +207,32 @@ impl Vault {
             recovery_level: attributes.recovery_level.map(|l| l.to_string()),
             modulus_bits,
         })
+    }
+
+    /// The newest enabled version of a key (by creation time): the version
+    /// keyseal uses, whatever version a key URI names. `None` when no
+    /// version is enabled.
+    pub async fn latest_enabled_version(&self, uri: &KeyUri) -> Result<Option<String>, VaultError> {
+        let client = self.client(uri)?;
+        timed("list_key_versions", async {
+            let mut pager = client.list_key_properties_versions(&uri.name, None)?;
+            let mut newest: Option<(i64, String)> = None;
+            while let Some(properties) = pager.try_next().await? {
+                let attributes = properties.attributes.unwrap_or_default();
+                if attributes.enabled != Some(true) {
+                    continue;
+                }
+                let created = attributes.created.map_or(0, |t| t.unix_timestamp());
+                let Some(version) = properties.kid.as_deref().and_then(|kid| kid.rsplit('/').next()) else {
+                    continue;
+                };
+                if newest.as_ref().is_none_or(|(at, _)| created > *at) {
+                    newest = Some((created, version.to_owned()));
+                }
+            }
+            Ok(newest.map(|(_, version)| version))
+        })
+        .await
     }
 
     /// Wraps a data key with RSA-OAEP-256 under `version`; returns the
