@@ -27,7 +27,7 @@ use keyseal::publish::synthetic;
 use keyseal::records::store_batch;
 use keyseal::sealing::seal_due;
 use keyseal::storage::{CF_BY_TIME, CF_HOT, CF_SEALED, Store};
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
 const SEAL_AFTER: Duration = Duration::from_secs(48 * 3600);
 
@@ -99,15 +99,24 @@ fn plain_move(store: &Store) -> u64 {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
     let mut moved = 0;
+    // Like the sweep, continue after the last entry instead of rescanning
+    // the deleted ones from the start.
+    let mut cursor: Option<Box<[u8]>> = None;
     loop {
+        let mode = match &cursor {
+            Some(key) => IteratorMode::From(&key[..], Direction::Forward),
+            None => IteratorMode::Start,
+        };
         let entries: Vec<Box<[u8]>> = db
-            .iterator_cf(index, IteratorMode::Start)
-            .take(1000)
+            .iterator_cf(index, mode)
             .map(|item| item.unwrap().0)
+            .filter(|key| Some(key) != cursor.as_ref())
+            .take(1000)
             .collect();
-        if entries.is_empty() {
+        let Some(last) = entries.last() else {
             return moved;
-        }
+        };
+        cursor = Some(last.clone());
         let values = db.multi_get_cf(entries.iter().map(|k| (hot, &k[8..])));
         let mut batch = WriteBatch::default();
         for (key, value) in entries.iter().zip(values) {

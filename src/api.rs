@@ -112,6 +112,9 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path does not take that method")
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(services)
 }
@@ -275,7 +278,11 @@ async fn enable_encryption(
     body: Result<Json<EnableRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_tenant(&tenant)?;
-    let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text()))?;
+    let Json(request) = body.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "invalid_json" };
+        ApiError::new(status, code, e.body_text())
+    })?;
     let rewrap = encryption::enable(&services, &tenant, &request.key_uri).await?;
     let Json(status) = tenant_status(State(services), Path(tenant)).await?;
     Ok(Json(json!({"status": status, "rewrap": rewrap})))

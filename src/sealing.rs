@@ -4,11 +4,13 @@
 //! entry and append `RecordsSealed` per tenant, so a crash mid-sweep leaves
 //! every record in exactly one layer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::crypto::data_key::DataKey;
 use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::Keyring;
 use crate::proto::v1::{Layer, RecordsSealed, event::Kind};
@@ -81,6 +83,8 @@ async fn seal_batch(
     let found = store.find_records(&record_keys)?;
     let mut txn = store.transaction();
     let mut per_tenant: BTreeMap<String, (u32, i64)> = BTreeMap::new();
+    let mut hot_keys: HashMap<Vec<u8>, Arc<DataKey>> = HashMap::new();
+    let mut sealed_keys: HashMap<String, (Vec<u8>, Arc<DataKey>)> = HashMap::new();
     for ((index_key, ingested_at, record_key), located) in due.iter().zip(found) {
         txn.delete_index(index_key);
         let (Some(located), Some((tenant, record_id))) = (located, keys::split_record_key(record_key)) else {
@@ -91,14 +95,29 @@ async fn seal_batch(
             summary.stale_index_entries += 1;
             continue;
         }
-        let hot_key = keyring.key(&located.record.data_key_id).await?;
+        // Each data key is looked up once per batch, not once per record.
+        let hot_key = match hot_keys.get(&located.record.data_key_id) {
+            Some(key) => key.clone(),
+            None => {
+                let key = keyring.key(&located.record.data_key_id).await?;
+                hot_keys.insert(located.record.data_key_id.clone(), key.clone());
+                key
+            }
+        };
         let content = RecordIdentity {
             tenant,
             record_id,
             layer: Layer::Hot,
         }
         .open(&hot_key, &located.record)?;
-        let (sealed_id, sealed_key) = keyring.key_for_write(tenant, Layer::Sealed, now_ms).await?;
+        let (sealed_id, sealed_key) = match sealed_keys.get(tenant) {
+            Some(found) => found.clone(),
+            None => {
+                let found = keyring.key_for_write(tenant, Layer::Sealed, now_ms).await?;
+                sealed_keys.insert(tenant.to_owned(), found.clone());
+                found
+            }
+        };
         let sealed = RecordIdentity {
             tenant,
             record_id,

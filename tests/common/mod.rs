@@ -59,6 +59,7 @@ pub fn rabbitmqctl(args: &[&str]) {
 }
 
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct SettingsOnly {
     #[command(flatten)]
     settings: Settings,

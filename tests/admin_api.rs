@@ -1,0 +1,89 @@
+//! The admin API's edges: bearer-token auth, the loopback rule, and
+//! malformed requests answered with 4xx JSON errors while the worker keeps
+//! serving.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use keyseal::clock::SystemClock;
+use keyseal::publish::synthetic;
+use keyseal::worker::Worker;
+use serde_json::Value;
+
+async fn error_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("every error is a JSON body");
+    (status, body["error"]["code"].as_str().expect("error.code").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_v1_needs_the_right_bearer_and_health_stays_open() {
+    let vhost = Vhost::new("auth");
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(&vhost, dir.path(), &[]);
+    settings.admin_token = Some("s3cret-token".into());
+    let worker = Worker::start(settings, Arc::new(SystemClock)).await.unwrap();
+    let base = base_url(&worker);
+    publish_confirmed(&vhost, &synthetic("acme", "r-", 1, 10, 1)).await;
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/tenants/acme");
+
+    assert_eq!(error_of(http.get(&url).send().await.unwrap()).await, (401, "unauthorized".into()));
+    let wrong = http.get(&url).bearer_auth("s3cret-tokeN").send().await.unwrap();
+    assert_eq!(error_of(wrong).await, (401, "unauthorized".into()));
+    let prefix = http.get(&url).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(error_of(prefix).await, (401, "unauthorized".into()));
+    wait_until("the record", std::time::Duration::from_secs(30), || async {
+        http.get(&url).bearer_auth("s3cret-token").send().await.unwrap().status() == 200
+    })
+    .await;
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_address_without_a_token_is_refused_at_start() {
+    let vhost = Vhost::new("loopback");
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(&vhost, dir.path(), &["--http-addr", "0.0.0.0:0"]);
+    assert!(settings.admin_token.is_none());
+    let error = Worker::start(settings, Arc::new(SystemClock)).await.err().expect("refused");
+    assert!(error.to_string().contains("KEYSEAL_ADMIN_TOKEN"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_4xx_json_errors_and_the_worker_keeps_serving() {
+    let vhost = Vhost::new("malformed");
+    let dir = tempfile::tempdir().unwrap();
+    let worker = start_worker(&vhost, dir.path(), Arc::new(SystemClock), &[]).await;
+    let base = base_url(&worker);
+    let http = reqwest::Client::new();
+    let put = |body: Vec<u8>| {
+        http.put(format!("{base}/v1/tenants/acme/encryption"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(reqwest::Response, u16, &str)> = vec![
+        (http.get(format!("{base}/v1/tenants/Bad_Tenant")).send().await.unwrap(), 400, "invalid_tenant_id"),
+        (
+            http.get(format!("{base}/v1/tenants/acme/records/{}", "r".repeat(129))).send().await.unwrap(),
+            400,
+            "invalid_record_id",
+        ),
+        (put(b"{not json".to_vec()).await.unwrap(), 400, "invalid_json"),
+        (put(b"{\"keyUri\": 7}".to_vec()).await.unwrap(), 422, "invalid_json"),
+        (put(vec![b' '; 200 << 10]).await.unwrap(), 413, "body_too_large"),
+        (http.get(format!("{base}/v1/nothing-here")).send().await.unwrap(), 404, "not_found"),
+        (http.post(format!("{base}/v1/tenants/acme")).send().await.unwrap(), 405, "method_not_allowed"),
+    ];
+    for (response, status, code) in cases {
+        assert_eq!(error_of(response).await, (status, code.to_owned()));
+    }
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    publish_confirmed(&vhost, &synthetic("acme", "r-", 3, 10, 1)).await;
+    wait_for_records(&base, "acme", 3, std::time::Duration::from_secs(30)).await;
+    worker.stop().await;
+}
