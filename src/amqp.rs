@@ -30,6 +30,12 @@ pub async fn connect(url: &str, role: &str) -> lapin::Result<Connection> {
     Connection::connect(url, properties).await
 }
 
+/// Closes a connection, waiting at most two seconds for the broker's answer.
+pub async fn close(connection: &Connection, reason: &str) {
+    let closing = connection.close(200, reason.into());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
+}
+
 /// Declares the whole fixed topology. Idempotent, so every role declares it
 /// and none depends on another having started first.
 pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {

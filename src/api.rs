@@ -204,12 +204,17 @@ async fn tenant_status(
     };
     let lockdown_at = (state == TenantState::Degraded)
         .then(|| policy::lockdown_at(&projection, services.settings.lockdown_after));
+    let data_keys = services
+        .keyring
+        .data_key_census(&tenant)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
     Ok(Json(json!({
         "tenant": tenant,
         "state": state_name(state),
         "stateSince": (projection.state_since_unix_ms > 0).then(|| rfc3339(projection.state_since_unix_ms)),
         "encryption": encryption,
         "records": {"hot": projection.hot_records, "sealed": projection.sealed_records},
+        "dataKeys": data_keys,
         "keyHealth": {
             "status": if unavailable { "unavailable" } else { "healthy" },
             "since": since.map(rfc3339),

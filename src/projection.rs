@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::proto::store::{TenantProjection, TenantState};
 use crate::proto::v1::key_health::Status;
+use crate::proto::v1::root_key_ref::Root;
 use crate::proto::v1::{Event, event::Kind};
 
 /// Folds an event log from the start into every tenant's projection.
@@ -77,11 +78,21 @@ pub fn apply(projection: &mut TenantProjection, event: &Kind, at_ms: i64) {
             projection.degraded_since_unix_ms = 0;
         }
         Kind::RewrapProgress(progress) => {
-            if progress.rewrapped == progress.total {
+            // Finished, and on the root the tenant has now: a rewrap to a
+            // version since rolled away from leaves the work pending.
+            let current = match progress.target.as_ref().and_then(|t| t.root.as_ref()) {
+                Some(Root::VaultKeyId(kid)) => kid.rsplit('/').next() == Some(projection.key_version.as_str()),
+                Some(Root::ManagedVersion(_)) | None => projection.key_uri.is_empty(),
+            };
+            if progress.rewrapped == progress.total && current {
                 projection.rewrap_pending = false;
             }
         }
-        Kind::DataKeyCreated(_) | Kind::KeyRolled(_) => {}
+        Kind::KeyRolled(rolled) => {
+            projection.key_version.clone_from(&rolled.to_version);
+            projection.rewrap_pending = true;
+        }
+        Kind::DataKeyCreated(_) => {}
     }
 }
 
@@ -116,17 +127,22 @@ mod tests {
 #[cfg(test)]
 mod encryption_tests {
     use super::*;
-    use crate::proto::v1::{EncryptionDisabled, EncryptionEnabled, RewrapProgress};
+    use crate::proto::v1::{EncryptionDisabled, EncryptionEnabled, KeyRolled, RewrapProgress, RootKeyRef};
 
     #[test]
     fn enabling_sets_the_key_until_disabled_and_rewrap_completion_clears_pending() {
         let mut p = TenantProjection::default();
         apply(&mut p, &Kind::EncryptionEnabled(EncryptionEnabled { key_uri: "u".into(), key_version: "v1".into() }), 1);
         assert_eq!((p.key_uri.as_str(), p.key_version.as_str(), p.rewrap_pending), ("u", "v1", true));
-        apply(&mut p, &Kind::RewrapProgress(RewrapProgress { rewrapped: 1, total: 2, target: None }), 2);
+        let to = |version: &str| Some(RootKeyRef { root: Some(Root::VaultKeyId(format!("https://v/keys/k/{version}"))) });
+        apply(&mut p, &Kind::RewrapProgress(RewrapProgress { rewrapped: 1, total: 2, target: to("v1") }), 2);
         assert!(p.rewrap_pending);
-        apply(&mut p, &Kind::RewrapProgress(RewrapProgress { rewrapped: 2, total: 2, target: None }), 3);
+        apply(&mut p, &Kind::KeyRolled(KeyRolled { from_version: "v1".into(), to_version: "v2".into() }), 3);
+        apply(&mut p, &Kind::RewrapProgress(RewrapProgress { rewrapped: 2, total: 2, target: to("v1") }), 3);
+        assert!(p.rewrap_pending, "a rewrap to the rolled-away version is not the end");
+        apply(&mut p, &Kind::RewrapProgress(RewrapProgress { rewrapped: 2, total: 2, target: to("v2") }), 4);
         assert!(!p.rewrap_pending);
+        assert_eq!(p.key_version, "v2");
         apply(&mut p, &Kind::EncryptionDisabled(EncryptionDisabled { key_uri: "u".into() }), 4);
         assert!(p.key_uri.is_empty() && p.key_version.is_empty());
     }

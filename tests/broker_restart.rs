@@ -11,6 +11,24 @@ use common::*;
 use keyseal::clock::SystemClock;
 use keyseal::publish::synthetic;
 
+/// Stops the broker's application; starts it again when dropped, even if
+/// the test fails in between, so no later test finds the broker down.
+struct BrokerStopped;
+
+impl BrokerStopped {
+    fn begin() -> Self {
+        rabbitmqctl(&["stop_app"]);
+        Self
+    }
+}
+
+impl Drop for BrokerStopped {
+    fn drop(&mut self) {
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup"]);
+    }
+}
+
 async fn ready(base: &str) -> bool {
     reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status().is_success())
 }
@@ -30,11 +48,10 @@ async fn worker_recovers_from_a_broker_restart_without_losing_records() {
     })
     .await;
 
-    rabbitmqctl(&["stop_app"]);
+    let outage = BrokerStopped::begin();
     let stored_during_outage = counts(&base, "bounce").await.unwrap().0;
     wait_until("readiness to drop", Duration::from_secs(30), || async { !ready(&base).await }).await;
-    rabbitmqctl(&["start_app"]);
-    rabbitmqctl(&["await_startup"]);
+    drop(outage);
     assert!(stored_during_outage < TOTAL, "the restart happened mid-consumption");
 
     wait_until("the worker to reconnect", Duration::from_secs(60), || ready(&base)).await;

@@ -61,6 +61,17 @@ pub enum RootKey {
     },
 }
 
+/// How many data keys a tenant has, and how many sealed ones are not yet
+/// under its current root (a rewrap in progress, or pending).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataKeyCensus {
+    /// Every data key of the tenant (hot and sealed).
+    pub total: u32,
+    /// Sealed data keys wrapped by an older or other root.
+    pub on_older_root: u32,
+}
+
 /// What a rewrap did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RewrapSummary {
@@ -208,6 +219,20 @@ impl Keyring {
             }),
             _ => Ok(RootKey::Managed),
         }
+    }
+
+    /// Counts the tenant's data keys and those not under its current root.
+    pub fn data_key_census(&self, tenant: &str) -> Result<DataKeyCensus, KeyringError> {
+        let target = self.root_ref(&self.tenant_root(tenant)?);
+        let mut census = DataKeyCensus::default();
+        for (id, wrapped) in self.store.data_keys_of(tenant)? {
+            census.total += 1;
+            let sealed = DataKeyId::from_bytes(&id)?.layer == Layer::Sealed;
+            if sealed && !wrapped.wrapped_by.as_ref().is_some_and(|r| same_root(r, &target)) {
+                census.on_older_root += 1;
+            }
+        }
+        Ok(census)
     }
 
     /// Wraps every sealed data key of `tenant` that is not yet under

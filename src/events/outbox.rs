@@ -66,7 +66,7 @@ async fn relay(
         let Some(last) = events.last().map(|e| e.sequence) else {
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    let _ = connection.close(200, "shutdown".into()).await;
+                    amqp::close(&connection, "shutdown").await;
                     return Ok(());
                 }
                 () = store.appended().notified() => {}

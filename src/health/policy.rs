@@ -1,8 +1,9 @@
 //! The lockdown policy, pure: given a tenant's projection, what a probe
-//! found and the time, which events to append. `KeyHealth` only on a change
-//! of health or reason; `TenantLockedDown` once the grace since the first
-//! failed probe has passed; `TenantRestored` with the first healthy probe
-//! after a lockdown. Throttling alone decides nothing.
+//! found and the time, which events to append. `KeyRolled` when the newest
+//! enabled version changed; `KeyHealth` only on a change of health or
+//! reason; `TenantLockedDown` once the grace since the first failed probe
+//! has passed; `TenantRestored` with the first healthy probe after a
+//! lockdown. Throttling alone decides nothing.
 
 use std::time::Duration;
 
@@ -10,14 +11,14 @@ use crate::keyvault::validate::KeyRefusal;
 use crate::projection;
 use crate::proto::store::{TenantProjection, TenantState};
 use crate::proto::v1::key_health::Status;
-use crate::proto::v1::{KeyHealth, TenantLockedDown, TenantRestored, event::Kind};
+use crate::proto::v1::{KeyHealth, KeyRolled, TenantLockedDown, TenantRestored, event::Kind};
 
 /// What one probe of a tenant's key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
     /// The key is readable, enabled, active, RSA, permits wrap and unwrap.
     Healthy {
-        /// Latest version seen.
+        /// Newest enabled version seen (empty for the managed key).
         version: String,
     },
     /// The key cannot be used, for one of DESIGN.md's reasons.
@@ -50,6 +51,14 @@ pub fn decide(current: &TenantProjection, probe: &Probe, now_ms: i64, lockdown_a
     match probe {
         Probe::Inconclusive => {}
         Probe::Healthy { version } => {
+            // A new newest enabled version: roll to it (data keys are
+            // rewrapped after the event, records are not touched).
+            if !version.is_empty() && *version != current.key_version {
+                events.push(Kind::KeyRolled(KeyRolled {
+                    from_version: current.key_version.clone(),
+                    to_version: version.clone(),
+                }));
+            }
             if current.state() != TenantState::Active {
                 events.push(Kind::KeyHealth(KeyHealth {
                     status: Status::Healthy as i32,
@@ -106,9 +115,18 @@ mod tests {
     }
 
     #[test]
+    fn a_new_version_rolls_once() {
+        let mut p = TenantProjection { key_uri: "u".into(), key_version: "v1".into(), ..Default::default() };
+        assert!(run(&mut p, Probe::Healthy { version: "v1".into() }, 0).is_empty());
+        assert_eq!(run(&mut p, Probe::Healthy { version: "v2".into() }, 1), ["key_rolled"]);
+        assert_eq!((p.key_version.as_str(), p.rewrap_pending), ("v2", true));
+        assert!(run(&mut p, Probe::Healthy { version: "v2".into() }, 2).is_empty());
+    }
+
+    #[test]
     fn a_broken_key_degrades_then_locks_after_the_grace_then_restores() {
         let healthy = || Probe::Healthy { version: "v1".into() };
-        let mut p = TenantProjection::default();
+        let mut p = TenantProjection { key_version: "v1".into(), ..Default::default() };
         assert!(run(&mut p, healthy(), 0).is_empty(), "healthy stays silent");
         assert_eq!(run(&mut p, Probe::Unavailable("key_disabled"), 1_000), ["key_health"]);
         assert!(run(&mut p, Probe::Unavailable("key_disabled"), 61_000).is_empty(), "no event without a change");
@@ -124,7 +142,7 @@ mod tests {
 
     #[test]
     fn recovery_within_the_grace_never_locks() {
-        let mut p = TenantProjection::default();
+        let mut p = TenantProjection { key_version: "v1".into(), ..Default::default() };
         run(&mut p, Probe::Unavailable("vault_unreachable"), 0);
         assert_eq!(run(&mut p, Probe::Healthy { version: "v1".into() }, 10), ["key_health"]);
         assert!(run(&mut p, Probe::Unavailable("vault_unreachable"), GRACE.as_millis() as i64 + 5)

@@ -1,5 +1,5 @@
-//! The prober: every `--probe-interval`, read the latest version of each
-//! BYOK tenant's key (and, every [`CANARY_EVERY`] rounds, wrap and unwrap a
+//! The prober: every `--probe-interval`, read the newest enabled version of
+//! each BYOK tenant's key (and, every [`CANARY_EVERY`] rounds, wrap and unwrap a
 //! canary through the vault), classify the outcome, and append what the
 //! policy decides. Tenants are probed concurrently with a bound, each probe
 //! under its own deadline, so one slow vault never delays the others.
@@ -18,6 +18,7 @@ use crate::crypto::keyring::RootKey;
 use crate::events::kind_name;
 use crate::keyvault::VaultError;
 use crate::keyvault::validate::{KeyRefusal, check_key};
+use crate::proto::v1::event::Kind;
 use crate::storage::StoreError;
 use crate::worker::Services;
 
@@ -95,13 +96,15 @@ pub async fn probe_round(services: &Services, round: u64) -> Result<RoundSummary
     let mut summary = RoundSummary::default();
     while let Some((tenant, probe)) = probes.next().await {
         summary.probed += 1;
-        summary.events += record(services, &tenant, &probe)?;
+        summary.events += record(services, &tenant, &probe).await?;
     }
     Ok(summary)
 }
 
-/// Appends what the policy decides for one probe; returns how many events.
-fn record(services: &Services, tenant: &str, probe: &Probe) -> Result<usize, StoreError> {
+/// Appends what the policy decides for one probe, and after a roll moves
+/// the tenant's sealed data keys to the new version; returns how many
+/// events were appended.
+async fn record(services: &Services, tenant: &str, probe: &Probe) -> Result<usize, StoreError> {
     let now_ms = services.clock.now_ms();
     services.probe_times.record(tenant, now_ms);
     // Re-read: enable/disable may have run while the probe was out.
@@ -113,12 +116,25 @@ fn record(services: &Services, tenant: &str, probe: &Probe) -> Result<usize, Sto
         return Ok(0);
     }
     let count = events.len();
+    let rolled = events.iter().any(|e| matches!(e, Kind::KeyRolled(_)));
     let mut txn = services.store.transaction();
     for event in events {
-        info!(tenant, event = kind_name(&event), ?probe, "key health changed");
+        info!(tenant, event = kind_name(&event), ?probe, "key state changed");
         txn.event(tenant, event);
     }
     txn.commit(now_ms)?;
+    if rolled {
+        // O(data keys), records untouched; if it fails, the rewrap stays
+        // pending in the projection and the next sweep finishes it.
+        let rewrap = match services.keyring.tenant_root(tenant) {
+            Ok(target) => services.keyring.rewrap_sealed(tenant, &target, now_ms, None).await,
+            Err(e) => Err(e),
+        };
+        match rewrap {
+            Ok(summary) => info!(tenant, rewrapped = summary.rewrapped, "data keys rolled to the new key version"),
+            Err(e) => warn!(tenant, error = %e, "rewrap after a key roll is pending"),
+        }
+    }
     Ok(count)
 }
 
@@ -132,7 +148,13 @@ async fn probe(services: &Services, tenant: &str, canary: bool) -> Probe {
         Ok(vault) => vault,
         Err(_) => return Probe::Unavailable("missing_permission"),
     };
-    let key = match vault.get_key(&uri, None).await {
+    // The newest enabled version is the one to use (and to roll to).
+    let key = match vault.latest_enabled_version(&uri).await {
+        Ok(Some(newest)) => vault.get_key(&uri, Some(&newest)).await,
+        Ok(None) => vault.get_key(&uri, None).await,
+        Err(e) => Err(e),
+    };
+    let key = match key {
         Ok(key) => key,
         Err(VaultError::Throttled) => return Probe::Inconclusive,
         Err(e) => return Probe::Unavailable(policy::reason(&KeyRefusal::from(e))),

@@ -76,8 +76,11 @@ async fn session(
 ) -> Result<(), SessionError> {
     let connection = amqp::connect(&services.settings.amqp_url, "ingest").await?;
     let result = consume(services, &connection, shutdown, backoff).await;
-    // Closing returns every unacked delivery to the queue, on success or error.
-    let _ = connection.close(200, "keyseal ingest session ended".into()).await;
+    services.amqp_ready.store(false, Ordering::SeqCst);
+    // Closing returns every unacked delivery to the queue, on success or
+    // error; bounded, because a connection the broker already dropped may
+    // never answer.
+    amqp::close(&connection, "keyseal ingest session ended").await;
     result
 }
 
