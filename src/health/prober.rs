@@ -149,12 +149,7 @@ async fn probe(services: &Services, tenant: &str, canary: bool) -> Probe {
         Err(_) => return Probe::Unavailable("missing_permission"),
     };
     // The newest enabled version is the one to use (and to roll to).
-    let key = match vault.latest_enabled_version(&uri).await {
-        Ok(Some(newest)) => vault.get_key(&uri, Some(&newest)).await,
-        Ok(None) => vault.get_key(&uri, None).await,
-        Err(e) => Err(e),
-    };
-    let key = match key {
+    let key = match vault.newest_enabled_key(&uri).await {
         Ok(key) => key,
         Err(VaultError::Throttled) => return Probe::Inconclusive,
         Err(e) => return Probe::Unavailable(policy::reason(&KeyRefusal::from(e))),

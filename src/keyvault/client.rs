@@ -226,13 +226,29 @@ impl Vault {
                 let Some(version) = properties.kid.as_deref().and_then(|kid| kid.rsplit('/').next()) else {
                     continue;
                 };
-                if newest.as_ref().is_none_or(|(at, _)| created > *at) {
+                // Timestamps have one-second resolution: on a tie the
+                // later-listed version wins.
+                if newest.as_ref().is_none_or(|(at, _)| created >= *at) {
                     newest = Some((created, version.to_owned()));
                 }
             }
             Ok(newest.map(|(_, version)| version))
         })
         .await
+    }
+
+    /// The key at the version keyseal should use: the latest version when it
+    /// is enabled (one call), else the newest enabled one. When no version
+    /// is enabled, the latest, so callers see why it is unusable.
+    pub async fn newest_enabled_key(&self, uri: &KeyUri) -> Result<VaultKey, VaultError> {
+        let latest = self.get_key(uri, None).await?;
+        if latest.enabled {
+            return Ok(latest);
+        }
+        match self.latest_enabled_version(uri).await? {
+            Some(version) if version != latest.version => self.get_key(uri, Some(&version)).await,
+            _ => Ok(latest),
+        }
     }
 
     /// Wraps a data key with RSA-OAEP-256 under `version`; returns the

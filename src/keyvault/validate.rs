@@ -149,12 +149,8 @@ pub fn check_recovery_level(level: Option<&str>) -> Result<(), KeyRefusal> {
 /// latest enabled version of the key, which keyseal will use.
 pub async fn validate(vault: &Vault, key_uri: &str, now_unix_s: i64) -> Result<(KeyUri, VaultKey), KeyRefusal> {
     let uri = KeyUri::parse(key_uri, vault.trusted_hosts())?;
-    // The latest enabled version is used whatever version the URI names.
-    let key = match vault.latest_enabled_version(&uri).await? {
-        Some(version) => vault.get_key(&uri, Some(&version)).await?,
-        // No enabled version: report on the latest one.
-        None => vault.get_key(&uri, None).await?,
-    };
+    // The newest enabled version is used whatever version the URI names.
+    let key = vault.newest_enabled_key(&uri).await?;
     check_key(&key, now_unix_s)?;
     let canary = DataKey::generate();
     let (_, wrapped) = vault
