@@ -98,11 +98,7 @@ pub(crate) async fn resume_rewraps(services: &Services) {
         if !projection.rewrap_pending {
             continue;
         }
-        let result = match services.keyring.tenant_root(&tenant) {
-            Ok(target) => services.keyring.rewrap_sealed(&tenant, &target, services.clock.now_ms(), None).await,
-            Err(e) => Err(e),
-        };
-        match result {
+        match services.keyring.rewrap_to_current_root(&tenant, services.clock.now_ms()).await {
             Ok(summary) => info!(tenant, rewrapped = summary.rewrapped, "resumed rewrap finished"),
             Err(e) => warn!(tenant, error = %e, "rewrap still pending"),
         }

@@ -221,6 +221,13 @@ impl Keyring {
         }
     }
 
+    /// Moves the tenant's sealed data keys under its current root (see
+    /// [`Keyring::rewrap_sealed`]): after a roll, or to finish a pending rewrap.
+    pub async fn rewrap_to_current_root(&self, tenant: &str, now_ms: i64) -> Result<RewrapSummary, KeyringError> {
+        let target = self.tenant_root(tenant)?;
+        self.rewrap_sealed(tenant, &target, now_ms, None).await
+    }
+
     /// Counts the tenant's data keys and those not under its current root.
     pub fn data_key_census(&self, tenant: &str) -> Result<DataKeyCensus, KeyringError> {
         let target = self.root_ref(&self.tenant_root(tenant)?);

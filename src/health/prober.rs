@@ -126,11 +126,7 @@ async fn record(services: &Services, tenant: &str, probe: &Probe) -> Result<usiz
     if rolled {
         // O(data keys), records untouched; if it fails, the rewrap stays
         // pending in the projection and the next sweep finishes it.
-        let rewrap = match services.keyring.tenant_root(tenant) {
-            Ok(target) => services.keyring.rewrap_sealed(tenant, &target, now_ms, None).await,
-            Err(e) => Err(e),
-        };
-        match rewrap {
+        match services.keyring.rewrap_to_current_root(tenant, now_ms).await {
             Ok(summary) => info!(tenant, rewrapped = summary.rewrapped, "data keys rolled to the new key version"),
             Err(e) => warn!(tenant, error = %e, "rewrap after a key roll is pending"),
         }
