@@ -109,17 +109,6 @@ struct Cached {
     uses: u64,
 }
 
-/// Counters of the keyring's work, for metrics and tests.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct KeyringStats {
-    /// Lookups served from memory.
-    pub hits: u64,
-    /// Lookups that had to unwrap or create.
-    pub misses: u64,
-    /// Root-key wrap and unwrap operations.
-    pub root_operations: u64,
-}
-
 /// Data keys for one shard's store.
 pub struct Keyring {
     store: Arc<Store>,
@@ -127,7 +116,6 @@ pub struct Keyring {
     vault: Result<Arc<Vault>, String>,
     limits: CacheLimits,
     cache: Mutex<HashMap<Vec<u8>, Cached>>,
-    stats: Mutex<KeyringStats>,
     /// Serialises creation so two tasks never create the same key twice.
     creating: tokio::sync::Mutex<()>,
 }
@@ -148,14 +136,8 @@ impl Keyring {
             vault,
             limits,
             cache: Mutex::new(HashMap::new()),
-            stats: Mutex::new(KeyringStats::default()),
             creating: tokio::sync::Mutex::new(()),
         }
-    }
-
-    /// What the keyring has done so far.
-    pub fn stats(&self) -> KeyringStats {
-        *self.stats.lock().expect("stats lock")
     }
 
     /// The data key new records of `tenant` in `layer` are encrypted with at
@@ -306,7 +288,7 @@ impl Keyring {
     }
 
     async fn wrap(&self, root: &RootKey, key: &DataKey) -> Result<(RootKeyRef, Vec<u8>), KeyringError> {
-        self.count_root_operation();
+        crate::metrics::root_key_operation();
         match root {
             RootKey::Managed => {
                 let (version, wrapped) = self.managed.wrap(key)?;
@@ -336,11 +318,6 @@ impl Keyring {
             None => None,
         };
         drop(cache);
-        let mut stats = self.stats.lock().expect("stats lock");
-        match fresh {
-            Some(_) => stats.hits += 1,
-            None => stats.misses += 1,
-        }
         crate::metrics::data_key_lookup(fresh.is_some());
         fresh
     }
@@ -366,11 +343,6 @@ impl Keyring {
         );
     }
 
-    fn count_root_operation(&self) {
-        self.stats.lock().expect("stats lock").root_operations += 1;
-        crate::metrics::root_key_operation();
-    }
-
     async fn load(&self, id: &[u8]) -> Result<Option<Arc<DataKey>>, KeyringError> {
         let Some(wrapped) = self.store.wrapped_data_key(id)? else {
             return Ok(None);
@@ -381,7 +353,7 @@ impl Keyring {
     }
 
     async fn unwrap(&self, wrapped: &WrappedDataKey) -> Result<DataKey, KeyringError> {
-        self.count_root_operation();
+        crate::metrics::root_key_operation();
         match wrapped.wrapped_by.as_ref().and_then(|r| r.root.as_ref()) {
             Some(Root::ManagedVersion(version)) => Ok(self.managed.unwrap(*version, &wrapped.wrapped)?),
             Some(Root::VaultKeyId(kid)) => {
