@@ -152,8 +152,10 @@ async fn throttling_alone_never_locks_a_tenant() {
     s.rsa_key("k").await;
     assert_eq!(s.enable("acme", &s.vault.key_uri("k")).await.0, 200);
     for _ in 0..6 {
-        s.clock.advance(Duration::from_secs(20 * 60));
+        // Read first, then move the clock: a probe recorded after the move
+        // necessarily shows a later time (the manual clock stands still).
         let before = s.status("acme").await["keyHealth"]["lastProbe"].clone();
+        s.clock.advance(Duration::from_secs(20 * 60));
         wait_until("another probe", WAIT, || async { s.status("acme").await["keyHealth"]["lastProbe"] != before }).await;
         assert_eq!(s.status("acme").await["state"], "active");
     }
