@@ -3,8 +3,10 @@
 //! key, re-encrypt under the sealed one, atomic move with events); the same
 //! sweep with every tenant on its own Key Vault key (the emulator over TLS,
 //! through the official client); and a plain column-family-to-column-family
-//! move of the same records without crypto. Prints medians, the ratios and
-//! the vault calls per 1,000,000 records sealed.
+//! move of the same records without crypto. A fourth phase times the
+//! re-encryption sweep (unpaced) over the same records once sealed and
+//! older than `--max-dek-age`. Prints medians, the ratios and the vault
+//! calls per 1,000,000 records sealed.
 //!
 //! `cargo bench --bench seal` (KEYSEAL_BENCH_RECORDS, KEYSEAL_BENCH_RUNS to change the size).
 
@@ -16,16 +18,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyseal::clock::{Clock, ManualClock};
-use keyseal::crypto::keyring::{CacheLimits, Keyring};
+use keyseal::crypto::keyring::{CacheLimits, Keyring, RotationLimits};
 use keyseal::crypto::root_key::ManagedRootKeys;
 use keyseal::emulator::RecoveryLevel;
-use keyseal::keyvault::credential::{VaultCredentialKind, credential};
-use keyseal::keyvault::{Vault, VaultOptions};
 use keyseal::proto::v1::EncryptionEnabled;
 use keyseal::proto::v1::event::Kind;
 use keyseal::publish::synthetic;
 use keyseal::records::store_batch;
 use keyseal::sealing::seal_due;
+use keyseal::sweeps::{Pacer, Progress, SweepKind, reencrypt};
 use keyseal::storage::{CF_BY_TIME, CF_HOT, CF_SEALED, Store};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
@@ -47,19 +48,13 @@ async fn populate(
     vault: Option<&common::vault::Vault>,
 ) -> (Arc<Store>, Keyring) {
     let store = Arc::new(Store::open(dir).unwrap());
-    let client = vault.map(|v| {
-        let options = VaultOptions {
-            trusted_hosts: vec![v.host()],
-            ca_cert: Some(v.emulator.cert_pem_path().to_path_buf()),
-            timeout: Duration::from_secs(10),
-        };
-        Arc::new(Vault::new(credential(VaultCredentialKind::StaticToken).unwrap(), options).unwrap())
-    });
+    let client = vault.map(common::vault::Vault::client);
     let keyring = Keyring::new(
         store.clone(),
         ManagedRootKeys::load_or_create(roots).unwrap(),
         client.ok_or_else(|| "managed keys only".to_owned()),
         CacheLimits::default(),
+        RotationLimits::default(),
     );
     let tenants = TENANTS;
     for (t, tenant) in tenants.iter().enumerate() {
@@ -152,6 +147,7 @@ enum Phase {
     Managed,
     Customer,
     Plain,
+    Reencrypt,
 }
 
 /// Runs a phase on a fresh store; returns (records/s, vault calls).
@@ -177,6 +173,19 @@ async fn measure(phase: Phase, roots: &Path, count: usize) -> (f64, u64) {
             assert_eq!(plain_move(&store) as usize, count);
             (count as f64 / started.elapsed().as_secs_f64(), 0)
         }
+        Phase::Reencrypt => {
+            let (store, keyring) = populate(dir.path(), roots, count, &clock, None).await;
+            sweep(&store, &keyring, &clock, count).await;
+            clock.advance(keyring.rotation().max_age + Duration::from_secs(3600));
+            let progress = Progress::default();
+            let tracker = progress.begin(SweepKind::Reencrypt, count as u64);
+            let mut unpaced = Pacer::new(u32::MAX);
+            let started = Instant::now();
+            let summary = reencrypt::run(&store, &keyring, clock.now_ms(), &mut unpaced, &tracker).await.unwrap();
+            let rate = count as f64 / started.elapsed().as_secs_f64();
+            assert_eq!(summary.reencrypted as usize, count);
+            (rate, 0)
+        }
     }
 }
 
@@ -185,10 +194,10 @@ fn main() {
     let runs = env_usize("KEYSEAL_BENCH_RUNS", 5);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let roots = tempfile::tempdir().unwrap();
-    let (mut managed, mut customer, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut managed, mut customer, mut plain, mut reencrypted) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut vault_calls = Vec::new();
     println!("seal sweep: {count} records of 1 KiB over 4 tenants, {runs} runs (phase order rotates)");
-    let phases = [Phase::Managed, Phase::Customer, Phase::Plain];
+    let phases = [Phase::Managed, Phase::Customer, Phase::Plain, Phase::Reencrypt];
     for run in 0..runs {
         for i in 0..phases.len() {
             let phase = phases[(run + i) % phases.len()];
@@ -200,15 +209,22 @@ fn main() {
                     vault_calls.push(calls as f64);
                 }
                 Phase::Plain => plain.push(rate),
+                Phase::Reencrypt => reencrypted.push(rate),
             }
         }
         println!(
-            "  run {run}: managed key {:>8.0}/s   customer key {:>8.0}/s   plain move {:>8.0}/s   vault calls {:.0}",
-            managed[run], customer[run], plain[run], vault_calls[run]
+            "  run {run}: managed key {:>8.0}/s   customer key {:>8.0}/s   plain move {:>8.0}/s   \
+             re-encryption {:>8.0}/s   vault calls {:.0}",
+            managed[run], customer[run], plain[run], reencrypted[run], vault_calls[run]
         );
     }
-    let (m, c, p) = (median(managed), median(customer), median(plain));
+    let (m, c, p, r) = (median(managed), median(customer), median(plain), median(reencrypted));
     println!("median records/s: managed key {m:.0} ({:.1} MB/s), customer key {c:.0}, plain move {p:.0}", m * 1024.0 / 1e6);
+    println!(
+        "re-encryption sweep (unpaced): {r:.0} records/s ({:.1} MB/s), ratio re-encryption/seal = {:.2}",
+        r * 1024.0 / 1e6,
+        r / m
+    );
     println!("ratio managed/plain = {:.2} (target >= 0.6)", m / p);
     println!("ratio customer/managed = {:.2} (target >= 0.9)", c / m);
     let calls = median(vault_calls);

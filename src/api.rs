@@ -10,7 +10,8 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::extract::rejection::JsonRejection;
+use axum::extract::Query;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
@@ -104,6 +105,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/tenants/{tenant}/records/{record_id}", get(read_record))
         .route("/tenants/{tenant}/encryption", put(enable_encryption).delete(disable_encryption))
         .route("/sweeps", post(sweep))
+        .route("/sweeps/progress", get(sweep_progress))
         .route("/admin/replay", post(replay))
         .route_layer(middleware::from_fn_with_state(services.clone(), require_token));
     Router::new()
@@ -316,7 +318,34 @@ fn rfc3339(unix_ms: i64) -> String {
         .to_string()
 }
 
-async fn sweep(State(services): State<Arc<Services>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let summary = services.sweep().await?;
-    Ok(Json(json!({"seal": summary})))
+/// `?kind=` of `POST /v1/sweeps`.
+#[derive(Debug, serde::Deserialize)]
+struct SweepQuery {
+    kind: Option<String>,
+}
+
+/// Runs a sweep now: `seal` (the default), `reencrypt` or `scrub`.
+async fn sweep(
+    State(services): State<Arc<Services>>,
+    query: Result<Query<SweepQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let summary = match query.kind.as_deref().unwrap_or("seal") {
+        "seal" => json!({"seal": services.sweep().await?}),
+        "reencrypt" => json!({"reencrypt": services.reencrypt().await?}),
+        "scrub" => json!({"scrub": services.scrub().await.map_err(RecordError::from)?}),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_sweep",
+                "kind must be seal, reencrypt or scrub",
+            ));
+        }
+    };
+    Ok(Json(summary))
+}
+
+/// Where the running re-encryption sweep or scrub stands (`null` when none runs).
+async fn sweep_progress(State(services): State<Arc<Services>>) -> Json<serde_json::Value> {
+    Json(json!({"running": services.progress.snapshot()}))
 }

@@ -121,10 +121,18 @@ impl AdminClient {
         Ok(serde_json::from_slice(&body).unwrap_or_default())
     }
 
-    /// `POST /v1/sweeps`: runs a sweep now and returns its summary.
-    pub async fn sweep(&self) -> Result<serde_json::Value, ClientError> {
-        let body = self.send(Method::POST, "/v1/sweeps").await?;
+    /// `POST /v1/sweeps?kind=`: runs a sweep (`seal`, `reencrypt` or
+    /// `scrub`) now and returns its summary.
+    pub async fn sweep(&self, kind: &str) -> Result<serde_json::Value, ClientError> {
+        let body = self.send(Method::POST, &format!("/v1/sweeps?kind={}", encode(kind))).await?;
         Ok(serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// `GET /v1/sweeps/progress`: the running maintenance sweep, if any.
+    pub async fn sweep_progress(&self) -> Result<Option<crate::sweeps::ProgressSnapshot>, ClientError> {
+        let body = self.send(Method::GET, "/v1/sweeps/progress").await?;
+        let progress: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        Ok(serde_json::from_value(progress["running"].clone()).ok())
     }
 }
 

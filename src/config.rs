@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::crypto::keyring::CacheLimits;
+use crate::crypto::keyring::{CacheLimits, RotationLimits};
 use crate::keyvault::VaultOptions;
 use crate::keyvault::credential::VaultCredentialKind;
 
@@ -52,6 +52,20 @@ pub struct Settings {
     /// How long a batch waits to fill once its first delivery arrived.
     #[arg(long, env = "KEYSEAL_BATCH_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
+    /// Oldest a data key may be and still encrypt new records; the
+    /// re-encryption sweep moves records off older keys.
+    #[arg(long, env = "KEYSEAL_MAX_DEK_AGE", default_value = "90days", value_parser = humantime::parse_duration)]
+    pub max_dek_age: Duration,
+    /// Most records one data key encrypts before a new one is started.
+    #[arg(long, env = "KEYSEAL_MAX_RECORDS_PER_DEK", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_records_per_dek: u64,
+    /// When the re-encryption sweep and then the scrub run: a cron
+    /// expression in UTC (5 fields, or 6 with seconds first).
+    #[arg(long, env = "KEYSEAL_REENCRYPT_SCHEDULE", default_value = "0 3 * * *", value_parser = parse_schedule)]
+    pub reencrypt_schedule: croner::Cron,
+    /// Most records per second the re-encryption sweep and the scrub handle.
+    #[arg(long, env = "KEYSEAL_SWEEP_RATE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sweep_rate: u32,
     /// Longest an unwrapped data key stays in memory.
     #[arg(long, env = "KEYSEAL_DEK_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub dek_cache_ttl: Duration,
@@ -87,6 +101,14 @@ impl Settings {
 }
 
 impl Settings {
+    /// Data-key rotation limits derived from the settings.
+    pub fn rotation_limits(&self) -> RotationLimits {
+        RotationLimits {
+            max_age: self.max_dek_age,
+            max_records: self.max_records_per_dek,
+        }
+    }
+
     /// Options of the Key Vault client.
     pub fn vault_options(&self) -> VaultOptions {
         VaultOptions {
@@ -95,6 +117,15 @@ impl Settings {
             timeout: self.vault_timeout,
         }
     }
+}
+
+/// Parses a cron expression (5 fields, or 6 with seconds first).
+fn parse_schedule(text: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(text)
+        .map_err(|e| format!("not a cron expression: {e}"))
 }
 
 /// How logs are written.

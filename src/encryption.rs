@@ -55,8 +55,7 @@ pub async fn enable(services: &Services, tenant: &str, key_uri: &str) -> Result<
     );
     txn.commit(now_ms)?;
     info!(tenant, key = %uri, version = %key.version, "customer key enabled");
-    let target = RootKey::Vault { uri, version: key.version };
-    match services.keyring.rewrap_sealed(tenant, &target, now_ms, None).await {
+    match services.keyring.rewrap_to_current_root(tenant, now_ms).await {
         Ok(summary) => Ok(summary),
         Err(e) => {
             warn!(tenant, error = %e, "rewrap under the customer key interrupted; the next sweep resumes it");
@@ -80,7 +79,7 @@ pub async fn disable(services: &Services, tenant: &str) -> Result<RewrapSummary,
     });
     let summary = services
         .keyring
-        .rewrap_sealed(tenant, &RootKey::Managed, now_ms, Some(closing))
+        .rewrap_all_or_nothing(tenant, &RootKey::Managed, now_ms, closing)
         .await
         .map_err(|e| match e {
             KeyringError::Store(e) => EncryptionError::Store(e),
@@ -94,6 +93,10 @@ pub async fn disable(services: &Services, tenant: &str) -> Result<RewrapSummary,
 
 /// Finishes rewraps that were interrupted (crash, vault outage).
 pub(crate) async fn resume_rewraps(services: &Services) {
+    if services.keyring.rewrap_running() {
+        // The prober is rolling a tenant's keys right now; sealing need not wait.
+        return;
+    }
     for (tenant, projection) in services.store.tenants() {
         if !projection.rewrap_pending {
             continue;

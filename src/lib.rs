@@ -18,6 +18,8 @@
 //! - [`health`]: the key prober and the lockdown policy.
 //! - [`sealing`]: the sweep that moves records older than the seal age
 //!   into `sealed`.
+//! - [`sweeps`]: the scheduled maintenance sweeps: re-encryption off old
+//!   data keys and the scrub that verifies every record.
 //! - [`events`]: event naming and the [`events::outbox`] relay to
 //!   `keyseal.events`.
 //! - [`api`] and [`client`]: the admin HTTP API and its CLI client.
@@ -49,4 +51,5 @@ pub mod publish;
 pub mod records;
 pub mod sealing;
 pub mod storage;
+pub mod sweeps;
 pub mod worker;

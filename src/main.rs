@@ -41,8 +41,14 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Run a seal sweep now and print its summary.
+    /// Run a sweep now (seal by default) and print its summary.
     Sweep {
+        /// Re-encrypt sealed records whose data key is older than --max-dek-age.
+        #[arg(long, conflicts_with = "scrub")]
+        reencrypt: bool,
+        /// Decrypt and verify every record; exits 1 if any is corrupt.
+        #[arg(long)]
+        scrub: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -183,7 +189,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let payload = server.client().record(&tenant, &record_id).await?;
             std::io::stdout().write_all(&payload).context("writing the payload to stdout")
         }
-        Command::Sweep { server } => print_json(&server.client().sweep().await?),
+        Command::Sweep {
+            reencrypt,
+            scrub,
+            server,
+        } => sweep_command(&server.client(), reencrypt, scrub).await,
         Command::Admin {
             command: AdminCommand::Replay { server },
         } => {
@@ -197,6 +207,50 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(emulator::run(args).await?)
         }
     }
+}
+
+/// Runs a sweep through the admin API; for the long ones, shows a progress
+/// bar (on stderr, when it is a terminal) fed by `GET /v1/sweeps/progress`.
+async fn sweep_command(client: &AdminClient, reencrypt: bool, scrub: bool) -> anyhow::Result<()> {
+    let kind = match (reencrypt, scrub) {
+        (true, _) => "reencrypt",
+        (_, true) => "scrub",
+        _ => return print_json(&client.sweep("seal").await?),
+    };
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(kind);
+    let sweep = client.sweep(kind);
+    tokio::pin!(sweep);
+    let summary = loop {
+        tokio::select! {
+            result = &mut sweep => break result?,
+            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
+                if let Ok(Some(progress)) = client.sweep_progress().await {
+                    bar.set_length(progress.total);
+                    bar.set_position(progress.done);
+                }
+            }
+        }
+    };
+    bar.finish_and_clear();
+    print_json(&summary)?;
+    let report = &summary[kind];
+    match kind {
+        "scrub" => {
+            let corrupt = report["corruptCount"].as_u64().unwrap_or(0);
+            eprintln!("scrub: {} records verified, {corrupt} corrupt", report["verified"]);
+            anyhow::ensure!(corrupt == 0, "{corrupt} records failed verification (left in place; see the list above)");
+        }
+        _ => eprintln!(
+            "reencrypt: {} records moved to fresh data keys ({} bytes), {} old data keys retired",
+            report["reencrypted"], report["bytes"], report["retiredDataKeys"]
+        ),
+    }
+    Ok(())
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {

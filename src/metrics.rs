@@ -41,6 +41,12 @@ fn describe() {
     describe_gauge!("keyseal_tenants", Unit::Count, "Tenants by lockdown state (active, degraded, locked_down).");
     describe_gauge!("keyseal_key_healthy", Unit::Count, "1 while a BYOK tenant's key is healthy, 0 while unavailable.");
     describe_counter!("keyseal_vault_requests_total", Unit::Count, "Key Vault requests by operation and outcome (ok, throttled, unreachable, error).");
+    describe_counter!("keyseal_rewrap_data_keys_total", Unit::Count, "Sealed data keys wrapped anew under another root (key rolls, enable, disable).");
+    describe_gauge!("keyseal_rewrap_pending_data_keys", Unit::Count, "Sealed data keys of a tenant still to be rewrapped by the running rewrap.");
+    describe_counter!("keyseal_sweep_records_total", Unit::Count, "Records handled by maintenance sweeps, by sweep (reencrypt, scrub).");
+    describe_gauge!("keyseal_sweep_progress_ratio", Unit::Count, "Progress of the running maintenance sweep (0..1), by sweep; 1 when none runs.");
+    describe_counter!("keyseal_corrupt_records_total", Unit::Count, "Records a scrub found that do not decrypt and verify, by layer.");
+    describe_counter!("keyseal_data_keys_retired_total", Unit::Count, "Data keys deleted by the re-encryption sweep after their last record moved off them.");
     describe_histogram!("keyseal_vault_request_seconds", Unit::Seconds, "Key Vault request latency, retries included, by operation.");
 }
 
@@ -110,4 +116,30 @@ pub fn tenants_in_state(state: &'static str, count: usize) {
 /// Whether a BYOK tenant's key is healthy.
 pub fn key_health(tenant: &str, healthy: bool) {
     gauge!("keyseal_key_healthy", "tenant" => tenant.to_owned()).set(if healthy { 1.0 } else { 0.0 });
+}
+
+/// A sealed data key was wrapped anew.
+pub fn data_key_rewrapped() {
+    counter!("keyseal_rewrap_data_keys_total").increment(1);
+}
+
+/// Sealed data keys of `tenant` the running rewrap has still to move.
+pub fn rewrap_pending(tenant: &str, keys: usize) {
+    gauge!("keyseal_rewrap_pending_data_keys", "tenant" => tenant.to_owned()).set(keys as f64);
+}
+
+/// A maintenance sweep handled `records` more records and stands at `ratio`.
+pub fn sweep_progress(sweep: &'static str, records: u64, ratio: f64) {
+    counter!("keyseal_sweep_records_total", "sweep" => sweep).increment(records);
+    gauge!("keyseal_sweep_progress_ratio", "sweep" => sweep).set(ratio.clamp(0.0, 1.0));
+}
+
+/// A scrub found a corrupt record in `layer`.
+pub fn corrupt_record(layer: &'static str) {
+    counter!("keyseal_corrupt_records_total", "layer" => layer).increment(1);
+}
+
+/// Data keys were retired.
+pub fn data_keys_retired(count: usize) {
+    counter!("keyseal_data_keys_retired_total").increment(count as u64);
 }

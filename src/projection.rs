@@ -92,7 +92,11 @@ pub fn apply(projection: &mut TenantProjection, event: &Kind, at_ms: i64) {
             projection.key_version.clone_from(&rolled.to_version);
             projection.rewrap_pending = true;
         }
-        Kind::DataKeyCreated(_) => {}
+        // Data keys and integrity findings are not part of the tenant's state.
+        Kind::DataKeyCreated(_)
+        | Kind::RecordsReencrypted(_)
+        | Kind::DataKeyRetired(_)
+        | Kind::CorruptionDetected(_) => {}
     }
 }
 

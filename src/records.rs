@@ -8,6 +8,7 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 use crate::crypto::CryptoError;
+use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::envelope::{RecordIdentity, decode_content, encode_content};
 use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::proto::store::RecordContent;
@@ -99,8 +100,9 @@ pub async fn store_batch(
         return Ok(outcomes);
     }
     let mut txn = store.transaction();
+    let wanted = per_tenant.iter().map(|(t, i)| ((*t).to_owned(), i.len() as u64)).collect();
+    let mut keys = BatchKeys::new(keyring, Layer::Hot, now_ms, wanted);
     for (tenant, indexes) in &per_tenant {
-        let (key_id, key) = keyring.key_for_write(tenant, Layer::Hot, now_ms).await?;
         let mut bytes = 0u64;
         for &i in indexes {
             let identity = RecordIdentity {
@@ -108,7 +110,8 @@ pub async fn store_batch(
                 record_id: &records[i].record_id,
                 layer: Layer::Hot,
             };
-            let envelope = identity.seal(&key_id, &key, &contents[i], now_ms);
+            let lease = keys.next(tenant).await?;
+            let envelope = identity.seal(&lease.id, &lease.key, &contents[i], now_ms);
             txn.put_record(Layer::Hot, &record_keys[i], &envelope);
             txn.put_index(&keys::index_key(now_ms, &record_keys[i]));
             bytes += payload_lengths[i];

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use tracing::error;
 
+use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::data_key::DataKey;
 use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::Keyring;
 use crate::proto::v1::{Layer, RecordsSealed, event::Kind};
 use crate::records::RecordError;
-use crate::storage::{Store, keys};
+use crate::storage::{IndexEntry, Store, keys};
 
 /// Index entries handled per write batch.
 pub const SEAL_BATCH: usize = 1000;
@@ -38,6 +40,8 @@ pub struct SealSummary {
     pub stale_index_entries: u64,
     /// Records left in `hot` because their tenant's key is not usable now.
     pub held_back: BTreeMap<String, u64>,
+    /// Records left in `hot` because they failed their integrity check.
+    pub unsealable: BTreeMap<String, u64>,
 }
 
 /// Seals every record due at `now_ms`, batch by batch, until none is left,
@@ -72,7 +76,7 @@ pub async fn seal_due(
 async fn seal_batch(
     store: &Store,
     keyring: &Keyring,
-    due: &[(Vec<u8>, i64, Vec<u8>)],
+    due: &[IndexEntry],
     now_ms: i64,
     summary: &mut SealSummary,
 ) -> Result<(), RecordError> {
@@ -84,14 +88,21 @@ async fn seal_batch(
     let mut txn = store.transaction();
     let mut per_tenant: BTreeMap<String, (u32, i64)> = BTreeMap::new();
     let mut hot_keys: HashMap<Vec<u8>, Arc<DataKey>> = HashMap::new();
-    let mut sealed_keys: HashMap<String, (Vec<u8>, Arc<DataKey>)> = HashMap::new();
+    let mut wanted: HashMap<String, u64> = HashMap::new();
+    for (_, _, record_key) in due {
+        if let Some((tenant, _)) = keys::split_record_key(record_key) {
+            *wanted.entry(tenant.to_owned()).or_default() += 1;
+        }
+    }
+    let mut sealed_keys = BatchKeys::new(keyring, Layer::Sealed, now_ms, wanted);
     for ((index_key, ingested_at, record_key), located) in due.iter().zip(found) {
-        txn.delete_index(index_key);
         let (Some(located), Some((tenant, record_id))) = (located, keys::split_record_key(record_key)) else {
+            txn.delete_index(index_key);
             summary.stale_index_entries += 1;
             continue;
         };
         if located.layer != Layer::Hot {
+            txn.delete_index(index_key);
             summary.stale_index_entries += 1;
             continue;
         }
@@ -104,26 +115,26 @@ async fn seal_batch(
                 key
             }
         };
-        let content = RecordIdentity {
+        let Ok(content) = (RecordIdentity {
             tenant,
             record_id,
             layer: Layer::Hot,
-        }
-        .open(&hot_key, &located.record)?;
-        let (sealed_id, sealed_key) = match sealed_keys.get(tenant) {
-            Some(found) => found.clone(),
-            None => {
-                let found = keyring.key_for_write(tenant, Layer::Sealed, now_ms).await?;
-                sealed_keys.insert(tenant.to_owned(), found.clone());
-                found
-            }
+        })
+        .open(&hot_key, &located.record) else {
+            // One damaged record must not stop sealing for everyone: it
+            // stays in `hot`, untouched, for the scrub to report.
+            error!(tenant, record_id, "hot record failed its integrity check; left in hot");
+            *summary.unsealable.entry(tenant.to_owned()).or_default() += 1;
+            continue;
         };
+        txn.delete_index(index_key);
+        let lease = sealed_keys.next(tenant).await?;
         let sealed = RecordIdentity {
             tenant,
             record_id,
             layer: Layer::Sealed,
         }
-        .seal(&sealed_id, &sealed_key, &content, located.record.ingested_at_unix_ms);
+        .seal(&lease.id, &lease.key, &content, located.record.ingested_at_unix_ms);
         txn.put_record(Layer::Sealed, record_key, &sealed);
         txn.delete_record(Layer::Hot, record_key);
         let entry = per_tenant.entry(tenant.to_owned()).or_insert((0, *ingested_at));
@@ -155,7 +166,7 @@ mod tests {
         let ingested = 1_000_000;
         let cutoff_at = |now| seal_cutoff_ms(now, hours(48));
         // The index scan takes entries strictly below the cutoff.
-        assert!(!(ingested < cutoff_at(ingested + 48 * 3_600_000)));
+        assert!(ingested >= cutoff_at(ingested + 48 * 3_600_000));
         assert!(ingested < cutoff_at(ingested + 48 * 3_600_000 + 1));
     }
 }

@@ -26,6 +26,9 @@ use crate::ingest::consumer;
 use crate::metrics as m;
 use crate::records::RecordError;
 use crate::sealing::{self, SealSummary};
+use crate::sweeps::reencrypt::{self, ReencryptSummary};
+use crate::sweeps::scrub::{self, ScrubSummary};
+use crate::sweeps::{self, Pacer, SweepKind};
 use crate::projection;
 use crate::storage::{Store, StoreError};
 
@@ -45,6 +48,11 @@ pub struct Services {
     pub probe_times: ProbeTimes,
     /// Serialises sweeps (scheduled and on demand).
     sweep: tokio::sync::Mutex<()>,
+    /// Serialises the maintenance sweeps (re-encryption and scrub), which
+    /// run beside sealing.
+    maintenance: tokio::sync::Mutex<()>,
+    /// Where the running maintenance sweep stands.
+    pub progress: sweeps::Progress,
 }
 
 impl Services {
@@ -65,7 +73,7 @@ impl Services {
         if let Err(reason) = &vault {
             warn!(%reason, "no Key Vault client: tenants cannot enable their own key until this is fixed");
         }
-        let keyring = Keyring::new(store.clone(), managed, vault, settings.cache_limits());
+        let keyring = Keyring::new(store.clone(), managed, vault, settings.cache_limits(), settings.rotation_limits());
         Ok(Self {
             store,
             keyring,
@@ -74,6 +82,8 @@ impl Services {
             amqp_ready: AtomicBool::new(false),
             probe_times: ProbeTimes::default(),
             sweep: tokio::sync::Mutex::new(()),
+            maintenance: tokio::sync::Mutex::new(()),
+            progress: sweeps::Progress::default(),
         })
     }
 
@@ -98,6 +108,42 @@ impl Services {
         m::sealed(summary.sealed);
         self.refresh_gauges()?;
         Ok(summary)
+    }
+
+    /// Runs a re-encryption sweep now (after one in progress), paced to `--sweep-rate`.
+    pub async fn reencrypt(&self) -> Result<ReencryptSummary, RecordError> {
+        let _one_at_a_time = self.maintenance.lock().await;
+        let total = self.sealed_records_total();
+        let tracker = self.progress.begin(SweepKind::Reencrypt, total);
+        let mut pacer = Pacer::new(self.settings.sweep_rate);
+        let summary = reencrypt::run(&self.store, &self.keyring, self.clock.now_ms(), &mut pacer, &tracker).await?;
+        if summary.reencrypted > 0 || summary.retired_data_keys > 0 {
+            info!(
+                reencrypted = summary.reencrypted,
+                retired_data_keys = summary.retired_data_keys,
+                "re-encryption sweep done"
+            );
+        }
+        Ok(summary)
+    }
+
+    /// Runs a scrub now (after one in progress), paced to `--sweep-rate`.
+    pub async fn scrub(&self) -> Result<ScrubSummary, StoreError> {
+        let _one_at_a_time = self.maintenance.lock().await;
+        let total = self.store.tenants().iter().map(|(_, p)| p.hot_records + p.sealed_records).sum();
+        let tracker = self.progress.begin(SweepKind::Scrub, total);
+        let mut pacer = Pacer::new(self.settings.sweep_rate);
+        let summary = scrub::run(&self.store, &self.keyring, self.clock.now_ms(), &mut pacer, &tracker).await?;
+        if summary.corrupt_count > 0 {
+            error!(corrupt = summary.corrupt_count, "scrub found corrupt records (left in place)");
+        } else {
+            info!(verified = summary.verified, "scrub done: every record verified");
+        }
+        Ok(summary)
+    }
+
+    fn sealed_records_total(&self) -> u64 {
+        self.store.tenants().iter().map(|(_, p)| p.sealed_records).sum()
     }
 
     /// Serialises changes of a tenant's root with sweeps.
@@ -200,6 +246,8 @@ impl Worker {
         let (s, stop) = (services.clone(), shutdown.clone());
         tasks.spawn(async move { seal_on_schedule(&s, stop).await });
         let (s, stop) = (services.clone(), shutdown.clone());
+        tasks.spawn(async move { maintain_on_schedule(&s, stop).await });
+        let (s, stop) = (services.clone(), shutdown.clone());
         tasks.spawn(async move { prober::run(&s, stop).await });
         let (s, stop) = (services.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -252,6 +300,42 @@ async fn seal_on_schedule(services: &Services, shutdown: CancellationToken) {
             Ok(_) => {}
             Err(e) => error!(error = %e, "seal sweep failed; retrying next interval"),
         }
+    }
+}
+
+/// Runs the re-encryption sweep, then the scrub, at each time
+/// `--reencrypt-schedule` names. It wakes at least every minute to compare
+/// the schedule with the worker clock, so clock jumps are honoured.
+async fn maintain_on_schedule(services: &Services, shutdown: CancellationToken) {
+    const RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+    let schedule = &services.settings.reencrypt_schedule;
+    let mut next = sweeps::next_run(schedule, services.clock.now_ms());
+    loop {
+        let Some(due_ms) = next else {
+            warn!("--reencrypt-schedule never fires again; scheduled sweeps are off");
+            return;
+        };
+        let wait_ms = u64::try_from(due_ms - services.clock.now_ms()).unwrap_or(0);
+        if wait_ms > 0 {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RECHECK.min(std::time::Duration::from_millis(wait_ms))) => continue,
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = run_maintenance(services) => {}
+        }
+        next = sweeps::next_run(schedule, services.clock.now_ms());
+    }
+}
+
+async fn run_maintenance(services: &Services) {
+    if let Err(e) = services.reencrypt().await {
+        error!(error = %e, "re-encryption sweep failed; it resumes at the next scheduled run");
+    }
+    if let Err(e) = services.scrub().await {
+        error!(error = %e, "scrub failed; it runs again at the next scheduled run");
     }
 }
 

@@ -39,6 +39,14 @@ impl DataKeyId {
         out
     }
 
+    /// The bytes every generation of this tenant, layer and bucket starts
+    /// with (the id without its generation), for finding the latest one.
+    pub fn bucket_prefix(&self) -> Vec<u8> {
+        let mut bytes = self.to_bytes();
+        bytes.truncate(bytes.len() - 4);
+        bytes
+    }
+
     /// Parses [`DataKeyId::to_bytes`] output.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
         let corrupt = |reason: &str| CryptoError::Corrupt {
@@ -147,6 +155,9 @@ mod tests {
         };
         assert_eq!(DataKeyId::from_bytes(&id.to_bytes()).unwrap(), id);
         assert!(DataKeyId::from_bytes(&id.to_bytes()[..5]).is_err());
+        let next = DataKeyId { generation: 4, ..id.clone() };
+        assert!(next.to_bytes().starts_with(&id.bucket_prefix()));
+        assert!(next.to_bytes() > id.to_bytes(), "generations sort in order");
     }
 
     #[test]

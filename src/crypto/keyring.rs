@@ -3,10 +3,18 @@
 //! and wrapping a new one (committed with a `DataKeyCreated` event before it
 //! is used). Root-key calls therefore happen per data key, never per record.
 //!
+//! New records are encrypted under a tenant's current *writer* key per
+//! layer, reserved in blocks ([`Keyring::reserve`]). A writer is retired
+//! from writing, and a new generation created, when the UTC day changes,
+//! when it has encrypted `--max-records-per-dek` records or when it is older
+//! than `--max-dek-age`. A process never continues a writer of an earlier
+//! process: after a restart the next write starts a new generation, so the
+//! record count of every writer is exact without a counter written per batch.
+//!
 //! Hot data keys are always rooted at the managed key; sealed data keys at
-//! the tenant's customer key while BYOK is enabled. [`Keyring::rewrap_sealed`]
-//! moves a tenant's sealed data keys to another root without touching a
-//! record.
+//! the tenant's customer key while BYOK is enabled.
+//! [`Keyring::rewrap_to_current_root`] moves a tenant's sealed data keys to
+//! its current root in committed steps without touching a record.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,10 +26,12 @@ use super::CryptoError;
 use super::data_key::{DataKey, DataKeyId};
 use super::root_key::{ManagedRootKeys, WRAP_ALGORITHM};
 use crate::clock::utc_day;
-use crate::proto::store::WrappedDataKey;
 use crate::keyvault::key_uri::KeyUriError;
 use crate::keyvault::{KeyUri, Vault, VaultError};
-use crate::proto::v1::{DataKeyCreated, Layer, RewrapProgress, RootKeyRef, event::Kind, root_key_ref::Root};
+use crate::proto::store::WrappedDataKey;
+use crate::proto::v1::{
+    DataKeyCreated, DataKeyRetired, Layer, RewrapProgress, RootKeyRef, event::Kind, root_key_ref::Root,
+};
 use crate::storage::{Store, StoreError};
 
 /// Failures getting a usable data key.
@@ -46,6 +56,9 @@ pub enum KeyringError {
     #[error("no Key Vault client: {0}")]
     VaultNotConfigured(String),
 }
+
+/// A data key as stored: (id bytes, wrapped key).
+type StoredKey = (Vec<u8>, WrappedDataKey);
 
 /// The root a data key is (to be) wrapped by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +106,41 @@ pub struct CacheLimits {
     pub max_entries: usize,
 }
 
+/// When a writer key stops taking new records and a new generation starts
+/// (besides the UTC day changing).
+#[derive(Debug, Clone, Copy)]
+pub struct RotationLimits {
+    /// Oldest a data key may be and still encrypt new records. The
+    /// re-encryption sweep moves records off keys older than this.
+    pub max_age: Duration,
+    /// Most records one data key encrypts.
+    pub max_records: u64,
+}
+
+impl Default for RotationLimits {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(90 * 24 * 3600),
+            max_records: 1_000_000,
+        }
+    }
+}
+
+/// A data key reserved for encrypting up to `granted` new records.
+pub struct WriteKey {
+    /// The data key id (its byte form), bound into each record's AAD.
+    pub id: Vec<u8>,
+    /// The unwrapped key.
+    pub key: Arc<DataKey>,
+    /// Records it may still encrypt under this reservation.
+    pub granted: u64,
+}
+
+/// Sealed data keys rewrapped per committed step of a rewrap: each step is
+/// one write batch with a `RewrapProgress` event, so a crash loses at most
+/// one step's vault calls.
+pub const REWRAP_STEP: usize = 16;
+
 impl Default for CacheLimits {
     fn default() -> Self {
         Self {
@@ -109,15 +157,49 @@ struct Cached {
     uses: u64,
 }
 
+/// The key new records of one tenant and layer are encrypted with.
+struct Writer {
+    id: DataKeyId,
+    id_bytes: Vec<u8>,
+    key: Arc<DataKey>,
+    loaded: Instant,
+    created_at_ms: i64,
+    used: u64,
+}
+
+impl Writer {
+    /// Whether it may encrypt more records at `now_ms`.
+    fn takes_more(&self, now_ms: i64, rotation: &RotationLimits) -> bool {
+        self.id.bucket == utc_day(now_ms)
+            && self.used < rotation.max_records
+            && now_ms.saturating_sub(self.created_at_ms) < rotation.max_age.as_millis() as i64
+    }
+
+    fn grant(&mut self, wanted: u64, rotation: &RotationLimits) -> WriteKey {
+        let granted = wanted.min(rotation.max_records - self.used);
+        self.used += granted;
+        WriteKey {
+            id: self.id_bytes.clone(),
+            key: self.key.clone(),
+            granted,
+        }
+    }
+}
+
 /// Data keys for one shard's store.
 pub struct Keyring {
     store: Arc<Store>,
     managed: ManagedRootKeys,
     vault: Result<Arc<Vault>, String>,
     limits: CacheLimits,
+    rotation: RotationLimits,
     cache: Mutex<HashMap<Vec<u8>, Cached>>,
-    /// Serialises creation so two tasks never create the same key twice.
+    writers: Mutex<HashMap<(String, Layer), Writer>>,
+    /// Serialises creation so two tasks never create the same key twice,
+    /// and so a root change never misses a key created meanwhile.
     creating: tokio::sync::Mutex<()>,
+    /// One rewrap or retirement at a time, so a key is never written by two.
+    rewrapping: tokio::sync::Mutex<()>,
 }
 
 impl Keyring {
@@ -129,47 +211,100 @@ impl Keyring {
         managed: ManagedRootKeys,
         vault: Result<Arc<Vault>, String>,
         limits: CacheLimits,
+        rotation: RotationLimits,
     ) -> Self {
         Self {
             store,
             managed,
             vault,
             limits,
+            rotation,
             cache: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
+            rewrapping: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The data key new records of `tenant` in `layer` are encrypted with at
-    /// `now_ms`, created if the time bucket has none yet. Returns its id bytes.
-    pub async fn key_for_write(
+    /// The rotation limits writer keys follow.
+    pub fn rotation(&self) -> RotationLimits {
+        self.rotation
+    }
+
+    /// Reserves the current writer key of `tenant` in `layer` for up to
+    /// `wanted` records at `now_ms` (at least one is granted), starting a new
+    /// generation when the writer is full, too old or of another day.
+    pub async fn reserve(&self, tenant: &str, layer: Layer, now_ms: i64, wanted: u64) -> Result<WriteKey, KeyringError> {
+        let wanted = wanted.max(1);
+        let slot = (tenant.to_owned(), layer);
+        if let Some(lease) = self.lease(&slot, now_ms, wanted) {
+            return Ok(lease);
+        }
+        let _creating = self.creating.lock().await;
+        if let Some(lease) = self.lease(&slot, now_ms, wanted) {
+            return Ok(lease);
+        }
+        let previous = self.writers.lock().expect("writers lock").remove(&slot);
+        let mut writer = match previous {
+            // Still good for writing: only its unwrapped copy outlived the cache age.
+            Some(old) if old.takes_more(now_ms, &self.rotation) => {
+                let key = self.key(&old.id_bytes).await?;
+                Writer {
+                    key,
+                    loaded: Instant::now(),
+                    ..old
+                }
+            }
+            previous => self.new_writer(tenant, layer, now_ms, previous.map(|w| w.id)).await?,
+        };
+        let lease = writer.grant(wanted, &self.rotation);
+        self.writers.lock().expect("writers lock").insert(slot, writer);
+        Ok(lease)
+    }
+
+    fn lease(&self, slot: &(String, Layer), now_ms: i64, wanted: u64) -> Option<WriteKey> {
+        let mut writers = self.writers.lock().expect("writers lock");
+        let writer = writers.get_mut(slot)?;
+        let fresh = writer.takes_more(now_ms, &self.rotation) && writer.loaded.elapsed() < self.limits.max_age;
+        fresh.then(|| writer.grant(wanted, &self.rotation))
+    }
+
+    /// Creates the next generation of the tenant's key for the day of `now_ms`.
+    async fn new_writer(
         &self,
         tenant: &str,
         layer: Layer,
         now_ms: i64,
-    ) -> Result<(Vec<u8>, Arc<DataKey>), KeyringError> {
-        let id = DataKeyId {
+        previous: Option<DataKeyId>,
+    ) -> Result<Writer, KeyringError> {
+        let mut id = DataKeyId {
             tenant: tenant.to_owned(),
             layer,
             bucket: utc_day(now_ms),
             generation: 0,
-        }
-        .to_bytes();
-        if let Some(key) = self.cached(&id) {
-            return Ok((id, key));
-        }
-        let _creating = self.creating.lock().await;
-        match self.load(&id).await? {
-            Some(key) => Ok((id, key)),
-            None => {
-                let root = match layer {
-                    Layer::Sealed => self.tenant_root(tenant)?,
-                    Layer::Hot | Layer::Unspecified => RootKey::Managed,
-                };
-                let key = self.create(tenant, layer, &id, &root, now_ms).await?;
-                Ok((id, key))
-            }
-        }
+        };
+        id.generation = match previous.filter(|p| p.bucket == id.bucket) {
+            Some(previous) => previous.generation + 1,
+            // Keys of an earlier process: never continued (their record count is unknown).
+            None => match self.store.last_data_key_with_prefix(id.bucket_prefix())? {
+                Some(last) => DataKeyId::from_bytes(&last)?.generation + 1,
+                None => 0,
+            },
+        };
+        let root = match layer {
+            Layer::Sealed => self.tenant_root(tenant)?,
+            Layer::Hot | Layer::Unspecified => RootKey::Managed,
+        };
+        let id_bytes = id.to_bytes();
+        let key = self.create(tenant, layer, &id_bytes, &root, now_ms).await?;
+        Ok(Writer {
+            id,
+            id_bytes,
+            key,
+            loaded: Instant::now(),
+            created_at_ms: now_ms,
+            used: 0,
+        })
     }
 
     /// The data key with id `id`, from memory or unwrapped from the store.
@@ -181,9 +316,11 @@ impl Keyring {
     }
 
     /// Drops every unwrapped key from memory (each is zeroized once no
-    /// batch still holds it), so the next use must unwrap with its root.
+    /// batch still holds it), so the next use must unwrap with its root and
+    /// the next write starts a new generation.
     pub fn forget_cached(&self) {
         self.cache.lock().expect("cache lock").clear();
+        self.writers.lock().expect("writers lock").clear();
     }
 
     /// The vault client, or why there is none.
@@ -203,11 +340,113 @@ impl Keyring {
         }
     }
 
-    /// Moves the tenant's sealed data keys under its current root (see
-    /// [`Keyring::rewrap_sealed`]): after a roll, or to finish a pending rewrap.
+    /// Moves the tenant's sealed data keys under its current root (after a
+    /// roll, an enable, or to finish a rewrap a crash interrupted), in steps
+    /// of [`REWRAP_STEP`] keys, each committed with a `RewrapProgress`
+    /// event. Idempotent and resumable: keys already under the root are
+    /// skipped. If the root changes meanwhile (another roll), it goes on to
+    /// the newest. Reads keep working throughout: a key's id never changes,
+    /// only the root its stored form is wrapped by.
     pub async fn rewrap_to_current_root(&self, tenant: &str, now_ms: i64) -> Result<RewrapSummary, KeyringError> {
-        let target = self.tenant_root(tenant)?;
-        self.rewrap_sealed(tenant, &target, now_ms, None).await
+        let _one = self.rewrapping.lock().await;
+        'newest: loop {
+            let (target, pending, total) = {
+                // Any key being created now is committed before this scan
+                // (creation holds the lock); later ones are created under
+                // the current root already.
+                let _creating = self.creating.lock().await;
+                let target = self.tenant_root(tenant)?;
+                let (pending, total) = self.not_under(tenant, &target)?;
+                (target, pending, total)
+            };
+            let target_ref = self.root_ref(&target);
+            let mut rewrapped = total - pending.len() as u32;
+            crate::metrics::rewrap_pending(tenant, pending.len());
+            if pending.is_empty() {
+                self.commit_rewrap(tenant, Vec::new(), progress(rewrapped, total, &target_ref), None, now_ms)?;
+            }
+            for step in pending.chunks(REWRAP_STEP) {
+                if self.tenant_root(tenant)? != target {
+                    continue 'newest;
+                }
+                let mut moved = Vec::with_capacity(step.len());
+                for (id, wrapped) in step {
+                    moved.push((id.clone(), self.rewrapped(id, wrapped, &target).await?));
+                }
+                rewrapped += step.len() as u32;
+                self.commit_rewrap(tenant, moved, progress(rewrapped, total, &target_ref), None, now_ms)?;
+                crate::metrics::rewrap_pending(tenant, (total - rewrapped) as usize);
+            }
+            return Ok(RewrapSummary {
+                rewrapped: pending.len() as u32,
+                total,
+            });
+        }
+    }
+
+    /// Whether a rewrap or retirement is running now (a sweep need not wait
+    /// for it to resume one).
+    pub fn rewrap_running(&self) -> bool {
+        self.rewrapping.try_lock().is_err()
+    }
+
+    /// Moves every sealed data key of `tenant` under `target` and commits
+    /// them with `closing` in one batch: all or nothing. For changes of the
+    /// tenant's root (disabling its key), where a half-moved state must never
+    /// be visible.
+    pub async fn rewrap_all_or_nothing(
+        &self,
+        tenant: &str,
+        target: &RootKey,
+        now_ms: i64,
+        closing: Kind,
+    ) -> Result<RewrapSummary, KeyringError> {
+        let _one = self.rewrapping.lock().await;
+        let _creating = self.creating.lock().await;
+        let target_ref = self.root_ref(target);
+        let (pending, total) = self.not_under(tenant, target)?;
+        let mut moved = Vec::with_capacity(pending.len());
+        for (id, wrapped) in &pending {
+            moved.push((id.clone(), self.rewrapped(id, wrapped, target).await?));
+        }
+        self.commit_rewrap(tenant, moved, progress(total, total, &target_ref), Some(closing), now_ms)?;
+        Ok(RewrapSummary {
+            rewrapped: pending.len() as u32,
+            total,
+        })
+    }
+
+    /// Deletes data keys no record uses any more (crypto-shredding them),
+    /// each with a `DataKeyRetired` event. The caller guarantees they are
+    /// unused and can no longer be reserved for writing.
+    pub async fn retire(&self, tenant: &str, ids: &[Vec<u8>], now_ms: i64) -> Result<(), KeyringError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _one = self.rewrapping.lock().await;
+        let mut txn = self.store.transaction();
+        for id in ids {
+            let layer = DataKeyId::from_bytes(id)?.layer;
+            txn.delete_data_key(id);
+            txn.event(
+                tenant,
+                Kind::DataKeyRetired(DataKeyRetired {
+                    data_key_id: id.clone(),
+                    layer: layer as i32,
+                }),
+            );
+        }
+        txn.commit(now_ms)?;
+        let mut cache = self.cache.lock().expect("cache lock");
+        for id in ids {
+            cache.remove(id);
+        }
+        drop(cache);
+        self.writers
+            .lock()
+            .expect("writers lock")
+            .retain(|_, writer| !ids.contains(&writer.id_bytes));
+        Ok(())
     }
 
     /// Counts the tenant's data keys and those not under its current root.
@@ -224,58 +463,59 @@ impl Keyring {
         Ok(census)
     }
 
-    /// Wraps every sealed data key of `tenant` that is not yet under
-    /// `target`, then commits them all with one `RewrapProgress` event and
-    /// `closing` (if any) in one batch: all or nothing, idempotent, O(data
-    /// keys) and never touching a record.
-    pub async fn rewrap_sealed(
-        &self,
-        tenant: &str,
-        target: &RootKey,
-        now_ms: i64,
-        closing: Option<Kind>,
-    ) -> Result<RewrapSummary, KeyringError> {
-        let _creating = self.creating.lock().await;
+    /// The tenant's sealed data keys not under `target`, and how many sealed keys it has.
+    fn not_under(&self, tenant: &str, target: &RootKey) -> Result<(Vec<StoredKey>, u32), KeyringError> {
         let target_ref = self.root_ref(target);
-        let mut txn = self.store.transaction();
-        let mut summary = RewrapSummary::default();
+        let mut pending = Vec::new();
+        let mut total = 0;
         for (id, wrapped) in self.store.data_keys_of(tenant)? {
             if DataKeyId::from_bytes(&id)?.layer != Layer::Sealed {
                 continue;
             }
-            summary.total += 1;
-            if wrapped.wrapped_by.as_ref().is_some_and(|r| same_root(r, &target_ref)) {
-                continue;
+            total += 1;
+            if !wrapped.wrapped_by.as_ref().is_some_and(|r| same_root(r, &target_ref)) {
+                pending.push((id, wrapped));
             }
-            let key = match self.cached(&id) {
-                Some(key) => key,
-                None => Arc::new(self.unwrap(&wrapped).await?),
-            };
-            let (wrapped_by, bytes) = self.wrap(target, &key).await?;
-            txn.put_data_key(
-                &id,
-                &WrappedDataKey {
-                    wrapped_by: Some(wrapped_by),
-                    algorithm: WRAP_ALGORITHM.into(),
-                    wrapped: bytes,
-                    created_at_unix_ms: wrapped.created_at_unix_ms,
-                },
-            );
-            summary.rewrapped += 1;
         }
-        txn.event(
-            tenant,
-            Kind::RewrapProgress(RewrapProgress {
-                rewrapped: summary.total,
-                total: summary.total,
-                target: Some(target_ref),
-            }),
-        );
+        Ok((pending, total))
+    }
+
+    /// `wrapped`, unwrapped by its root and wrapped anew by `target`.
+    async fn rewrapped(&self, id: &[u8], wrapped: &WrappedDataKey, target: &RootKey) -> Result<WrappedDataKey, KeyringError> {
+        let key = match self.cached(id) {
+            Some(key) => key,
+            None => Arc::new(self.unwrap(wrapped).await?),
+        };
+        let (wrapped_by, bytes) = self.wrap(target, &key).await?;
+        crate::metrics::data_key_rewrapped();
+        Ok(WrappedDataKey {
+            wrapped_by: Some(wrapped_by),
+            algorithm: WRAP_ALGORITHM.into(),
+            wrapped: bytes,
+            created_at_unix_ms: wrapped.created_at_unix_ms,
+        })
+    }
+
+    /// Commits one step: the rewrapped keys, where the rewrap stands, and
+    /// `closing` if this step ends a change of root.
+    fn commit_rewrap(
+        &self,
+        tenant: &str,
+        moved: Vec<(Vec<u8>, WrappedDataKey)>,
+        progress: RewrapProgress,
+        closing: Option<Kind>,
+        now_ms: i64,
+    ) -> Result<(), KeyringError> {
+        let mut txn = self.store.transaction();
+        for (id, wrapped) in &moved {
+            txn.put_data_key(id, wrapped);
+        }
+        txn.event(tenant, Kind::RewrapProgress(progress));
         if let Some(closing) = closing {
             txn.event(tenant, closing);
         }
         txn.commit(now_ms)?;
-        Ok(summary)
+        Ok(())
     }
 
     fn root_ref(&self, root: &RootKey) -> RootKeyRef {
@@ -405,9 +645,51 @@ impl Keyring {
     }
 }
 
+fn progress(rewrapped: u32, total: u32, target: &RootKeyRef) -> RewrapProgress {
+    RewrapProgress {
+        rewrapped,
+        total,
+        target: Some(target.clone()),
+    }
+}
+
 fn same_root(a: &RootKeyRef, b: &RootKeyRef) -> bool {
     match (&a.root, &b.root) {
         (Some(Root::VaultKeyId(x)), Some(Root::VaultKeyId(y))) => x.eq_ignore_ascii_case(y),
         (x, y) => x == y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_retires_when_full_when_too_old_or_on_a_new_day() {
+        let rotation = RotationLimits {
+            max_age: Duration::from_secs(3600),
+            max_records: 10,
+        };
+        let day_ms = 86_400_000;
+        let created = 5 * day_ms + 1000;
+        let mut writer = Writer {
+            id: DataKeyId {
+                tenant: "t".into(),
+                layer: Layer::Hot,
+                bucket: utc_day(created),
+                generation: 0,
+            },
+            id_bytes: Vec::new(),
+            key: Arc::new(DataKey::generate()),
+            loaded: Instant::now(),
+            created_at_ms: created,
+            used: 0,
+        };
+        assert!(writer.takes_more(created + 1000, &rotation));
+        assert!(!writer.takes_more(created + 3_600_000, &rotation), "too old");
+        assert!(!writer.takes_more(created + day_ms, &rotation), "another day");
+        assert_eq!(writer.grant(4, &rotation).granted, 4);
+        assert_eq!(writer.grant(25, &rotation).granted, 6, "never past the limit");
+        assert!(!writer.takes_more(created + 1000, &rotation), "full");
     }
 }

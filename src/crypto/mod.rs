@@ -1,8 +1,9 @@
 //! Encryption at rest: AES-256-GCM data keys ([`data_key`]), the root keys
 //! that wrap them ([`root_key`]), the cache-backed [`keyring`] that hands
-//! out usable data keys, and the record [`envelope`] that binds a
-//! ciphertext to where it belongs.
+//! out usable data keys (per batch through [`batch_keys`]), and the record
+//! [`envelope`] that binds a ciphertext to where it belongs.
 
+pub mod batch_keys;
 pub mod data_key;
 pub mod envelope;
 pub mod keyring;

@@ -18,6 +18,9 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::TenantLockedDown(_) => "tenant_locked_down",
         Kind::TenantRestored(_) => "tenant_restored",
         Kind::RewrapProgress(_) => "rewrap_progress",
+        Kind::RecordsReencrypted(_) => "records_reencrypted",
+        Kind::DataKeyRetired(_) => "data_key_retired",
+        Kind::CorruptionDetected(_) => "corruption_detected",
     }
 }
 

@@ -112,7 +112,7 @@ mod tests {
             "https://c.vault.usgovcloudapi.net/keys/k",
         ] {
             let parsed = KeyUri::parse(uri, &[]).unwrap_or_else(|e| panic!("{uri}: {e}"));
-            assert_eq!(parsed.name.len() > 0, true);
+            assert!(!parsed.name.is_empty());
         }
         let parsed = KeyUri::parse("https://Contoso.vault.azure.net/keys/k/abc123", &[]).unwrap();
         assert_eq!(parsed.vault_url, "https://contoso.vault.azure.net");

@@ -250,7 +250,7 @@ impl Store {
         after: Option<&[u8]>,
         cutoff_ms: i64,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, i64, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<IndexEntry>, StoreError> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound((cutoff_ms.max(0) as u64).to_be_bytes().to_vec());
         let mode = match after {
@@ -276,6 +276,38 @@ impl Store {
         Ok(due)
     }
 
+    /// Up to `limit` of `tenant`'s records in `layer`, in key order, strictly
+    /// after record key `after` when given, as raw (record key, value) pairs
+    /// so a scan can report a value that does not decode instead of stopping.
+    pub fn records_of(
+        &self,
+        layer: Layer,
+        tenant: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<RawRecord>, StoreError> {
+        let prefix = keys::tenant_prefix(tenant);
+        let start = after.unwrap_or(&prefix);
+        let mut page = Vec::with_capacity(limit.min(4096));
+        for item in self
+            .db
+            .iterator_cf(self.cf(layer_cf(layer)), IteratorMode::From(start, Direction::Forward))
+        {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if after.is_some_and(|after| key.as_ref() == after) {
+                continue;
+            }
+            page.push((key.into_vec(), value.into_vec()));
+            if page.len() == limit {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
     /// Ingestion time of the oldest record still in `hot`.
     pub fn oldest_hot_ingested_at(&self) -> Result<Option<i64>, StoreError> {
         let first = self.db.iterator_cf(self.cf(CF_BY_TIME), IteratorMode::Start).next();
@@ -288,6 +320,22 @@ impl Store {
             .get_cf(self.cf(CF_DEKS), id)?
             .map(|v| decode(CF_DEKS, "wrapped data key", &v))
             .transpose()
+    }
+
+    /// The greatest data key id starting with `prefix` (the latest
+    /// generation of a bucket), if any.
+    pub fn last_data_key_with_prefix(&self, prefix: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut upper = prefix.clone();
+        upper.extend_from_slice(&[0xff; 8]);
+        match self
+            .db
+            .iterator_cf(self.cf(CF_DEKS), IteratorMode::From(&upper, Direction::Reverse))
+            .next()
+            .transpose()?
+        {
+            Some((id, _)) if id.starts_with(&prefix) => Ok(Some(id.into_vec())),
+            _ => Ok(None),
+        }
     }
 
     /// Every data key of `tenant` (all layers), as (id bytes, wrapped key).
@@ -390,6 +438,12 @@ impl Store {
     }
 }
 
+/// An ingestion-time index entry: (index key, ingested_at_ms, record key).
+pub type IndexEntry = (Vec<u8>, i64, Vec<u8>);
+
+/// A stored record as raw bytes: (record key, encoded `StoredRecord`).
+pub type RawRecord = (Vec<u8>, Vec<u8>);
+
 /// A set of changes and events that commit together or not at all.
 pub struct Transaction<'a> {
     store: &'a Store,
@@ -422,6 +476,11 @@ impl Transaction<'_> {
     /// Stores a wrapped data key.
     pub fn put_data_key(&mut self, id: &[u8], key: &WrappedDataKey) {
         self.batch.put_cf(self.store.cf(CF_DEKS), id, key.encode_to_vec());
+    }
+
+    /// Deletes a wrapped data key (retirement: the key is gone for good).
+    pub fn delete_data_key(&mut self, id: &[u8]) {
+        self.batch.delete_cf(self.store.cf(CF_DEKS), id);
     }
 
     /// Appends a domain event for `tenant`.

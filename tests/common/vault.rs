@@ -183,6 +183,19 @@ impl Vault {
         self.emulator.vault_url().trim_start_matches("https://").to_owned()
     }
 
+    /// keyseal's own vault client, trusting this emulator (for benchmarks
+    /// that build a keyring without a worker).
+    pub fn client(&self) -> std::sync::Arc<keyseal::keyvault::Vault> {
+        use keyseal::keyvault::credential::{VaultCredentialKind, credential};
+        let options = keyseal::keyvault::VaultOptions {
+            trusted_hosts: vec![self.host()],
+            ca_cert: Some(self.emulator.cert_pem_path().to_path_buf()),
+            timeout: Duration::from_secs(10),
+        };
+        let credential = credential(VaultCredentialKind::StaticToken).expect("static token");
+        std::sync::Arc::new(keyseal::keyvault::Vault::new(credential, options).expect("vault client"))
+    }
+
     /// Worker flags that let it use this emulator as a vault.
     pub fn worker_flags(&self) -> Vec<String> {
         vec![

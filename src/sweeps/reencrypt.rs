@@ -1,0 +1,237 @@
+//! The re-encryption sweep: sealed records whose data key is older than
+//! `--max-dek-age` are decrypted and encrypted again under the tenant's
+//! current writer key, a paced batch at a time, each batch one atomic write
+//! with a `RecordsReencrypted` event. Progress lives in the data itself: a
+//! record on a fresh key is never touched again, so an interrupted sweep
+//! simply resumes on the next run. Once a full pass leaves an old key with
+//! no record, the key is retired (deleted: crypto-shredded).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use serde::Serialize;
+
+use super::{Pacer, Tracker};
+use crate::crypto::batch_keys::BatchKeys;
+use crate::crypto::data_key::{DataKey, DataKeyId};
+use crate::crypto::envelope::RecordIdentity;
+use crate::crypto::keyring::{Keyring, KeyringError};
+use crate::proto::store::{StoredRecord, TenantState};
+use crate::proto::v1::{Layer, RecordsReencrypted, event::Kind};
+use crate::records::RecordError;
+use crate::storage::{Store, keys};
+
+/// How long past `--max-dek-age` a key waits before it may be retired:
+/// longer than any batch that reserved it just before it aged out takes
+/// to commit.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(3600);
+
+/// What a re-encryption sweep did.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReencryptSummary {
+    /// Sealed records looked at (of tenants with old data keys).
+    pub scanned: u64,
+    /// Records moved to a fresh data key.
+    pub reencrypted: u64,
+    /// Ciphertext bytes re-encrypted.
+    pub bytes: u64,
+    /// Records moved, per tenant.
+    pub tenants: BTreeMap<String, u64>,
+    /// Old data keys deleted because no record uses them any more.
+    pub retired_data_keys: u64,
+    /// Records on an old key that did not decrypt: left as they are (and
+    /// their key kept) for the scrub to report.
+    pub unreadable: u64,
+    /// Tenants with old keys that were not swept now, and why.
+    pub skipped: BTreeMap<String, String>,
+}
+
+/// Runs one re-encryption sweep at `now_ms` over every tenant that has data
+/// keys older than `keyring.rotation().max_age`.
+pub async fn run(
+    store: &Store,
+    keyring: &Keyring,
+    now_ms: i64,
+    pacer: &mut Pacer,
+    tracker: &Tracker<'_>,
+) -> Result<ReencryptSummary, RecordError> {
+    let cutoff = now_ms - keyring.rotation().max_age.as_millis() as i64;
+    let mut summary = ReencryptSummary::default();
+    for (tenant, projection) in store.tenants() {
+        let old: HashMap<Vec<u8>, i64> = store
+            .data_keys_of(&tenant)?
+            .into_iter()
+            .filter(|(_, wrapped)| wrapped.created_at_unix_ms < cutoff)
+            .map(|(id, wrapped)| (id, wrapped.created_at_unix_ms))
+            .collect();
+        if old.is_empty() {
+            continue;
+        }
+        if projection.state() != TenantState::Active {
+            // Its key is not usable; its records are swept once it is restored.
+            summary.skipped.insert(tenant, "tenant is not active".into());
+            continue;
+        }
+        let mut sweep = TenantSweep {
+            store,
+            keyring,
+            tenant: &tenant,
+            old: &old,
+            now_ms,
+            in_use: HashSet::new(),
+            summary: &mut summary,
+        };
+        match sweep.run(pacer, tracker).await {
+            Ok(()) => {}
+            Err(RecordError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                summary.skipped.insert(tenant, e.to_string());
+            }
+        }
+    }
+    Ok(summary)
+}
+
+struct TenantSweep<'a> {
+    store: &'a Store,
+    keyring: &'a Keyring,
+    tenant: &'a str,
+    /// The tenant's data keys older than the age limit, with creation time.
+    old: &'a HashMap<Vec<u8>, i64>,
+    now_ms: i64,
+    /// Old keys some record still uses.
+    in_use: HashSet<Vec<u8>>,
+    summary: &'a mut ReencryptSummary,
+}
+
+impl TenantSweep<'_> {
+    async fn run(&mut self, pacer: &mut Pacer, tracker: &Tracker<'_>) -> Result<(), RecordError> {
+        let step = pacer.step_size();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.records_of(Layer::Sealed, self.tenant, after.as_deref(), step)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            let mut due = Vec::new();
+            for (key, value) in &page {
+                match StoredRecord::decode(value.as_slice()) {
+                    Ok(record) if self.old.contains_key(&record.data_key_id) => due.push((key.as_slice(), record)),
+                    Ok(_) => {}
+                    Err(_) => self.summary.unreadable += 1,
+                }
+            }
+            self.summary.scanned += page.len() as u64;
+            let moved = self.reencrypt(&due).await?;
+            tracker.advance(page.len());
+            pacer.admit(moved).await;
+        }
+        self.note_hot_keys_in_use()?;
+        self.retire().await
+    }
+
+    /// Re-encrypts `due` under the tenant's writer key in one atomic write.
+    async fn reencrypt(&mut self, due: &[(&[u8], StoredRecord)]) -> Result<usize, RecordError> {
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let wanted = HashMap::from([(self.tenant.to_owned(), due.len() as u64)]);
+        let mut fresh = BatchKeys::new(self.keyring, Layer::Sealed, self.now_ms, wanted);
+        let mut old_keys: HashMap<&[u8], Arc<DataKey>> = HashMap::new();
+        let mut txn = self.store.transaction();
+        let (mut count, mut bytes) = (0u32, 0u64);
+        for (record_key, record) in due {
+            let Some((_, record_id)) = keys::split_record_key(record_key) else {
+                self.unreadable(&record.data_key_id);
+                continue;
+            };
+            let identity = RecordIdentity {
+                tenant: self.tenant,
+                record_id,
+                layer: Layer::Sealed,
+            };
+            let old = match old_keys.get(record.data_key_id.as_slice()) {
+                Some(key) => key.clone(),
+                None => {
+                    let key = self.keyring.key(&record.data_key_id).await?;
+                    old_keys.insert(&record.data_key_id, key.clone());
+                    key
+                }
+            };
+            let Ok(content) = identity.open(&old, record) else {
+                self.unreadable(&record.data_key_id);
+                continue;
+            };
+            let lease = fresh.next(self.tenant).await?;
+            let moved = identity.seal(&lease.id, &lease.key, &content, record.ingested_at_unix_ms);
+            txn.put_record(Layer::Sealed, record_key, &moved);
+            count += 1;
+            bytes += record.ciphertext.len() as u64;
+        }
+        if count > 0 {
+            txn.event(
+                self.tenant,
+                Kind::RecordsReencrypted(RecordsReencrypted {
+                    count,
+                    layer: Layer::Sealed as i32,
+                    bytes,
+                }),
+            );
+            txn.commit(self.now_ms)?;
+        }
+        self.summary.reencrypted += u64::from(count);
+        self.summary.bytes += bytes;
+        *self.summary.tenants.entry(self.tenant.to_owned()).or_default() += u64::from(count);
+        Ok(count as usize)
+    }
+
+    fn unreadable(&mut self, data_key_id: &[u8]) {
+        self.summary.unreadable += 1;
+        self.in_use.insert(data_key_id.to_vec());
+    }
+
+    /// Old hot keys still used by records waiting to be sealed (which
+    /// sealing re-encrypts anyway) must not be retired.
+    fn note_hot_keys_in_use(&mut self) -> Result<(), RecordError> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.records_of(Layer::Hot, self.tenant, after.as_deref(), 1000)?;
+            let Some((last, _)) = page.last() else { return Ok(()) };
+            after = Some(last.clone());
+            for (_, value) in &page {
+                match StoredRecord::decode(value.as_slice()) {
+                    Ok(record) if self.old.contains_key(&record.data_key_id) => {
+                        self.in_use.insert(record.data_key_id);
+                    }
+                    Ok(_) => {}
+                    // Whatever key it used must stay: keep every old hot key.
+                    Err(_) => self.in_use.extend(self.old.keys().filter(|id| is_hot(id)).cloned()),
+                }
+            }
+        }
+    }
+
+    /// Deletes the old keys no record uses, once past the grace period.
+    async fn retire(&mut self) -> Result<(), RecordError> {
+        let retire_before = self.now_ms - self.keyring.rotation().max_age.as_millis() as i64 - RETIRE_GRACE.as_millis() as i64;
+        let unused: Vec<Vec<u8>> = self
+            .old
+            .iter()
+            .filter(|(id, created)| **created < retire_before && !self.in_use.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.keyring.retire(self.tenant, &unused, self.now_ms).await.map_err(|e| match e {
+            KeyringError::Store(e) => RecordError::Store(e),
+            other => RecordError::Keyring(other),
+        })?;
+        crate::metrics::data_keys_retired(unused.len());
+        self.summary.retired_data_keys += unused.len() as u64;
+        Ok(())
+    }
+}
+
+fn is_hot(id: &[u8]) -> bool {
+    DataKeyId::from_bytes(id).is_ok_and(|id| id.layer == Layer::Hot)
+}
