@@ -22,11 +22,13 @@ use tracing::error;
 use crate::config::Settings;
 use crate::crypto::CryptoError;
 use crate::encryption::{self, EncryptionError};
-use crate::health::policy;
+use crate::clock::rfc3339;
+use crate::health::policy::KeyHealthView;
 use crate::proto::store::TenantState;
 use crate::worker::state_name;
 use crate::ingest::validate::{is_valid_record_id, is_valid_tenant_id};
 use crate::records::{self, RecordError};
+use crate::storage::StoreError;
 use crate::worker::Services;
 
 /// Largest request body accepted.
@@ -73,6 +75,13 @@ impl From<RecordError> for ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", other.to_string())
             }
         }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        error!(error = %e, "request failed");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
     }
 }
 
@@ -195,32 +204,24 @@ async fn tenant_status(
             "rewrapPending": projection.rewrap_pending,
         })
     };
-    let state = projection.state();
-    let unavailable = !projection.health_reason.is_empty();
-    let since = match (unavailable, state) {
-        (true, _) => Some(projection.degraded_since_unix_ms),
-        (false, TenantState::Active) if projection.state_since_unix_ms > 0 => Some(projection.state_since_unix_ms),
-        _ => None,
-    };
-    let lockdown_at = (state == TenantState::Degraded)
-        .then(|| policy::lockdown_at(&projection, services.settings.lockdown_after));
+    let health = KeyHealthView::of(&projection, services.settings.lockdown_after);
     let data_keys = services
         .keyring
         .data_key_census(&tenant)
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
     Ok(Json(json!({
         "tenant": tenant,
-        "state": state_name(state),
+        "state": state_name(projection.state()),
         "stateSince": (projection.state_since_unix_ms > 0).then(|| rfc3339(projection.state_since_unix_ms)),
         "encryption": encryption,
         "records": {"hot": projection.hot_records, "sealed": projection.sealed_records},
         "dataKeys": data_keys,
         "keyHealth": {
-            "status": if unavailable { "unavailable" } else { "healthy" },
-            "since": since.map(rfc3339),
-            "reason": unavailable.then_some(projection.health_reason.as_str()),
+            "status": health.status(),
+            "since": health.since_ms.map(rfc3339),
+            "reason": health.reason,
             "lastProbe": services.probe_times.last(&tenant).map(rfc3339),
-            "lockdownAt": lockdown_at.map(rfc3339),
+            "lockdownAt": health.lockdown_at_ms.map(rfc3339),
         },
     })))
 }
@@ -304,16 +305,8 @@ async fn disable_encryption(
 }
 
 async fn replay(State(services): State<Arc<Services>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let report = services.replay().map_err(|e| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
-    })?;
+    let report = services.replay()?;
     Ok(Json(serde_json::to_value(report).expect("a report serialises")))
-}
-
-/// Unix milliseconds as RFC 3339 (UTC), the API's time format.
-fn rfc3339(unix_ms: i64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64))
-        .to_string()
 }
 
 async fn sweep(State(services): State<Arc<Services>>) -> Result<Json<serde_json::Value>, ApiError> {
