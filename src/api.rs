@@ -1,7 +1,8 @@
 //! The admin HTTP API (paths fixed by DESIGN.md): health, readiness,
-//! `/metrics`, tenant status, record reads and on-demand sweeps. Every
-//! error is `{"error":{"code","message"}}`; with `KEYSEAL_ADMIN_TOKEN` set,
-//! `/v1/*` needs `Authorization: Bearer <token>` (compared in constant time).
+//! `/metrics`, the status page at `/`, tenant status, record reads and
+//! on-demand sweeps. Every error is `{"error":{"code","message"}}`; with
+//! `KEYSEAL_ADMIN_TOKEN` set, `/v1/*` needs `Authorization: Bearer <token>`
+//! (compared in constant time).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,6 +29,7 @@ use crate::proto::store::TenantState;
 use crate::worker::state_name;
 use crate::ingest::validate::{is_valid_record_id, is_valid_tenant_id};
 use crate::records::{self, RecordError};
+use crate::status_page;
 use crate::storage::StoreError;
 use crate::worker::Services;
 
@@ -116,6 +118,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/admin/replay", post(replay))
         .route_layer(middleware::from_fn_with_state(services.clone(), require_token));
     Router::new()
+        .route("/", get(status_html))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -172,6 +175,23 @@ async fn metrics(State(services): State<Arc<Services>>) -> Response {
         crate::metrics::handle().render(),
     )
         .into_response()
+}
+
+/// `GET /`: the status page. Like `/metrics`, it is outside the `/v1` token
+/// layer: a browser left open on it cannot send a bearer token, and it
+/// shows what `/metrics` already exposes (tenant ids, states, key health,
+/// record counts, seal lag) plus the health reason, key version and state
+/// times of each tenant; never a payload, a key or a key URI.
+async fn status_html(State(services): State<Arc<Services>>) -> Result<Response, ApiError> {
+    let snapshot = status_page::snapshot(&services)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        status_page::render(&snapshot),
+    )
+        .into_response())
 }
 
 fn check_tenant(tenant: &str) -> Result<(), ApiError> {
