@@ -1,7 +1,8 @@
 //! The admin HTTP API (paths fixed by DESIGN.md): health, readiness,
-//! `/metrics`, tenant status, record reads and on-demand sweeps. Every
-//! error is `{"error":{"code","message"}}`; with `KEYSEAL_ADMIN_TOKEN` set,
-//! `/v1/*` needs `Authorization: Bearer <token>` (compared in constant time).
+//! `/metrics`, the status page at `/`, tenant status, record reads and
+//! on-demand sweeps. Every error is `{"error":{"code","message"}}`; with
+//! `KEYSEAL_ADMIN_TOKEN` set, `/v1/*` needs `Authorization: Bearer <token>`
+//! (compared in constant time).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,11 +24,14 @@ use tracing::error;
 use crate::config::Settings;
 use crate::crypto::CryptoError;
 use crate::encryption::{self, EncryptionError};
-use crate::health::policy;
+use crate::clock::rfc3339;
+use crate::health::policy::KeyHealthView;
 use crate::proto::store::TenantState;
 use crate::worker::state_name;
 use crate::ingest::validate::{is_valid_record_id, is_valid_tenant_id};
 use crate::records::{self, RecordError};
+use crate::status_page;
+use crate::storage::StoreError;
 use crate::worker::Services;
 
 /// Largest request body accepted.
@@ -77,6 +81,13 @@ impl From<RecordError> for ApiError {
     }
 }
 
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        error!(error = %e, "request failed");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
+    }
+}
+
 /// Binds the admin listener, refusing a non-loopback address unless an
 /// admin token is configured.
 pub async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
@@ -109,6 +120,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/admin/replay", post(replay))
         .route_layer(middleware::from_fn_with_state(services.clone(), require_token));
     Router::new()
+        .route("/", get(status_html))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -167,6 +179,23 @@ async fn metrics(State(services): State<Arc<Services>>) -> Response {
         .into_response()
 }
 
+/// `GET /`: the status page. Like `/metrics`, it is outside the `/v1` token
+/// layer: a browser left open on it cannot send a bearer token, and it
+/// shows what `/metrics` already exposes (tenant ids, states, key health,
+/// record counts, seal lag) plus the health reason, key version and state
+/// times of each tenant; never a payload, a key or a key URI.
+async fn status_html(State(services): State<Arc<Services>>) -> Result<Response, ApiError> {
+    let snapshot = status_page::snapshot(&services)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        status_page::render(&snapshot),
+    )
+        .into_response())
+}
+
 fn check_tenant(tenant: &str) -> Result<(), ApiError> {
     if is_valid_tenant_id(tenant) {
         Ok(())
@@ -197,32 +226,24 @@ async fn tenant_status(
             "rewrapPending": projection.rewrap_pending,
         })
     };
-    let state = projection.state();
-    let unavailable = !projection.health_reason.is_empty();
-    let since = match (unavailable, state) {
-        (true, _) => Some(projection.degraded_since_unix_ms),
-        (false, TenantState::Active) if projection.state_since_unix_ms > 0 => Some(projection.state_since_unix_ms),
-        _ => None,
-    };
-    let lockdown_at = (state == TenantState::Degraded)
-        .then(|| policy::lockdown_at(&projection, services.settings.lockdown_after));
+    let health = KeyHealthView::of(&projection, services.settings.lockdown_after);
     let data_keys = services
         .keyring
         .data_key_census(&tenant)
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
     Ok(Json(json!({
         "tenant": tenant,
-        "state": state_name(state),
+        "state": state_name(projection.state()),
         "stateSince": (projection.state_since_unix_ms > 0).then(|| rfc3339(projection.state_since_unix_ms)),
         "encryption": encryption,
         "records": {"hot": projection.hot_records, "sealed": projection.sealed_records},
         "dataKeys": data_keys,
         "keyHealth": {
-            "status": if unavailable { "unavailable" } else { "healthy" },
-            "since": since.map(rfc3339),
-            "reason": unavailable.then_some(projection.health_reason.as_str()),
+            "status": health.status(),
+            "since": health.since_ms.map(rfc3339),
+            "reason": health.reason,
             "lastProbe": services.probe_times.last(&tenant).map(rfc3339),
-            "lockdownAt": lockdown_at.map(rfc3339),
+            "lockdownAt": health.lockdown_at_ms.map(rfc3339),
         },
     })))
 }
@@ -306,16 +327,8 @@ async fn disable_encryption(
 }
 
 async fn replay(State(services): State<Arc<Services>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let report = services.replay().map_err(|e| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
-    })?;
+    let report = services.replay()?;
     Ok(Json(serde_json::to_value(report).expect("a report serialises")))
-}
-
-/// Unix milliseconds as RFC 3339 (UTC), the API's time format.
-fn rfc3339(unix_ms: i64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64))
-        .to_string()
 }
 
 /// `?kind=` of `POST /v1/sweeps`.
@@ -333,7 +346,7 @@ async fn sweep(
     let summary = match query.kind.as_deref().unwrap_or("seal") {
         "seal" => json!({"seal": services.sweep().await?}),
         "reencrypt" => json!({"reencrypt": services.reencrypt().await?}),
-        "scrub" => json!({"scrub": services.scrub().await.map_err(RecordError::from)?}),
+        "scrub" => json!({"scrub": services.scrub().await?}),
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,

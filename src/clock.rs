@@ -60,6 +60,12 @@ pub fn utc_day(unix_ms: i64) -> u32 {
     unix_ms.div_euclid(86_400_000).clamp(0, u32::MAX as i64) as u32
 }
 
+/// Unix milliseconds as RFC 3339 (UTC, millisecond precision): how the
+/// admin API and the status page show times.
+pub fn rfc3339(unix_ms: i64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64)).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +83,10 @@ mod tests {
         assert_eq!(utc_day(86_399_999), 0);
         assert_eq!(utc_day(86_400_000), 1);
         assert_eq!(utc_day(-5), 0);
+    }
+
+    #[test]
+    fn rfc3339_is_utc_with_milliseconds() {
+        assert_eq!(rfc3339(86_400_123), "1970-01-02T00:00:00.123Z");
     }
 }

@@ -23,6 +23,8 @@
 //! - [`events`]: event naming and the [`events::outbox`] relay to
 //!   `keyseal.events`.
 //! - [`api`] and [`client`]: the admin HTTP API and its CLI client.
+//! - [`status_page`]: `GET /`, a self-refreshing HTML page of tenants'
+//!   states, key health, record counts and seal lag.
 //! - [`publish`]: a confirm-mode producer for `keyseal publish`, tests and
 //!   benchmarks.
 //! - [`emulator`]: `keyseal keyvault-emulator`, a local Azure Key
@@ -50,6 +52,7 @@ pub mod proto;
 pub mod publish;
 pub mod records;
 pub mod sealing;
+pub mod status_page;
 pub mod storage;
 pub mod sweeps;
 pub mod worker;

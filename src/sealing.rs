@@ -28,6 +28,14 @@ pub fn seal_cutoff_ms(now_ms: i64, seal_after: Duration) -> i64 {
     now_ms - seal_after.as_millis() as i64
 }
 
+/// Seal lag: how far past the seal age a record ingested at
+/// `ingested_at_ms` is at `now_ms`, zero while it is not yet due. Of the
+/// oldest record in `hot` it is `/metrics`' `keyseal_seal_lag_seconds`.
+pub fn seal_lag(now_ms: i64, seal_after: Duration, ingested_at_ms: i64) -> Duration {
+    let overdue_ms = seal_cutoff_ms(now_ms, seal_after) - ingested_at_ms;
+    Duration::from_millis(overdue_ms.max(0) as u64)
+}
+
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -168,5 +176,12 @@ mod tests {
         // The index scan takes entries strictly below the cutoff.
         assert!(ingested >= cutoff_at(ingested + 48 * 3_600_000));
         assert!(ingested < cutoff_at(ingested + 48 * 3_600_000 + 1));
+    }
+
+    #[test]
+    fn seal_lag_counts_only_time_past_the_seal_age() {
+        let seal_after = Duration::from_secs(3600);
+        assert_eq!(seal_lag(5_000_000, seal_after, 5_000_000), Duration::ZERO, "not due yet");
+        assert_eq!(seal_lag(3_600_000 + 1_500, seal_after, 0), Duration::from_millis(1_500));
     }
 }

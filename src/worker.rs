@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::task::JoinSet;
@@ -188,14 +189,10 @@ impl Services {
             let count = tenants.iter().filter(|(_, p)| p.state() == state).count();
             m::tenants_in_state(state_name(state), count);
         }
-        let lag = match self.store.oldest_hot_ingested_at()? {
-            Some(oldest) => {
-                let overdue_ms = sealing::seal_cutoff_ms(self.clock.now_ms(), self.settings.seal_after) - oldest;
-                overdue_ms as f64 / 1000.0
-            }
-            None => 0.0,
-        };
-        m::seal_lag(lag);
+        let lag = self.store.oldest_hot_ingested_at()?.map_or(Duration::ZERO, |oldest| {
+            sealing::seal_lag(self.clock.now_ms(), self.settings.seal_after, oldest)
+        });
+        m::seal_lag(lag.as_secs_f64());
         Ok(())
     }
 }

@@ -100,6 +100,44 @@ pub fn lockdown_at(projection: &TenantProjection, lockdown_after: Duration) -> i
     projection.degraded_since_unix_ms + lockdown_after.as_millis() as i64
 }
 
+/// A tenant's key health as operators see it, derived from the projection
+/// alone so the admin API's `keyHealth` and the status page always agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHealthView {
+    /// Why the key is unavailable; `None` while it is healthy.
+    pub reason: Option<String>,
+    /// Since when the key has been unavailable (the first failed probe of
+    /// this outage), or healthy again after its last state change.
+    pub since_ms: Option<i64>,
+    /// While degraded: when the tenant will be locked down unless the key
+    /// comes back.
+    pub lockdown_at_ms: Option<i64>,
+}
+
+impl KeyHealthView {
+    /// The view of `projection` for a worker with `--lockdown-after lockdown_after`.
+    pub fn of(projection: &TenantProjection, lockdown_after: Duration) -> Self {
+        let state = projection.state();
+        let reason = (!projection.health_reason.is_empty()).then(|| projection.health_reason.clone());
+        let since_ms = match (&reason, state) {
+            (Some(_), _) => Some(projection.degraded_since_unix_ms),
+            (None, TenantState::Active) if projection.state_since_unix_ms > 0 => Some(projection.state_since_unix_ms),
+            _ => None,
+        };
+        let lockdown_at_ms = (state == TenantState::Degraded).then(|| lockdown_at(projection, lockdown_after));
+        Self {
+            reason,
+            since_ms,
+            lockdown_at_ms,
+        }
+    }
+
+    /// `healthy` or `unavailable`, the API's `keyHealth.status`.
+    pub fn status(&self) -> &'static str {
+        if self.reason.is_some() { "unavailable" } else { "healthy" }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +186,22 @@ mod tests {
         assert!(run(&mut p, Probe::Unavailable("vault_unreachable"), GRACE.as_millis() as i64 + 5)
             .contains(&"key_health"));
         assert_eq!(p.state(), TenantState::Degraded, "a new outage starts a new grace");
+    }
+
+    #[test]
+    fn the_key_health_view_names_the_reason_and_the_deadline_only_while_it_matters() {
+        let mut p = TenantProjection { key_version: "v1".into(), ..Default::default() };
+        let view = |p: &TenantProjection| KeyHealthView::of(p, GRACE);
+        assert_eq!(view(&p), KeyHealthView { reason: None, since_ms: None, lockdown_at_ms: None });
+        run(&mut p, Probe::Unavailable("key_disabled"), 1_000);
+        let degraded = view(&p);
+        assert_eq!((degraded.status(), degraded.reason.as_deref()), ("unavailable", Some("key_disabled")));
+        assert_eq!((degraded.since_ms, degraded.lockdown_at_ms), (Some(1_000), Some(1_000 + GRACE.as_millis() as i64)));
+        run(&mut p, Probe::Unavailable("key_disabled"), 1_000 + GRACE.as_millis() as i64);
+        assert_eq!(view(&p).lockdown_at_ms, None, "locked down: no deadline left");
+        assert_eq!(view(&p).since_ms, Some(1_000), "unavailable since the first failed probe");
+        run(&mut p, Probe::Healthy { version: "v1".into() }, 9_000_000);
+        assert_eq!(view(&p), KeyHealthView { reason: None, since_ms: Some(9_000_000), lockdown_at_ms: None });
     }
 
     #[test]

@@ -1,0 +1,429 @@
+//! The status page, `GET /`: one small server-rendered HTML page that an
+//! operator can leave open in a browser. It shows each tenant's state, key
+//! health, hot and sealed counts and seal lag, and the worker's totals; it
+//! refreshes itself, needs no scripts and loads no external assets.
+//!
+//! [`snapshot`] reads what the page shows from a shard's [`Services`];
+//! [`render`] turns a [`Snapshot`] into HTML, purely, escaping every string
+//! it did not write itself. The page never shows payloads, key material or
+//! key URIs: only what `/metrics` already exposes, plus key health reasons,
+//! key versions and the state times the lockdown policy works from.
+
+use std::collections::HashMap;
+use std::fmt::{self, Write};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::clock::rfc3339;
+use crate::health::policy::KeyHealthView;
+use crate::proto::store::{TenantProjection, TenantState};
+use crate::sealing;
+use crate::storage::{StoreError, keys};
+use crate::worker::{Services, state_name};
+
+/// Seconds between the page's self-refreshes.
+pub const REFRESH_SECONDS: u32 = 5;
+
+/// Most overdue index entries one [`snapshot`] reads to find each tenant's
+/// oldest overdue record (a few milliseconds of work).
+pub const OVERDUE_SCAN_LIMIT: usize = 10_000;
+
+/// Everything the page shows, read at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// When the snapshot was taken (Unix ms, the worker's clock).
+    pub taken_at_ms: i64,
+    /// Whether the ingest consumer is connected to RabbitMQ and consuming.
+    pub amqp_ready: bool,
+    /// The worker's `--seal-after`.
+    pub seal_after: Duration,
+    /// How far past the seal age the oldest record in `hot` is (what
+    /// `/metrics` reports as `keyseal_seal_lag_seconds`).
+    pub seal_lag: Duration,
+    /// Every known tenant, sorted by id.
+    pub tenants: Vec<TenantRow>,
+}
+
+/// One tenant's line on the page.
+#[derive(Debug, Clone)]
+pub struct TenantRow {
+    /// The tenant id.
+    pub tenant: String,
+    /// Its projection: state, key in use, record counts.
+    pub projection: TenantProjection,
+    /// Its key health, as the admin API reports it.
+    pub health: KeyHealthView,
+    /// How far past the seal age its oldest record in `hot` is; `None` when
+    /// the bounded scan of overdue records did not reach this tenant.
+    pub seal_lag: Option<Duration>,
+}
+
+/// Reads what the page shows from `services`.
+pub fn snapshot(services: &Services) -> Result<Snapshot, StoreError> {
+    let now_ms = services.clock.now_ms();
+    let seal_after = services.settings.seal_after;
+    // A tenant's seal lag needs its oldest record in `hot`, but the time
+    // index is ordered by time, not by tenant. Reading only the overdue part
+    // of it (before the seal cutoff) finds every tenant's oldest overdue
+    // record, and that part is small: each sweep seals the overdue records
+    // of every active tenant. Only a tenant whose sealing is held back piles
+    // up a backlog there, so the read stops after OVERDUE_SCAN_LIMIT entries
+    // and a tenant it did not reach shows its lag as not measured. The
+    // worker-wide lag is exact either way: it is the first entry's.
+    let cutoff_ms = sealing::seal_cutoff_ms(now_ms, seal_after);
+    let overdue = services.store.ingested_before(None, cutoff_ms, OVERDUE_SCAN_LIMIT)?;
+    let read_all_overdue = overdue.len() < OVERDUE_SCAN_LIMIT;
+    let mut oldest_overdue: HashMap<&str, i64> = HashMap::new();
+    for (_, ingested_at_ms, record_key) in &overdue {
+        if let Some((tenant, _)) = keys::split_record_key(record_key) {
+            oldest_overdue.entry(tenant).or_insert(*ingested_at_ms);
+        }
+    }
+    let lag = |ingested_at_ms| sealing::seal_lag(now_ms, seal_after, ingested_at_ms);
+    let tenants = services
+        .store
+        .tenants()
+        .into_iter()
+        .map(|(tenant, projection)| {
+            let seal_lag = match oldest_overdue.get(tenant.as_str()) {
+                Some(&ingested_at_ms) => Some(lag(ingested_at_ms)),
+                None if read_all_overdue || projection.hot_records == 0 => Some(Duration::ZERO),
+                None => None,
+            };
+            TenantRow {
+                health: KeyHealthView::of(&projection, services.settings.lockdown_after),
+                tenant,
+                projection,
+                seal_lag,
+            }
+        })
+        .collect();
+    Ok(Snapshot {
+        taken_at_ms: now_ms,
+        amqp_ready: services.amqp_ready.load(Ordering::SeqCst),
+        seal_after,
+        seal_lag: overdue.first().map_or(Duration::ZERO, |(_, ingested_at_ms, _)| lag(*ingested_at_ms)),
+        tenants,
+    })
+}
+
+/// The page for `snapshot`, as a complete HTML document.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut html = String::with_capacity(4096 + 640 * snapshot.tenants.len());
+    write_page(&mut html, snapshot).expect("writing to a String cannot fail");
+    html
+}
+
+const STYLE: &str = "\
+:root{color-scheme:light;font-family:system-ui,sans-serif;line-height:1.45;color:#1f2937;background:#f9fafb}
+body{margin:2rem auto;max-width:75rem;padding:0 1rem}
+h1{font-size:1.5rem;margin:0}
+h2{font-size:1.1rem;margin:1.75rem 0 .5rem}
+header p,small,thead th{color:#4b5563}
+.summary{display:flex;flex-wrap:wrap;gap:.75rem;margin:0}
+.summary div{background:#fff;border:1px solid #e5e7eb;border-radius:.5rem;padding:.5rem 1rem;min-width:11rem}
+.summary dt{font-size:.8rem;color:#4b5563}
+.summary dd{margin:0;font-size:1.15rem}
+table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #e5e7eb}
+th,td{text-align:left;padding:.45rem .7rem;border-bottom:1px solid #e5e7eb;vertical-align:top}
+thead th{font-size:.8rem;font-weight:600;white-space:nowrap}
+time{white-space:nowrap}
+.num{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:.05rem .55rem;border-radius:1rem;font-size:.85rem;font-weight:600;white-space:nowrap}
+.state-active{background:#dcfce7;color:#14532d}
+.state-degraded{background:#fef3c7;color:#78350f}
+.state-locked_down{background:#fee2e2;color:#7f1d1d}
+.ok{color:#15803d}
+.bad,.health-unavailable{color:#b91c1c;font-weight:600}
+.late{color:#b45309;font-weight:600}
+.empty{padding:1rem;background:#fff;border:1px dashed #d1d5db;border-radius:.5rem}
+";
+
+fn write_page(out: &mut String, s: &Snapshot) -> fmt::Result {
+    write!(
+        out,
+        "<!doctype html>
+<html lang=\"en\">
+<head>
+<meta charset=\"utf-8\">
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">
+<meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">
+<title>keyseal status</title>
+<style>
+{STYLE}</style>
+</head>
+<body>
+<header>
+<h1>keyseal status</h1>
+<p>As of {}; this page refreshes every {REFRESH_SECONDS} seconds.</p>
+</header>
+<main>
+",
+        Time(s.taken_at_ms)
+    )?;
+    write_summary(out, s)?;
+    write_tenants(out, &s.tenants)?;
+    out.push_str("</main>\n</body>\n</html>\n");
+    Ok(())
+}
+
+fn write_summary(out: &mut String, s: &Snapshot) -> fmt::Result {
+    let (amqp_class, amqp_text) = if s.amqp_ready { ("ok", "consuming") } else { ("bad", "not consuming") };
+    let per_state = [TenantState::Active, TenantState::Degraded, TenantState::LockedDown]
+        .map(|state| {
+            let count = s.tenants.iter().filter(|t| t.projection.state() == state).count();
+            format!("{count} {}", state_label(state))
+        })
+        .join(", ");
+    let hot: u64 = s.tenants.iter().map(|t| t.projection.hot_records).sum();
+    let sealed: u64 = s.tenants.iter().map(|t| t.projection.sealed_records).sum();
+    write!(
+        out,
+        "<section aria-labelledby=\"worker\">
+<h2 id=\"worker\">Worker</h2>
+<dl class=\"summary\">
+<div><dt>RabbitMQ</dt><dd class=\"{amqp_class}\">{amqp_text}</dd></div>
+<div><dt>Tenants</dt><dd>{} <small>({per_state})</small></dd></div>
+<div><dt>Records</dt><dd>{hot} hot, {sealed} sealed</dd></div>
+<div><dt>Seal lag</dt><dd>{} <small>(records seal after {})</small></dd></div>
+</dl>
+</section>
+",
+        s.tenants.len(),
+        Lag(Some(s.seal_lag)),
+        humantime::format_duration(s.seal_after),
+    )
+}
+
+fn write_tenants(out: &mut String, tenants: &[TenantRow]) -> fmt::Result {
+    out.push_str("<section aria-labelledby=\"tenants\">\n<h2 id=\"tenants\">Tenants</h2>\n");
+    if tenants.is_empty() {
+        out.push_str("<p class=\"empty\">No tenants yet: a tenant appears with its first record or key.</p>\n</section>\n");
+        return Ok(());
+    }
+    out.push_str(
+        "<table>
+<thead><tr><th scope=\"col\">Tenant</th><th scope=\"col\">State</th><th scope=\"col\">Encryption</th>\
+<th scope=\"col\">Key health</th><th scope=\"col\" class=\"num\">Hot</th><th scope=\"col\" class=\"num\">Sealed</th>\
+<th scope=\"col\" class=\"num\">Seal lag</th></tr></thead>
+<tbody>
+",
+    );
+    for row in tenants {
+        write_tenant(out, row)?;
+    }
+    out.push_str("</tbody>\n</table>\n</section>\n");
+    Ok(())
+}
+
+fn write_tenant(out: &mut String, row: &TenantRow) -> fmt::Result {
+    let p = &row.projection;
+    let state = p.state();
+    let tenant = Escaped(&row.tenant);
+    write!(
+        out,
+        "<tr data-tenant=\"{tenant}\" data-state=\"{name}\">\n<th scope=\"row\">{tenant}</th>\n\
+         <td><span class=\"badge state-{name}\">{label}</span>",
+        name = state_name(state),
+        label = state_label(state),
+    )?;
+    if state != TenantState::Active {
+        write!(out, "<br><small>since {}</small>", Time(p.state_since_unix_ms))?;
+    }
+    if p.key_uri.is_empty() {
+        out.push_str("</td>\n<td>managed key</td>\n");
+    } else {
+        write!(out, "</td>\n<td>customer key<br><small>version <code>{}</code></small></td>\n", Escaped(&p.key_version))?;
+    }
+    let health = &row.health;
+    write!(out, "<td><span class=\"health-{status}\">{status}</span>", status = health.status())?;
+    // Only an outage gets its time here: a healthy key's `since` marks a
+    // recovery, which the state column already dates.
+    if let Some(reason) = &health.reason {
+        write!(out, " <code>{}</code>", Escaped(reason))?;
+        if let Some(since) = health.since_ms {
+            write!(out, "<br><small>since {}</small>", Time(since))?;
+        }
+    }
+    if let Some(at) = health.lockdown_at_ms {
+        write!(out, "<br><strong>locks down at {}</strong>", Time(at))?;
+    }
+    write!(
+        out,
+        "</td>\n<td class=\"num\">{}</td>\n<td class=\"num\">{}</td>\n<td class=\"num\">{}</td>\n</tr>\n",
+        p.hot_records,
+        p.sealed_records,
+        Lag(row.seal_lag)
+    )
+}
+
+/// What the page calls a state: its API name, in words.
+fn state_label(state: TenantState) -> String {
+    state_name(state).replace('_', " ")
+}
+
+/// Text made safe for element content and quoted attribute values.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['&', '<', '>', '"', '\'']) {
+            f.write_str(&rest[..i])?;
+            f.write_str(match rest.as_bytes()[i] {
+                b'&' => "&amp;",
+                b'<' => "&lt;",
+                b'>' => "&gt;",
+                b'"' => "&quot;",
+                _ => "&#39;",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
+    }
+}
+
+/// A `<time>` element for a Unix-millisecond time: RFC 3339 for machines,
+/// to the second for people.
+struct Time(i64);
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = rfc3339(self.0);
+        let (date, time) = at.split_once('T').unwrap_or((&at, ""));
+        let seconds = time.get(..8).unwrap_or(time);
+        write!(f, "<time datetime=\"{at}\">{date} {seconds} UTC</time>")
+    }
+}
+
+/// A seal lag to whole seconds, highlighted when records are overdue.
+struct Lag(Option<Duration>);
+
+impl fmt::Display for Lag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(lag) if lag.as_secs() == 0 => f.write_str("0s"),
+            Some(lag) => write!(
+                f,
+                "<span class=\"late\">{}</span>",
+                humantime::format_duration(Duration::from_secs(lag.as_secs()))
+            ),
+            None => write!(
+                f,
+                "<small title=\"more than {OVERDUE_SCAN_LIMIT} records are overdue; this tenant's were not reached\">not measured</small>"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(50 * 60);
+
+    fn row(tenant: &str, projection: TenantProjection, seal_lag: Option<Duration>) -> TenantRow {
+        TenantRow {
+            health: KeyHealthView::of(&projection, GRACE),
+            tenant: tenant.into(),
+            projection,
+            seal_lag,
+        }
+    }
+
+    fn page(tenants: Vec<TenantRow>) -> String {
+        render(&Snapshot {
+            taken_at_ms: 1_700_000_000_000,
+            amqp_ready: true,
+            seal_after: Duration::from_secs(48 * 3600),
+            seal_lag: Duration::from_secs(90),
+            tenants,
+        })
+    }
+
+    /// The HTML of one tenant's row.
+    fn row_of<'a>(html: &'a str, tenant: &str) -> &'a str {
+        let start = html.find(&format!("<tr data-tenant=\"{tenant}\"")).expect("the tenant's row");
+        let end = start + html[start..].find("</tr>").expect("the row ends");
+        &html[start..end]
+    }
+
+    fn locked_down(reason: &str) -> TenantProjection {
+        let mut p = TenantProjection {
+            hot_records: 7,
+            sealed_records: 3,
+            key_uri: "https://vault.example/keys/k".into(),
+            key_version: "v1".into(),
+            state_since_unix_ms: 2_000,
+            health_reason: reason.into(),
+            degraded_since_unix_ms: 1_000,
+            ..Default::default()
+        };
+        p.set_state(TenantState::LockedDown);
+        p
+    }
+
+    #[test]
+    fn a_locked_down_tenant_shows_as_locked_down_in_text_class_and_row() {
+        let html = page(vec![
+            row("acme", locked_down("key_disabled"), Some(Duration::from_secs(3_720))),
+            row("beta", TenantProjection { hot_records: 2, ..Default::default() }, Some(Duration::ZERO)),
+        ]);
+        let acme = row_of(&html, "acme");
+        assert!(acme.starts_with("<tr data-tenant=\"acme\" data-state=\"locked_down\">"), "{acme}");
+        assert!(acme.contains("<span class=\"badge state-locked_down\">locked down</span>"), "{acme}");
+        assert!(acme.contains("<code>key_disabled</code>"), "{acme}");
+        assert!(acme.contains("customer key") && acme.contains("<code>v1</code>"), "{acme}");
+        assert!(acme.contains(">1h 2m<"), "the tenant's seal lag: {acme}");
+        assert!(!acme.contains("locks down at"), "no deadline once locked down");
+        let beta = row_of(&html, "beta");
+        assert!(beta.contains("data-state=\"active\"") && beta.contains(">active</span>"), "{beta}");
+        assert!(beta.contains("managed key") && beta.contains(">healthy</span>"), "{beta}");
+        assert!(html.contains("<dd>2 <small>(1 active, 0 degraded, 1 locked down)</small></dd>"), "{html}");
+        assert!(html.contains("9 hot, 3 sealed"), "totals");
+        assert!(html.contains(">1m 30s<"), "the worker's seal lag");
+    }
+
+    #[test]
+    fn a_degraded_tenant_shows_when_it_will_be_locked_down() {
+        let mut p = locked_down("vault_unreachable");
+        p.set_state(TenantState::Degraded);
+        let html = page(vec![row("acme", p, Some(Duration::ZERO))]);
+        let acme = row_of(&html, "acme");
+        assert!(acme.contains("data-state=\"degraded\""), "{acme}");
+        // Degraded since 1 s after the epoch, with a 50-minute grace.
+        assert!(
+            acme.contains("locks down at <time datetime=\"1970-01-01T00:50:01.000Z\">1970-01-01 00:50:01 UTC</time>"),
+            "{acme}"
+        );
+    }
+
+    #[test]
+    fn every_string_from_outside_is_escaped() {
+        let mut p = locked_down("<img src=x onerror=alert(1)>");
+        p.key_version = "\"><script>alert('v')</script>&".into();
+        let html = page(vec![row("acme", p, None)]);
+        assert!(!html.contains("<img") && !html.contains("<script"), "{html}");
+        assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"), "{html}");
+        assert!(html.contains("&quot;&gt;&lt;script&gt;alert(&#39;v&#39;)&lt;/script&gt;&amp;"), "{html}");
+        assert!(row_of(&html, "acme").contains("not measured"), "an unmeasured lag says so");
+    }
+
+    #[test]
+    fn the_page_refreshes_itself_and_loads_nothing_else() {
+        let html = page(vec![row("acme", TenantProjection::default(), Some(Duration::ZERO))]);
+        assert!(html.contains(&format!("<meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">")));
+        for external in ["src=", "href=", "<script", "<link"] {
+            assert!(!html.contains(external), "{external} in {html}");
+        }
+        assert!(html.contains("<th scope=\"row\">acme</th>"));
+    }
+
+    #[test]
+    fn a_worker_without_tenants_says_so() {
+        let html = page(Vec::new());
+        assert!(html.contains("No tenants yet"), "{html}");
+        assert!(!html.contains("<table"));
+        assert!(html.contains("<dd>0 <small>(0 active, 0 degraded, 0 locked down)</small></dd>"), "{html}");
+    }
+}
