@@ -44,6 +44,8 @@ async fn metrics_report_what_happened() {
     wait_for_records(&base, "beta", 80, Duration::from_secs(30)).await;
     clock.advance(Duration::from_secs(49 * 3600));
     reqwest::Client::new().post(format!("{base}/v1/sweeps")).send().await.unwrap();
+    let scrub = reqwest::Client::new().post(format!("{base}/v1/sweeps?kind=scrub")).send().await.unwrap();
+    assert_eq!(scrub.status(), 200);
 
     let metric = |text: &str, name: &str| samples(text).get(name).copied();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -70,12 +72,15 @@ async fn metrics_report_what_happened() {
     assert!(metric(&text, "keyseal_batch_commit_seconds_count").unwrap() >= 1.0);
     assert!(metric(&text, "keyseal_data_key_cache_total{result=\"hit\"}").unwrap() > 0.0);
     assert!(metric(&text, "keyseal_root_key_operations_total").unwrap() >= 4.0, "hot and sealed keys of 2 tenants");
+    assert_eq!(metric(&text, "keyseal_sweep_records_total{sweep=\"scrub\"}"), Some(200.0), "the scrub read every record");
+    assert_eq!(metric(&text, "keyseal_sweep_progress_ratio{sweep=\"scrub\"}"), Some(1.0), "and finished");
     for family in [
         "keyseal_records_ingested_total",
         "keyseal_batch_commit_seconds",
         "keyseal_records_sealed_total",
         "keyseal_seal_lag_seconds",
         "keyseal_outbox_lag_events",
+        "keyseal_sweep_records_total",
     ] {
         assert!(text.contains(&format!("# HELP {family} ")), "{family} has a description");
     }

@@ -117,6 +117,15 @@ async fn kill_9_during_a_rewrap_resumes_on_the_newest_version_losing_nothing() {
         let (code, body) = get_record(&base, "acme", &record.record_id).await;
         assert_eq!((code, body.as_slice()), (200, record.payload.as_slice()), "{}", record.record_id);
     }
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(sample("keyseal_rewrap_pending_data_keys{tenant=\"acme\"}"), 0.0);
+    assert!(sample("keyseal_rewrap_data_keys_total") >= at_kill.len() as f64, "this process rewrapped every key to v3");
     child.kill().unwrap();
     child.wait().unwrap();
 
