@@ -36,6 +36,15 @@ pub async fn close(connection: &Connection, reason: &str) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
 }
 
+/// Closes a channel, waiting at most two seconds for the broker's answer.
+/// Channels are closed before their connection on a clean stop: a channel
+/// still closing (or dropped) when its connection closes makes lapin log a
+/// connection error although nothing went wrong.
+pub async fn close_channel(channel: &Channel, reason: &str) {
+    let closing = channel.close(200, reason.into());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
+}
+
 /// Declares the whole fixed topology. Idempotent, so every role declares it
 /// and none depends on another having started first.
 pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
