@@ -7,6 +7,9 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
+/// The broker every role uses unless told otherwise: RabbitMQ on this
+/// machine with its default account, default vhost.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Topic exchange producers publish `IngestRecord`s to (routing key = tenant).
 pub const INGEST_EXCHANGE: &str = "keyseal.ingest";
 /// Quorum queue the worker consumes, bound to [`INGEST_EXCHANGE`] with `#`.

@@ -21,7 +21,7 @@ pub struct Settings {
     #[arg(long, env = "KEYSEAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// RabbitMQ to consume from and publish events to.
-    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = crate::amqp::DEFAULT_AMQP_URL)]
     pub amqp_url: String,
     /// Shard data dir: the RocksDB and the managed root keys.
     #[arg(long, env = "KEYSEAL_DATA_DIR", default_value = "./keyseal-data")]
