@@ -11,9 +11,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::Parser;
 use keyseal::clock::{Clock, SystemClock};
-use keyseal::config::Settings;
+use keyseal::config::{self, Settings};
 use keyseal::emulator::RecoveryLevel;
 use keyseal::health::prober::{CANARY_EVERY, probe_round};
 use keyseal::proto::v1::EncryptionEnabled;
@@ -22,12 +21,6 @@ use keyseal::worker::Services;
 
 /// Keys shared by the tenants (key creation is not what is measured).
 const KEYS: usize = 10;
-
-#[derive(Parser)]
-struct SettingsOnly {
-    #[command(flatten)]
-    settings: Settings,
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -46,9 +39,9 @@ fn main() {
         let state = tempfile::tempdir().unwrap();
         let vault = common::vault::Vault::start(common::vault::args(state.path(), RecoveryLevel::Recoverable)).await;
         let dir = tempfile::tempdir().unwrap();
-        let mut args = vec!["bench".to_owned(), "--data-dir".into(), dir.path().display().to_string()];
+        let mut args = vec!["--data-dir".to_owned(), dir.path().display().to_string()];
         args.extend(vault.worker_flags());
-        let settings = SettingsOnly::parse_from(args).settings;
+        let settings: Settings = config::parse_flags(args).expect("valid bench settings");
         let services = Services::open(settings, Arc::new(SystemClock)).unwrap();
         let mut versions = Vec::new();
         for k in 0..KEYS {

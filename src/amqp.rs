@@ -7,6 +7,9 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
+/// The broker every role uses unless told otherwise: RabbitMQ on this
+/// machine with its default account, default vhost.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Topic exchange producers publish `IngestRecord`s to (routing key = tenant).
 pub const INGEST_EXCHANGE: &str = "keyseal.ingest";
 /// Quorum queue the worker consumes, bound to [`INGEST_EXCHANGE`] with `#`.
@@ -33,6 +36,15 @@ pub async fn connect(url: &str, role: &str) -> lapin::Result<Connection> {
 /// Closes a connection, waiting at most two seconds for the broker's answer.
 pub async fn close(connection: &Connection, reason: &str) {
     let closing = connection.close(200, reason.into());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
+}
+
+/// Closes a channel, waiting at most two seconds for the broker's answer.
+/// Channels are closed before their connection on a clean stop: a channel
+/// still closing (or dropped) when its connection closes makes lapin log a
+/// connection error although nothing went wrong.
+pub async fn close_channel(channel: &Channel, reason: &str) {
+    let closing = channel.close(200, reason.into());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 
 use crate::crypto::keyring::{CacheLimits, RotationLimits};
 use crate::keyvault::VaultOptions;
@@ -21,7 +21,7 @@ pub struct Settings {
     #[arg(long, env = "KEYSEAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// RabbitMQ to consume from and publish events to.
-    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = crate::amqp::DEFAULT_AMQP_URL)]
     pub amqp_url: String,
     /// Shard data dir: the RocksDB and the managed root keys.
     #[arg(long, env = "KEYSEAL_DATA_DIR", default_value = "./keyseal-data")]
@@ -126,6 +126,27 @@ fn parse_schedule(text: &str) -> Result<croner::Cron, String> {
         .build()
         .parse(text)
         .map_err(|e| format!("not a cron expression: {e}"))
+}
+
+/// Parses a flag group (such as [`Settings`] or the emulator's settings)
+/// from `flags` alone, without a program name, applying their environment
+/// variables and defaults exactly as the command line would. It exists so
+/// embedders (`keyseal demo`, the tests) build settings without repeating
+/// any default.
+pub fn parse_flags<T, I, F>(flags: I) -> Result<T, clap::Error>
+where
+    T: Args,
+    I: IntoIterator<Item = F>,
+    F: Into<OsString> + Clone,
+{
+    FlagsOnly::<T>::try_parse_from(flags).map(|parsed| parsed.flags)
+}
+
+#[derive(Parser)]
+#[command(no_binary_name = true, args_override_self = true)]
+struct FlagsOnly<T: Args> {
+    #[command(flatten)]
+    flags: T,
 }
 
 /// How logs are written.
@@ -240,6 +261,15 @@ mod tests {
         let flag_prefetch = shown.iter().position(|a| a == "--prefetch").unwrap();
         assert_eq!(seal.min(file_prefetch), 2, "file flags come right after the subcommand");
         assert!(file_prefetch < flag_prefetch, "real flags come later and win");
+    }
+
+    #[test]
+    fn flags_alone_parse_with_defaults_and_overrides() {
+        let settings: Settings = parse_flags(["--seal-after", "3s", "--http-addr", "127.0.0.1:0"]).unwrap();
+        assert_eq!(settings.seal_after, Duration::from_secs(3));
+        assert_eq!(settings.http_addr.port(), 0);
+        assert_eq!(settings.prefetch, 1000, "defaults apply");
+        assert!(parse_flags::<Settings, _, _>(["--seal-after", "soon"]).is_err());
     }
 
     #[test]

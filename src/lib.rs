@@ -31,6 +31,8 @@
 //!   Vault–compatible HTTPS server for tests, demos and compose.
 //! - [`worker`]: wires one shard's tasks together; [`config`], [`clock`],
 //!   [`amqp`], [`metrics`] and [`proto`] support them.
+//! - [`demo`]: `keyseal demo`, the whole story end to end in one process
+//!   (emulator, worker, two tenants), narrated.
 
 #![warn(missing_docs)]
 
@@ -40,6 +42,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod emulator;
 pub mod encryption;
 pub mod events;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use keyseal::client::AdminClient;
 use keyseal::clock::{Clock, SystemClock};
 use keyseal::config::{self, LogFormat, Settings};
+use keyseal::demo::{self, DemoArgs};
 use keyseal::emulator::{self, EmulatorArgs};
 use keyseal::publish::{self, Publisher};
 use keyseal::worker::Worker;
@@ -59,6 +60,9 @@ enum Command {
     },
     /// Serve a local Azure Key Vault–compatible HTTPS API (keys only) for tests, demos and compose.
     KeyvaultEmulator(EmulatorArgs),
+    /// Tell the whole story on local defaults in under a minute: two tenants, BYOK, sealing, a key roll,
+    /// a broken key (degraded, locked down), the key mended, BYOK disabled; narrated.
+    Demo(DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,7 +119,7 @@ impl ServerArgs {
 #[derive(Debug, Args)]
 struct PublishArgs {
     /// RabbitMQ to publish to.
-    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = keyseal::amqp::DEFAULT_AMQP_URL)]
     amqp_url: String,
     /// Tenant of the synthetic records.
     #[arg(long, required_unless_present = "file", conflicts_with = "file")]
@@ -137,6 +141,9 @@ struct PublishArgs {
     window: usize,
 }
 
+/// What the long-running commands log unless `KEYSEAL_LOG` says otherwise.
+const WORKER_LOG: &str = "info,lapin=warn";
+
 fn main() -> std::process::ExitCode {
     let args = match config::with_config_file(std::env::args_os().collect(), "run") {
         Ok(args) => args,
@@ -156,9 +163,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr, filtered by `KEYSEAL_LOG`, else by `default_filter`.
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYSEAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -169,7 +177,7 @@ fn init_logging(format: LogFormat) {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(settings) => {
-            init_logging(settings.log_format);
+            init_logging(settings.log_format, WORKER_LOG);
             let worker = Worker::start(*settings, Arc::new(SystemClock)).await?;
             worker.run_until_signal().await
         }
@@ -203,8 +211,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::KeyvaultEmulator(args) => {
-            init_logging(LogFormat::Text);
+            init_logging(LogFormat::Text, WORKER_LOG);
             Ok(emulator::run(args).await?)
+        }
+        Command::Demo(args) => {
+            // The narration is the output. The worker's warnings are part of
+            // the story (a broken key holds back sealing), so only errors are
+            // logged unless KEYSEAL_LOG asks for more.
+            init_logging(LogFormat::Text, "error");
+            Ok(demo::run(args).await?)
         }
     }
 }

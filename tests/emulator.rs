@@ -23,7 +23,7 @@ async fn requests_without_the_token_get_key_vaults_bearer_challenge() {
     let url = vault.url("/keys/k1/");
 
     for token in [None, Some("not-the-token")] {
-        let mut request = vault.http.get(&url);
+        let mut request = vault.admin.http().get(&url);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -41,7 +41,8 @@ async fn requests_without_the_token_get_key_vaults_bearer_challenge() {
 
     // The challenge comes before any look at the body, as SDKs need.
     let response = vault
-        .http
+        .admin
+        .http()
         .post(vault.url("/keys/k1/create"))
         .body("not json")
         .send()
@@ -442,7 +443,8 @@ async fn throttling_answers_429_with_retry_after() {
     let mut throttled_body = None;
     for _ in 0..30 {
         let response = vault
-            .http
+            .admin
+            .http()
             .get(&url)
             .bearer_auth(DEV_TOKEN)
             .send()

@@ -21,7 +21,11 @@
 //! - `vault`: keys, versions and their rules; `material` does the
 //!   cryptography and `store` the crash-safe persistence;
 //! - `error`: Key Vault's error responses; `calls`: per-operation counts.
+//!
+//! [`admin`] is the other side of the wire: the key owner's client (create,
+//! rotate, disable) that the demo and the tests use.
 
+pub mod admin;
 mod auth;
 mod calls;
 mod error;
@@ -236,6 +240,19 @@ impl Emulator {
     /// The PEM certificate clients must trust (`<state-dir>/cert.pem`).
     pub fn cert_pem_path(&self) -> &std::path::Path {
         &self.cert_pem_path
+    }
+
+    /// The `keyseal run` flags that make a worker use this emulator as its
+    /// vault: trust its host and certificate, and send the static token.
+    pub fn worker_flags(&self) -> Vec<String> {
+        vec![
+            "--trusted-vault-host".into(),
+            self.addr.to_string(),
+            "--vault-ca-cert".into(),
+            self.cert_pem_path.display().to_string(),
+            "--vault-credential".into(),
+            "static-token".into(),
+        ]
     }
 
     /// Requests served per operation since start ("wrapkey", "unwrapkey",

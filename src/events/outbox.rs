@@ -66,6 +66,7 @@ async fn relay(
         let Some(last) = events.last().map(|e| e.sequence) else {
             tokio::select! {
                 () = shutdown.cancelled() => {
+                    amqp::close_channel(&channel, "shutdown").await;
                     amqp::close(&connection, "shutdown").await;
                     return Ok(());
                 }

@@ -117,6 +117,8 @@ async fn consume(
                     if let Some(done) = pending.take() {
                         done.finish(&channel, &dead_letters).await?;
                     }
+                    amqp::close_channel(&dead_letters, "shutdown").await;
+                    amqp::close_channel(&channel, "shutdown").await;
                     return Ok(());
                 }
                 synced = async { (&mut pending.as_mut().expect("guarded").sync).await }, if pending.is_some() => {

@@ -144,9 +144,7 @@ impl Setup {
     }
 
     pub async fn rsa_key(&self, name: &str) -> String {
-        self.vault
-            .create(name, json!({"kty": "RSA", "key_size": 2048, "key_ops": ["wrapKey", "unwrapKey"]}))
-            .await
+        self.vault.admin.create_rsa(name).await.unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

@@ -13,7 +13,6 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use keyseal::clock::SharedClock;
 use keyseal::config::Settings;
 use keyseal::proto::v1::IngestRecord;
@@ -58,20 +57,12 @@ pub fn rabbitmqctl(args: &[&str]) {
     );
 }
 
-#[derive(Parser)]
-#[command(args_override_self = true)]
-struct SettingsOnly {
-    #[command(flatten)]
-    settings: Settings,
-}
-
 /// Settings for a test worker: the vhost, the data dir, an ephemeral port,
 /// plus `extra` flags.
 pub fn settings(vhost: &Vhost, data_dir: &Path, extra: &[&str]) -> Settings {
     let url = vhost.amqp_url();
     let dir = data_dir.to_str().unwrap().to_owned();
     let mut args = vec![
-        "test",
         "--amqp-url",
         &url,
         "--data-dir",
@@ -82,7 +73,7 @@ pub fn settings(vhost: &Vhost, data_dir: &Path, extra: &[&str]) -> Settings {
         "1h",
     ];
     args.extend_from_slice(extra);
-    SettingsOnly::try_parse_from(args).expect("valid test settings").settings
+    keyseal::config::parse_flags(args).expect("valid test settings")
 }
 
 pub async fn start_worker(vhost: &Vhost, data_dir: &Path, clock: SharedClock, extra: &[&str]) -> Worker {

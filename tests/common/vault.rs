@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keyseal::emulator::admin::KeyAdmin;
 use keyseal::emulator::{self, DEV_TOKEN, Emulator, EmulatorArgs, RecoveryLevel};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-pub const API_VERSION: &str = "2025-07-01";
 pub const CHALLENGE: &str = "Bearer authorization=\"https://login.microsoftonline.com/8a2b5c1e-4f3d-4e6a-9b7c-0d1e2f3a4b5c\", resource=\"https://vault.azure.net\"";
 
 pub fn args(state_dir: &Path, recovery_level: RecoveryLevel) -> EmulatorArgs {
@@ -26,57 +26,36 @@ pub fn args(state_dir: &Path, recovery_level: RecoveryLevel) -> EmulatorArgs {
     }
 }
 
-/// A running emulator and an HTTPS client that trusts only its certificate.
+/// A running emulator and the library's key-management client of it,
+/// which trusts only its certificate.
 pub struct Vault {
     pub emulator: Emulator,
-    pub http: reqwest::Client,
+    pub admin: KeyAdmin,
 }
 
 impl Vault {
     pub async fn start(args: EmulatorArgs) -> Self {
+        let token = args.token.clone();
         let emulator = emulator::start(args).await.expect("emulator starts");
-        let pem = std::fs::read(emulator.cert_pem_path()).expect("cert.pem written");
-        let http = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("PEM certificate")])
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client");
-        Self { emulator, http }
+        let admin = KeyAdmin::new(&emulator.vault_url(), emulator.cert_pem_path(), &token).expect("vault client");
+        Self { emulator, admin }
     }
 
     pub fn url(&self, path: &str) -> String {
-        let separator = if path.contains('?') { '&' } else { '?' };
-        format!(
-            "{}{path}{separator}api-version={API_VERSION}",
-            self.emulator.vault_url()
-        )
+        self.admin.url(path)
     }
 
     pub async fn send(&self, method: Method, url: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, url).bearer_auth(DEV_TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request reaches the emulator");
-        let status = response.status();
-        let text = response.text().await.expect("body");
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("JSON body ({e}): {text}"))
-        };
-        (status, json)
+        self.admin.send(method, url, body).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.send(method, &self.url(path), body).await
+        self.admin.call(method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Calls an operation that must succeed and returns its body.
     pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, json) = self.call(method.clone(), path, body).await;
-        assert_eq!(status, StatusCode::OK, "{method} {path}: {json}");
-        json
+        self.admin.ok(method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub async fn create_rsa(&self, name: &str) -> Value {
@@ -124,8 +103,7 @@ impl Vault {
     }
 
     pub async fn patch(&self, name: &str, body: Value) -> Value {
-        self.ok(Method::PATCH, &format!("/keys/{name}/"), Some(body))
-            .await
+        self.admin.update(name, None, body).await.unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -153,8 +131,7 @@ pub fn assert_kid(kid: &Value, vault_url: &str, name: &str) -> String {
 }
 
 pub fn version_of(bundle: &Value) -> String {
-    let kid = bundle["key"]["kid"].as_str().expect("kid");
-    kid.rsplit('/').next().expect("version").to_owned()
+    keyseal::emulator::admin::version_of(bundle).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn error_code(body: &Value) -> (&str, Option<&str>) {
@@ -198,23 +175,16 @@ impl Vault {
 
     /// Worker flags that let it use this emulator as a vault.
     pub fn worker_flags(&self) -> Vec<String> {
-        vec![
-            "--trusted-vault-host".into(),
-            self.host(),
-            "--vault-ca-cert".into(),
-            self.emulator.cert_pem_path().display().to_string(),
-            "--vault-credential".into(),
-            "static-token".into(),
-        ]
+        self.emulator.worker_flags()
     }
 
     /// The key URI (no version) of key `name`.
     pub fn key_uri(&self, name: &str) -> String {
-        format!("{}/keys/{name}", self.emulator.vault_url())
+        self.admin.key_uri(name)
     }
 
     /// Creates a key from a Key Vault create body; returns its version.
     pub async fn create(&self, name: &str, body: Value) -> String {
-        version_of(&self.ok(Method::POST, &format!("/keys/{name}/create"), Some(body)).await)
+        self.admin.create(name, body).await.unwrap_or_else(|e| panic!("{e}"))
     }
 }

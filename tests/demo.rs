@@ -1,0 +1,114 @@
+//! `keyseal demo` as a user runs it: the built binary, against real
+//! RabbitMQ (a vhost of its own), must tell the whole story and exit 0
+//! within two minutes; without a broker it must say how to start one.
+
+mod common;
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::Vhost;
+use keyseal::publish::{Publisher, synthetic};
+
+/// The demo promises to end within two minutes; past this it is killed.
+const KILL_AFTER: Duration = Duration::from_secs(150);
+
+async fn demo(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyseal"))
+        .arg("demo")
+        .args(args)
+        .env_remove("KEYSEAL_LOG")
+        .env_remove("KEYSEAL_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning keyseal demo");
+    let output = tokio::time::timeout(KILL_AFTER, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("keyseal demo still running after {KILL_AFTER:?}; killed"))
+        .expect("keyseal demo output");
+    (output, started.elapsed())
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_tells_the_whole_story_and_exits_0_within_two_minutes() {
+    let vhost = Vhost::new("demo");
+    let (output, took) = demo(&["--amqp-url", &vhost.amqp_url(), "--http-addr", "127.0.0.1:0"]).await;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    println!("{stdout}");
+    assert!(output.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", output.status);
+    assert!(took < Duration::from_secs(120), "took {took:?}");
+
+    // The steps, in the order the story tells them.
+    let steps = [
+        "status page  http://127.0.0.1:",
+        "metrics      http://127.0.0.1:",
+        "1. published 50 records",
+        "2. the customer created RSA-2048 key https://127.0.0.1:",
+        "BYOK enabled for acme-",
+        "3. sealed after 3s",
+        "4. the customer rotated the key",
+        "KeyRolled: acme-",
+        "5. the key broke",
+        "degraded: key_disabled; locked down at ",
+        "20 more records for acme-",
+        "locked down (TenantLockedDown)",
+        ": 423 tenant_locked_down: ",
+        "a sweep holds back 20 due records",
+        "6. the customer re-enabled version",
+        "restored (TenantRestored)",
+        "backlog sealed: acme-",
+        "7. BYOK disabled for acme-",
+        "final status:",
+        "worker and emulator stopped, temporary data removed",
+    ];
+    let mut from = 0;
+    for step in steps {
+        let at = stdout[from..].find(step).unwrap_or_else(|| panic!("{step:?} missing or out of order in:\n{stdout}"));
+        from += at + step.len();
+    }
+    assert!(stdout.contains("0 on an older version"), "{stdout}");
+
+    // The final table: both tenants active on managed keys, everything sealed.
+    let table: Vec<&str> = stdout.lines().skip_while(|l| !l.contains("final status:")).skip(1).take(3).collect();
+    assert!(table[0].contains("tenant") && table[0].contains("key health"), "{stdout}");
+    let row = |prefix: &str| {
+        let line = table.iter().find(|l| l.trim_start().starts_with(prefix)).unwrap_or_else(|| panic!("{stdout}"));
+        line.split_whitespace().collect::<Vec<_>>()
+    };
+    assert_eq!(row("acme-")[1..], ["active", "managed", "-", "0", "70", "healthy"], "{stdout}");
+    assert_eq!(row("globex-")[1..], ["active", "managed", "-", "0", "50", "healthy"], "{stdout}");
+    assert!(!stdout.contains("guest:guest@"), "passwords are masked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_rabbitmq_the_demo_says_how_to_start_it_and_fails() {
+    let (output, took) = demo(&["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f", "--http-addr", "127.0.0.1:0"]).await;
+    let said = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains("RabbitMQ is not reachable at amqp://guest:***@127.0.0.1:1/%2f"), "{said}");
+    assert!(said.contains("rabbitmq-server -detached"), "{said}");
+    assert!(said.contains("docker compose up -d rabbitmq"), "{said}");
+    assert!(!said.contains("guest:guest@"), "the password is masked: {said}");
+    assert!(took < Duration::from_secs(30), "fails fast: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_refuses_a_vhost_where_records_wait_for_another_worker() {
+    let vhost = Vhost::new("demo-busy");
+    let publisher = Publisher::connect(&vhost.amqp_url()).await.expect("publisher connects");
+    let confirmed = publisher.publish_all(&synthetic("someone", "r-", 3, 16, 0), 10).await.expect("publish");
+    assert!(confirmed.iter().all(|c| *c));
+
+    let (output, _) = demo(&["--amqp-url", &vhost.amqp_url(), "--http-addr", "127.0.0.1:0"]).await;
+    let said = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains("has 3 waiting messages and 0 consumers"), "{said}");
+    assert!(said.contains("rabbitmqctl add_vhost keyseal-demo"), "{said}");
+}
