@@ -65,6 +65,7 @@ async fn the_demo_tells_the_whole_story_and_exits_0_within_two_minutes() {
         "restored (TenantRestored)",
         "backlog sealed: acme-",
         "7. BYOK disabled for acme-",
+        "8. scrub",
         "final status:",
         "worker and emulator stopped, temporary data removed",
     ];
@@ -74,6 +75,7 @@ async fn the_demo_tells_the_whole_story_and_exits_0_within_two_minutes() {
         from += at + step.len();
     }
     assert!(stdout.contains("0 on an older version"), "{stdout}");
+    assert!(stdout.contains("120 records decrypted and verified, 0 corrupt"), "{stdout}");
 
     // The final table: both tenants active on managed keys, everything sealed.
     let table: Vec<&str> = stdout.lines().skip_while(|l| !l.contains("final status:")).skip(1).take(3).collect();
