@@ -21,6 +21,13 @@ pub fn handle() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             describe();
+            // Counters of rare events exist from the start, so a dashboard
+            // or an alert sees 0 rather than no series.
+            for layer in ["hot", "sealed"] {
+                counter!("keyseal_corrupt_records_total", "layer" => layer).absolute(0);
+            }
+            counter!("keyseal_rewrap_data_keys_total").absolute(0);
+            counter!("keyseal_data_keys_retired_total").absolute(0);
             handle
         })
         .clone()

@@ -794,6 +794,8 @@ async fn dashboard_queries_only_metrics_a_running_worker_exports() {
     clock.advance(Duration::from_secs(49 * 3600));
     let sweep: Json = http.post(format!("{base}/v1/sweeps")).send().await.unwrap().json().await.unwrap();
     assert_eq!(sweep["seal"]["sealed"], 20, "{sweep}");
+    let scrub: Json = http.post(format!("{base}/v1/sweeps?kind=scrub")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(scrub["scrub"]["verified"], 20, "{scrub}");
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let (exported, missing) = loop {

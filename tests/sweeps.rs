@@ -135,7 +135,18 @@ async fn scrub_reports_exactly_the_record_with_a_flipped_bit_and_deletes_nothing
     assert_eq!(status, 500, "the corrupt record is refused, not returned");
     s.assert_readable(&records[..137]).await;
 
-    // Reported as an event and a metric.
+    // `keyseal sweep --scrub` prints the same finding and exits 1.
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyseal"))
+        .args(["sweep", "--scrub", "--server", &s.base])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&cli.stdout);
+    assert_eq!(cli.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&cli.stderr));
+    assert!(stdout.contains(&victim.record_id), "{stdout}");
+    assert!(String::from_utf8_lossy(&cli.stderr).contains("1 records failed verification"));
+
+    // Reported as an event and a metric (once per scrub).
     let events = s.worker.services.store.events_after(0, usize::MAX).unwrap();
     let reported: Vec<_> = events
         .iter()
@@ -144,7 +155,7 @@ async fn scrub_reports_exactly_the_record_with_a_flipped_bit_and_deletes_nothing
             _ => None,
         })
         .collect();
-    assert_eq!(reported, vec![victim.record_id.clone()]);
+    assert_eq!(reported, vec![victim.record_id.clone(); 2], "one event per scrub that found it");
     let metrics = reqwest::get(format!("{}/metrics", s.base)).await.unwrap().text().await.unwrap();
     assert!(
         metrics.lines().any(|l| l.starts_with("keyseal_corrupt_records_total{layer=\"sealed\"}") && !l.ends_with(" 0")),
