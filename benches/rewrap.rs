@@ -72,7 +72,7 @@ async fn measure(keys: usize, per_key: usize) -> f64 {
         store_batch(&store, &keyring, chunk.to_vec(), clock.now_ms()).await.unwrap();
     }
     clock.advance(SEAL_AFTER + Duration::from_secs(1));
-    let sealed = seal_due(&store, &keyring, clock.now_ms(), SEAL_AFTER, &Default::default()).await.unwrap();
+    let sealed = seal_due(&store, &keyring, &clock, SEAL_AFTER, &Default::default()).await.unwrap();
     assert_eq!(sealed.sealed as usize, keys * per_key);
 
     let v2 = common::vault::version_of(&vault.ok(Method::POST, "/keys/k/rotate", None).await);

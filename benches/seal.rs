@@ -134,7 +134,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// Seals everything due; returns records per second.
 async fn sweep(store: &Store, keyring: &Keyring, clock: &ManualClock, count: usize) -> f64 {
     let started = Instant::now();
-    let summary = seal_due(store, keyring, clock.now_ms(), SEAL_AFTER, &Default::default()).await.unwrap();
+    let summary = seal_due(store, keyring, clock, SEAL_AFTER, &Default::default()).await.unwrap();
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(summary.sealed as usize, count);
     count as f64 / secs
@@ -181,7 +181,7 @@ async fn measure(phase: Phase, roots: &Path, count: usize) -> (f64, u64) {
             let tracker = progress.begin(SweepKind::Reencrypt, count as u64);
             let mut unpaced = Pacer::new(u32::MAX);
             let started = Instant::now();
-            let summary = reencrypt::run(&store, &keyring, clock.now_ms(), &mut unpaced, &tracker).await.unwrap();
+            let summary = reencrypt::run(&store, &keyring, &clock, &mut unpaced, &tracker).await.unwrap();
             let rate = count as f64 / started.elapsed().as_secs_f64();
             assert_eq!(summary.reencrypted as usize, count);
             (rate, 0)

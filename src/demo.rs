@@ -48,7 +48,7 @@ const RECORDS: usize = 50;
 const LATE_RECORDS: usize = 20;
 /// Payload bytes per record.
 const PAYLOAD_BYTES: usize = 512;
-/// Longest wait for any one step; the whole story takes about 20 s.
+/// Longest wait for any one step; the whole story takes about 12 s.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a condition being waited for is checked.
 const POLL_EVERY: Duration = Duration::from_millis(100);
@@ -465,8 +465,7 @@ impl Story<'_> {
     async fn publish(&self, tenant: &str, prefix: &str, count: usize) -> Result<Vec<IngestRecord>, DemoError> {
         let records = publish::synthetic(tenant, prefix, count, PAYLOAD_BYTES, SystemClock.now_ms());
         let publisher = Publisher::connect(self.amqp_url).await?;
-        let confirmed = publisher.publish_all(&records, PUBLISH_WINDOW).await?;
-        let unconfirmed = confirmed.iter().filter(|c| !**c).count();
+        let unconfirmed = publisher.publish_until_confirmed(&records, PUBLISH_WINDOW, 3).await?;
         if unconfirmed > 0 {
             return Err(DemoError::Unconfirmed {
                 unconfirmed,

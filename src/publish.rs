@@ -86,6 +86,28 @@ impl Publisher {
         }
         Ok(confirmed)
     }
+
+    /// Publishes `records`, then publishes again those the broker did not
+    /// confirm (a nack hands responsibility back to the producer; keyseal
+    /// deduplicates redeliveries), up to `attempts` rounds in all. Returns
+    /// how many are still unconfirmed (0 when every record is held).
+    pub async fn publish_until_confirmed(
+        &self,
+        records: &[IngestRecord],
+        window: usize,
+        attempts: usize,
+    ) -> Result<usize, PublishError> {
+        let mut unconfirmed: Vec<&IngestRecord> = records.iter().collect();
+        for _ in 0..attempts.max(1) {
+            if unconfirmed.is_empty() {
+                break;
+            }
+            let batch: Vec<IngestRecord> = unconfirmed.iter().map(|r| (*r).clone()).collect();
+            let confirmed = self.publish_all(&batch, window).await?;
+            unconfirmed = unconfirmed.into_iter().zip(confirmed).filter(|(_, ok)| !ok).map(|(r, _)| r).collect();
+        }
+        Ok(unconfirmed.len())
+    }
 }
 
 /// Properties of an `IngestRecord` message: persistent protobuf.

@@ -14,7 +14,8 @@ use tracing::error;
 use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::data_key::DataKey;
 use crate::crypto::envelope::RecordIdentity;
-use crate::crypto::keyring::Keyring;
+use crate::clock::Clock;
+use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::proto::v1::{Layer, RecordsSealed, event::Kind};
 use crate::records::RecordError;
 use crate::storage::{IndexEntry, Store, keys};
@@ -52,16 +53,18 @@ pub struct SealSummary {
     pub unsealable: BTreeMap<String, u64>,
 }
 
-/// Seals every record due at `now_ms`, batch by batch, until none is left,
-/// except those of the tenants in `hold`, which stay in `hot` untouched.
+/// Seals every record due when it starts, batch by batch, until none is
+/// left, except those of the tenants in `hold`, which stay in `hot`
+/// untouched. Each batch reads the clock afresh, so a long drain never
+/// reserves a data key with a stale idea of its age.
 pub async fn seal_due(
     store: &Store,
     keyring: &Keyring,
-    now_ms: i64,
+    clock: &dyn Clock,
     seal_after: Duration,
     hold: &BTreeSet<String>,
 ) -> Result<SealSummary, RecordError> {
-    let cutoff = seal_cutoff_ms(now_ms, seal_after);
+    let cutoff = seal_cutoff_ms(clock.now_ms(), seal_after);
     let mut summary = SealSummary::default();
     let mut cursor: Option<Vec<u8>> = None;
     loop {
@@ -77,7 +80,7 @@ pub async fn seal_due(
             }
             _ => true,
         });
-        seal_batch(store, keyring, &due, now_ms, &mut summary).await?;
+        seal_batch(store, keyring, &due, clock.now_ms(), &mut summary).await?;
     }
 }
 
@@ -116,22 +119,27 @@ async fn seal_batch(
         }
         // Each data key is looked up once per batch, not once per record.
         let hot_key = match hot_keys.get(&located.record.data_key_id) {
-            Some(key) => key.clone(),
-            None => {
-                let key = keyring.key(&located.record.data_key_id).await?;
-                hot_keys.insert(located.record.data_key_id.clone(), key.clone());
-                key
-            }
+            Some(key) => Ok(key.clone()),
+            None => match keyring.key(&located.record.data_key_id).await {
+                Ok(key) => {
+                    hot_keys.insert(located.record.data_key_id.clone(), key.clone());
+                    Ok(key)
+                }
+                Err(KeyringError::Store(e)) => return Err(e.into()),
+                // Hot keys are managed-rooted: no vault is involved, so the
+                // failure concerns this record's key only.
+                Err(e) => Err(e),
+            },
         };
-        let Ok(content) = (RecordIdentity {
+        let identity = RecordIdentity {
             tenant,
             record_id,
             layer: Layer::Hot,
-        })
-        .open(&hot_key, &located.record) else {
+        };
+        let Some(content) = hot_key.ok().and_then(|key| identity.open(&key, &located.record).ok()) else {
             // One damaged record must not stop sealing for everyone: it
             // stays in `hot`, untouched, for the scrub to report.
-            error!(tenant, record_id, "hot record failed its integrity check; left in hot");
+            error!(tenant, record_id, "hot record failed its integrity check or lost its data key; left in hot");
             *summary.unsealable.entry(tenant.to_owned()).or_default() += 1;
             continue;
         };

@@ -105,7 +105,7 @@ impl Services {
                 .map(|(tenant, _)| tenant),
         );
         let summary =
-            sealing::seal_due(&self.store, &self.keyring, self.clock.now_ms(), self.settings.seal_after, &hold).await?;
+            sealing::seal_due(&self.store, &self.keyring, self.clock.as_ref(), self.settings.seal_after, &hold).await?;
         m::sealed(summary.sealed);
         self.refresh_gauges()?;
         Ok(summary)
@@ -117,7 +117,7 @@ impl Services {
         let total = self.sealed_records_total();
         let tracker = self.progress.begin(SweepKind::Reencrypt, total);
         let mut pacer = Pacer::new(self.settings.sweep_rate);
-        let summary = reencrypt::run(&self.store, &self.keyring, self.clock.now_ms(), &mut pacer, &tracker).await?;
+        let summary = reencrypt::run(&self.store, &self.keyring, self.clock.as_ref(), &mut pacer, &tracker).await?;
         if summary.reencrypted > 0 || summary.retired_data_keys > 0 {
             info!(
                 reencrypted = summary.reencrypted,

@@ -16,7 +16,7 @@
 //! [`Keyring::rewrap_to_current_root`] moves a tenant's sealed data keys to
 //! its current root in committed steps without touching a record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -402,51 +402,65 @@ impl Keyring {
         closing: Kind,
     ) -> Result<RewrapSummary, KeyringError> {
         let _one = self.rewrapping.lock().await;
-        let _creating = self.creating.lock().await;
         let target_ref = self.root_ref(target);
-        let (pending, total) = self.not_under(tenant, target)?;
+        // The vault calls happen without blocking key creation (ingestion
+        // of every tenant needs it)...
+        let (pending, _) = self.not_under(tenant, target)?;
         let mut moved = Vec::with_capacity(pending.len());
         for (id, wrapped) in &pending {
             moved.push((id.clone(), self.rewrapped(id, wrapped, target).await?));
         }
+        // ...and only the few keys created meanwhile are moved while no
+        // other can be, so none is missed when the root changes.
+        let _creating = self.creating.lock().await;
+        let (still_pending, total) = self.not_under(tenant, target)?;
+        let done: HashSet<Vec<u8>> = moved.iter().map(|(id, _)| id.clone()).collect();
+        for (id, wrapped) in still_pending.iter().filter(|(id, _)| !done.contains(id)) {
+            moved.push((id.clone(), self.rewrapped(id, wrapped, target).await?));
+        }
+        let rewrapped = moved.len() as u32;
         self.commit_rewrap(tenant, moved, progress(total, total, &target_ref), Some(closing), now_ms)?;
-        Ok(RewrapSummary {
-            rewrapped: pending.len() as u32,
-            total,
-        })
+        Ok(RewrapSummary { rewrapped, total })
     }
 
     /// Deletes data keys no record uses any more (crypto-shredding them),
-    /// each with a `DataKeyRetired` event. The caller guarantees they are
-    /// unused and can no longer be reserved for writing.
-    pub async fn retire(&self, tenant: &str, ids: &[Vec<u8>], now_ms: i64) -> Result<(), KeyringError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
+    /// each with a `DataKeyRetired` event, and returns how many. The caller
+    /// guarantees no stored record uses them; a key that is some tenant's
+    /// current writer is kept regardless (a batch may hold it right now).
+    pub async fn retire(&self, tenant: &str, ids: &[Vec<u8>], now_ms: i64) -> Result<usize, KeyringError> {
         let _one = self.rewrapping.lock().await;
+        // No writer is being replaced or created while the check holds.
+        let _creating = self.creating.lock().await;
+        let writing: HashSet<Vec<u8>> = self
+            .writers
+            .lock()
+            .expect("writers lock")
+            .values()
+            .filter(|writer| writer.takes_more(now_ms, &self.rotation))
+            .map(|writer| writer.id_bytes.clone())
+            .collect();
+        let retiring: Vec<&Vec<u8>> = ids.iter().filter(|id| !writing.contains(*id)).collect();
+        if retiring.is_empty() {
+            return Ok(0);
+        }
         let mut txn = self.store.transaction();
-        for id in ids {
+        for id in &retiring {
             let layer = DataKeyId::from_bytes(id)?.layer;
             txn.delete_data_key(id);
             txn.event(
                 tenant,
                 Kind::DataKeyRetired(DataKeyRetired {
-                    data_key_id: id.clone(),
+                    data_key_id: (*id).clone(),
                     layer: layer as i32,
                 }),
             );
         }
         txn.commit(now_ms)?;
         let mut cache = self.cache.lock().expect("cache lock");
-        for id in ids {
-            cache.remove(id);
+        for id in &retiring {
+            cache.remove(*id);
         }
-        drop(cache);
-        self.writers
-            .lock()
-            .expect("writers lock")
-            .retain(|_, writer| !ids.contains(&writer.id_bytes));
-        Ok(())
+        Ok(retiring.len())
     }
 
     /// Counts the tenant's data keys and those not under its current root.

@@ -84,11 +84,17 @@ pub struct KeyVersion {
 }
 
 /// A key-management client of one vault, authenticated with a bearer token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KeyAdmin {
     vault_url: String,
     token: String,
     http: reqwest::Client,
+}
+
+impl std::fmt::Debug for KeyAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAdmin").field("vault_url", &self.vault_url).field("token", &"<redacted>").finish()
+    }
 }
 
 impl KeyAdmin {

@@ -14,6 +14,7 @@ use prost::Message;
 use serde::Serialize;
 
 use super::{Pacer, Tracker};
+use crate::clock::Clock;
 use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::data_key::{DataKey, DataKeyId};
 use crate::crypto::envelope::RecordIdentity;
@@ -49,16 +50,17 @@ pub struct ReencryptSummary {
     pub skipped: BTreeMap<String, String>,
 }
 
-/// Runs one re-encryption sweep at `now_ms` over every tenant that has data
-/// keys older than `keyring.rotation().max_age`.
+/// Runs one re-encryption sweep over every tenant that has data keys older
+/// than `keyring.rotation().max_age` when it starts. Each batch reads the
+/// clock afresh (a paced sweep can run for hours).
 pub async fn run(
     store: &Store,
     keyring: &Keyring,
-    now_ms: i64,
+    clock: &dyn Clock,
     pacer: &mut Pacer,
     tracker: &Tracker<'_>,
 ) -> Result<ReencryptSummary, RecordError> {
-    let cutoff = now_ms - keyring.rotation().max_age.as_millis() as i64;
+    let cutoff = clock.now_ms() - keyring.rotation().max_age.as_millis() as i64;
     let mut summary = ReencryptSummary::default();
     for (tenant, projection) in store.tenants() {
         let old: HashMap<Vec<u8>, i64> = store
@@ -80,7 +82,7 @@ pub async fn run(
             keyring,
             tenant: &tenant,
             old: &old,
-            now_ms,
+            clock,
             in_use: HashSet::new(),
             summary: &mut summary,
         };
@@ -101,7 +103,7 @@ struct TenantSweep<'a> {
     tenant: &'a str,
     /// The tenant's data keys older than the age limit, with creation time.
     old: &'a HashMap<Vec<u8>, i64>,
-    now_ms: i64,
+    clock: &'a dyn Clock,
     /// Old keys some record still uses.
     in_use: HashSet<Vec<u8>>,
     summary: &'a mut ReencryptSummary,
@@ -120,7 +122,11 @@ impl TenantSweep<'_> {
                 match StoredRecord::decode(value.as_slice()) {
                     Ok(record) if self.old.contains_key(&record.data_key_id) => due.push((key.as_slice(), record)),
                     Ok(_) => {}
-                    Err(_) => self.summary.unreadable += 1,
+                    Err(_) => {
+                        // Whatever key it used must stay: keep every old sealed key.
+                        self.summary.unreadable += 1;
+                        self.keep_old_keys_of(Layer::Sealed);
+                    }
                 }
             }
             self.summary.scanned += page.len() as u64;
@@ -137,8 +143,9 @@ impl TenantSweep<'_> {
         if due.is_empty() {
             return Ok(0);
         }
+        let now_ms = self.clock.now_ms();
         let wanted = HashMap::from([(self.tenant.to_owned(), due.len() as u64)]);
-        let mut fresh = BatchKeys::new(self.keyring, Layer::Sealed, self.now_ms, wanted);
+        let mut fresh = BatchKeys::new(self.keyring, Layer::Sealed, now_ms, wanted);
         let mut old_keys: HashMap<&[u8], Arc<DataKey>> = HashMap::new();
         let mut txn = self.store.transaction();
         let (mut count, mut bytes) = (0u32, 0u64);
@@ -154,11 +161,18 @@ impl TenantSweep<'_> {
             };
             let old = match old_keys.get(record.data_key_id.as_slice()) {
                 Some(key) => key.clone(),
-                None => {
-                    let key = self.keyring.key(&record.data_key_id).await?;
-                    old_keys.insert(&record.data_key_id, key.clone());
-                    key
-                }
+                None => match self.keyring.key(&record.data_key_id).await {
+                    Ok(key) => {
+                        old_keys.insert(&record.data_key_id, key.clone());
+                        key
+                    }
+                    // Missing or damaged: the record stays for the scrub to report.
+                    Err(KeyringError::UnknownDataKey | KeyringError::Crypto(_)) => {
+                        self.unreadable(&record.data_key_id);
+                        continue;
+                    }
+                    Err(unavailable) => return Err(unavailable.into()),
+                },
             };
             let Ok(content) = identity.open(&old, record) else {
                 self.unreadable(&record.data_key_id);
@@ -179,7 +193,7 @@ impl TenantSweep<'_> {
                     bytes,
                 }),
             );
-            txn.commit(self.now_ms)?;
+            txn.commit(now_ms)?;
         }
         self.summary.reencrypted += u64::from(count);
         self.summary.bytes += bytes;
@@ -207,31 +221,35 @@ impl TenantSweep<'_> {
                     }
                     Ok(_) => {}
                     // Whatever key it used must stay: keep every old hot key.
-                    Err(_) => self.in_use.extend(self.old.keys().filter(|id| is_hot(id)).cloned()),
+                    Err(_) => self.keep_old_keys_of(Layer::Hot),
                 }
             }
         }
     }
 
+    /// Keeps every old key of `layer` (a record that names its key
+    /// unreadably might use any of them).
+    fn keep_old_keys_of(&mut self, layer: Layer) {
+        let of_layer = self.old.keys().filter(|id| DataKeyId::from_bytes(id).is_ok_and(|id| id.layer == layer));
+        self.in_use.extend(of_layer.cloned());
+    }
+
     /// Deletes the old keys no record uses, once past the grace period.
     async fn retire(&mut self) -> Result<(), RecordError> {
-        let retire_before = self.now_ms - self.keyring.rotation().max_age.as_millis() as i64 - RETIRE_GRACE.as_millis() as i64;
+        let now_ms = self.clock.now_ms();
+        let retire_before = now_ms - self.keyring.rotation().max_age.as_millis() as i64 - RETIRE_GRACE.as_millis() as i64;
         let unused: Vec<Vec<u8>> = self
             .old
             .iter()
             .filter(|(id, created)| **created < retire_before && !self.in_use.contains(*id))
             .map(|(id, _)| id.clone())
             .collect();
-        self.keyring.retire(self.tenant, &unused, self.now_ms).await.map_err(|e| match e {
+        let retired = self.keyring.retire(self.tenant, &unused, now_ms).await.map_err(|e| match e {
             KeyringError::Store(e) => RecordError::Store(e),
             other => RecordError::Keyring(other),
         })?;
-        crate::metrics::data_keys_retired(unused.len());
-        self.summary.retired_data_keys += unused.len() as u64;
+        crate::metrics::data_keys_retired(retired);
+        self.summary.retired_data_keys += retired as u64;
         Ok(())
     }
-}
-
-fn is_hot(id: &[u8]) -> bool {
-    DataKeyId::from_bytes(id).is_ok_and(|id| id.layer == Layer::Hot)
 }
