@@ -4,29 +4,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use keyseal::publish::{Publisher, synthetic};
 use keyseal::storage::{CF_HOT, Store};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn spawn_worker(vhost: &Vhost, data_dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_keyseal"))
-        .args(["run", "--amqp-url", &vhost.amqp_url(), "--http-addr", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data_dir)
-        // Small batches keep the worker busy long enough to be killed mid-stream.
-        .args(["--batch-size", "50", "--prefetch", "100"])
-        .env("KEYSEAL_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawning keyseal run")
-}
+/// Small batches keep the worker busy long enough to be killed mid-stream.
+const SMALL_BATCHES: [&str; 4] = ["--batch-size", "50", "--prefetch", "100"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
@@ -38,7 +23,7 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
     let records = synthetic("crash", "k-", TOTAL, 256, 1);
     let publisher = Publisher::connect(&vhost.amqp_url()).await.unwrap();
 
-    let mut child = spawn_worker(&vhost, dir.path(), port);
+    let mut child = spawn_worker(&vhost, dir.path(), port, &SMALL_BATCHES);
     let first_half = publisher.publish_all(&records[..TOTAL / 2], 1000).await.unwrap();
     wait_until("the worker to be mid-stream", Duration::from_secs(60), || async {
         counts(&base, "crash").await.is_some_and(|(hot, _)| hot > 500)
@@ -61,7 +46,7 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
         .collect();
     assert_eq!(confirmed.len(), TOTAL, "the broker confirmed every record");
 
-    let mut child = spawn_worker(&vhost, dir.path(), port);
+    let mut child = spawn_worker(&vhost, dir.path(), port, &SMALL_BATCHES);
     wait_for_records(&base, "crash", TOTAL as u64, Duration::from_secs(120)).await;
     for &i in confirmed.iter().step_by(97) {
         let (status, body) = get_record(&base, "crash", &records[i].record_id).await;

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::byok::{Setup, WAIT, setup};
@@ -164,17 +163,11 @@ async fn throttling_alone_never_locks_a_tenant() {
     s.assert_replay_equal().await;
 }
 
-fn spawn_worker(s_vault: &Vault, vhost: &Vhost, data_dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_keyseal"))
-        .args(["run", "--amqp-url", &vhost.amqp_url(), "--http-addr", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(s_vault.worker_flags())
-        .args(["--probe-interval", "200ms", "--lockdown-after", "1h"])
-        .env("KEYSEAL_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawning keyseal run")
+/// Flags of the child worker: the emulator as its vault, fast probes, no lockdown.
+fn child_flags(vault: &Vault) -> Vec<String> {
+    let mut flags = vault.worker_flags();
+    flags.extend(["--probe-interval", "200ms", "--lockdown-after", "1h"].map(String::from));
+    flags
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,12 +177,12 @@ async fn kill_9_while_degraded_keeps_the_state_and_the_deadline() {
     vault.create("k", json!({"kty": "RSA", "key_size": 2048})).await;
     let vhost = Vhost::new("lock-kill");
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let status = || async { reqwest::get(format!("{base}/v1/tenants/acme")).await.ok()?.json::<Value>().await.ok() };
 
-    let mut child = spawn_worker(&vault, &vhost, dir.path(), port);
+    let mut child = spawn_worker(&vhost, dir.path(), port, &child_flags(&vault));
     wait_until("the worker", WAIT, || async { reqwest::get(format!("{base}/healthz")).await.is_ok() }).await;
     let enabled = http
         .put(format!("{base}/v1/tenants/acme/encryption"))
@@ -204,7 +197,7 @@ async fn kill_9_while_degraded_keeps_the_state_and_the_deadline() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let mut child = spawn_worker(&vault, &vhost, dir.path(), port);
+    let mut child = spawn_worker(&vhost, dir.path(), port, &child_flags(&vault));
     wait_until("the restarted worker to probe", WAIT, || async {
         status().await.is_some_and(|s| s["keyHealth"]["lastProbe"].is_string())
     })

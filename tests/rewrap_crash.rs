@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::vault::{Vault, args, version_of};
@@ -25,19 +24,16 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(120);
 const RECORDS: usize = 1000;
 
-fn spawn_worker(vault: &Vault, vhost: &Vhost, data_dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_keyseal"))
-        .args(["run", "--amqp-url", &vhost.amqp_url(), "--http-addr", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(vault.worker_flags())
-        // 20 records per data key: 1,000 sealed records make 50 sealed data keys.
-        .args(["--seal-after", "1s", "--sweep-interval", "500ms", "--probe-interval", "300ms"])
-        .args(["--max-records-per-dek", "20"])
-        .env("KEYSEAL_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawning keyseal run")
+/// Flags of the child worker: the emulator as its vault, fast sealing and
+/// probes, and 20 records per data key (1,000 sealed records make 50 sealed
+/// data keys).
+fn child_flags(vault: &Vault) -> Vec<String> {
+    let mut flags = vault.worker_flags();
+    flags.extend(
+        ["--seal-after", "1s", "--sweep-interval", "500ms", "--probe-interval", "300ms", "--max-records-per-dek", "20"]
+            .map(String::from),
+    );
+    flags
 }
 
 /// The tenant's sealed data keys as stored: id → version that wraps it.
@@ -65,11 +61,11 @@ async fn kill_9_during_a_rewrap_resumes_on_the_newest_version_losing_nothing() {
     let v1 = vault.create("k", json!({"kty": "RSA", "key_size": 2048})).await;
     let vhost = Vhost::new("rewrap-kill");
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let status = || async { reqwest::get(format!("{base}/v1/tenants/acme")).await.ok()?.json::<Value>().await.ok() };
 
-    let mut child = spawn_worker(&vault, &vhost, dir.path(), port);
+    let mut child = spawn_worker(&vhost, dir.path(), port, &child_flags(&vault));
     wait_until("the worker", WAIT, || async { reqwest::get(format!("{base}/healthz")).await.is_ok() }).await;
     let enabled = reqwest::Client::new()
         .put(format!("{base}/v1/tenants/acme/encryption"))
@@ -109,7 +105,7 @@ async fn kill_9_during_a_rewrap_resumes_on_the_newest_version_losing_nothing() {
 
     // Another roll while the worker is down.
     let v3 = version_of(&vault.ok(Method::POST, "/keys/k/rotate", None).await);
-    let mut child = spawn_worker(&vault, &vhost, dir.path(), port);
+    let mut child = spawn_worker(&vhost, dir.path(), port, &child_flags(&vault));
     wait_until("the rewrap to finish on the newest version", WAIT, || async {
         status().await.is_some_and(|s| {
             s["encryption"]["keyVersion"] == v3.as_str()

@@ -84,6 +84,30 @@ pub fn base_url(worker: &Worker) -> String {
     format!("http://{}", worker.http_addr)
 }
 
+/// A free loopback port, for a worker run as a child process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `keyseal run` as a child process (so tests can kill -9 it) on `vhost`,
+/// `data_dir` and `127.0.0.1:port`, with `extra` flags.
+pub fn spawn_worker<S: AsRef<std::ffi::OsStr>>(
+    vhost: &Vhost,
+    data_dir: &Path,
+    port: u16,
+    extra: &[S],
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_keyseal"))
+        .args(["run", "--amqp-url", &vhost.amqp_url(), "--http-addr", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env("KEYSEAL_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning keyseal run")
+}
+
 /// Polls `condition` every 50 ms until it holds or `timeout` passes.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
 where
