@@ -184,13 +184,8 @@ async fn kill_9_while_degraded_keeps_the_state_and_the_deadline() {
 
     let mut child = spawn_worker(&vhost, dir.path(), port, &child_flags(&vault));
     wait_until("the worker", WAIT, || async { reqwest::get(format!("{base}/healthz")).await.is_ok() }).await;
-    let enabled = http
-        .put(format!("{base}/v1/tenants/acme/encryption"))
-        .json(&json!({"keyUri": vault.key_uri("k")}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(enabled.status().as_u16(), 200);
+    let admin = keyseal::client::AdminClient::new(&base, None);
+    admin.enable("acme", &vault.key_uri("k")).await.expect("BYOK enabled");
     vault.patch("k", json!({"attributes": {"enabled": false}})).await;
     wait_until("degraded", WAIT, || async { status().await.is_some_and(|s| s["state"] == "degraded") }).await;
     let before = status().await.unwrap();

@@ -67,13 +67,8 @@ async fn kill_9_during_a_rewrap_resumes_on_the_newest_version_losing_nothing() {
 
     let mut child = spawn_worker(&vhost, dir.path(), port, &child_flags(&vault));
     wait_until("the worker", WAIT, || async { reqwest::get(format!("{base}/healthz")).await.is_ok() }).await;
-    let enabled = reqwest::Client::new()
-        .put(format!("{base}/v1/tenants/acme/encryption"))
-        .json(&json!({"keyUri": vault.key_uri("k")}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(enabled.status().as_u16(), 200);
+    let admin = keyseal::client::AdminClient::new(&base, None);
+    admin.enable("acme", &vault.key_uri("k")).await.expect("BYOK enabled");
     let records = synthetic("acme", "r-", RECORDS, 200, 1);
     publish_confirmed(&vhost, &records).await;
     wait_until("every record sealed", WAIT, || async {
