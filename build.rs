@@ -2,11 +2,8 @@
 //! building keyseal never needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "proto/keyseal/v1/ingest.proto",
-        "proto/keyseal/v1/events.proto",
-        "proto/keyseal/store/v1/store.proto",
-    ];
+    let files =
+        ["proto/keyseal/v1/ingest.proto", "proto/keyseal/v1/events.proto", "proto/keyseal/store/v1/store.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -15,11 +15,7 @@ use keyseal::proto::v1::Layer;
 fn envelope(c: &mut Criterion) {
     let key = DataKey::generate();
     let content = vec![0x5au8; 1024];
-    let identity = RecordIdentity {
-        tenant: "acme",
-        record_id: "record-000123",
-        layer: Layer::Hot,
-    };
+    let identity = RecordIdentity { tenant: "acme", record_id: "record-000123", layer: Layer::Hot };
     let stored = identity.seal(b"dek-id", &key, &content, 0);
     let mut group = c.benchmark_group("record_1KiB");
     group.throughput(Throughput::Bytes(content.len() as u64));

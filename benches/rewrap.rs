@@ -46,10 +46,7 @@ async fn measure(keys: usize, per_key: usize) -> f64 {
     let v1 = vault.create("k", serde_json::json!({"kty": "RSA", "key_size": 2048})).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
-    let rotation = RotationLimits {
-        max_records: per_key as u64,
-        ..RotationLimits::default()
-    };
+    let rotation = RotationLimits { max_records: per_key as u64, ..RotationLimits::default() };
     let keyring = Keyring::new(
         store.clone(),
         ManagedRootKeys::load_or_create(&dir.path().join("roots")).unwrap(),
@@ -61,10 +58,7 @@ async fn measure(keys: usize, per_key: usize) -> f64 {
     let mut txn = store.transaction();
     txn.event(
         TENANT,
-        Kind::EncryptionEnabled(EncryptionEnabled {
-            key_uri: vault.key_uri("k"),
-            key_version: v1.clone(),
-        }),
+        Kind::EncryptionEnabled(EncryptionEnabled { key_uri: vault.key_uri("k"), key_version: v1.clone() }),
     );
     txn.commit(clock.now_ms()).unwrap();
     let records = synthetic(TENANT, "r-", keys * per_key, 64, 1);
@@ -103,10 +97,7 @@ fn main() {
         series.push(((keys, per_key), t));
     }
     let time = |k: (usize, usize)| series.iter().find(|(key, _)| *key == k).expect("measured").1;
-    println!(
-        "grows with keys: 1,000 keys / 10 keys = {:.1}x (100 records each)",
-        time((1000, 100)) / time((10, 100))
-    );
+    println!("grows with keys: 1,000 keys / 10 keys = {:.1}x (100 records each)", time((1000, 100)) / time((10, 100)));
     println!(
         "flat with records: 100,000 / 1,000 records per key = {:.2}x (10 keys)",
         time((10, 100_000)) / time((10, 1_000))

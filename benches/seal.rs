@@ -26,8 +26,8 @@ use keyseal::proto::v1::event::Kind;
 use keyseal::publish::synthetic;
 use keyseal::records::store_batch;
 use keyseal::sealing::seal_due;
-use keyseal::sweeps::{Pacer, Progress, SweepKind, reencrypt};
 use keyseal::storage::{CF_BY_TIME, CF_HOT, CF_SEALED, Store};
+use keyseal::sweeps::{Pacer, Progress, SweepKind, reencrypt};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
 const SEAL_AFTER: Duration = Duration::from_secs(48 * 3600);
@@ -69,10 +69,7 @@ async fn populate(
             let version = vault.create(tenant, serde_json::json!({"kty": "RSA", "key_size": 2048})).await;
             txn.event(
                 tenant,
-                Kind::EncryptionEnabled(EncryptionEnabled {
-                    key_uri: vault.key_uri(tenant),
-                    key_version: version,
-                }),
+                Kind::EncryptionEnabled(EncryptionEnabled { key_uri: vault.key_uri(tenant), key_version: version }),
             );
         }
         txn.commit(clock.now_ms()).unwrap();
@@ -86,11 +83,8 @@ async fn populate(
 /// re-encryption or events.
 fn plain_move(store: &Store) -> u64 {
     let db = store.raw();
-    let (hot, sealed, index) = (
-        db.cf_handle(CF_HOT).unwrap(),
-        db.cf_handle(CF_SEALED).unwrap(),
-        db.cf_handle(CF_BY_TIME).unwrap(),
-    );
+    let (hot, sealed, index) =
+        (db.cf_handle(CF_HOT).unwrap(), db.cf_handle(CF_SEALED).unwrap(), db.cf_handle(CF_BY_TIME).unwrap());
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
     let mut moved = 0;
@@ -161,7 +155,8 @@ async fn measure(phase: Phase, roots: &Path, count: usize) -> (f64, u64) {
         }
         Phase::Customer => {
             let state = tempfile::tempdir().unwrap();
-            let vault = common::vault::Vault::start(common::vault::args(state.path(), RecoveryLevel::Recoverable)).await;
+            let vault =
+                common::vault::Vault::start(common::vault::args(state.path(), RecoveryLevel::Recoverable)).await;
             let (store, keyring) = populate(dir.path(), roots, count, &clock, Some(&vault)).await;
             let before: u64 = vault.emulator.calls().values().sum();
             let rate = sweep(&store, &keyring, &clock, count).await;
@@ -219,7 +214,10 @@ fn main() {
         );
     }
     let (m, c, p, r) = (median(managed), median(customer), median(plain), median(reencrypted));
-    println!("median records/s: managed key {m:.0} ({:.1} MB/s), customer key {c:.0}, plain move {p:.0}", m * 1024.0 / 1e6);
+    println!(
+        "median records/s: managed key {m:.0} ({:.1} MB/s), customer key {c:.0}, plain move {p:.0}",
+        m * 1024.0 / 1e6
+    );
     println!(
         "re-encryption sweep (unpaced): {r:.0} records/s ({:.1} MB/s), ratio re-encryption/seal = {:.2}",
         r * 1024.0 / 1e6,

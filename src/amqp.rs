@@ -51,28 +51,16 @@ pub async fn close_channel(channel: &Channel, reason: &str) {
 /// Declares the whole fixed topology. Idempotent, so every role declares it
 /// and none depends on another having started first.
 pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
-    let durable_exchange = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
     for exchange in [INGEST_EXCHANGE, DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE] {
-        channel
-            .exchange_declare(exchange.into(), ExchangeKind::Topic, durable_exchange, FieldTable::default())
-            .await?;
+        channel.exchange_declare(exchange.into(), ExchangeKind::Topic, durable_exchange, FieldTable::default()).await?;
     }
     let mut quorum = FieldTable::default();
     quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    channel
-        .queue_declare(DEAD_LETTER_QUEUE.into(), QueueDeclareOptions::durable(), quorum.clone())
-        .await?;
+    channel.queue_declare(DEAD_LETTER_QUEUE.into(), QueueDeclareOptions::durable(), quorum.clone()).await?;
     let mut ingest = quorum;
-    ingest.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
-    );
-    channel
-        .queue_declare(INGEST_QUEUE.into(), QueueDeclareOptions::durable(), ingest)
-        .await?;
+    ingest.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()));
+    channel.queue_declare(INGEST_QUEUE.into(), QueueDeclareOptions::durable(), ingest).await?;
     for (queue, exchange) in [(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE), (INGEST_QUEUE, INGEST_EXCHANGE)] {
         channel
             .queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
@@ -89,9 +77,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            next: Self::FIRST,
-        }
+        Self { next: Self::FIRST }
     }
 }
 

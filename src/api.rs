@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::extract::Query;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::extract::Query;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
@@ -21,18 +21,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
+use crate::clock::rfc3339;
 use crate::config::Settings;
 use crate::crypto::CryptoError;
 use crate::encryption::{self, EncryptionError};
-use crate::clock::rfc3339;
 use crate::health::policy::KeyHealthView;
-use crate::proto::store::TenantState;
-use crate::worker::state_name;
 use crate::ingest::validate::{is_valid_record_id, is_valid_tenant_id};
+use crate::proto::store::TenantState;
 use crate::records::{self, RecordError};
 use crate::status_page;
 use crate::storage::StoreError;
 use crate::worker::Services;
+use crate::worker::state_name;
 
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 64 << 10;
@@ -47,11 +47,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+        Self { status, code, message: message.into() }
     }
 }
 
@@ -104,9 +100,7 @@ pub async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
 
 /// Serves the API on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, services: Arc<Services>, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(services))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(listener, router(services)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
 
 /// The routes, for serving and for in-process tests.
@@ -160,11 +154,7 @@ async fn readyz(State(services): State<Arc<Services>>) -> Result<Json<serde_json
     if services.amqp_ready.load(Ordering::SeqCst) {
         Ok(Json(json!({"status": "ready"})))
     } else {
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "not consuming from RabbitMQ yet",
-        ))
+        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "not consuming from RabbitMQ yet"))
     }
 }
 
@@ -172,11 +162,7 @@ async fn metrics(State(services): State<Arc<Services>>) -> Response {
     if let Err(e) = services.refresh_gauges() {
         error!(error = %e, "refreshing gauges");
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::handle().render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::handle().render()).into_response()
 }
 
 /// `GET /`: the status page. Like `/metrics`, it is outside the `/v1` token
@@ -187,10 +173,7 @@ async fn metrics(State(services): State<Arc<Services>>) -> Response {
 async fn status_html(State(services): State<Arc<Services>>) -> Result<Response, ApiError> {
     let snapshot = status_page::snapshot(&services)?;
     Ok((
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
         status_page::render(&snapshot),
     )
         .into_response())
@@ -200,11 +183,7 @@ fn check_tenant(tenant: &str) -> Result<(), ApiError> {
     if is_valid_tenant_id(tenant) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_tenant_id",
-            "tenant ids match [a-z0-9][a-z0-9-]{0,62}",
-        ))
+        Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_tenant_id", "tenant ids match [a-z0-9][a-z0-9-]{0,62}"))
     }
 }
 
@@ -254,11 +233,7 @@ async fn read_record(
 ) -> Result<Response, ApiError> {
     check_tenant(&tenant)?;
     if !is_valid_record_id(&record_id) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_record_id",
-            "record ids are 1..=128 bytes",
-        ));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_record_id", "record ids are 1..=128 bytes"));
     }
     if let Some(p) = services.store.tenant(&tenant).filter(|p| p.state() == TenantState::LockedDown) {
         return Err(ApiError::new(

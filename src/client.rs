@@ -39,11 +39,7 @@ pub struct AdminClient {
 impl AdminClient {
     /// A client for `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str, token: Option<String>) -> Self {
-        Self {
-            base: base.trim_end_matches('/').to_owned(),
-            token,
-            http: reqwest::Client::new(),
-        }
+        Self { base: base.trim_end_matches('/').to_owned(), token, http: reqwest::Client::new() }
     }
 
     async fn send(&self, method: Method, path: &str) -> Result<bytes::Bytes, ClientError> {
@@ -64,10 +60,7 @@ impl AdminClient {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let unreachable = |source| ClientError::Unreachable {
-            url: url.clone(),
-            source,
-        };
+        let unreachable = |source| ClientError::Unreachable { url: url.clone(), source };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         let body = response.bytes().await.map_err(unreachable)?;
@@ -76,11 +69,7 @@ impl AdminClient {
         }
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let field = |name: &str| parsed["error"][name].as_str().unwrap_or_default().to_owned();
-        Err(ClientError::Api {
-            status,
-            code: field("code"),
-            message: field("message"),
-        })
+        Err(ClientError::Api { status, code: field("code"), message: field("message") })
     }
 
     /// `GET /v1/tenants/{tenant}` as JSON.
@@ -91,27 +80,19 @@ impl AdminClient {
 
     /// The payload bytes of one record.
     pub async fn record(&self, tenant: &str, record_id: &str) -> Result<bytes::Bytes, ClientError> {
-        self.send(
-            Method::GET,
-            &format!("/v1/tenants/{}/records/{}", encode(tenant), encode(record_id)),
-        )
-        .await
+        self.send(Method::GET, &format!("/v1/tenants/{}/records/{}", encode(tenant), encode(record_id))).await
     }
 
     /// `PUT /v1/tenants/{tenant}/encryption`: enable the tenant's own key.
     pub async fn enable(&self, tenant: &str, key_uri: &str) -> Result<serde_json::Value, ClientError> {
         let path = format!("/v1/tenants/{}/encryption", encode(tenant));
-        let body = self
-            .send_json(Method::PUT, &path, Some(serde_json::json!({"keyUri": key_uri})))
-            .await?;
+        let body = self.send_json(Method::PUT, &path, Some(serde_json::json!({"keyUri": key_uri}))).await?;
         Ok(serde_json::from_slice(&body).unwrap_or_default())
     }
 
     /// `DELETE /v1/tenants/{tenant}/encryption`: back to managed keys.
     pub async fn disable(&self, tenant: &str) -> Result<serde_json::Value, ClientError> {
-        let body = self
-            .send(Method::DELETE, &format!("/v1/tenants/{}/encryption", encode(tenant)))
-            .await?;
+        let body = self.send(Method::DELETE, &format!("/v1/tenants/{}/encryption", encode(tenant))).await?;
         Ok(serde_json::from_slice(&body).unwrap_or_default())
     }
 

@@ -93,20 +93,14 @@ pub struct Settings {
 impl Settings {
     /// Data-key cache limits derived from the settings.
     pub fn cache_limits(&self) -> CacheLimits {
-        CacheLimits {
-            max_age: self.dek_cache_ttl,
-            ..CacheLimits::default()
-        }
+        CacheLimits { max_age: self.dek_cache_ttl, ..CacheLimits::default() }
     }
 }
 
 impl Settings {
     /// Data-key rotation limits derived from the settings.
     pub fn rotation_limits(&self) -> RotationLimits {
-        RotationLimits {
-            max_age: self.max_dek_age,
-            max_records: self.max_records_per_dek,
-        }
+        RotationLimits { max_age: self.max_dek_age, max_records: self.max_records_per_dek }
     }
 
     /// Options of the Key Vault client.
@@ -193,14 +187,8 @@ pub fn with_config_file(args: Vec<OsString>, subcommand: &str) -> Result<Vec<OsS
         return Ok(args);
     };
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    let invalid = |reason: String| ConfigError::Invalid {
-        path: shown.clone(),
-        reason,
-    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+    let invalid = |reason: String| ConfigError::Invalid { path: shown.clone(), reason };
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
     let mut flags = Vec::new();
     for (key, value) in table {
@@ -274,7 +262,8 @@ mod tests {
 
     #[test]
     fn unreadable_file_is_a_clear_error() {
-        let args: Vec<OsString> = ["keyseal", "run", "--config=/nonexistent/k.toml"].iter().map(OsString::from).collect();
+        let args: Vec<OsString> =
+            ["keyseal", "run", "--config=/nonexistent/k.toml"].iter().map(OsString::from).collect();
         let err = with_config_file(args, "run").unwrap_err().to_string();
         assert!(err.contains("/nonexistent/k.toml"), "{err}");
     }

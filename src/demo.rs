@@ -172,10 +172,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     ));
     narrator.say(format!("RabbitMQ at {shown_url} is reachable"));
 
-    let scratch = tempfile::Builder::new()
-        .prefix("keyseal-demo-")
-        .tempdir()
-        .map_err(DemoError::TempDir)?;
+    let scratch = tempfile::Builder::new().prefix("keyseal-demo-").tempdir().map_err(DemoError::TempDir)?;
     let emulator_args: EmulatorArgs = config::parse_flags(flags(&[
         "--addr".as_ref(),
         "127.0.0.1:0".as_ref(),
@@ -189,9 +186,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
 
     let (settings, moved_from) = worker_settings(&args, &vault, &scratch.path().join("data"))?;
     let admin_token = settings.admin_token.clone();
-    let worker = Worker::start(settings, Arc::new(SystemClock))
-        .await
-        .map_err(|e| DemoError::Worker(e.into()))?;
+    let worker = Worker::start(settings, Arc::new(SystemClock)).await.map_err(|e| DemoError::Worker(e.into()))?;
     let base = format!("http://{}", worker.http_addr);
     if let Some(taken) = moved_from {
         narrator.say(format!("{taken} is taken; the worker listens on {} instead", worker.http_addr));
@@ -235,10 +230,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
 /// Fails with the way to start RabbitMQ when none answers, and refuses a
 /// vhost where another keyseal consumes or has records waiting.
 async fn check_broker(url: &str, shown_url: &str) -> Result<(), DemoError> {
-    let unreachable = |reason: String| DemoError::BrokerUnreachable {
-        url: shown_url.to_owned(),
-        reason,
-    };
+    let unreachable = |reason: String| DemoError::BrokerUnreachable { url: shown_url.to_owned(), reason };
     let connection = match tokio::time::timeout(BROKER_TIMEOUT, amqp::connect(url, "demo")).await {
         Err(_) => return Err(unreachable(format!("no answer within {BROKER_TIMEOUT:?}"))),
         Ok(Err(e)) => return Err(unreachable(e.to_string())),
@@ -247,11 +239,9 @@ async fn check_broker(url: &str, shown_url: &str) -> Result<(), DemoError> {
     let load = ingest_queue_load(&connection).await;
     amqp::close(&connection, "demo broker check done").await;
     match load {
-        Some((messages, consumers)) if messages > 0 || consumers > 0 => Err(DemoError::BrokerInUse {
-            url: shown_url.to_owned(),
-            messages,
-            consumers,
-        }),
+        Some((messages, consumers)) if messages > 0 || consumers > 0 => {
+            Err(DemoError::BrokerInUse { url: shown_url.to_owned(), messages, consumers })
+        }
         _ => Ok(()),
     }
 }
@@ -262,14 +252,8 @@ async fn check_broker(url: &str, shown_url: &str) -> Result<(), DemoError> {
 async fn ingest_queue_load(connection: &lapin::Connection) -> Option<(u32, u32)> {
     let channel = connection.create_channel().await.ok()?;
     amqp::declare_topology(&channel).await.ok()?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let queue = channel
-        .queue_declare(INGEST_QUEUE.into(), passive, FieldTable::default())
-        .await
-        .ok()?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let queue = channel.queue_declare(INGEST_QUEUE.into(), passive, FieldTable::default()).await.ok()?;
     amqp::close_channel(&channel, "demo broker check done").await;
     Some((queue.message_count(), queue.consumer_count()))
 }
@@ -317,9 +301,7 @@ fn flags(items: &[&std::ffi::OsStr]) -> Vec<OsString> {
 /// Four hex digits unique to this run: tenant names carry them, so records
 /// an earlier run left on a shared broker never mix into this run's counts.
 fn run_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{:04x}", (nanos ^ std::process::id().rotate_left(16)) & 0xffff)
 }
 
@@ -357,9 +339,7 @@ impl Story<'_> {
         for tenant in [byok, managed] {
             self.wait_records(tenant, RECORDS, "stored").await?;
         }
-        say(format!(
-            "   stored encrypted in `hot` under managed data keys: {byok} {RECORDS}, {managed} {RECORDS}"
-        ));
+        say(format!("   stored encrypted in `hot` under managed data keys: {byok} {RECORDS}, {managed} {RECORDS}"));
 
         // 2. One tenant brings its own key.
         let key = format!("{byok}-key");
@@ -376,8 +356,7 @@ impl Story<'_> {
 
         // 3. Sealing after the seal age.
         for tenant in [byok, managed] {
-            self.wait_status(tenant, "its records to be sealed", |s| counts(s) == (0, RECORDS as u64))
-                .await?;
+            self.wait_status(tenant, "its records to be sealed", |s| counts(s) == (0, RECORDS as u64)).await?;
         }
         say(format!(
             "3. sealed after {SEAL_AFTER}: {byok} {RECORDS} records under its own key, {managed} {RECORDS} under \
@@ -467,10 +446,7 @@ impl Story<'_> {
         let publisher = Publisher::connect(self.amqp_url).await?;
         let unconfirmed = publisher.publish_until_confirmed(&records, PUBLISH_WINDOW, 3).await?;
         if unconfirmed > 0 {
-            return Err(DemoError::Unconfirmed {
-                unconfirmed,
-                total: records.len(),
-            });
+            return Err(DemoError::Unconfirmed { unconfirmed, total: records.len() });
         }
         Ok(records)
     }
@@ -488,11 +464,7 @@ impl Story<'_> {
                 Check::NotYet(seen) => seen,
             };
             if Instant::now() >= deadline {
-                return Err(DemoError::Timeout {
-                    what: what.to_owned(),
-                    waited: STEP_TIMEOUT,
-                    last,
-                });
+                return Err(DemoError::Timeout { what: what.to_owned(), waited: STEP_TIMEOUT, last });
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
@@ -559,10 +531,8 @@ impl Story<'_> {
                 got: format!("{} different bytes", payload.len()),
             });
         }
-        self.narrator.say(format!(
-            "   read {tenant}/{id}: 200, {} bytes, identical to what was published",
-            payload.len()
-        ));
+        self.narrator
+            .say(format!("   read {tenant}/{id}: 200, {} bytes, identical to what was published", payload.len()));
         Ok(())
     }
 
@@ -625,13 +595,7 @@ fn status_table(statuses: &[Value]) -> String {
         .collect();
     let header = ["tenant", "state", "mode", "key version", "hot", "sealed", "key health"].map(str::to_owned);
     let widths: Vec<usize> = (0..header.len())
-        .map(|column| {
-            std::iter::once(&header)
-                .chain(&rows)
-                .map(|row| row[column].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|column| std::iter::once(&header).chain(&rows).map(|row| row[column].chars().count()).max().unwrap_or(0))
         .collect();
     let mut table = String::new();
     for row in std::iter::once(&header).chain(&rows) {
@@ -674,9 +638,7 @@ struct Narrator {
 
 impl Narrator {
     fn start() -> Self {
-        Self {
-            started: Instant::now(),
-        }
+        Self { started: Instant::now() }
     }
 
     fn say(&self, line: impl Display) {
@@ -691,10 +653,7 @@ mod tests {
 
     #[test]
     fn passwords_are_masked_and_nothing_else_changes() {
-        assert_eq!(
-            redact_password("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
+        assert_eq!(redact_password("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(redact_password("amqp://u:p@ss@h/v"), "amqp://u:***@h/v");
         assert_eq!(redact_password("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
         assert_eq!(redact_password("amqp://user@h/v"), "amqp://user@h/v");

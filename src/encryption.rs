@@ -39,19 +39,13 @@ pub enum EncryptionError {
 /// rewrap is interrupted it stays pending and the next sweep resumes it.
 pub async fn enable(services: &Services, tenant: &str, key_uri: &str) -> Result<RewrapSummary, EncryptionError> {
     let _exclusive = services.exclusive().await;
-    let vault = services
-        .keyring
-        .vault()
-        .map_err(|e| EncryptionError::VaultNotConfigured(e.to_string()))?;
+    let vault = services.keyring.vault().map_err(|e| EncryptionError::VaultNotConfigured(e.to_string()))?;
     let now_ms = services.clock.now_ms();
     let (uri, key) = validate(vault, key_uri, now_ms / 1000).await?;
     let mut txn = services.store.transaction();
     txn.event(
         tenant,
-        Kind::EncryptionEnabled(EncryptionEnabled {
-            key_uri: key_uri.to_owned(),
-            key_version: key.version.clone(),
-        }),
+        Kind::EncryptionEnabled(EncryptionEnabled { key_uri: key_uri.to_owned(), key_version: key.version.clone() }),
     );
     txn.commit(now_ms)?;
     info!(tenant, key = %uri, version = %key.version, "customer key enabled");
@@ -74,17 +68,13 @@ pub async fn disable(services: &Services, tenant: &str) -> Result<RewrapSummary,
         return Err(EncryptionError::NotEnabled);
     };
     let now_ms = services.clock.now_ms();
-    let closing = Kind::EncryptionDisabled(EncryptionDisabled {
-        key_uri: projection.key_uri.clone(),
-    });
-    let summary = services
-        .keyring
-        .rewrap_all_or_nothing(tenant, &RootKey::Managed, now_ms, closing)
-        .await
-        .map_err(|e| match e {
+    let closing = Kind::EncryptionDisabled(EncryptionDisabled { key_uri: projection.key_uri.clone() });
+    let summary = services.keyring.rewrap_all_or_nothing(tenant, &RootKey::Managed, now_ms, closing).await.map_err(
+        |e| match e {
             KeyringError::Store(e) => EncryptionError::Store(e),
             other => EncryptionError::CustomerKeyUnusable(other.to_string()),
-        })?;
+        },
+    )?;
     // Nothing unwrapped through the removed customer key stays in memory.
     services.keyring.forget_cached();
     info!(tenant, rewrapped = summary.rewrapped, "customer key disabled; data stays encrypted under managed keys");

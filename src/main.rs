@@ -16,7 +16,12 @@ use keyseal::publish::{self, Publisher};
 use keyseal::worker::Worker;
 
 #[derive(Debug, Parser)]
-#[command(name = "keyseal", version, about = "Customer-managed-key encryption at rest for tenant records", args_override_self = true)]
+#[command(
+    name = "keyseal",
+    version,
+    about = "Customer-managed-key encryption at rest for tenant records",
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -189,22 +194,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             TenantCommand::Disable { tenant, server } => print_json(&server.client().disable(&tenant).await?),
         },
-        Command::Get {
-            tenant,
-            record_id,
-            server,
-        } => {
+        Command::Get { tenant, record_id, server } => {
             let payload = server.client().record(&tenant, &record_id).await?;
             std::io::stdout().write_all(&payload).context("writing the payload to stdout")
         }
-        Command::Sweep {
-            reencrypt,
-            scrub,
-            server,
-        } => sweep_command(&server.client(), reencrypt, scrub).await,
-        Command::Admin {
-            command: AdminCommand::Replay { server },
-        } => {
+        Command::Sweep { reencrypt, scrub, server } => sweep_command(&server.client(), reencrypt, scrub).await,
+        Command::Admin { command: AdminCommand::Replay { server } } => {
             let report = server.client().replay().await?;
             print_json(&report)?;
             anyhow::ensure!(report["equal"] == true, "replayed projections differ from the live state");

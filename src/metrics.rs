@@ -34,27 +34,83 @@ pub fn handle() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!("keyseal_records_ingested_total", Unit::Count, "Ingested messages by result: stored, duplicate, dead_lettered.");
+    describe_counter!(
+        "keyseal_records_ingested_total",
+        Unit::Count,
+        "Ingested messages by result: stored, duplicate, dead_lettered."
+    );
     describe_counter!("keyseal_dead_letters_total", Unit::Count, "Messages sent to keyseal.ingest.dead, by reason.");
-    describe_histogram!("keyseal_batch_commit_seconds", Unit::Seconds, "Time to validate, encrypt, durably write and ack one ingest batch.");
-    describe_gauge!("keyseal_ingest_paused", Unit::Count, "1 while consuming is paused because the store rejects writes.");
+    describe_histogram!(
+        "keyseal_batch_commit_seconds",
+        Unit::Seconds,
+        "Time to validate, encrypt, durably write and ack one ingest batch."
+    );
+    describe_gauge!(
+        "keyseal_ingest_paused",
+        Unit::Count,
+        "1 while consuming is paused because the store rejects writes."
+    );
     describe_counter!("keyseal_records_sealed_total", Unit::Count, "Records moved from hot to sealed.");
     describe_gauge!("keyseal_records", Unit::Count, "Records at rest, by tenant and layer (hot, sealed).");
-    describe_gauge!("keyseal_seal_lag_seconds", Unit::Seconds, "How far past --seal-after the oldest unsealed record is (0 when none is overdue).");
-    describe_counter!("keyseal_events_published_total", Unit::Count, "Domain events confirmed by the broker on keyseal.events.");
-    describe_gauge!("keyseal_outbox_lag_events", Unit::Count, "Events appended but not yet confirmed on keyseal.events.");
+    describe_gauge!(
+        "keyseal_seal_lag_seconds",
+        Unit::Seconds,
+        "How far past --seal-after the oldest unsealed record is (0 when none is overdue)."
+    );
+    describe_counter!(
+        "keyseal_events_published_total",
+        Unit::Count,
+        "Domain events confirmed by the broker on keyseal.events."
+    );
+    describe_gauge!(
+        "keyseal_outbox_lag_events",
+        Unit::Count,
+        "Events appended but not yet confirmed on keyseal.events."
+    );
     describe_counter!("keyseal_data_key_cache_total", Unit::Count, "Data-key lookups by result: hit, miss.");
     describe_counter!("keyseal_root_key_operations_total", Unit::Count, "Root-key wrap and unwrap operations.");
     describe_gauge!("keyseal_tenants", Unit::Count, "Tenants by lockdown state (active, degraded, locked_down).");
     describe_gauge!("keyseal_key_healthy", Unit::Count, "1 while a BYOK tenant's key is healthy, 0 while unavailable.");
-    describe_counter!("keyseal_vault_requests_total", Unit::Count, "Key Vault requests by operation and outcome (ok, throttled, unreachable, error).");
-    describe_counter!("keyseal_rewrap_data_keys_total", Unit::Count, "Sealed data keys wrapped anew under another root (key rolls, enable, disable).");
-    describe_gauge!("keyseal_rewrap_pending_data_keys", Unit::Count, "Sealed data keys of a tenant still to be rewrapped by the running rewrap.");
-    describe_counter!("keyseal_sweep_records_total", Unit::Count, "Records handled by maintenance sweeps, by sweep (reencrypt, scrub).");
-    describe_gauge!("keyseal_sweep_progress_ratio", Unit::Count, "Progress of the running maintenance sweep (0..1), by sweep; 1 when none runs.");
-    describe_counter!("keyseal_corrupt_records_total", Unit::Count, "Records a scrub found that do not decrypt and verify, by layer.");
-    describe_counter!("keyseal_data_keys_retired_total", Unit::Count, "Data keys deleted by the re-encryption sweep after their last record moved off them.");
-    describe_histogram!("keyseal_vault_request_seconds", Unit::Seconds, "Key Vault request latency, retries included, by operation.");
+    describe_counter!(
+        "keyseal_vault_requests_total",
+        Unit::Count,
+        "Key Vault requests by operation and outcome (ok, throttled, unreachable, error)."
+    );
+    describe_counter!(
+        "keyseal_rewrap_data_keys_total",
+        Unit::Count,
+        "Sealed data keys wrapped anew under another root (key rolls, enable, disable)."
+    );
+    describe_gauge!(
+        "keyseal_rewrap_pending_data_keys",
+        Unit::Count,
+        "Sealed data keys of a tenant still to be rewrapped by the running rewrap."
+    );
+    describe_counter!(
+        "keyseal_sweep_records_total",
+        Unit::Count,
+        "Records handled by maintenance sweeps, by sweep (reencrypt, scrub)."
+    );
+    describe_gauge!(
+        "keyseal_sweep_progress_ratio",
+        Unit::Count,
+        "Progress of the running maintenance sweep (0..1), by sweep; 1 when none runs."
+    );
+    describe_counter!(
+        "keyseal_corrupt_records_total",
+        Unit::Count,
+        "Records a scrub found that do not decrypt and verify, by layer."
+    );
+    describe_counter!(
+        "keyseal_data_keys_retired_total",
+        Unit::Count,
+        "Data keys deleted by the re-encryption sweep after their last record moved off them."
+    );
+    describe_histogram!(
+        "keyseal_vault_request_seconds",
+        Unit::Seconds,
+        "Key Vault request latency, retries included, by operation."
+    );
 }
 
 /// One ingest batch was made durable and acked.

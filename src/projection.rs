@@ -116,14 +116,7 @@ mod tests {
     fn stored_then_sealed_moves_counts() {
         let mut p = TenantProjection::default();
         apply(&mut p, &Kind::RecordsStored(RecordsStored { count: 5, bytes: 50 }), 1);
-        apply(
-            &mut p,
-            &Kind::RecordsSealed(RecordsSealed {
-                count: 3,
-                oldest_ingested_at_unix_ms: 0,
-            }),
-            2,
-        );
+        apply(&mut p, &Kind::RecordsSealed(RecordsSealed { count: 3, oldest_ingested_at_unix_ms: 0 }), 2);
         assert_eq!((p.hot_records, p.sealed_records), (2, 3));
     }
 }
@@ -138,7 +131,8 @@ mod encryption_tests {
         let mut p = TenantProjection::default();
         apply(&mut p, &Kind::EncryptionEnabled(EncryptionEnabled { key_uri: "u".into(), key_version: "v1".into() }), 1);
         assert_eq!((p.key_uri.as_str(), p.key_version.as_str(), p.rewrap_pending), ("u", "v1", true));
-        let to = |version: &str| Some(RootKeyRef { root: Some(Root::VaultKeyId(format!("https://v/keys/k/{version}"))) });
+        let to =
+            |version: &str| Some(RootKeyRef { root: Some(Root::VaultKeyId(format!("https://v/keys/k/{version}"))) });
         apply(&mut p, &Kind::RewrapProgress(RewrapProgress { rewrapped: 1, total: 2, target: to("v1") }), 2);
         assert!(p.rewrap_pending);
         apply(&mut p, &Kind::KeyRolled(KeyRolled { from_version: "v1".into(), to_version: "v2".into() }), 3);
@@ -158,11 +152,7 @@ mod lockdown_tests {
     use crate::proto::v1::{KeyHealth, TenantLockedDown, TenantRestored};
 
     fn health(status: Status, reason: &str) -> Kind {
-        Kind::KeyHealth(KeyHealth {
-            status: status as i32,
-            reason: reason.into(),
-            key_version: String::new(),
-        })
+        Kind::KeyHealth(KeyHealth { status: status as i32, reason: reason.into(), key_version: String::new() })
     }
 
     #[test]
@@ -171,12 +161,20 @@ mod lockdown_tests {
         apply(&mut p, &health(Status::Unavailable, "key_disabled"), 100);
         assert_eq!((p.state(), p.state_since_unix_ms, p.degraded_since_unix_ms), (TenantState::Degraded, 100, 100));
         apply(&mut p, &health(Status::Unavailable, "key_not_found"), 200);
-        assert_eq!((p.degraded_since_unix_ms, p.health_reason.as_str()), (100, "key_not_found"), "the grace does not restart");
+        assert_eq!(
+            (p.degraded_since_unix_ms, p.health_reason.as_str()),
+            (100, "key_not_found"),
+            "the grace does not restart"
+        );
         apply(&mut p, &health(Status::Healthy, ""), 300);
         assert_eq!((p.state(), p.degraded_since_unix_ms), (TenantState::Active, 0));
 
         apply(&mut p, &health(Status::Unavailable, "key_expired"), 400);
-        apply(&mut p, &Kind::TenantLockedDown(TenantLockedDown { reason: "key_expired".into(), degraded_since_unix_ms: 400 }), 500);
+        apply(
+            &mut p,
+            &Kind::TenantLockedDown(TenantLockedDown { reason: "key_expired".into(), degraded_since_unix_ms: 400 }),
+            500,
+        );
         assert_eq!((p.state(), p.state_since_unix_ms), (TenantState::LockedDown, 500));
         apply(&mut p, &health(Status::Healthy, ""), 600);
         assert_eq!(p.state(), TenantState::LockedDown, "only TenantRestored unlocks");

@@ -42,10 +42,7 @@ impl Publisher {
         let channel = connection.create_channel().await?;
         amqp::declare_topology(&channel).await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Self {
-            _connection: connection,
-            channel,
-        })
+        Ok(Self { _connection: connection, channel })
     }
 
     /// Publishes one encoded body with routing key `routing_key`; await the
@@ -56,14 +53,8 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<PublisherConfirm, PublishError> {
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..Default::default()
-        };
-        Ok(self
-            .channel
-            .basic_publish(INGEST_EXCHANGE.into(), routing_key.into(), options, body, properties)
-            .await?)
+        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        Ok(self.channel.basic_publish(INGEST_EXCHANGE.into(), routing_key.into(), options, body, properties).await?)
     }
 
     /// Publishes records in windows of `window`, waiting for each window's
@@ -73,10 +64,7 @@ impl Publisher {
         for chunk in records.chunks(window.max(1)) {
             let mut pending = Vec::with_capacity(chunk.len());
             for record in chunk {
-                pending.push(
-                    self.publish_raw(&record.tenant_id, &record.encode_to_vec(), record_properties())
-                        .await?,
-                );
+                pending.push(self.publish_raw(&record.tenant_id, &record.encode_to_vec(), record_properties()).await?);
             }
             for confirm in pending {
                 // An ack that carries a returned message means "unroutable".
@@ -112,9 +100,7 @@ impl Publisher {
 
 /// Properties of an `IngestRecord` message: persistent protobuf.
 pub fn record_properties() -> BasicProperties {
-    BasicProperties::default()
-        .with_content_type(PROTOBUF_CONTENT_TYPE.into())
-        .with_delivery_mode(2)
+    BasicProperties::default().with_content_type(PROTOBUF_CONTENT_TYPE.into()).with_delivery_mode(2)
 }
 
 /// Synthetic records `{prefix}{i}` for `tenant`, each with `size` payload bytes.

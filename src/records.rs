@@ -64,10 +64,7 @@ pub async fn store_batch(
             })
         })
         .collect();
-    let record_keys: Vec<Vec<u8>> = records
-        .iter()
-        .map(|r| keys::record_key(&r.tenant_id, &r.record_id))
-        .collect();
+    let record_keys: Vec<Vec<u8>> = records.iter().map(|r| keys::record_key(&r.tenant_id, &r.record_id)).collect();
     let existing = store.find_records(&record_keys)?;
 
     let mut outcomes = Vec::with_capacity(records.len());
@@ -83,9 +80,7 @@ pub async fn store_batch(
                 first_in_batch.insert(&record_keys[i], i);
                 Outcome::Stored
             }
-            Some(Some(earlier)) if bool::from(earlier.as_slice().ct_eq(contents[i].as_slice())) => {
-                Outcome::Duplicate
-            }
+            Some(Some(earlier)) if bool::from(earlier.as_slice().ct_eq(contents[i].as_slice())) => Outcome::Duplicate,
             Some(_) => Outcome::Conflict,
         });
     }
@@ -105,24 +100,14 @@ pub async fn store_batch(
     for (tenant, indexes) in &per_tenant {
         let mut bytes = 0u64;
         for &i in indexes {
-            let identity = RecordIdentity {
-                tenant,
-                record_id: &records[i].record_id,
-                layer: Layer::Hot,
-            };
+            let identity = RecordIdentity { tenant, record_id: &records[i].record_id, layer: Layer::Hot };
             let lease = keys.next(tenant).await?;
             let envelope = identity.seal(&lease.id, &lease.key, &contents[i], now_ms);
             txn.put_record(Layer::Hot, &record_keys[i], &envelope);
             txn.put_index(&keys::index_key(now_ms, &record_keys[i]));
             bytes += payload_lengths[i];
         }
-        txn.event(
-            tenant,
-            Kind::RecordsStored(RecordsStored {
-                count: indexes.len() as u32,
-                bytes,
-            }),
-        );
+        txn.event(tenant, Kind::RecordsStored(RecordsStored { count: indexes.len() as u32, bytes }));
     }
     txn.commit_unsynced(now_ms)?;
     Ok(outcomes)
@@ -136,11 +121,7 @@ async fn stored_content(
     located: &Located,
 ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, RecordError> {
     let key = keyring.key(&located.record.data_key_id).await?;
-    let identity = RecordIdentity {
-        tenant: &record.tenant_id,
-        record_id: &record.record_id,
-        layer: located.layer,
-    };
+    let identity = RecordIdentity { tenant: &record.tenant_id, record_id: &record.record_id, layer: located.layer };
     match identity.open(&key, &located.record) {
         Ok(content) => Ok(Some(content)),
         Err(CryptoError::Integrity { .. }) => Ok(None),
@@ -159,11 +140,7 @@ pub async fn read(
         return Ok(None);
     };
     let key = keyring.key(&located.record.data_key_id).await?;
-    let identity = RecordIdentity {
-        tenant,
-        record_id,
-        layer: located.layer,
-    };
+    let identity = RecordIdentity { tenant, record_id, layer: located.layer };
     let content = identity.open(&key, &located.record)?;
     Ok(Some((located.layer, decode_content(&content)?)))
 }

@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tracing::error;
 
+use crate::clock::Clock;
 use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::data_key::DataKey;
 use crate::crypto::envelope::RecordIdentity;
-use crate::clock::Clock;
 use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::proto::v1::{Layer, RecordsSealed, event::Kind};
 use crate::records::RecordError;
@@ -131,11 +131,7 @@ async fn seal_batch(
                 Err(e) => Err(e),
             },
         };
-        let identity = RecordIdentity {
-            tenant,
-            record_id,
-            layer: Layer::Hot,
-        };
+        let identity = RecordIdentity { tenant, record_id, layer: Layer::Hot };
         let Some(content) = hot_key.ok().and_then(|key| identity.open(&key, &located.record).ok()) else {
             // One damaged record must not stop sealing for everyone: it
             // stays in `hot`, untouched, for the scrub to report.
@@ -145,12 +141,12 @@ async fn seal_batch(
         };
         txn.delete_index(index_key);
         let lease = sealed_keys.next(tenant).await?;
-        let sealed = RecordIdentity {
-            tenant,
-            record_id,
-            layer: Layer::Sealed,
-        }
-        .seal(&lease.id, &lease.key, &content, located.record.ingested_at_unix_ms);
+        let sealed = RecordIdentity { tenant, record_id, layer: Layer::Sealed }.seal(
+            &lease.id,
+            &lease.key,
+            &content,
+            located.record.ingested_at_unix_ms,
+        );
         txn.put_record(Layer::Sealed, record_key, &sealed);
         txn.delete_record(Layer::Hot, record_key);
         let entry = per_tenant.entry(tenant.to_owned()).or_insert((0, *ingested_at));
@@ -158,13 +154,7 @@ async fn seal_batch(
         entry.1 = entry.1.min(*ingested_at);
     }
     for (tenant, (count, oldest)) in per_tenant {
-        txn.event(
-            &tenant,
-            Kind::RecordsSealed(RecordsSealed {
-                count,
-                oldest_ingested_at_unix_ms: oldest,
-            }),
-        );
+        txn.event(&tenant, Kind::RecordsSealed(RecordsSealed { count, oldest_ingested_at_unix_ms: oldest }));
         summary.sealed += u64::from(count);
         *summary.tenants.entry(tenant).or_default() += u64::from(count);
     }

@@ -198,7 +198,9 @@ fn write_summary(out: &mut String, s: &Snapshot) -> fmt::Result {
 fn write_tenants(out: &mut String, tenants: &[TenantRow]) -> fmt::Result {
     out.push_str("<section aria-labelledby=\"tenants\">\n<h2 id=\"tenants\">Tenants</h2>\n");
     if tenants.is_empty() {
-        out.push_str("<p class=\"empty\">No tenants yet: a tenant appears with its first record or key.</p>\n</section>\n");
+        out.push_str(
+            "<p class=\"empty\">No tenants yet: a tenant appears with its first record or key.</p>\n</section>\n",
+        );
         return Ok(());
     }
     out.push_str(
@@ -233,7 +235,11 @@ fn write_tenant(out: &mut String, row: &TenantRow) -> fmt::Result {
     if p.key_uri.is_empty() {
         out.push_str("</td>\n<td>managed key</td>\n");
     } else {
-        write!(out, "</td>\n<td>customer key<br><small>version <code>{}</code></small></td>\n", Escaped(&p.key_version))?;
+        write!(
+            out,
+            "</td>\n<td>customer key<br><small>version <code>{}</code></small></td>\n",
+            Escaped(&p.key_version)
+        )?;
     }
     let health = &row.health;
     write!(out, "<td><span class=\"health-{status}\">{status}</span>", status = health.status())?;
@@ -323,12 +329,7 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(50 * 60);
 
     fn row(tenant: &str, projection: TenantProjection, seal_lag: Option<Duration>) -> TenantRow {
-        TenantRow {
-            health: KeyHealthView::of(&projection, GRACE),
-            tenant: tenant.into(),
-            projection,
-            seal_lag,
-        }
+        TenantRow { health: KeyHealthView::of(&projection, GRACE), tenant: tenant.into(), projection, seal_lag }
     }
 
     fn page(tenants: Vec<TenantRow>) -> String {

@@ -19,19 +19,19 @@ use crate::config::Settings;
 use crate::crypto::keyring::Keyring;
 use crate::crypto::root_key::ManagedRootKeys;
 use crate::encryption;
-use crate::keyvault::{Vault, credential};
 use crate::events::outbox;
 use crate::health::prober::{self, ProbeTimes};
-use crate::proto::store::TenantState;
 use crate::ingest::consumer;
+use crate::keyvault::{Vault, credential};
 use crate::metrics as m;
+use crate::projection;
+use crate::proto::store::TenantState;
 use crate::records::RecordError;
 use crate::sealing::{self, SealSummary};
+use crate::storage::{Store, StoreError};
 use crate::sweeps::reencrypt::{self, ReencryptSummary};
 use crate::sweeps::scrub::{self, ScrubSummary};
 use crate::sweeps::{self, Pacer, SweepKind};
-use crate::projection;
-use crate::storage::{Store, StoreError};
 
 /// Everything a shard's tasks share.
 pub struct Services {
@@ -189,9 +189,10 @@ impl Services {
             let count = tenants.iter().filter(|(_, p)| p.state() == state).count();
             m::tenants_in_state(state_name(state), count);
         }
-        let lag = self.store.oldest_hot_ingested_at()?.map_or(Duration::ZERO, |oldest| {
-            sealing::seal_lag(self.clock.now_ms(), self.settings.seal_after, oldest)
-        });
+        let lag = self
+            .store
+            .oldest_hot_ingested_at()?
+            .map_or(Duration::ZERO, |oldest| sealing::seal_lag(self.clock.now_ms(), self.settings.seal_after, oldest));
         m::seal_lag(lag.as_secs_f64());
         Ok(())
     }
@@ -252,12 +253,7 @@ impl Worker {
                 error!(error = %e, "admin API stopped");
             }
         });
-        Ok(Self {
-            services,
-            http_addr,
-            shutdown,
-            tasks,
-        })
+        Ok(Self { services, http_addr, shutdown, tasks })
     }
 
     /// Runs until Ctrl-C or SIGTERM, then stops cleanly.

@@ -39,7 +39,8 @@ async fn worker_recovers_from_a_broker_restart_without_losing_records() {
     let vhost = Vhost::new("restart");
     let dir = tempfile::tempdir().unwrap();
     // Small batches so the restart lands mid-consumption.
-    let worker = start_worker(&vhost, dir.path(), Arc::new(SystemClock), &["--batch-size", "5", "--prefetch", "10"]).await;
+    let worker =
+        start_worker(&vhost, dir.path(), Arc::new(SystemClock), &["--batch-size", "5", "--prefetch", "10"]).await;
     let base = base_url(&worker);
     let before = synthetic("bounce", "b-", TOTAL as usize, 256, 1);
     publish_confirmed(&vhost, &before).await;

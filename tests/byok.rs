@@ -242,9 +242,7 @@ async fn the_latest_enabled_version_is_used_whatever_the_uri_names() {
     let older = s.rsa_key("k").await;
     let newest = s.rsa_key("k").await;
     assert_ne!(older, newest);
-    s.vault
-        .ok(Method::PATCH, &format!("/keys/k/{newest}"), Some(json!({"attributes": {"enabled": false}})))
-        .await;
+    s.vault.ok(Method::PATCH, &format!("/keys/k/{newest}"), Some(json!({"attributes": {"enabled": false}}))).await;
     let named = format!("{}/{newest}", s.vault.key_uri("k"));
     let (status, body) = s.enable("acme", &named).await;
     assert_eq!(status, 200, "{body}");

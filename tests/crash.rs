@@ -38,12 +38,8 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
     assert!((at_kill as usize) < TOTAL, "killed before the stream ended ({at_kill} stored)");
 
     let second_half = publisher.publish_all(&records[TOTAL / 2..], 1000).await.unwrap();
-    let confirmed: Vec<usize> = first_half
-        .iter()
-        .chain(&second_half)
-        .enumerate()
-        .filter_map(|(i, ok)| ok.then_some(i))
-        .collect();
+    let confirmed: Vec<usize> =
+        first_half.iter().chain(&second_half).enumerate().filter_map(|(i, ok)| ok.then_some(i)).collect();
     assert_eq!(confirmed.len(), TOTAL, "the broker confirmed every record");
 
     let mut child = spawn_worker(&vhost, dir.path(), port, &SMALL_BATCHES);

@@ -91,7 +91,8 @@ async fn the_demo_tells_the_whole_story_and_exits_0_within_two_minutes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_rabbitmq_the_demo_says_how_to_start_it_and_fails() {
-    let (output, took) = demo(&["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f", "--http-addr", "127.0.0.1:0"]).await;
+    let (output, took) =
+        demo(&["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f", "--http-addr", "127.0.0.1:0"]).await;
     let said = format!("{}{}", text(&output.stdout), text(&output.stderr));
     assert!(!output.status.success(), "{said}");
     assert!(said.contains("RabbitMQ is not reachable at amqp://guest:***@127.0.0.1:1/%2f"), "{said}");

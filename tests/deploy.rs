@@ -50,16 +50,11 @@ fn dashboard() -> Json {
 const SERVICES: [&str; 5] = ["rabbitmq", "keyvault-emulator", "worker", "prometheus", "grafana"];
 
 fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
-    compose["services"]
-        .get(name)
-        .unwrap_or_else(|| panic!("docker-compose.yml has no service `{name}`"))
+    compose["services"].get(name).unwrap_or_else(|| panic!("docker-compose.yml has no service `{name}`"))
 }
 
 fn str_list(value: &Yaml) -> Vec<String> {
-    value
-        .as_sequence()
-        .map(|items| items.iter().map(scalar).collect())
-        .unwrap_or_default()
+    value.as_sequence().map(|items| items.iter().map(scalar).collect()).unwrap_or_default()
 }
 
 /// A YAML scalar as text (ports and numbers may be written unquoted).
@@ -76,10 +71,9 @@ fn scalar(value: &Yaml) -> String {
 fn environment(service: &Yaml) -> BTreeMap<String, String> {
     match &service["environment"] {
         Yaml::Null => BTreeMap::new(),
-        Yaml::Mapping(map) => map
-            .iter()
-            .map(|(k, v)| (scalar(k), if v.is_null() { String::new() } else { scalar(v) }))
-            .collect(),
+        Yaml::Mapping(map) => {
+            map.iter().map(|(k, v)| (scalar(k), if v.is_null() { String::new() } else { scalar(v) })).collect()
+        }
         Yaml::Sequence(items) => items
             .iter()
             .map(|item| {
@@ -173,8 +167,7 @@ fn long_flags(help: &str) -> BTreeSet<String> {
             let trimmed = line.trim_start();
             let indent = line.len() - trimmed.len();
             let flag = trimmed.strip_prefix("-h, ").unwrap_or(trimmed);
-            (indent <= 6 && flag.starts_with("--"))
-                .then(|| flag.split([' ', '=', ',']).next().unwrap().to_owned())
+            (indent <= 6 && flag.starts_with("--")).then(|| flag.split([' ', '=', ',']).next().unwrap().to_owned())
         })
         .collect()
 }
@@ -213,10 +206,8 @@ fn compose_has_the_five_services_with_ports_healthchecks_and_restart_policies() 
         }
     }
 
-    let declared_volumes: BTreeSet<String> = compose["volumes"]
-        .as_mapping()
-        .map(|m| m.keys().map(scalar).collect())
-        .unwrap_or_default();
+    let declared_volumes: BTreeSet<String> =
+        compose["volumes"].as_mapping().map(|m| m.keys().map(scalar).collect()).unwrap_or_default();
     for name in SERVICES {
         let svc = service(&compose, name);
         let test = str_list(&svc["healthcheck"]["test"]);
@@ -310,7 +301,10 @@ fn compose_keyseal_variables_are_settings_the_binary_has() {
 
     let emulator = environment(service(&compose, "keyvault-emulator"));
     for name in emulator.keys().filter(|n| n.starts_with("KEYSEAL_")) {
-        assert!(emulator_env.contains(name), "{name} is not a setting of `keyseal keyvault-emulator` ({emulator_env:?})");
+        assert!(
+            emulator_env.contains(name),
+            "{name} is not a setting of `keyseal keyvault-emulator` ({emulator_env:?})"
+        );
     }
 }
 
@@ -506,10 +500,7 @@ fn dockerfile_is_multi_stage_builds_locked_and_runs_unprivileged() {
     for package in ["clang", "libclang-dev"] {
         assert!(build_packages.contains(package), "the builder installs {package}: {build_packages:?}");
     }
-    let build = builder
-        .all("RUN")
-        .find(|r| r.contains("cargo build"))
-        .expect("the builder runs cargo build");
+    let build = builder.all("RUN").find(|r| r.contains("cargo build")).expect("the builder runs cargo build");
     let words: Vec<&str> = build.split_whitespace().collect();
     for flag in ["--release", "--locked"] {
         assert!(words.contains(&flag), "cargo build {flag}: {build}");
@@ -636,10 +627,8 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             }
             let word = &expr[at..end];
             if word.starts_with("keyseal_") {
-                let base = ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|suffix| word.strip_suffix(suffix))
-                    .unwrap_or(word);
+                let base =
+                    ["_bucket", "_sum", "_count"].iter().find_map(|suffix| word.strip_suffix(suffix)).unwrap_or(word);
                 names.insert(base.to_owned());
             }
         }
@@ -736,10 +725,8 @@ fn dashboard_covers_the_worker_and_uses_the_provisioned_datasource() {
         "compose mounts ./dashboards at {path}: {grafana:?}"
     );
     assert!(
-        grafana
-            .iter()
-            .any(|(source, target, _)| source.trim_end_matches('/') == "./deploy/grafana/provisioning"
-                && target == "/etc/grafana/provisioning"),
+        grafana.iter().any(|(source, target, _)| source.trim_end_matches('/') == "./deploy/grafana/provisioning"
+            && target == "/etc/grafana/provisioning"),
         "compose mounts the provisioning dir: {grafana:?}"
     );
     let env = environment(service(&compose(), "grafana"));
@@ -767,9 +754,7 @@ async fn dashboard_queries_only_metrics_a_running_worker_exports() {
     let http = reqwest::Client::new();
 
     // A customer key, so the vault is called (get_key, wrapkey, unwrapkey).
-    vault
-        .create("deploy-key", json!({"kty": "RSA", "key_size": 2048, "key_ops": ["wrapKey", "unwrapKey"]}))
-        .await;
+    vault.create("deploy-key", json!({"kty": "RSA", "key_size": 2048, "key_ops": ["wrapKey", "unwrapKey"]})).await;
     let response = http
         .put(format!("{base}/v1/tenants/acme/encryption"))
         .json(&json!({"keyUri": vault.key_uri("deploy-key")}))
@@ -842,19 +827,16 @@ fn prometheus_scrapes_the_worker() {
     // The dashboard's worker variable selects this job.
     let job_name = job["job_name"].as_str().expect("job_name");
     let selector = format!("job=\"{job_name}\"");
-    assert!(
-        dashboard_queries(&dashboard()).iter().any(|q| q.contains(&selector)),
-        "the dashboard selects {selector}"
-    );
+    assert!(dashboard_queries(&dashboard()).iter().any(|q| q.contains(&selector)), "the dashboard selects {selector}");
 
     // compose: `worker` is the service, Prometheus reads this file.
     let compose = compose();
     assert_eq!(port_of(&environment(service(&compose, "worker"))["KEYSEAL_HTTP_ADDR"]), 8080);
     let mounted = mounts(service(&compose, "prometheus"));
     assert!(
-        mounted
-            .iter()
-            .any(|(source, target, _)| source == "./deploy/prometheus.yml" && target == "/etc/prometheus/prometheus.yml"),
+        mounted.iter().any(
+            |(source, target, _)| source == "./deploy/prometheus.yml" && target == "/etc/prometheus/prometheus.yml"
+        ),
         "compose mounts deploy/prometheus.yml: {mounted:?}"
     );
 }

@@ -29,25 +29,14 @@ async fn requests_without_the_token_get_key_vaults_bearer_challenge() {
         }
         let response = request.send().await.expect("request");
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            response.headers()["www-authenticate"]
-                .to_str()
-                .expect("ascii"),
-            CHALLENGE
-        );
+        assert_eq!(response.headers()["www-authenticate"].to_str().expect("ascii"), CHALLENGE);
         let body: Value = response.json().await.expect("JSON error body");
         assert_eq!(error_code(&body).0, "Unauthorized");
     }
 
     // The challenge comes before any look at the body, as SDKs need.
-    let response = vault
-        .admin
-        .http()
-        .post(vault.url("/keys/k1/create"))
-        .body("not json")
-        .send()
-        .await
-        .expect("request");
+    let response =
+        vault.admin.http().post(vault.url("/keys/k1/create")).body("not json").send().await.expect("request");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 
     // With the token, a missing api-version is a bad request.
@@ -55,10 +44,7 @@ async fn requests_without_the_token_get_key_vaults_bearer_challenge() {
     let (status, body) = vault.send(Method::GET, &no_version, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error_code(&body).0, "BadParameter");
-    assert!(
-        vault.emulator.calls().is_empty(),
-        "refused requests are not operations"
-    );
+    assert!(vault.emulator.calls().is_empty(), "refused requests are not operations");
     vault.emulator.shutdown().await;
 }
 
@@ -69,17 +55,7 @@ async fn wrap_and_unwrap_round_trip_with_rsa_oaep_256_and_rsa_oaep() {
     let created = vault.create_rsa("tenant-a").await;
 
     assert_eq!(created["key"]["kty"], "RSA");
-    assert_eq!(
-        created["key"]["key_ops"],
-        json!([
-            "encrypt",
-            "decrypt",
-            "sign",
-            "verify",
-            "wrapKey",
-            "unwrapKey"
-        ])
-    );
+    assert_eq!(created["key"]["key_ops"], json!(["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]));
     assert_eq!(created["key"]["e"], "AQAB");
     assert_eq!(decode(&created["key"]["n"]).len(), 256);
     let attributes = &created["attributes"];
@@ -106,16 +82,9 @@ async fn wrap_and_unwrap_round_trip_with_rsa_oaep_256_and_rsa_oaep() {
         assert_eq!(decode(&unwrapped["value"]), data_key, "{alg}");
     }
     // The two algorithms are really different.
-    let (_, sha256_wrapped) = vault
-        .wrap("tenant-a", &version, "RSA-OAEP-256", &data_key)
-        .await;
-    let (status, body) = vault
-        .unwrap("tenant-a", &version, "RSA-OAEP", &sha256_wrapped)
-        .await;
-    assert_eq!(
-        (status, error_code(&body).0),
-        (StatusCode::BAD_REQUEST, "BadParameter")
-    );
+    let (_, sha256_wrapped) = vault.wrap("tenant-a", &version, "RSA-OAEP-256", &data_key).await;
+    let (status, body) = vault.unwrap("tenant-a", &version, "RSA-OAEP", &sha256_wrapped).await;
+    assert_eq!((status, error_code(&body).0), (StatusCode::BAD_REQUEST, "BadParameter"));
 
     let calls = vault.emulator.calls();
     assert_eq!(calls.get("create_key"), Some(&1));
@@ -134,20 +103,14 @@ async fn a_key_wrapped_locally_with_the_public_jwk_unwraps_in_the_vault() {
 
     let n = decode(&key["key"]["n"]);
     let e = decode(&key["key"]["e"]);
-    let public = rsa::PublicKey::new(
-        rsa::BoxedUint::from_be_slice_vartime(&n),
-        rsa::BoxedUint::from_be_slice_vartime(&e),
-    )
-    .expect("JWK n/e form an RSA public key");
+    let public =
+        rsa::PublicKey::new(rsa::BoxedUint::from_be_slice_vartime(&n), rsa::BoxedUint::from_be_slice_vartime(&e))
+            .expect("JWK n/e form an RSA public key");
     let data_key = [0x17u8; 32];
-    let wrapped = public
-        .oaep_encrypt::<Sha256>(&data_key)
-        .expect("local wrap");
+    let wrapped = public.oaep_encrypt::<Sha256>(&data_key).expect("local wrap");
 
     let body = json!({"alg": "RSA-OAEP-256", "value": URL_SAFE_NO_PAD.encode(&wrapped)});
-    let unwrapped = vault
-        .ok(Method::POST, "/keys/local-wrap//unwrapkey", Some(body))
-        .await;
+    let unwrapped = vault.ok(Method::POST, "/keys/local-wrap//unwrapkey", Some(body)).await;
     assert_eq!(decode(&unwrapped["value"]), data_key);
     assert_eq!(vault.emulator.calls().get("wrapkey"), None);
     vault.emulator.shutdown().await;
@@ -163,32 +126,21 @@ async fn rotation_makes_a_new_latest_version_and_old_versions_still_unwrap() {
     let (_, wrapped_by_v1) = vault.wrap("rolling", "", "RSA-OAEP-256", &data_key).await;
 
     let rotated = vault.ok(Method::POST, "/keys/rolling/rotate", None).await;
-    let v2 = assert_kid(
-        &rotated["key"]["kid"],
-        &vault.emulator.vault_url(),
-        "rolling",
-    );
+    let v2 = assert_kid(&rotated["key"]["kid"], &vault.emulator.vault_url(), "rolling");
     assert_ne!(v1, v2);
-    assert_ne!(
-        rotated["key"]["n"], first["key"]["n"],
-        "rotation makes new key material"
-    );
+    assert_ne!(rotated["key"]["n"], first["key"]["n"], "rotation makes new key material");
     assert_eq!(rotated["key"]["key_ops"], first["key"]["key_ops"]);
     let latest = vault.ok(Method::GET, "/keys/rolling/", None).await;
     assert_eq!(version_of(&latest), v2);
 
-    let (status, unwrapped) = vault
-        .unwrap("rolling", &v1, "RSA-OAEP-256", &wrapped_by_v1)
-        .await;
+    let (status, unwrapped) = vault.unwrap("rolling", &v1, "RSA-OAEP-256", &wrapped_by_v1).await;
     assert_eq!(status, StatusCode::OK, "{unwrapped}");
     assert_eq!(decode(&unwrapped["value"]), data_key);
     let (_, wrapped_latest) = vault.wrap("rolling", "", "RSA-OAEP-256", &data_key).await;
     assert_eq!(wrapped_latest["kid"], rotated["key"]["kid"]);
 
     // Both versions listed, one per page with maxresults=1.
-    let page = vault
-        .ok(Method::GET, "/keys/rolling/versions?maxresults=1", None)
-        .await;
+    let page = vault.ok(Method::GET, "/keys/rolling/versions?maxresults=1", None).await;
     assert_eq!(page["value"].as_array().expect("value").len(), 1);
     let next = page["nextLink"].as_str().expect("a second page").to_owned();
     let (status, second) = vault.send(Method::GET, &next, None).await;
@@ -196,24 +148,13 @@ async fn rotation_makes_a_new_latest_version_and_old_versions_still_unwrap() {
     assert!(second["nextLink"].is_null());
     let versions: Vec<String> = [&page, &second]
         .iter()
-        .map(|p| {
-            p["value"][0]["kid"]
-                .as_str()
-                .expect("kid")
-                .rsplit('/')
-                .next()
-                .expect("v")
-                .to_owned()
-        })
+        .map(|p| p["value"][0]["kid"].as_str().expect("kid").rsplit('/').next().expect("v").to_owned())
         .collect();
     assert_eq!(versions, [v1, v2]);
     assert_eq!(second["value"][0]["attributes"]["enabled"], true);
 
     let keys = vault.ok(Method::GET, "/keys", None).await;
-    assert_eq!(
-        keys["value"][0]["kid"],
-        format!("{}/keys/rolling", vault.emulator.vault_url())
-    );
+    assert_eq!(keys["value"][0]["kid"], format!("{}/keys/rolling", vault.emulator.vault_url()));
     vault.emulator.shutdown().await;
 }
 
@@ -226,9 +167,7 @@ async fn attribute_rules_refuse_crypto_with_key_vaults_errors() {
     let (_, wrapped) = vault.wrap("rules", "", "RSA-OAEP-256", &data_key).await;
 
     // Disabled: readable, but no operation at all.
-    let disabled = vault
-        .patch("rules", json!({"attributes": {"enabled": false}}))
-        .await;
+    let disabled = vault.patch("rules", json!({"attributes": {"enabled": false}})).await;
     assert_eq!(disabled["attributes"]["enabled"], false);
     let (status, body) = vault.wrap("rules", "", "RSA-OAEP-256", &data_key).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -237,29 +176,20 @@ async fn attribute_rules_refuse_crypto_with_key_vaults_errors() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     let read = vault.ok(Method::GET, "/keys/rules/", None).await;
     assert_eq!(read["attributes"]["enabled"], false);
-    vault
-        .patch("rules", json!({"attributes": {"enabled": true}}))
-        .await;
+    vault.patch("rules", json!({"attributes": {"enabled": true}})).await;
 
     // key_ops without unwrapKey: unwrap refused, wrap still fine.
     let narrowed = vault.patch("rules", json!({"key_ops": ["wrapKey"]})).await;
     assert_eq!(narrowed["key"]["key_ops"], json!(["wrapKey"]));
     let (status, body) = vault.unwrap("rules", "", "RSA-OAEP-256", &wrapped).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(
-        error_code(&body),
-        ("Forbidden", Some("KeyOperationForbidden"))
-    );
+    assert_eq!(error_code(&body), ("Forbidden", Some("KeyOperationForbidden")));
     let (status, _) = vault.wrap("rules", "", "RSA-OAEP-256", &data_key).await;
     assert_eq!(status, StatusCode::OK);
-    vault
-        .patch("rules", json!({"key_ops": ["wrapKey", "unwrapKey"]}))
-        .await;
+    vault.patch("rules", json!({"key_ops": ["wrapKey", "unwrapKey"]})).await;
 
     // Expired: no new wraps, but existing data stays readable.
-    let expired = vault
-        .patch("rules", json!({"attributes": {"exp": now() - 60}}))
-        .await;
+    let expired = vault.patch("rules", json!({"attributes": {"exp": now() - 60}})).await;
     assert!(expired["attributes"]["exp"].is_i64());
     let (status, body) = vault.wrap("rules", "", "RSA-OAEP-256", &data_key).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -269,50 +199,26 @@ async fn attribute_rules_refuse_crypto_with_key_vaults_errors() {
 
     // Not yet valid.
     vault
-        .ok(
-            Method::POST,
-            "/keys/future/create",
-            Some(json!({"kty": "RSA", "attributes": {"nbf": now() + 3600}})),
-        )
+        .ok(Method::POST, "/keys/future/create", Some(json!({"kty": "RSA", "attributes": {"nbf": now() + 3600}})))
         .await;
     let (status, body) = vault.wrap("future", "", "RSA-OAEP-256", &data_key).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(error_code(&body), ("Forbidden", Some("KeyNotYetValid")));
 
     // Unknown keys and versions.
-    for path in [
-        "/keys/missing/",
-        "/keys/rules/00000000000000000000000000000000",
-    ] {
+    for path in ["/keys/missing/", "/keys/rules/00000000000000000000000000000000"] {
         let (status, body) = vault.call(Method::GET, path, None).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(error_code(&body).0, "KeyNotFound");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .expect("message")
-                .contains("was not found")
-        );
+        assert!(body["error"]["message"].as_str().expect("message").contains("was not found"));
     }
     let (status, body) = vault.wrap("missing", "", "RSA-OAEP-256", &data_key).await;
-    assert_eq!(
-        (status, error_code(&body).0),
-        (StatusCode::NOT_FOUND, "KeyNotFound")
-    );
+    assert_eq!((status, error_code(&body).0), (StatusCode::NOT_FOUND, "KeyNotFound"));
 
     // Malformed requests are 400 BadParameter.
     let (status, body) = vault.wrap("rules", "", "RSA1_5", &data_key).await;
-    assert_eq!(
-        (status, error_code(&body).0),
-        (StatusCode::BAD_REQUEST, "BadParameter")
-    );
-    let (status, _) = vault
-        .call(
-            Method::POST,
-            "/keys/odd/create",
-            Some(json!({"kty": "RSA", "key_size": 1024})),
-        )
-        .await;
+    assert_eq!((status, error_code(&body).0), (StatusCode::BAD_REQUEST, "BadParameter"));
+    let (status, _) = vault.call(Method::POST, "/keys/odd/create", Some(json!({"kty": "RSA", "key_size": 1024}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     vault.emulator.shutdown().await;
 }
@@ -321,13 +227,7 @@ async fn attribute_rules_refuse_crypto_with_key_vaults_errors() {
 async fn ec_keys_can_be_created_to_test_unsupported_key_types() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault = Vault::start(args(dir.path(), RecoveryLevel::Recoverable)).await;
-    let key = vault
-        .ok(
-            Method::POST,
-            "/keys/ec/create",
-            Some(json!({"kty": "EC", "crv": "P-256"})),
-        )
-        .await;
+    let key = vault.ok(Method::POST, "/keys/ec/create", Some(json!({"kty": "EC", "crv": "P-256"}))).await;
     assert_eq!(key["key"]["kty"], "EC");
     assert_eq!(key["key"]["crv"], "P-256");
     assert_eq!(decode(&key["key"]["x"]).len(), 32);
@@ -346,24 +246,13 @@ async fn soft_delete_recover_and_purge_protection_under_recoverable() {
     let vault_url = vault.emulator.vault_url();
 
     let deleted = vault.ok(Method::DELETE, "/keys/doomed", None).await;
-    assert_eq!(
-        deleted["recoveryId"],
-        format!("{vault_url}/deletedkeys/doomed")
-    );
+    assert_eq!(deleted["recoveryId"], format!("{vault_url}/deletedkeys/doomed"));
     let deleted_date = deleted["deletedDate"].as_i64().expect("deletedDate");
-    assert_eq!(
-        deleted["scheduledPurgeDate"]
-            .as_i64()
-            .expect("scheduledPurgeDate"),
-        deleted_date + 90 * 86_400
-    );
+    assert_eq!(deleted["scheduledPurgeDate"].as_i64().expect("scheduledPurgeDate"), deleted_date + 90 * 86_400);
     assert_eq!(deleted["key"]["kid"], created["key"]["kid"]);
 
     let (status, body) = vault.call(Method::GET, "/keys/doomed/", None).await;
-    assert_eq!(
-        (status, error_code(&body).0),
-        (StatusCode::NOT_FOUND, "KeyNotFound")
-    );
+    assert_eq!((status, error_code(&body).0), (StatusCode::NOT_FOUND, "KeyNotFound"));
     let (status, _) = vault.wrap("doomed", "", "RSA-OAEP-256", &[0u8; 32]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let listed = vault.ok(Method::GET, "/keys", None).await;
@@ -372,36 +261,17 @@ async fn soft_delete_recover_and_purge_protection_under_recoverable() {
     let fetched = vault.ok(Method::GET, "/deletedkeys/doomed", None).await;
     assert_eq!(fetched["recoveryId"], deleted["recoveryId"]);
     let deleted_list = vault.ok(Method::GET, "/deletedkeys", None).await;
-    assert_eq!(
-        deleted_list["value"][0]["recoveryId"],
-        deleted["recoveryId"]
-    );
-    let (status, body) = vault
-        .call(
-            Method::POST,
-            "/keys/doomed/create",
-            Some(json!({"kty": "RSA"})),
-        )
-        .await;
-    assert_eq!(
-        (status, error_code(&body).0),
-        (StatusCode::CONFLICT, "Conflict")
-    );
+    assert_eq!(deleted_list["value"][0]["recoveryId"], deleted["recoveryId"]);
+    let (status, body) = vault.call(Method::POST, "/keys/doomed/create", Some(json!({"kty": "RSA"}))).await;
+    assert_eq!((status, error_code(&body).0), (StatusCode::CONFLICT, "Conflict"));
 
-    let recovered = vault
-        .ok(Method::POST, "/deletedkeys/doomed/recover", None)
-        .await;
+    let recovered = vault.ok(Method::POST, "/deletedkeys/doomed/recover", None).await;
     assert_eq!(recovered["key"]["kid"], created["key"]["kid"]);
     vault.ok(Method::GET, "/keys/doomed/", None).await;
 
     vault.ok(Method::DELETE, "/keys/doomed", None).await;
-    let (status, body) = vault
-        .call(Method::DELETE, "/deletedkeys/doomed", None)
-        .await;
-    assert_eq!(
-        (status, error_code(&body).0),
-        (StatusCode::FORBIDDEN, "Forbidden")
-    );
+    let (status, body) = vault.call(Method::DELETE, "/deletedkeys/doomed", None).await;
+    assert_eq!((status, error_code(&body).0), (StatusCode::FORBIDDEN, "Forbidden"));
     vault.ok(Method::GET, "/deletedkeys/doomed", None).await;
     vault.emulator.shutdown().await;
 }
@@ -411,19 +281,13 @@ async fn purge_is_allowed_under_recoverable_purgeable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault = Vault::start(args(dir.path(), RecoveryLevel::RecoverablePurgeable)).await;
     let created = vault.create_rsa("gone").await;
-    assert_eq!(
-        created["attributes"]["recoveryLevel"],
-        "Recoverable+Purgeable"
-    );
+    assert_eq!(created["attributes"]["recoveryLevel"], "Recoverable+Purgeable");
 
     vault.ok(Method::DELETE, "/keys/gone", None).await;
     let (status, body) = vault.call(Method::DELETE, "/deletedkeys/gone", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, body) = vault.call(Method::GET, "/deletedkeys/gone", None).await;
-    assert_eq!(
-        (status, error_code(&body).0),
-        (StatusCode::NOT_FOUND, "KeyNotFound")
-    );
+    assert_eq!((status, error_code(&body).0), (StatusCode::NOT_FOUND, "KeyNotFound"));
     // The name is free again, with brand-new material.
     let again = vault.create_rsa("gone").await;
     assert_ne!(again["key"]["n"], created["key"]["n"]);
@@ -442,14 +306,7 @@ async fn throttling_answers_429_with_retry_after() {
     let mut statuses = Vec::new();
     let mut throttled_body = None;
     for _ in 0..30 {
-        let response = vault
-            .admin
-            .http()
-            .get(&url)
-            .bearer_auth(DEV_TOKEN)
-            .send()
-            .await
-            .expect("request");
+        let response = vault.admin.http().get(&url).bearer_auth(DEV_TOKEN).send().await.expect("request");
         statuses.push(response.status());
         if response.status() == StatusCode::TOO_MANY_REQUESTS && throttled_body.is_none() {
             let retry_after: u64 = response.headers()["retry-after"]
@@ -461,29 +318,16 @@ async fn throttling_answers_429_with_retry_after() {
             throttled_body = Some(response.json::<Value>().await.expect("JSON error body"));
         }
     }
-    let refused = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
-        .count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
     let admitted = 30 - refused;
     // One second of burst plus the refill over the time the loop took: a
     // slow machine admits more, but never more than the rate allows.
     let allowed = 5 + (5.0 * started.elapsed().as_secs_f64()).ceil() as usize;
     assert_eq!(statuses[0], StatusCode::OK);
     assert!(refused >= 1, "30 quick requests at 5/s: {statuses:?}");
-    assert!(
-        (5..=allowed).contains(&admitted),
-        "admitted {admitted}, at most {allowed} allowed: {statuses:?}"
-    );
-    assert!(
-        statuses
-            .iter()
-            .all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS)
-    );
-    assert_eq!(
-        error_code(&throttled_body.expect("a 429 body")).0,
-        "Throttled"
-    );
+    assert!((5..=allowed).contains(&admitted), "admitted {admitted}, at most {allowed} allowed: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(error_code(&throttled_body.expect("a 429 body")).0, "Throttled");
     assert_eq!(
         vault.emulator.calls().get("list_keys").copied(),
         Some(admitted as u64),
@@ -501,11 +345,7 @@ async fn latency_is_added_to_every_request() {
     let started = Instant::now();
     let (status, _) = vault.call(Method::GET, "/keys", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        started.elapsed() >= Duration::from_millis(300),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
     vault.emulator.shutdown().await;
 }
 
@@ -514,14 +354,10 @@ async fn a_restart_on_the_same_state_dir_keeps_keys_and_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault = Vault::start(args(dir.path(), RecoveryLevel::Recoverable)).await;
     let kept = vault.create_rsa("kept").await;
-    vault
-        .patch("kept", json!({"tags": {"tenant": "acme"}}))
-        .await;
+    vault.patch("kept", json!({"tags": {"tenant": "acme"}})).await;
     let rotated = vault.ok(Method::POST, "/keys/kept/rotate", None).await;
     let data_key = [3u8; 32];
-    let (_, wrapped) = vault
-        .wrap("kept", &version_of(&kept), "RSA-OAEP-256", &data_key)
-        .await;
+    let (_, wrapped) = vault.wrap("kept", &version_of(&kept), "RSA-OAEP-256", &data_key).await;
     vault.create_rsa("binned").await;
     vault.ok(Method::DELETE, "/keys/binned", None).await;
     let cert_before = std::fs::read(vault.emulator.cert_pem_path()).expect("cert");
@@ -548,18 +384,10 @@ async fn a_restart_on_the_same_state_dir_keeps_keys_and_certificate() {
     let latest = vault.ok(Method::GET, "/keys/kept/", None).await;
     assert_eq!(version_of(&latest), version_of(&rotated));
     assert_eq!(latest["key"]["n"], rotated["key"]["n"]);
-    let first = vault
-        .ok(
-            Method::GET,
-            &format!("/keys/kept/{}", version_of(&kept)),
-            None,
-        )
-        .await;
+    let first = vault.ok(Method::GET, &format!("/keys/kept/{}", version_of(&kept)), None).await;
     assert_eq!(first["key"]["n"], kept["key"]["n"]);
     assert_eq!(first["tags"], json!({"tenant": "acme"}));
-    let (status, unwrapped) = vault
-        .unwrap("kept", &version_of(&kept), "RSA-OAEP-256", &wrapped)
-        .await;
+    let (status, unwrapped) = vault.unwrap("kept", &version_of(&kept), "RSA-OAEP-256", &wrapped).await;
     assert_eq!(status, StatusCode::OK, "{unwrapped}");
     assert_eq!(decode(&unwrapped["value"]), data_key);
     let versions = vault.ok(Method::GET, "/keys/kept/versions", None).await;
@@ -573,10 +401,8 @@ async fn a_restart_on_the_same_state_dir_keeps_keys_and_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_sdk_wraps_and_unwraps_through_the_emulator() {
-    let probe = tokio::process::Command::new("python3")
-        .args(["-c", "import azure.keyvault.keys, azure.core"])
-        .output()
-        .await;
+    let probe =
+        tokio::process::Command::new("python3").args(["-c", "import azure.keyvault.keys, azure.core"]).output().await;
     match probe {
         Ok(output) if output.status.success() => {}
         Ok(output) => panic!(
@@ -607,11 +433,7 @@ async fn the_official_python_sdk_wraps_and_unwraps_through_the_emulator() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        output.status.success(),
-        "kv_smoke.py failed ({}):\n{report}",
-        output.status
-    );
+    assert!(output.status.success(), "kv_smoke.py failed ({}):\n{report}", output.status);
     let calls = vault.emulator.calls();
     assert_eq!(calls.get("create_key"), Some(&1), "{calls:?}\n{report}");
     assert!(calls.get("unwrapkey").is_some_and(|n| *n >= 1), "{calls:?}");

@@ -51,7 +51,13 @@ async fn a_broken_key_degrades_locks_down_and_restores_with_nothing_lost() {
     channel.queue_declare("test.health".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
     for key in ["tenant.acme.key_health", "tenant.acme.tenant_locked_down", "tenant.acme.tenant_restored"] {
         channel
-            .queue_bind("test.health".into(), EVENTS_EXCHANGE.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                "test.health".into(),
+                EVENTS_EXCHANGE.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
     }
@@ -155,7 +161,8 @@ async fn throttling_alone_never_locks_a_tenant() {
         // necessarily shows a later time (the manual clock stands still).
         let before = s.status("acme").await["keyHealth"]["lastProbe"].clone();
         s.clock.advance(Duration::from_secs(20 * 60));
-        wait_until("another probe", WAIT, || async { s.status("acme").await["keyHealth"]["lastProbe"] != before }).await;
+        wait_until("another probe", WAIT, || async { s.status("acme").await["keyHealth"]["lastProbe"] != before })
+            .await;
         assert_eq!(s.status("acme").await["state"], "active");
     }
     let calls = s.vault.emulator.calls();

@@ -32,10 +32,8 @@ async fn metrics_report_what_happened() {
     let worker = start_worker(&vhost, dir.path(), Arc::new(clock.clone()), &[]).await;
     let base = base_url(&worker);
 
-    let records: Vec<IngestRecord> = synthetic("alpha", "m-", 120, 256, 1)
-        .into_iter()
-        .chain(synthetic("beta", "m-", 80, 256, 1))
-        .collect();
+    let records: Vec<IngestRecord> =
+        synthetic("alpha", "m-", 120, 256, 1).into_iter().chain(synthetic("beta", "m-", 80, 256, 1)).collect();
     publish_confirmed(&vhost, &records).await;
     let publisher = Publisher::connect(&vhost.amqp_url()).await.unwrap();
     let bad = publisher.publish_raw("alpha", b"\xff not protobuf", record_properties()).await.unwrap();
@@ -72,7 +70,11 @@ async fn metrics_report_what_happened() {
     assert!(metric(&text, "keyseal_batch_commit_seconds_count").unwrap() >= 1.0);
     assert!(metric(&text, "keyseal_data_key_cache_total{result=\"hit\"}").unwrap() > 0.0);
     assert!(metric(&text, "keyseal_root_key_operations_total").unwrap() >= 4.0, "hot and sealed keys of 2 tenants");
-    assert_eq!(metric(&text, "keyseal_sweep_records_total{sweep=\"scrub\"}"), Some(200.0), "the scrub read every record");
+    assert_eq!(
+        metric(&text, "keyseal_sweep_records_total{sweep=\"scrub\"}"),
+        Some(200.0),
+        "the scrub read every record"
+    );
     assert_eq!(metric(&text, "keyseal_sweep_progress_ratio{sweep=\"scrub\"}"), Some(1.0), "and finished");
     for family in [
         "keyseal_records_ingested_total",

@@ -29,10 +29,7 @@ async fn published_records_read_back_identically_for_many_tenants() {
     let base = base_url(&worker);
 
     let tenants: Vec<String> = (0..8).map(|i| format!("tenant-{i}")).collect();
-    let records: Vec<IngestRecord> = tenants
-        .iter()
-        .flat_map(|t| synthetic(t, "r-", 50, 700, 1))
-        .collect();
+    let records: Vec<IngestRecord> = tenants.iter().flat_map(|t| synthetic(t, "r-", 50, 700, 1)).collect();
     publish_confirmed(&vhost, &records).await;
 
     for tenant in &tenants {
@@ -106,7 +103,8 @@ async fn records_seal_after_48_hours_of_residence() {
     let base = base_url(&worker);
     let http = reqwest::Client::new();
     let sweep = || async {
-        let summary: serde_json::Value = http.post(format!("{base}/v1/sweeps")).send().await.unwrap().json().await.unwrap();
+        let summary: serde_json::Value =
+            http.post(format!("{base}/v1/sweeps")).send().await.unwrap().json().await.unwrap();
         summary["seal"]["sealed"].as_u64().unwrap()
     };
 
@@ -178,11 +176,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_good_input_is_stored() {
     let deadline = std::time::Instant::now() + WAIT;
     while reasons.len() < expected.len() {
         assert!(std::time::Instant::now() < deadline, "dead letters so far: {reasons:?}");
-        match channel
-            .basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
+        match channel.basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
             Some(message) => {
                 let headers = message.delivery.properties.headers().clone().unwrap_or_default();
                 match headers.inner().get(ERROR_HEADER) {
@@ -248,12 +242,15 @@ async fn events_of_a_publish_and_seal_run_arrive_once_per_sequence() {
     let connection = keyseal::amqp::connect(&vhost.amqp_url(), "test").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     keyseal::amqp::declare_topology(&channel).await.unwrap();
+    channel.queue_declare("test.events".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
     channel
-        .queue_declare("test.events".into(), QueueDeclareOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
-    channel
-        .queue_bind("test.events".into(), EVENTS_EXCHANGE.into(), "tenant.#".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            "test.events".into(),
+            EVENTS_EXCHANGE.into(),
+            "tenant.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let mut events = channel
@@ -276,11 +273,8 @@ async fn events_of_a_publish_and_seal_run_arrive_once_per_sequence() {
     let (mut stored, mut sealed) = (BTreeMap::<String, u32>::new(), BTreeMap::<String, u32>::new());
     let deadline = tokio::time::Instant::now() + WAIT;
     while sealed.values().sum::<u32>() < 50 {
-        let delivery = tokio::time::timeout_at(deadline, events.next())
-            .await
-            .expect("events keep arriving")
-            .unwrap()
-            .unwrap();
+        let delivery =
+            tokio::time::timeout_at(deadline, events.next()).await.expect("events keep arriving").unwrap().unwrap();
         delivery.ack(BasicAckOptions::default()).await.unwrap();
         let event = Event::decode(delivery.data.as_slice()).unwrap();
         assert!(sequences.insert(event.sequence), "sequence {} seen twice", event.sequence);

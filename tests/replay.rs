@@ -23,10 +23,20 @@ fn kind() -> impl Strategy<Value = Kind> {
             reason: REASONS[r].into(),
             key_version: String::new(),
         })),
-        Just(Kind::KeyHealth(KeyHealth { status: Status::Healthy as i32, reason: String::new(), key_version: "v".into() })),
-        (0usize..3).prop_map(|r| Kind::TenantLockedDown(TenantLockedDown { reason: REASONS[r].into(), degraded_since_unix_ms: 1 })),
+        Just(Kind::KeyHealth(KeyHealth {
+            status: Status::Healthy as i32,
+            reason: String::new(),
+            key_version: "v".into()
+        })),
+        (0usize..3).prop_map(|r| Kind::TenantLockedDown(TenantLockedDown {
+            reason: REASONS[r].into(),
+            degraded_since_unix_ms: 1
+        })),
         Just(Kind::TenantRestored(TenantRestored { locked_since_unix_ms: 1 })),
-        Just(Kind::EncryptionEnabled(EncryptionEnabled { key_uri: "https://v.vault.azure.net/keys/k".into(), key_version: "1".into() })),
+        Just(Kind::EncryptionEnabled(EncryptionEnabled {
+            key_uri: "https://v.vault.azure.net/keys/k".into(),
+            key_version: "1".into()
+        })),
         Just(Kind::EncryptionDisabled(EncryptionDisabled { key_uri: "https://v.vault.azure.net/keys/k".into() })),
         (0u32..3).prop_map(|done| Kind::RewrapProgress(RewrapProgress { rewrapped: done, total: 2, target: None })),
     ]

@@ -56,9 +56,8 @@ async fn dump_dom(url: &str) -> String {
 
 /// The serialised `<tr>` of `tenant`'s row.
 fn row<'a>(dom: &'a str, tenant: &str) -> &'a str {
-    let start = dom
-        .find(&format!("<tr data-tenant=\"{tenant}\""))
-        .unwrap_or_else(|| panic!("no row for {tenant} in:\n{dom}"));
+    let start =
+        dom.find(&format!("<tr data-tenant=\"{tenant}\"")).unwrap_or_else(|| panic!("no row for {tenant} in:\n{dom}"));
     let end = start + dom[start..].find("</tr>").expect("the row ends");
     &dom[start..end]
 }
@@ -79,7 +78,11 @@ async fn chromium_shows_a_locked_down_tenant_as_locked_down() {
     s.clock.advance(STEP);
     wait_until("acme locked down", WAIT, || async { s.status("acme").await["state"] == "locked_down" }).await;
     let sweep = s.sweep().await;
-    assert_eq!((sweep["seal"]["tenants"]["beta"].as_u64(), sweep["seal"]["heldBack"]["acme"].as_u64()), (Some(3), Some(3)), "{sweep}");
+    assert_eq!(
+        (sweep["seal"]["tenants"]["beta"].as_u64(), sweep["seal"]["heldBack"]["acme"].as_u64()),
+        (Some(3), Some(3)),
+        "{sweep}"
+    );
 
     let response = reqwest::get(format!("{}/", s.base)).await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
@@ -91,12 +94,18 @@ async fn chromium_shows_a_locked_down_tenant_as_locked_down() {
     assert!(acme.starts_with("<tr data-tenant=\"acme\" data-state=\"locked_down\">"), "{acme}");
     assert!(acme.contains("<span class=\"badge state-locked_down\">locked down</span>"), "{acme}");
     assert!(acme.contains("<code>key_disabled</code>"), "the reason: {acme}");
-    assert!(acme.contains("<td class=\"num\"><span class=\"late\">6m</span></td>"), "its held-back records' lag: {acme}");
+    assert!(
+        acme.contains("<td class=\"num\"><span class=\"late\">6m</span></td>"),
+        "its held-back records' lag: {acme}"
+    );
     let beta = row(&dom, "beta");
     assert!(beta.starts_with("<tr data-tenant=\"beta\" data-state=\"active\">"), "{beta}");
     assert!(beta.contains("<span class=\"badge state-active\">active</span>"), "{beta}");
     assert!(beta.contains("<span class=\"health-healthy\">healthy</span>"), "{beta}");
-    assert!(beta.contains("<td class=\"num\">0</td>\n<td class=\"num\">3</td>\n<td class=\"num\">0s</td>"), "sealed, no lag: {beta}");
+    assert!(
+        beta.contains("<td class=\"num\">0</td>\n<td class=\"num\">3</td>\n<td class=\"num\">0s</td>"),
+        "sealed, no lag: {beta}"
+    );
     assert!(dom.contains("<dt>Seal lag</dt><dd><span class=\"late\">6m</span>"), "the worker's lag:\n{dom}");
     assert!(dom.contains("<meta http-equiv=\"refresh\" content=\"5\">"), "the page refreshes itself");
     s.worker.stop().await;

@@ -58,7 +58,8 @@ async fn a_data_key_encrypts_at_most_max_records_per_dek() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reencryption_moves_records_off_old_keys_at_the_configured_rate() {
     const RATE: u64 = 500;
-    let s = setup("reencrypt", RecoveryLevel::Recoverable, None, &["--sweep-rate", "500", "--max-dek-age", "30days"]).await;
+    let s =
+        setup("reencrypt", RecoveryLevel::Recoverable, None, &["--sweep-rate", "500", "--max-dek-age", "30days"]).await;
     s.rsa_key("k").await;
     assert_eq!(s.enable("byok", &s.vault.key_uri("k")).await.0, 200);
     let mut records = s.publish("byok", "b-", 750).await;
@@ -162,7 +163,8 @@ async fn scrub_reports_exactly_the_record_with_a_flipped_bit_and_deletes_nothing
         "{metrics}"
     );
     wait_until("the progress to clear", WAIT, || async {
-        let progress: Value = reqwest::get(format!("{}/v1/sweeps/progress", s.base)).await.unwrap().json().await.unwrap();
+        let progress: Value =
+            reqwest::get(format!("{}/v1/sweeps/progress", s.base)).await.unwrap().json().await.unwrap();
         progress["running"].is_null()
     })
     .await;

@@ -20,13 +20,7 @@ pub struct BatchKeys<'a> {
 impl<'a> BatchKeys<'a> {
     /// Keys for a batch writing `wanted` records per tenant into `layer` at `now_ms`.
     pub fn new(keyring: &'a Keyring, layer: Layer, now_ms: i64, wanted: HashMap<String, u64>) -> Self {
-        Self {
-            keyring,
-            layer,
-            now_ms,
-            wanted,
-            leases: HashMap::new(),
-        }
+        Self { keyring, layer, now_ms, wanted, leases: HashMap::new() }
     }
 
     /// The key for the next record of `tenant`.

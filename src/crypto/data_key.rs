@@ -49,27 +49,17 @@ impl DataKeyId {
 
     /// Parses [`DataKeyId::to_bytes`] output.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
-        let corrupt = |reason: &str| CryptoError::Corrupt {
-            what: "data key id",
-            reason: reason.to_owned(),
-        };
+        let corrupt = |reason: &str| CryptoError::Corrupt { what: "data key id", reason: reason.to_owned() };
         let (&len, rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
         let len = len as usize;
         if rest.len() != len + 9 {
             return Err(corrupt("wrong length"));
         }
-        let tenant = std::str::from_utf8(&rest[..len])
-            .map_err(|_| corrupt("tenant is not UTF-8"))?
-            .to_owned();
+        let tenant = std::str::from_utf8(&rest[..len]).map_err(|_| corrupt("tenant is not UTF-8"))?.to_owned();
         let layer = Layer::try_from(rest[len] as i32).map_err(|_| corrupt("unknown layer"))?;
         let bucket = u32::from_be_bytes(rest[len + 1..len + 5].try_into().expect("4 bytes"));
         let generation = u32::from_be_bytes(rest[len + 5..len + 9].try_into().expect("4 bytes"));
-        Ok(Self {
-            tenant,
-            layer,
-            bucket,
-            generation,
-        })
+        Ok(Self { tenant, layer, bucket, generation })
     }
 }
 
@@ -125,15 +115,8 @@ impl DataKey {
     }
 
     /// Decrypts and verifies; any change to nonce, ciphertext or `aad` fails.
-    pub fn decrypt(
-        &self,
-        nonce: &[u8],
-        aad: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        let nonce: [u8; NONCE_LEN] = nonce
-            .try_into()
-            .map_err(|_| CryptoError::Integrity { what: "record" })?;
+    pub fn decrypt(&self, nonce: &[u8], aad: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Integrity { what: "record" })?;
         self.cipher
             .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad })
             .map(Zeroizing::new)
@@ -147,12 +130,7 @@ mod tests {
 
     #[test]
     fn id_round_trips() {
-        let id = DataKeyId {
-            tenant: "acme-1".into(),
-            layer: Layer::Sealed,
-            bucket: 20_000,
-            generation: 3,
-        };
+        let id = DataKeyId { tenant: "acme-1".into(), layer: Layer::Sealed, bucket: 20_000, generation: 3 };
         assert_eq!(DataKeyId::from_bytes(&id.to_bytes()).unwrap(), id);
         assert!(DataKeyId::from_bytes(&id.to_bytes()[..5]).is_err());
         let next = DataKeyId { generation: 4, ..id.clone() };

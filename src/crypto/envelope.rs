@@ -39,13 +39,7 @@ pub struct RecordIdentity<'a> {
 
 impl RecordIdentity<'_> {
     /// Encrypts `content` (already protobuf-encoded) into a stored record.
-    pub fn seal(
-        &self,
-        data_key_id: &[u8],
-        key: &DataKey,
-        content: &[u8],
-        ingested_at_ms: i64,
-    ) -> StoredRecord {
+    pub fn seal(&self, data_key_id: &[u8], key: &DataKey, content: &[u8], ingested_at_ms: i64) -> StoredRecord {
         let aad = associated_data(self.tenant, self.record_id, data_key_id, self.layer);
         let (nonce, ciphertext) = key.encrypt(&aad, content);
         StoredRecord {
@@ -71,10 +65,7 @@ pub fn encode_content(content: &RecordContent) -> Zeroizing<Vec<u8>> {
 
 /// Decodes content produced by [`encode_content`].
 pub fn decode_content(bytes: &[u8]) -> Result<RecordContent, CryptoError> {
-    RecordContent::decode(bytes).map_err(|e| CryptoError::Corrupt {
-        what: "record content",
-        reason: e.to_string(),
-    })
+    RecordContent::decode(bytes).map_err(|e| CryptoError::Corrupt { what: "record content", reason: e.to_string() })
 }
 
 #[cfg(test)]
@@ -101,9 +92,6 @@ mod tests {
 
     #[test]
     fn length_prefixes_keep_identities_apart() {
-        assert_ne!(
-            associated_data("ab", "c", b"", Layer::Hot),
-            associated_data("a", "bc", b"", Layer::Hot)
-        );
+        assert_ne!(associated_data("ab", "c", b"", Layer::Hot), associated_data("a", "bc", b"", Layer::Hot));
     }
 }

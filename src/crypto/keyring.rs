@@ -119,10 +119,7 @@ pub struct RotationLimits {
 
 impl Default for RotationLimits {
     fn default() -> Self {
-        Self {
-            max_age: Duration::from_secs(90 * 24 * 3600),
-            max_records: 1_000_000,
-        }
+        Self { max_age: Duration::from_secs(90 * 24 * 3600), max_records: 1_000_000 }
     }
 }
 
@@ -143,11 +140,7 @@ pub const REWRAP_STEP: usize = 16;
 
 impl Default for CacheLimits {
     fn default() -> Self {
-        Self {
-            max_age: Duration::from_secs(300),
-            max_uses: 1 << 20,
-            max_entries: 4096,
-        }
+        Self { max_age: Duration::from_secs(300), max_uses: 1 << 20, max_entries: 4096 }
     }
 }
 
@@ -178,11 +171,7 @@ impl Writer {
     fn grant(&mut self, wanted: u64, rotation: &RotationLimits) -> WriteKey {
         let granted = wanted.min(rotation.max_records - self.used);
         self.used += granted;
-        WriteKey {
-            id: self.id_bytes.clone(),
-            key: self.key.clone(),
-            granted,
-        }
+        WriteKey { id: self.id_bytes.clone(), key: self.key.clone(), granted }
     }
 }
 
@@ -234,7 +223,13 @@ impl Keyring {
     /// Reserves the current writer key of `tenant` in `layer` for up to
     /// `wanted` records at `now_ms` (at least one is granted), starting a new
     /// generation when the writer is full, too old or of another day.
-    pub async fn reserve(&self, tenant: &str, layer: Layer, now_ms: i64, wanted: u64) -> Result<WriteKey, KeyringError> {
+    pub async fn reserve(
+        &self,
+        tenant: &str,
+        layer: Layer,
+        now_ms: i64,
+        wanted: u64,
+    ) -> Result<WriteKey, KeyringError> {
         let wanted = wanted.max(1);
         let slot = (tenant.to_owned(), layer);
         if let Some(lease) = self.lease(&slot, now_ms, wanted) {
@@ -249,11 +244,7 @@ impl Keyring {
             // Still good for writing: only its unwrapped copy outlived the cache age.
             Some(old) if old.takes_more(now_ms, &self.rotation) => {
                 let key = self.key(&old.id_bytes).await?;
-                Writer {
-                    key,
-                    loaded: Instant::now(),
-                    ..old
-                }
+                Writer { key, loaded: Instant::now(), ..old }
             }
             previous => self.new_writer(tenant, layer, now_ms, previous.map(|w| w.id)).await?,
         };
@@ -277,12 +268,7 @@ impl Keyring {
         now_ms: i64,
         previous: Option<DataKeyId>,
     ) -> Result<Writer, KeyringError> {
-        let mut id = DataKeyId {
-            tenant: tenant.to_owned(),
-            layer,
-            bucket: utc_day(now_ms),
-            generation: 0,
-        };
+        let mut id = DataKeyId { tenant: tenant.to_owned(), layer, bucket: utc_day(now_ms), generation: 0 };
         id.generation = match previous.filter(|p| p.bucket == id.bucket) {
             Some(previous) => previous.generation + 1,
             // Keys of an earlier process: never continued (their record count is unknown).
@@ -297,14 +283,7 @@ impl Keyring {
         };
         let id_bytes = id.to_bytes();
         let key = self.create(tenant, layer, &id_bytes, &root, now_ms).await?;
-        Ok(Writer {
-            id,
-            id_bytes,
-            key,
-            loaded: Instant::now(),
-            created_at_ms: now_ms,
-            used: 0,
-        })
+        Ok(Writer { id, id_bytes, key, loaded: Instant::now(), created_at_ms: now_ms, used: 0 })
     }
 
     /// The data key with id `id`, from memory or unwrapped from the store.
@@ -377,10 +356,7 @@ impl Keyring {
                 self.commit_rewrap(tenant, moved, progress(rewrapped, total, &target_ref), None, now_ms)?;
                 crate::metrics::rewrap_pending(tenant, (total - rewrapped) as usize);
             }
-            return Ok(RewrapSummary {
-                rewrapped: pending.len() as u32,
-                total,
-            });
+            return Ok(RewrapSummary { rewrapped: pending.len() as u32, total });
         }
     }
 
@@ -447,13 +423,7 @@ impl Keyring {
         for id in &retiring {
             let layer = DataKeyId::from_bytes(id)?.layer;
             txn.delete_data_key(id);
-            txn.event(
-                tenant,
-                Kind::DataKeyRetired(DataKeyRetired {
-                    data_key_id: (*id).clone(),
-                    layer: layer as i32,
-                }),
-            );
+            txn.event(tenant, Kind::DataKeyRetired(DataKeyRetired { data_key_id: (*id).clone(), layer: layer as i32 }));
         }
         txn.commit(now_ms)?;
         let mut cache = self.cache.lock().expect("cache lock");
@@ -495,7 +465,12 @@ impl Keyring {
     }
 
     /// `wrapped`, unwrapped by its root and wrapped anew by `target`.
-    async fn rewrapped(&self, id: &[u8], wrapped: &WrappedDataKey, target: &RootKey) -> Result<WrappedDataKey, KeyringError> {
+    async fn rewrapped(
+        &self,
+        id: &[u8],
+        wrapped: &WrappedDataKey,
+        target: &RootKey,
+    ) -> Result<WrappedDataKey, KeyringError> {
         let key = match self.cached(id) {
             Some(key) => key,
             None => Arc::new(self.unwrap(wrapped).await?),
@@ -558,9 +533,7 @@ impl Keyring {
     fn cached(&self, id: &[u8]) -> Option<Arc<DataKey>> {
         let mut cache = self.cache.lock().expect("cache lock");
         let fresh = match cache.get_mut(id) {
-            Some(entry)
-                if entry.loaded.elapsed() < self.limits.max_age && entry.uses < self.limits.max_uses =>
-            {
+            Some(entry) if entry.loaded.elapsed() < self.limits.max_age && entry.uses < self.limits.max_uses => {
                 entry.uses += 1;
                 Some(entry.key.clone())
             }
@@ -579,22 +552,12 @@ impl Keyring {
     fn remember(&self, id: &[u8], key: &Arc<DataKey>) {
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= self.limits.max_entries {
-            let oldest = cache
-                .iter()
-                .min_by_key(|(_, entry)| entry.loaded)
-                .map(|(id, _)| id.clone());
+            let oldest = cache.iter().min_by_key(|(_, entry)| entry.loaded).map(|(id, _)| id.clone());
             if let Some(oldest) = oldest {
                 cache.remove(&oldest);
             }
         }
-        cache.insert(
-            id.to_vec(),
-            Cached {
-                key: key.clone(),
-                loaded: Instant::now(),
-                uses: 1,
-            },
-        );
+        cache.insert(id.to_vec(), Cached { key: key.clone(), loaded: Instant::now(), uses: 1 });
     }
 
     async fn load(&self, id: &[u8]) -> Result<Option<Arc<DataKey>>, KeyringError> {
@@ -616,11 +579,7 @@ impl Keyring {
                 let version = uri.version.clone().ok_or(KeyUriError::Malformed("stored key id has no version"))?;
                 Ok(vault.unwrap(&uri, &version, &wrapped.wrapped).await?)
             }
-            None => Err(CryptoError::Corrupt {
-                what: "wrapped data key",
-                reason: "names no root".into(),
-            }
-            .into()),
+            None => Err(CryptoError::Corrupt { what: "wrapped data key", reason: "names no root".into() }.into()),
         }
     }
 
@@ -660,11 +619,7 @@ impl Keyring {
 }
 
 fn progress(rewrapped: u32, total: u32, target: &RootKeyRef) -> RewrapProgress {
-    RewrapProgress {
-        rewrapped,
-        total,
-        target: Some(target.clone()),
-    }
+    RewrapProgress { rewrapped, total, target: Some(target.clone()) }
 }
 
 fn same_root(a: &RootKeyRef, b: &RootKeyRef) -> bool {
@@ -680,19 +635,11 @@ mod tests {
 
     #[test]
     fn a_writer_retires_when_full_when_too_old_or_on_a_new_day() {
-        let rotation = RotationLimits {
-            max_age: Duration::from_secs(3600),
-            max_records: 10,
-        };
+        let rotation = RotationLimits { max_age: Duration::from_secs(3600), max_records: 10 };
         let day_ms = 86_400_000;
         let created = 5 * day_ms + 1000;
         let mut writer = Writer {
-            id: DataKeyId {
-                tenant: "t".into(),
-                layer: Layer::Hot,
-                bucket: utc_day(created),
-                generation: 0,
-            },
+            id: DataKeyId { tenant: "t".into(), layer: Layer::Hot, bucket: utc_day(created), generation: 0 },
             id_bytes: Vec::new(),
             key: Arc::new(DataKey::generate()),
             loaded: Instant::now(),

@@ -76,19 +76,14 @@ impl ManagedRootKeys {
             reason: "no such managed key version".into(),
         })?;
         let raw = zeroize::Zeroizing::new(
-            key.private
-                .oaep_decrypt::<Sha256>(wrapped)
-                .map_err(|_| CryptoError::Integrity { what: "data key" })?,
+            key.private.oaep_decrypt::<Sha256>(wrapped).map_err(|_| CryptoError::Integrity { what: "data key" })?,
         );
         DataKey::from_slice(&raw)
     }
 }
 
 fn root_error(version: u32, e: rsa::Error) -> CryptoError {
-    CryptoError::RootKey {
-        root: format!("managed v{version}"),
-        reason: e.to_string(),
-    }
+    CryptoError::RootKey { root: format!("managed v{version}"), reason: e.to_string() }
 }
 
 fn file_name(version: u32) -> String {
@@ -96,19 +91,11 @@ fn file_name(version: u32) -> String {
 }
 
 fn version_of(path: &Path) -> Option<u32> {
-    path.file_name()?
-        .to_str()?
-        .strip_prefix("managed-v")?
-        .strip_suffix(".pem")?
-        .parse()
-        .ok()
+    path.file_name()?.to_str()?.strip_prefix("managed-v")?.strip_suffix(".pem")?.parse().ok()
 }
 
 fn read_version(path: &Path) -> Result<ManagedVersion, CryptoError> {
-    let file_err = |source| CryptoError::KeyFile {
-        path: path.display().to_string(),
-        source,
-    };
+    let file_err = |source| CryptoError::KeyFile { path: path.display().to_string(), source };
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -121,10 +108,8 @@ fn read_version(path: &Path) -> Result<ManagedVersion, CryptoError> {
         }
     }
     let pem = zeroize::Zeroizing::new(fs::read_to_string(path).map_err(file_err)?);
-    let private = PrivateKey::from_pkcs8_pem(&pem).map_err(|e| CryptoError::Corrupt {
-        what: "managed root key",
-        reason: e.to_string(),
-    })?;
+    let private = PrivateKey::from_pkcs8_pem(&pem)
+        .map_err(|e| CryptoError::Corrupt { what: "managed root key", reason: e.to_string() })?;
     let public = private.to_public_key();
     Ok(ManagedVersion { private, public })
 }
@@ -140,10 +125,7 @@ fn create_version(path: &Path) -> Result<ManagedVersion, CryptoError> {
     let private = PrivateKey::generate();
     let pem = private
         .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| CryptoError::Corrupt {
-            what: "managed root key",
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| CryptoError::Corrupt { what: "managed root key", reason: e.to_string() })?;
     let tmp = path.with_extension("pem.tmp");
     {
         let mut options = fs::OpenOptions::new();
@@ -157,9 +139,7 @@ fn create_version(path: &Path) -> Result<ManagedVersion, CryptoError> {
     let target = path.to_path_buf();
     fs::rename(&tmp, path).map_err(file_err(&target))?;
     if let Some(dir) = path.parent() {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(file_err(&dir.to_path_buf()))?;
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(file_err(&dir.to_path_buf()))?;
     }
     let public = private.to_public_key();
     Ok(ManagedVersion { private, public })
@@ -185,10 +165,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join("managed-v1.pem"))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = fs::metadata(dir.path().join("managed-v1.pem")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -101,21 +101,15 @@ impl KeyAdmin {
     /// A client of the vault at `vault_url` (e.g. `https://127.0.0.1:8443`)
     /// trusting only the certificate in `cert_pem` and sending `token`.
     pub fn new(vault_url: &str, cert_pem: &Path, token: &str) -> Result<Self, KeyAdminError> {
-        let pem = std::fs::read(cert_pem).map_err(|source| KeyAdminError::Certificate {
-            path: cert_pem.to_path_buf(),
-            source,
-        })?;
+        let pem = std::fs::read(cert_pem)
+            .map_err(|source| KeyAdminError::Certificate { path: cert_pem.to_path_buf(), source })?;
         let certificate = reqwest::Certificate::from_pem(&pem).map_err(KeyAdminError::Client)?;
         let http = reqwest::Client::builder()
             .tls_certs_only([certificate])
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(KeyAdminError::Client)?;
-        Ok(Self {
-            vault_url: vault_url.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
-            http,
-        })
+        Ok(Self { vault_url: vault_url.trim_end_matches('/').to_owned(), token: token.to_owned(), http })
     }
 
     /// The HTTPS client itself, for requests that must go without the
@@ -137,16 +131,17 @@ impl KeyAdmin {
 
     /// Sends a request to an absolute `url` (e.g. a `nextLink`) and returns
     /// the status and JSON body (`null` when empty), whatever the status.
-    pub async fn send(&self, method: Method, url: &str, body: Option<Value>) -> Result<(StatusCode, Value), KeyAdminError> {
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value), KeyAdminError> {
         let mut request = self.http.request(method.clone(), url).bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let failed = |source| KeyAdminError::Request {
-            method: method.clone(),
-            url: url.to_owned(),
-            source,
-        };
+        let failed = |source| KeyAdminError::Request { method: method.clone(), url: url.to_owned(), source };
         let response = request.send().await.map_err(failed)?;
         let status = response.status();
         let text = response.text().await.map_err(failed)?;
@@ -163,7 +158,12 @@ impl KeyAdmin {
     }
 
     /// Calls the operation at `path` and returns the status and body.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Value), KeyAdminError> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value), KeyAdminError> {
         self.send(method, &self.url(path), body).await
     }
 
@@ -171,12 +171,7 @@ impl KeyAdmin {
     pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, KeyAdminError> {
         let (status, json) = self.call(method.clone(), path, body).await?;
         if status != StatusCode::OK {
-            return Err(KeyAdminError::Refused {
-                method,
-                path: path.to_owned(),
-                status,
-                body: json,
-            });
+            return Err(KeyAdminError::Refused { method, path: path.to_owned(), status, body: json });
         }
         Ok(json)
     }
@@ -209,12 +204,7 @@ impl KeyAdmin {
         loop {
             let (status, page) = self.send(Method::GET, &url, None).await?;
             if status != StatusCode::OK {
-                return Err(KeyAdminError::Refused {
-                    method: Method::GET,
-                    path,
-                    status,
-                    body: page,
-                });
+                return Err(KeyAdminError::Refused { method: Method::GET, path, status, body: page });
             }
             for item in page["value"].as_array().into_iter().flatten() {
                 versions.push(KeyVersion {

@@ -31,11 +31,7 @@ impl IntoResponse for AuthFailure {
             Self::MissingToken => "AKV10000: Request is missing a Bearer or PoP token.",
             Self::WrongToken => "The bearer token is not valid for this vault.",
         };
-        (
-            [(WWW_AUTHENTICATE, CHALLENGE)],
-            ServiceError::unauthorized(message),
-        )
-            .into_response()
+        ([(WWW_AUTHENTICATE, CHALLENGE)], ServiceError::unauthorized(message)).into_response()
     }
 }
 
@@ -50,10 +46,7 @@ impl BearerAuth {
     }
 
     pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), AuthFailure> {
-        let presented = headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(bearer_token);
+        let presented = headers.get(AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(bearer_token);
         match presented {
             None => Err(AuthFailure::MissingToken),
             Some(token) if bool::from(token.as_bytes().ct_eq(self.token.as_bytes())) => Ok(()),
@@ -87,16 +80,8 @@ mod tests {
         let auth = BearerAuth::new("secret".to_owned());
         assert!(auth.check(&headers(Some("Bearer secret"))).is_ok());
         assert!(auth.check(&headers(Some("bearer secret"))).is_ok());
-        assert_eq!(
-            auth.check(&headers(Some("Bearer other"))),
-            Err(AuthFailure::WrongToken)
-        );
-        for wrong in [
-            None,
-            Some("Bearer"),
-            Some("Bearer other"),
-            Some("Basic secret"),
-        ] {
+        assert_eq!(auth.check(&headers(Some("Bearer other"))), Err(AuthFailure::WrongToken));
+        for wrong in [None, Some("Bearer"), Some("Bearer other"), Some("Basic secret")] {
             let refusal = auth.check(&headers(wrong)).unwrap_err().into_response();
             assert_eq!(refusal.status(), StatusCode::UNAUTHORIZED);
             assert_eq!(refusal.headers()[WWW_AUTHENTICATE], CHALLENGE);

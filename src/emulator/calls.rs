@@ -21,9 +21,6 @@ impl CallCounter {
 
     pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {
         let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        counts
-            .iter()
-            .map(|(op, n)| ((*op).to_owned(), *n))
-            .collect()
+        counts.iter().map(|(op, n)| ((*op).to_owned(), *n)).collect()
     }
 }

@@ -23,12 +23,7 @@ pub(crate) struct ServiceError {
 
 impl ServiceError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            inner_code: None,
-            message: message.into(),
-        }
+        Self { status, code, inner_code: None, message: message.into() }
     }
 
     fn with_inner(mut self, inner_code: &'static str) -> Self {
@@ -52,11 +47,7 @@ impl ServiceError {
 
     /// 404 for `/deletedkeys/{name}` when the key is not in the deleted state.
     pub(crate) fn deleted_key_not_found(name: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "KeyNotFound",
-            format!("Deleted Key not found: {name}. {NOT_FOUND_HELP}"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "KeyNotFound", format!("Deleted Key not found: {name}. {NOT_FOUND_HELP}"))
     }
 
     /// 400 for a malformed request.
@@ -66,11 +57,7 @@ impl ServiceError {
 
     /// 404 for a method and path that name no operation.
     pub(crate) fn unknown_operation(method: &str, path: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("No Key Vault operation matches {method} {path}."),
-        )
+        Self::new(StatusCode::NOT_FOUND, "NotFound", format!("No Key Vault operation matches {method} {path}."))
     }
 
     /// 409 when a create names a key that is deleted but still recoverable.
@@ -97,12 +84,8 @@ impl ServiceError {
 
     /// 403 when the operation is missing from the key's `key_ops`.
     pub(crate) fn operation_not_permitted(operation: &str) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!("Operation {operation} is not permitted on this key."),
-        )
-        .with_inner("KeyOperationForbidden")
+        Self::new(StatusCode::FORBIDDEN, "Forbidden", format!("Operation {operation} is not permitted on this key."))
+            .with_inner("KeyOperationForbidden")
     }
 
     /// 403 for encrypt or wrap before the key's `nbf`.

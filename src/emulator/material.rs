@@ -53,14 +53,7 @@ impl KeyType {
     /// names none.
     pub(crate) fn default_key_ops(self) -> Vec<String> {
         let ops: &[&str] = if self.is_rsa() {
-            &[
-                "encrypt",
-                "decrypt",
-                "sign",
-                "verify",
-                "wrapKey",
-                "unwrapKey",
-            ]
+            &["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
         } else {
             &["sign", "verify"]
         };
@@ -113,15 +106,8 @@ pub(crate) enum MaterialError {
 /// The public half of a key as JWK members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PublicJwk {
-    Rsa {
-        n: Vec<u8>,
-        e: Vec<u8>,
-    },
-    Ec {
-        crv: &'static str,
-        x: Vec<u8>,
-        y: Vec<u8>,
-    },
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Ec { crv: &'static str, x: Vec<u8>, y: Vec<u8> },
 }
 
 /// A private key of one key version.
@@ -164,32 +150,20 @@ impl KeyMaterial {
 
     /// Restores a key from its PKCS#8 DER document.
     pub(crate) fn from_pkcs8(kty: KeyType, der: Zeroizing<Vec<u8>>) -> Result<Self, MaterialError> {
-        if kty.is_rsa() {
-            Ok(Self::Rsa(rsa::PrivateKey::from_pkcs8_der(&der)?))
-        } else {
-            Self::ec_from_pkcs8(der)
-        }
+        if kty.is_rsa() { Ok(Self::Rsa(rsa::PrivateKey::from_pkcs8_der(&der)?)) } else { Self::ec_from_pkcs8(der) }
     }
 
     fn ec_from_pkcs8(pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, MaterialError> {
         let pair = rcgen::KeyPair::try_from(pkcs8.as_slice())?;
         if !pair.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256) {
-            return Err(MaterialError::Unsupported(
-                "only P-256 EC keys are supported",
-            ));
+            return Err(MaterialError::Unsupported("only P-256 EC keys are supported"));
         }
         // An uncompressed SEC1 point: 0x04 || x (32 bytes) || y (32 bytes).
         let point = pair.public_key_raw();
         if point.len() != 65 || point[0] != 4 {
-            return Err(MaterialError::Unsupported(
-                "unexpected P-256 public key encoding",
-            ));
+            return Err(MaterialError::Unsupported("unexpected P-256 public key encoding"));
         }
-        let public = PublicJwk::Ec {
-            crv: "P-256",
-            x: point[1..33].to_vec(),
-            y: point[33..].to_vec(),
-        };
+        let public = PublicJwk::Ec { crv: "P-256", x: point[1..33].to_vec(), y: point[33..].to_vec() };
         Ok(Self::EcP256 { pkcs8, public })
     }
 
@@ -216,19 +190,13 @@ impl KeyMaterial {
     /// The spec that generates a key of the same type and size.
     pub(crate) fn spec(&self) -> KeySpec {
         match self {
-            Self::Rsa(key) => KeySpec::Rsa {
-                bits: key.size() * 8,
-            },
+            Self::Rsa(key) => KeySpec::Rsa { bits: key.size() * 8 },
             Self::EcP256 { .. } => KeySpec::EcP256,
         }
     }
 
     /// RSA-OAEP encryption with the public key (wrapkey and encrypt).
-    pub(crate) fn encrypt(
-        &self,
-        alg: Algorithm,
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, MaterialError> {
+    pub(crate) fn encrypt(&self, alg: Algorithm, plaintext: &[u8]) -> Result<Vec<u8>, MaterialError> {
         let public = self.rsa()?.as_public_key();
         Ok(match alg {
             Algorithm::RsaOaep => public.oaep_encrypt::<Sha1>(plaintext)?,
@@ -237,11 +205,7 @@ impl KeyMaterial {
     }
 
     /// RSA-OAEP decryption with the private key (unwrapkey and decrypt).
-    pub(crate) fn decrypt(
-        &self,
-        alg: Algorithm,
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, MaterialError> {
+    pub(crate) fn decrypt(&self, alg: Algorithm, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, MaterialError> {
         let key = self.rsa()?;
         Ok(Zeroizing::new(match alg {
             Algorithm::RsaOaep => key.oaep_decrypt::<Sha1>(ciphertext)?,
@@ -252,9 +216,7 @@ impl KeyMaterial {
     fn rsa(&self) -> Result<&rsa::PrivateKey, MaterialError> {
         match self {
             Self::Rsa(key) => Ok(key),
-            Self::EcP256 { .. } => Err(MaterialError::Unsupported(
-                "RSA-OAEP needs an RSA key, not an EC key",
-            )),
+            Self::EcP256 { .. } => Err(MaterialError::Unsupported("RSA-OAEP needs an RSA key, not an EC key")),
         }
     }
 }
@@ -267,8 +229,7 @@ mod tests {
     fn rsa_round_trips_through_pkcs8_and_both_oaep_variants() {
         let key = KeyMaterial::generate(KeySpec::Rsa { bits: 2048 }).expect("generate");
         assert_eq!(key.spec(), KeySpec::Rsa { bits: 2048 });
-        let restored =
-            KeyMaterial::from_pkcs8(KeyType::Rsa, key.to_pkcs8().expect("encode")).expect("decode");
+        let restored = KeyMaterial::from_pkcs8(KeyType::Rsa, key.to_pkcs8().expect("encode")).expect("decode");
         assert_eq!(restored.public_jwk(), key.public_jwk());
         let PublicJwk::Rsa { n, e } = key.public_jwk() else {
             panic!("RSA key must have an RSA JWK");
@@ -291,8 +252,7 @@ mod tests {
             panic!("EC key must have an EC JWK");
         };
         assert_eq!((crv, x.len(), y.len()), ("P-256", 32, 32));
-        let restored =
-            KeyMaterial::from_pkcs8(KeyType::Ec, key.to_pkcs8().expect("encode")).expect("decode");
+        let restored = KeyMaterial::from_pkcs8(KeyType::Ec, key.to_pkcs8().expect("encode")).expect("decode");
         assert_eq!(restored.public_jwk(), key.public_jwk());
         assert!(key.encrypt(Algorithm::RsaOaep256, b"x").is_err());
     }

@@ -70,11 +70,7 @@ pub struct EmulatorArgs {
 
     /// Directory holding keys, deleted keys and the TLS certificate
     /// (`cert.pem`); reused across restarts.
-    #[arg(
-        long,
-        env = "KEYSEAL_EMULATOR_STATE_DIR",
-        default_value = "./keyvault-emulator"
-    )]
+    #[arg(long, env = "KEYSEAL_EMULATOR_STATE_DIR", default_value = "./keyvault-emulator")]
     pub state_dir: PathBuf,
 
     /// The vault's deletion recovery level, reported in every key's
@@ -145,9 +141,7 @@ impl RecoveryLevel {
             Self::RecoverableProtectedSubscription => "Recoverable+ProtectedSubscription",
             Self::CustomizedRecoverablePurgeable => "CustomizedRecoverable+Purgeable",
             Self::CustomizedRecoverable => "CustomizedRecoverable",
-            Self::CustomizedRecoverableProtectedSubscription => {
-                "CustomizedRecoverable+ProtectedSubscription"
-            }
+            Self::CustomizedRecoverableProtectedSubscription => "CustomizedRecoverable+ProtectedSubscription",
         }
     }
 
@@ -268,9 +262,7 @@ impl Emulator {
     /// few seconds at most) and waits for the server to end, so the state
     /// directory can be reopened at once.
     pub async fn shutdown(self) {
-        let Emulator {
-            stop, mut server, ..
-        } = self;
+        let Emulator { stop, mut server, .. } = self;
         drop(stop);
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
             Ok(Ok(())) => {}
@@ -290,9 +282,7 @@ impl Emulator {
 /// [`Emulator::shutdown`] (or drop). Embedders and tests call this.
 pub async fn start(args: EmulatorArgs) -> Result<Emulator, EmulatorError> {
     if args.token.trim().is_empty() {
-        return Err(EmulatorError::InvalidSetting(
-            "--token must not be empty".to_owned(),
-        ));
+        return Err(EmulatorError::InvalidSetting("--token must not be empty".to_owned()));
     }
     let policy = vault::DeletionPolicy::new(args.recovery_level, args.recoverable_days)?;
     store::create_state_dir(&args.state_dir)?;
@@ -309,24 +299,14 @@ pub async fn start(args: EmulatorArgs) -> Result<Emulator, EmulatorError> {
         recovery_level = args.recovery_level.as_str(),
         "key vault emulator listening"
     );
-    Ok(Emulator {
-        addr,
-        cert_pem_path: tls::cert_pem_path(&args.state_dir),
-        app,
-        stop: cancel.drop_guard(),
-        server,
-    })
+    Ok(Emulator { addr, cert_pem_path: tls::cert_pem_path(&args.state_dir), app, stop: cancel.drop_guard(), server })
 }
 
 /// Runs the emulator in the foreground until Ctrl-C or SIGTERM: the body of
 /// `keyseal keyvault-emulator`.
 pub async fn run(args: EmulatorArgs) -> Result<(), EmulatorError> {
     let emulator = start(args).await?;
-    println!(
-        "key vault emulator: {} (trust {})",
-        emulator.vault_url(),
-        emulator.cert_pem_path().display()
-    );
+    println!("key vault emulator: {} (trust {})", emulator.vault_url(), emulator.cert_pem_path().display());
     let signal = shutdown_signal().await;
     emulator.shutdown().await;
     signal

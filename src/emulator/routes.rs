@@ -10,42 +10,18 @@ use super::vault::KeyOperation;
 /// means the latest version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Route {
-    CreateKey {
-        name: String,
-    },
-    GetKey {
-        name: String,
-        version: Option<String>,
-    },
-    UpdateKey {
-        name: String,
-        version: Option<String>,
-    },
-    DeleteKey {
-        name: String,
-    },
+    CreateKey { name: String },
+    GetKey { name: String, version: Option<String> },
+    UpdateKey { name: String, version: Option<String> },
+    DeleteKey { name: String },
     ListKeys,
-    ListKeyVersions {
-        name: String,
-    },
-    RotateKey {
-        name: String,
-    },
-    Crypto {
-        name: String,
-        version: Option<String>,
-        operation: KeyOperation,
-    },
+    ListKeyVersions { name: String },
+    RotateKey { name: String },
+    Crypto { name: String, version: Option<String>, operation: KeyOperation },
     ListDeletedKeys,
-    GetDeletedKey {
-        name: String,
-    },
-    RecoverDeletedKey {
-        name: String,
-    },
-    PurgeDeletedKey {
-        name: String,
-    },
+    GetDeletedKey { name: String },
+    RecoverDeletedKey { name: String },
+    PurgeDeletedKey { name: String },
 }
 
 impl Route {
@@ -53,11 +29,7 @@ impl Route {
     /// outside Key Vault's alphabet is 400.
     pub(crate) fn parse(method: &str, path: &str) -> Result<Self, ServiceError> {
         let unknown = || ServiceError::unknown_operation(method, path);
-        let segments: Vec<&str> = path
-            .strip_prefix('/')
-            .ok_or_else(unknown)?
-            .split('/')
-            .collect();
+        let segments: Vec<&str> = path.strip_prefix('/').ok_or_else(unknown)?.split('/').collect();
         let lowered: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
         let lowered: Vec<&str> = lowered.iter().map(String::as_str).collect();
         // Names keep the caller's case (Key Vault echoes it); literals and
@@ -69,25 +41,11 @@ impl Route {
             ("GET", ["deletedkeys"] | ["deletedkeys", ""]) => Self::ListDeletedKeys,
             ("POST", ["keys", _, "create"]) => Self::CreateKey { name: name()? },
             ("POST", ["keys", _, "rotate"]) => Self::RotateKey { name: name()? },
-            ("GET", ["keys", _, "versions"] | ["keys", _, "versions", ""]) => {
-                Self::ListKeyVersions { name: name()? }
-            }
-            ("GET", ["keys", _] | ["keys", _, ""]) => Self::GetKey {
-                name: name()?,
-                version: None,
-            },
-            ("GET", ["keys", _, _] | ["keys", _, _, ""]) => Self::GetKey {
-                name: name()?,
-                version: version(2),
-            },
-            ("PATCH", ["keys", _] | ["keys", _, ""]) => Self::UpdateKey {
-                name: name()?,
-                version: None,
-            },
-            ("PATCH", ["keys", _, _] | ["keys", _, _, ""]) => Self::UpdateKey {
-                name: name()?,
-                version: version(2),
-            },
+            ("GET", ["keys", _, "versions"] | ["keys", _, "versions", ""]) => Self::ListKeyVersions { name: name()? },
+            ("GET", ["keys", _] | ["keys", _, ""]) => Self::GetKey { name: name()?, version: None },
+            ("GET", ["keys", _, _] | ["keys", _, _, ""]) => Self::GetKey { name: name()?, version: version(2) },
+            ("PATCH", ["keys", _] | ["keys", _, ""]) => Self::UpdateKey { name: name()?, version: None },
+            ("PATCH", ["keys", _, _] | ["keys", _, _, ""]) => Self::UpdateKey { name: name()?, version: version(2) },
             ("DELETE", ["keys", _] | ["keys", _, ""]) => Self::DeleteKey { name: name()? },
             // `/keys/{name}/wrapkey`: the .NET SDK's form for an unversioned key id.
             ("POST", ["keys", _, op]) => Self::Crypto {
@@ -130,14 +88,11 @@ impl Route {
 /// Key Vault object names: 1 to 127 ASCII letters, digits and dashes. The
 /// check also keeps names safe as file names in the state directory.
 fn valid_name(name: &str) -> Result<String, ServiceError> {
-    let valid = (1..=127).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let valid = (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if valid {
         Ok(name.to_owned())
     } else {
-        Err(ServiceError::bad_parameter(format!(
-            "The request URI contains an invalid name: {name}"
-        )))
+        Err(ServiceError::bad_parameter(format!("The request URI contains an invalid name: {name}")))
     }
 }
 
@@ -157,87 +112,43 @@ mod tests {
 
     #[test]
     fn empty_version_segments_mean_latest() {
-        let latest = Route::GetKey {
-            name: name("K1"),
-            version: None,
-        };
+        let latest = Route::GetKey { name: name("K1"), version: None };
         assert_eq!(parse("GET", "/keys/K1"), latest);
         assert_eq!(parse("GET", "/keys/K1/"), latest);
-        let wrap_latest = Route::Crypto {
-            name: name("k1"),
-            version: None,
-            operation: KeyOperation::WrapKey,
-        };
+        let wrap_latest = Route::Crypto { name: name("k1"), version: None, operation: KeyOperation::WrapKey };
         assert_eq!(parse("POST", "/keys/k1//wrapkey"), wrap_latest);
         assert_eq!(parse("POST", "/keys/k1/wrapKey"), wrap_latest);
-        assert_eq!(
-            parse("PATCH", "/keys/k1/"),
-            Route::UpdateKey {
-                name: name("k1"),
-                version: None
-            }
-        );
+        assert_eq!(parse("PATCH", "/keys/k1/"), Route::UpdateKey { name: name("k1"), version: None });
     }
 
     #[test]
     fn versions_and_literals_match_case_insensitively() {
         assert_eq!(
             parse("GET", &format!("/keys/k1/{}", V.to_uppercase())),
-            Route::GetKey {
-                name: name("k1"),
-                version: Some(V.to_owned())
-            }
+            Route::GetKey { name: name("k1"), version: Some(V.to_owned()) }
         );
         assert_eq!(
             parse("POST", &format!("/keys/k1/{V}/UnwrapKey")),
-            Route::Crypto {
-                name: name("k1"),
-                version: Some(V.to_owned()),
-                operation: KeyOperation::UnwrapKey
-            }
+            Route::Crypto { name: name("k1"), version: Some(V.to_owned()), operation: KeyOperation::UnwrapKey }
         );
-        assert_eq!(
-            parse("GET", "/keys/k1/Versions"),
-            Route::ListKeyVersions { name: name("k1") }
-        );
-        assert_eq!(
-            parse("POST", "/keys/k1/create"),
-            Route::CreateKey { name: name("k1") }
-        );
-        assert_eq!(
-            parse("POST", "/keys/k1/rotate"),
-            Route::RotateKey { name: name("k1") }
-        );
+        assert_eq!(parse("GET", "/keys/k1/Versions"), Route::ListKeyVersions { name: name("k1") });
+        assert_eq!(parse("POST", "/keys/k1/create"), Route::CreateKey { name: name("k1") });
+        assert_eq!(parse("POST", "/keys/k1/rotate"), Route::RotateKey { name: name("k1") });
     }
 
     #[test]
     fn deleted_key_routes() {
         assert_eq!(parse("GET", "/deletedkeys"), Route::ListDeletedKeys);
-        assert_eq!(
-            parse("GET", "/deletedkeys/k1"),
-            Route::GetDeletedKey { name: name("k1") }
-        );
-        assert_eq!(
-            parse("DELETE", "/deletedkeys/k1"),
-            Route::PurgeDeletedKey { name: name("k1") }
-        );
-        assert_eq!(
-            parse("POST", "/deletedkeys/k1/recover"),
-            Route::RecoverDeletedKey { name: name("k1") }
-        );
-        assert_eq!(
-            parse("DELETE", "/keys/k1"),
-            Route::DeleteKey { name: name("k1") }
-        );
+        assert_eq!(parse("GET", "/deletedkeys/k1"), Route::GetDeletedKey { name: name("k1") });
+        assert_eq!(parse("DELETE", "/deletedkeys/k1"), Route::PurgeDeletedKey { name: name("k1") });
+        assert_eq!(parse("POST", "/deletedkeys/k1/recover"), Route::RecoverDeletedKey { name: name("k1") });
+        assert_eq!(parse("DELETE", "/keys/k1"), Route::DeleteKey { name: name("k1") });
     }
 
     #[test]
     fn unknown_paths_and_bad_names_are_refused() {
         assert_eq!(Route::parse("GET", "/secrets/s1").unwrap_err().status, 404);
-        assert_eq!(
-            Route::parse("POST", "/keys/k1/v/sign").unwrap_err().status,
-            404
-        );
+        assert_eq!(Route::parse("POST", "/keys/k1/v/sign").unwrap_err().status, 404);
         assert_eq!(Route::parse("PUT", "/keys/k1").unwrap_err().status, 404);
         assert_eq!(Route::parse("GET", "/keys/a.b").unwrap_err().status, 400);
         assert_eq!(Route::parse("GET", "/keys/..%2F").unwrap_err().status, 400);

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use super::EmulatorArgs;
 use super::auth::BearerAuth;
 use super::calls::CallCounter;
+use super::calls::THROTTLED;
 use super::error::ServiceError;
 use super::handlers::{self, RequestContext};
 use super::routes::Route;
-use super::calls::THROTTLED;
 use super::throttle::{self, Throttle};
 use super::tls::TlsListener;
 use super::vault::{Vault, unix_now};
@@ -48,9 +48,7 @@ impl App {
             vault,
             calls: CallCounter::default(),
             auth: BearerAuth::new(args.token.clone()),
-            throttle: args
-                .throttle_rps
-                .map(|rps| Throttle::new(rps, Instant::now())),
+            throttle: args.throttle_rps.map(|rps| Throttle::new(rps, Instant::now())),
             latency: args.latency,
             listen_authority: addr.to_string(),
         }
@@ -59,11 +57,8 @@ impl App {
 
 /// Serves until `cancel` fires, then drains open requests.
 pub(crate) async fn serve(listener: TlsListener, app: Arc<App>, cancel: CancellationToken) {
-    let router = Router::new()
-        .fallback(handle_request)
-        .with_state(app.clone());
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(cancel.clone().cancelled_owned());
+    let router = Router::new().fallback(handle_request).with_state(app.clone());
+    let server = axum::serve(listener, router).with_graceful_shutdown(cancel.clone().cancelled_owned());
     let (served, ()) = tokio::join!(async { server.await }, sweep_deleted_keys(app, cancel));
     if let Err(e) = served {
         tracing::error!(error = %e, "key vault emulator server stopped");
@@ -104,9 +99,7 @@ async fn handle_request(State(app): State<Arc<App>>, request: Request) -> Respon
     }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = process(&app, request)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+    let response = process(&app, request).await.unwrap_or_else(IntoResponse::into_response);
     tracing::debug!(%method, path, status = response.status().as_u16(), "key vault emulator request");
     response
 }
@@ -119,9 +112,7 @@ async fn process(app: &App, request: Request) -> Result<Response, ServiceError> 
     app.calls.record(route.operation());
     let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
-        .map_err(|_| {
-            ServiceError::bad_parameter("The request body is unreadable or larger than 1 MiB.")
-        })?;
+        .map_err(|_| ServiceError::bad_parameter("The request body is unreadable or larger than 1 MiB."))?;
     let ctx = RequestContext {
         vault_url: vault_url(&parts.headers, &parts.uri, &app.listen_authority)?,
         path: parts.uri.path().to_owned(),
@@ -135,18 +126,11 @@ fn query_parameters(uri: &Uri) -> Result<BTreeMap<String, String>, ServiceError>
     let Query(query) = Query::<BTreeMap<String, String>>::try_from_uri(uri)
         .map_err(|_| ServiceError::bad_parameter("The query string is malformed."))?;
     match query.get("api-version") {
-        None => Err(ServiceError::bad_parameter(
-            "The api-version query parameter is required.",
-        )),
+        None => Err(ServiceError::bad_parameter("The api-version query parameter is required.")),
         Some(version)
-            if version.is_empty()
-                || !version
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+            if version.is_empty() || !version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
         {
-            Err(ServiceError::bad_parameter(format!(
-                "The specified api-version {version:?} is not valid."
-            )))
+            Err(ServiceError::bad_parameter(format!("The specified api-version {version:?} is not valid.")))
         }
         Some(_) => Ok(query),
     }
@@ -156,17 +140,11 @@ fn query_parameters(uri: &Uri) -> Result<BTreeMap<String, String>, ServiceError>
 /// addressed, as Key Vault's do.
 fn vault_url(headers: &HeaderMap, uri: &Uri, fallback: &str) -> Result<String, ServiceError> {
     let host = match headers.get(HOST) {
-        Some(value) => value
-            .to_str()
-            .map_err(|_| ServiceError::bad_parameter("The Host header is not valid."))?,
-        None => uri
-            .authority()
-            .map_or(fallback, |authority| authority.as_str()),
+        Some(value) => value.to_str().map_err(|_| ServiceError::bad_parameter("The Host header is not valid."))?,
+        None => uri.authority().map_or(fallback, |authority| authority.as_str()),
     };
     let plausible = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
     if !plausible {
         return Err(ServiceError::bad_parameter("The Host header is not valid."));
     }
@@ -185,25 +163,16 @@ mod tests {
         let odd: Uri = "/keys/k1?api-version=%26x".parse().expect("uri");
         assert_eq!(query_parameters(&odd).unwrap_err().status, 400);
         let fine: Uri = "/keys/k1?api-version=2025-07-01".parse().expect("uri");
-        assert_eq!(
-            query_parameters(&fine).expect("valid")["api-version"],
-            "2025-07-01"
-        );
+        assert_eq!(query_parameters(&fine).expect("valid")["api-version"], "2025-07-01");
     }
 
     #[test]
     fn vault_url_follows_the_host_header() {
         let uri: Uri = "/keys".parse().expect("uri");
         let mut headers = HeaderMap::new();
-        assert_eq!(
-            vault_url(&headers, &uri, "127.0.0.1:9").expect("fallback"),
-            "https://127.0.0.1:9"
-        );
+        assert_eq!(vault_url(&headers, &uri, "127.0.0.1:9").expect("fallback"), "https://127.0.0.1:9");
         headers.insert(HOST, HeaderValue::from_static("localhost:8443"));
-        assert_eq!(
-            vault_url(&headers, &uri, "127.0.0.1:9").expect("host"),
-            "https://localhost:8443"
-        );
+        assert_eq!(vault_url(&headers, &uri, "127.0.0.1:9").expect("host"), "https://localhost:8443");
         headers.insert(HOST, HeaderValue::from_static("evil/path"));
         assert!(vault_url(&headers, &uri, "127.0.0.1:9").is_err());
     }

@@ -67,24 +67,14 @@ pub(crate) fn encode(record: &KeyRecord) -> io::Result<Zeroizing<Vec<u8>>> {
             })
         })
         .collect::<io::Result<Vec<_>>>()?;
-    let document = StoredKey {
-        format: FORMAT,
-        name: record.name.clone(),
-        deleted: record.deleted,
-        versions,
-    };
-    serde_json::to_vec_pretty(&document)
-        .map(Zeroizing::new)
-        .map_err(io::Error::other)
+    let document = StoredKey { format: FORMAT, name: record.name.clone(), deleted: record.deleted, versions };
+    serde_json::to_vec_pretty(&document).map(Zeroizing::new).map_err(io::Error::other)
 }
 
 fn decode(bytes: &[u8]) -> Result<KeyRecord, String> {
     let document: StoredKey = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if document.format != FORMAT {
-        return Err(format!(
-            "unsupported format {} (expected {FORMAT})",
-            document.format
-        ));
+        return Err(format!("unsupported format {} (expected {FORMAT})", document.format));
     }
     if document.versions.is_empty() {
         return Err("a key without versions".to_owned());
@@ -99,26 +89,15 @@ fn decode(bytes: &[u8]) -> Result<KeyRecord, String> {
                 .map_err(|e| format!("version {}: private key: {e}", stored.version))?;
             let material = KeyMaterial::from_pkcs8(stored.props.kty, der)
                 .map_err(|e| format!("version {}: private key: {e}", stored.version))?;
-            Ok(KeyVersion {
-                id: stored.version.clone(),
-                props: stored.props.clone(),
-                material: Arc::new(material),
-            })
+            Ok(KeyVersion { id: stored.version.clone(), props: stored.props.clone(), material: Arc::new(material) })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    Ok(KeyRecord {
-        name: document.name.clone(),
-        versions,
-        deleted: document.deleted,
-    })
+    Ok(KeyRecord { name: document.name.clone(), versions, deleted: document.deleted })
 }
 
 /// Creates the state directory (owner-only when new).
 pub(crate) fn create_state_dir(dir: &Path) -> Result<(), EmulatorError> {
-    create_private_dir(dir).map_err(|source| EmulatorError::StateIo {
-        path: dir.to_path_buf(),
-        source,
-    })
+    create_private_dir(dir).map_err(|source| EmulatorError::StateIo { path: dir.to_path_buf(), source })
 }
 
 fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -137,10 +116,7 @@ pub(crate) struct KeyStore {
 impl KeyStore {
     pub(crate) fn open(state_dir: &Path) -> Result<Self, EmulatorError> {
         let dir = state_dir.join(KEYS_DIR);
-        create_private_dir(&dir).map_err(|source| EmulatorError::StateIo {
-            path: dir.clone(),
-            source,
-        })?;
+        create_private_dir(&dir).map_err(|source| EmulatorError::StateIo { path: dir.clone(), source })?;
         Ok(Self { dir })
     }
 
@@ -152,10 +128,7 @@ impl KeyStore {
     /// behind. A document that cannot be read is an error: dropping keys
     /// silently would look like a deleted key to every caller.
     pub(crate) fn load(&self) -> Result<Vec<KeyRecord>, EmulatorError> {
-        let io_error = |path: &Path, source| EmulatorError::StateIo {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io_error = |path: &Path, source| EmulatorError::StateIo { path: path.to_path_buf(), source };
         let mut by_file = BTreeMap::new();
         for entry in fs::read_dir(&self.dir).map_err(|e| io_error(&self.dir, e))? {
             let path = entry.map_err(|e| io_error(&self.dir, e))?.path();
@@ -170,15 +143,9 @@ impl KeyStore {
                 continue;
             };
             let bytes = Zeroizing::new(fs::read(&path).map_err(|e| io_error(&path, e))?);
-            let record = decode(&bytes).map_err(|reason| EmulatorError::CorruptState {
-                path: path.clone(),
-                reason,
-            })?;
+            let record = decode(&bytes).map_err(|reason| EmulatorError::CorruptState { path: path.clone(), reason })?;
             if record.name.to_ascii_lowercase() != stem {
-                return Err(EmulatorError::CorruptState {
-                    path,
-                    reason: format!("holds key {:?}", record.name),
-                });
+                return Err(EmulatorError::CorruptState { path, reason: format!("holds key {:?}", record.name) });
             }
             by_file.insert(stem.to_owned(), record);
         }
@@ -208,9 +175,7 @@ impl KeyStore {
 /// new content: temp file in the same directory (created with `mode`),
 /// fsync, rename over `path`, fsync of the directory.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other(format!("{} has no parent directory", path.display())))?;
+    let dir = path.parent().ok_or_else(|| io::Error::other(format!("{} has no parent directory", path.display())))?;
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -261,10 +226,7 @@ mod tests {
                 },
                 material: Arc::new(material),
             }],
-            deleted: Some(Deletion {
-                deleted_date: 3,
-                scheduled_purge_date: 4,
-            }),
+            deleted: Some(Deletion { deleted_date: 3, scheduled_purge_date: 4 }),
         }
     }
 
@@ -273,9 +235,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = KeyStore::open(dir.path()).expect("open");
         let original = record("Tenant-Key");
-        store
-            .save("tenant-key", &encode(&original).expect("encode"))
-            .expect("save");
+        store.save("tenant-key", &encode(&original).expect("encode")).expect("save");
         fs::write(store.dir().join(".tenant-key.json.tmp"), b"torn").expect("leftover");
 
         let loaded = store.load().expect("load");
@@ -284,18 +244,12 @@ mod tests {
         assert_eq!(restored.name, "Tenant-Key");
         assert_eq!(restored.deleted, original.deleted);
         assert_eq!(restored.versions[0].props, original.versions[0].props);
-        assert_eq!(
-            restored.versions[0].material.public_jwk(),
-            original.versions[0].material.public_jwk()
-        );
+        assert_eq!(restored.versions[0].material.public_jwk(), original.versions[0].material.public_jwk());
         assert!(!store.dir().join(".tenant-key.json.tmp").exists());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(store.dir().join("tenant-key.json"))
-                .expect("stat")
-                .permissions()
-                .mode();
+            let mode = fs::metadata(store.dir().join("tenant-key.json")).expect("stat").permissions().mode();
             assert_eq!(mode & 0o777, PRIVATE_MODE);
         }
 
@@ -308,9 +262,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = KeyStore::open(dir.path()).expect("open");
         fs::write(store.dir().join("k.json"), b"{not json").expect("write");
-        assert!(matches!(
-            store.load(),
-            Err(EmulatorError::CorruptState { .. })
-        ));
+        assert!(matches!(store.load(), Err(EmulatorError::CorruptState { .. })));
     }
 }

@@ -28,21 +28,13 @@ struct Bucket {
 impl Throttle {
     pub(crate) fn new(requests_per_second: NonZeroU32, now: Instant) -> Self {
         let rate = f64::from(requests_per_second.get());
-        Self {
-            rate,
-            bucket: Mutex::new(Bucket {
-                tokens: rate,
-                refilled_at: now,
-            }),
-        }
+        Self { rate, bucket: Mutex::new(Bucket { tokens: rate, refilled_at: now }) }
     }
 
     /// Takes a token, or says how long until one is available.
     pub(crate) fn admit(&self, now: Instant) -> Result<(), Duration> {
         let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
-        let elapsed = now
-            .saturating_duration_since(bucket.refilled_at)
-            .as_secs_f64();
+        let elapsed = now.saturating_duration_since(bucket.refilled_at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.rate);
         bucket.refilled_at = now;
         if bucket.tokens >= 1.0 {
@@ -57,11 +49,7 @@ impl Throttle {
 /// The 429 response; `Retry-After` is whole seconds, at least one.
 pub(crate) fn too_many_requests(wait: Duration) -> Response {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    (
-        [(RETRY_AFTER, seconds.max(1).to_string())],
-        ServiceError::throttled(),
-    )
-        .into_response()
+    ([(RETRY_AFTER, seconds.max(1).to_string())], ServiceError::throttled()).into_response()
 }
 
 #[cfg(test)]

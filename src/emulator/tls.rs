@@ -47,18 +47,12 @@ pub(crate) fn server_config(state_dir: &Path, extra_names: &[String]) -> Result<
     let mut names: Vec<String> = SUBJECT_ALT_NAMES.iter().map(|n| n.to_string()).collect();
     names.extend(extra_names.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
     let (cert_pem, key_pem) = load_or_create_certificate(state_dir, &names)?;
-    let corrupt = |file: &str, reason: String| EmulatorError::CorruptState {
-        path: state_dir.join(file),
-        reason,
-    };
+    let corrupt = |file: &str, reason: String| EmulatorError::CorruptState { path: state_dir.join(file), reason };
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| corrupt(CERT_FILE, e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| corrupt(CERT_KEY_FILE, e.to_string()))?;
-    let mut config = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| corrupt(CERT_KEY_FILE, e.to_string()))?;
+    let mut config = ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key)?;
     // The server speaks HTTP/1.1 only; saying so keeps clients from trying h2.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -98,9 +92,7 @@ fn load_or_create_certificate(
     let generation = |e: rcgen::Error| EmulatorError::Certificate(e.to_string());
     let key_pair = rcgen::KeyPair::generate().map_err(generation)?;
     let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(generation)?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "keyseal Key Vault emulator");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "keyseal Key Vault emulator");
     // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
     params.is_ca = rcgen::IsCa::ExplicitNoCa;
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
@@ -125,10 +117,7 @@ fn read_if_exists(path: &Path) -> Result<Option<String>, EmulatorError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(EmulatorError::StateIo {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(EmulatorError::StateIo { path: path.to_path_buf(), source }),
     }
 }
 
@@ -143,19 +132,11 @@ pub(crate) struct TlsListener {
 }
 
 impl TlsListener {
-    pub(crate) async fn bind(
-        addr: SocketAddr,
-        config: Arc<ServerConfig>,
-    ) -> Result<Self, EmulatorError> {
+    pub(crate) async fn bind(addr: SocketAddr, config: Arc<ServerConfig>) -> Result<Self, EmulatorError> {
         let bind_error = |source| EmulatorError::Bind { addr, source };
         let tcp = TcpListener::bind(addr).await.map_err(bind_error)?;
         let local_addr = tcp.local_addr().map_err(bind_error)?;
-        Ok(Self {
-            tcp,
-            local_addr,
-            acceptor: TlsAcceptor::from(config),
-            handshakes: JoinSet::new(),
-        })
+        Ok(Self { tcp, local_addr, acceptor: TlsAcceptor::from(config), handshakes: JoinSet::new() })
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {

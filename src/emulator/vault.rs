@@ -22,9 +22,7 @@ const SECONDS_PER_DAY: i64 = 86_400;
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-        })
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// How deleting a key behaves in this vault.
@@ -43,10 +41,7 @@ impl DeletionPolicy {
                 level.as_str()
             )));
         }
-        Ok(Self {
-            level,
-            recoverable_days,
-        })
+        Ok(Self { level, recoverable_days })
     }
 
     pub(crate) fn level(&self) -> RecoveryLevel {
@@ -55,11 +50,7 @@ impl DeletionPolicy {
 
     /// `recoverableDays` as Key Vault reports it: 0 without soft delete.
     pub(crate) fn recoverable_days(&self) -> u32 {
-        if self.level.soft_delete() {
-            self.recoverable_days
-        } else {
-            0
-        }
+        if self.level.soft_delete() { self.recoverable_days } else { 0 }
     }
 }
 
@@ -133,11 +124,7 @@ pub(crate) struct VersionProps {
 impl VersionProps {
     /// Refuses an operation the way Key Vault does: disabled first, then a
     /// missing `key_ops` entry, then the validity window.
-    pub(crate) fn check_usable(
-        &self,
-        operation: KeyOperation,
-        now: i64,
-    ) -> Result<(), ServiceError> {
+    pub(crate) fn check_usable(&self, operation: KeyOperation, now: i64) -> Result<(), ServiceError> {
         let name = operation.key_op();
         if !self.enabled {
             return Err(ServiceError::key_disabled(name));
@@ -197,11 +184,7 @@ impl KeyRecord {
     }
 
     fn view(&self, version: &KeyVersion) -> KeyView {
-        KeyView {
-            name: self.name.clone(),
-            version: version.clone(),
-            deletion: self.deleted,
-        }
+        KeyView { name: self.name.clone(), version: version.clone(), deletion: self.deleted }
     }
 }
 
@@ -245,27 +228,14 @@ pub(crate) struct Vault {
 
 impl Vault {
     /// Loads every key the store holds.
-    pub(crate) async fn open(
-        store: KeyStore,
-        policy: DeletionPolicy,
-    ) -> Result<Self, EmulatorError> {
+    pub(crate) async fn open(store: KeyStore, policy: DeletionPolicy) -> Result<Self, EmulatorError> {
         let store = Arc::new(store);
         let loader = store.clone();
-        let records = tokio::task::spawn_blocking(move || loader.load())
-            .await
-            .map_err(|e| EmulatorError::StateIo {
-                path: store.dir().to_path_buf(),
-                source: std::io::Error::other(e),
-            })??;
-        let keys = records
-            .into_iter()
-            .map(|record| (record.name.to_ascii_lowercase(), record))
-            .collect();
-        Ok(Self {
-            policy,
-            store,
-            keys: RwLock::new(keys),
-        })
+        let records = tokio::task::spawn_blocking(move || loader.load()).await.map_err(|e| {
+            EmulatorError::StateIo { path: store.dir().to_path_buf(), source: std::io::Error::other(e) }
+        })??;
+        let keys = records.into_iter().map(|record| (record.name.to_ascii_lowercase(), record)).collect();
+        Ok(Self { policy, store, keys: RwLock::new(keys) })
     }
 
     pub(crate) fn policy(&self) -> &DeletionPolicy {
@@ -282,11 +252,8 @@ impl Vault {
     ) -> Result<KeyView, ServiceError> {
         let id = new_version_id()?;
         self.mutate(name, |record| {
-            let record = record.get_or_insert_with(|| KeyRecord {
-                name: name.to_owned(),
-                versions: Vec::new(),
-                deleted: None,
-            });
+            let record =
+                record.get_or_insert_with(|| KeyRecord { name: name.to_owned(), versions: Vec::new(), deleted: None });
             if record.deleted.is_some() {
                 return Err(ServiceError::name_held_by_deleted_key(&record.name));
             }
@@ -312,18 +279,11 @@ impl Vault {
 
     /// Adds a new latest version with fresh material and the latest
     /// version's type, operations and tags (`rotate`).
-    pub(crate) async fn rotate(
-        &self,
-        name: &str,
-        material: KeyMaterial,
-        now: i64,
-    ) -> Result<KeyView, ServiceError> {
+    pub(crate) async fn rotate(&self, name: &str, material: KeyMaterial, now: i64) -> Result<KeyView, ServiceError> {
         let id = new_version_id()?;
         self.mutate(name, |record| {
             let record = live(record.as_mut(), name)?;
-            let latest = record
-                .latest()
-                .ok_or_else(|| ServiceError::key_not_found(name))?;
+            let latest = record.latest().ok_or_else(|| ServiceError::key_not_found(name))?;
             let version = KeyVersion {
                 id,
                 props: VersionProps {
@@ -345,16 +305,10 @@ impl Vault {
     }
 
     /// A version (latest when `None`) of a key that is not deleted.
-    pub(crate) async fn get(
-        &self,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<KeyView, ServiceError> {
+    pub(crate) async fn get(&self, name: &str, version: Option<&str>) -> Result<KeyView, ServiceError> {
         let keys = self.keys.read().await;
         let record = live_ref(keys.get(&name.to_ascii_lowercase()), name)?;
-        let found = record
-            .version(version)
-            .ok_or_else(|| not_found(name, version))?;
+        let found = record.version(version).ok_or_else(|| not_found(name, version))?;
         Ok(record.view(found))
     }
 
@@ -399,10 +353,7 @@ impl Vault {
             let record = live(record.as_mut(), name)?;
             let index = match version {
                 None => record.versions.len().checked_sub(1),
-                Some(id) => record
-                    .versions
-                    .iter()
-                    .position(|v| v.id.eq_ignore_ascii_case(id)),
+                Some(id) => record.versions.iter().position(|v| v.id.eq_ignore_ascii_case(id)),
             }
             .ok_or_else(|| not_found(name, version))?;
             let props = &mut record.versions[index].props;
@@ -433,10 +384,7 @@ impl Vault {
         let policy = self.policy;
         self.mutate(name, |slot| {
             let record = live(slot.as_mut(), name)?;
-            let latest = record
-                .latest()
-                .ok_or_else(|| ServiceError::key_not_found(name))?
-                .clone();
+            let latest = record.latest().ok_or_else(|| ServiceError::key_not_found(name))?.clone();
             if !policy.level().soft_delete() {
                 let view = record.view(&latest);
                 *slot = None;
@@ -455,9 +403,7 @@ impl Vault {
     pub(crate) async fn deleted(&self, name: &str) -> Result<KeyView, ServiceError> {
         let keys = self.keys.read().await;
         let record = deleted_ref(keys.get(&name.to_ascii_lowercase()), name)?;
-        let latest = record
-            .latest()
-            .ok_or_else(|| ServiceError::deleted_key_not_found(name))?;
+        let latest = record.latest().ok_or_else(|| ServiceError::deleted_key_not_found(name))?;
         Ok(record.view(latest))
     }
 
@@ -478,9 +424,7 @@ impl Vault {
                 _ => return Err(ServiceError::deleted_key_not_found(name)),
             };
             record.deleted = None;
-            let latest = record
-                .latest()
-                .ok_or_else(|| ServiceError::key_not_found(name))?;
+            let latest = record.latest().ok_or_else(|| ServiceError::key_not_found(name))?;
             Ok(record.view(latest))
         })
         .await
@@ -505,17 +449,11 @@ impl Vault {
     pub(crate) async fn purge_expired(&self, now: i64) -> Result<usize, ServiceError> {
         let due: Vec<String> = {
             let keys = self.keys.read().await;
-            keys.values()
-                .filter(|record| retention_ended(record, now))
-                .map(|record| record.name.clone())
-                .collect()
+            keys.values().filter(|record| retention_ended(record, now)).map(|record| record.name.clone()).collect()
         };
         for name in &due {
             self.mutate(name, |slot| {
-                if slot
-                    .as_ref()
-                    .is_some_and(|record| retention_ended(record, now))
-                {
+                if slot.as_ref().is_some_and(|record| retention_ended(record, now)) {
                     *slot = None;
                 }
                 Ok(())
@@ -546,10 +484,7 @@ impl Vault {
     }
 
     async fn persist(&self, lookup: &str, record: Option<&KeyRecord>) -> Result<(), ServiceError> {
-        let document = record
-            .map(store::encode)
-            .transpose()
-            .map_err(|e| internal("encode key", lookup, &e))?;
+        let document = record.map(store::encode).transpose().map_err(|e| internal("encode key", lookup, &e))?;
         let store = self.store.clone();
         let file_name = lookup.to_owned();
         let written = tokio::task::spawn_blocking(move || match document {
@@ -572,9 +507,7 @@ fn internal(what: &str, key: &str, error: &dyn std::fmt::Display) -> ServiceErro
 }
 
 fn retention_ended(record: &KeyRecord, now: i64) -> bool {
-    record
-        .deleted
-        .is_some_and(|deletion| deletion.scheduled_purge_date <= now)
+    record.deleted.is_some_and(|deletion| deletion.scheduled_purge_date <= now)
 }
 
 fn not_found(name: &str, version: Option<&str>) -> ServiceError {
@@ -585,28 +518,16 @@ fn not_found(name: &str, version: Option<&str>) -> ServiceError {
 }
 
 /// The record of a key that exists and is not deleted.
-fn live<'a>(
-    record: Option<&'a mut KeyRecord>,
-    name: &str,
-) -> Result<&'a mut KeyRecord, ServiceError> {
-    record
-        .filter(|record| record.deleted.is_none())
-        .ok_or_else(|| ServiceError::key_not_found(name))
+fn live<'a>(record: Option<&'a mut KeyRecord>, name: &str) -> Result<&'a mut KeyRecord, ServiceError> {
+    record.filter(|record| record.deleted.is_none()).ok_or_else(|| ServiceError::key_not_found(name))
 }
 
 fn live_ref<'a>(record: Option<&'a KeyRecord>, name: &str) -> Result<&'a KeyRecord, ServiceError> {
-    record
-        .filter(|record| record.deleted.is_none())
-        .ok_or_else(|| ServiceError::key_not_found(name))
+    record.filter(|record| record.deleted.is_none()).ok_or_else(|| ServiceError::key_not_found(name))
 }
 
-fn deleted_ref<'a>(
-    record: Option<&'a KeyRecord>,
-    name: &str,
-) -> Result<&'a KeyRecord, ServiceError> {
-    record
-        .filter(|record| record.deleted.is_some())
-        .ok_or_else(|| ServiceError::deleted_key_not_found(name))
+fn deleted_ref<'a>(record: Option<&'a KeyRecord>, name: &str) -> Result<&'a KeyRecord, ServiceError> {
+    record.filter(|record| record.deleted.is_some()).ok_or_else(|| ServiceError::deleted_key_not_found(name))
 }
 
 /// A fresh version id: 16 random bytes as 32 lowercase hex characters, the
@@ -657,21 +578,11 @@ mod tests {
     fn validity_window_blocks_wrap_but_not_unwrap() {
         let mut p = props(&["wrapKey", "unwrapKey"]);
         p.nbf = Some(100);
-        assert_eq!(
-            p.check_usable(KeyOperation::WrapKey, 99)
-                .unwrap_err()
-                .inner_code,
-            Some("KeyNotYetValid")
-        );
+        assert_eq!(p.check_usable(KeyOperation::WrapKey, 99).unwrap_err().inner_code, Some("KeyNotYetValid"));
         assert!(p.check_usable(KeyOperation::WrapKey, 100).is_ok());
         assert!(p.check_usable(KeyOperation::UnwrapKey, 99).is_ok());
         p.exp = Some(200);
-        assert_eq!(
-            p.check_usable(KeyOperation::WrapKey, 200)
-                .unwrap_err()
-                .inner_code,
-            Some("KeyExpired")
-        );
+        assert_eq!(p.check_usable(KeyOperation::WrapKey, 200).unwrap_err().inner_code, Some("KeyExpired"));
         assert!(p.check_usable(KeyOperation::UnwrapKey, 200).is_ok());
     }
 

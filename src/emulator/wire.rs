@@ -56,15 +56,8 @@ pub(crate) struct JsonWebKey {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum PublicMembers {
-    Rsa {
-        n: String,
-        e: String,
-    },
-    Ec {
-        crv: &'static str,
-        x: String,
-        y: String,
-    },
+    Rsa { n: String, e: String },
+    Ec { crv: &'static str, x: String, y: String },
 }
 
 /// `KeyBundle`: what create, get, update, rotate and recover return.
@@ -122,10 +115,7 @@ pub(crate) struct Page<T> {
 impl<T> Page<T> {
     /// The same page with each entry rendered.
     pub(crate) fn map<U>(self, render: impl FnMut(T) -> U) -> Page<U> {
-        Page {
-            value: self.value.into_iter().map(render).collect(),
-            next_link: self.next_link,
-        }
+        Page { value: self.value.into_iter().map(render).collect(), next_link: self.next_link }
     }
 }
 
@@ -203,15 +193,8 @@ impl Renderer<'_> {
 
     pub(crate) fn bundle(&self, view: &KeyView) -> KeyBundle {
         let public = match view.version.material.public_jwk() {
-            PublicJwk::Rsa { n, e } => PublicMembers::Rsa {
-                n: to_base64url(&n),
-                e: to_base64url(&e),
-            },
-            PublicJwk::Ec { crv, x, y } => PublicMembers::Ec {
-                crv,
-                x: to_base64url(&x),
-                y: to_base64url(&y),
-            },
+            PublicJwk::Rsa { n, e } => PublicMembers::Rsa { n: to_base64url(&n), e: to_base64url(&e) },
+            PublicJwk::Ec { crv, x, y } => PublicMembers::Ec { crv, x: to_base64url(&x), y: to_base64url(&y) },
         };
         KeyBundle {
             key: JsonWebKey {
@@ -226,8 +209,7 @@ impl Renderer<'_> {
     }
 
     fn recovery_id(&self, view: &KeyView) -> Option<String> {
-        view.deletion
-            .map(|_| format!("{}/deletedkeys/{}", self.vault_url, view.name))
+        view.deletion.map(|_| format!("{}/deletedkeys/{}", self.vault_url, view.name))
     }
 
     pub(crate) fn deleted_bundle(&self, view: &KeyView) -> DeletedKeyBundle {
@@ -242,11 +224,7 @@ impl Renderer<'_> {
     /// A list entry; key lists name the key, version lists the version.
     pub(crate) fn item(&self, view: &KeyView, versioned: bool) -> KeyItem {
         KeyItem {
-            kid: if versioned {
-                self.versioned_kid(view)
-            } else {
-                self.unversioned_kid(view)
-            },
+            kid: if versioned { self.versioned_kid(view) } else { self.unversioned_kid(view) },
             attributes: self.attributes(view),
             tags: view.version.props.tags.clone(),
         }

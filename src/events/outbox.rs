@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::BasicProperties;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;

@@ -67,9 +67,7 @@ pub fn decide(current: &TenantProjection, probe: &Probe, now_ms: i64, lockdown_a
                 }));
             }
             if current.state() == TenantState::LockedDown {
-                events.push(Kind::TenantRestored(TenantRestored {
-                    locked_since_unix_ms: current.state_since_unix_ms,
-                }));
+                events.push(Kind::TenantRestored(TenantRestored { locked_since_unix_ms: current.state_since_unix_ms }));
             }
         }
         Probe::Unavailable(reason) => {
@@ -125,11 +123,7 @@ impl KeyHealthView {
             _ => None,
         };
         let lockdown_at_ms = (state == TenantState::Degraded).then(|| lockdown_at(projection, lockdown_after));
-        Self {
-            reason,
-            since_ms,
-            lockdown_at_ms,
-        }
+        Self { reason, since_ms, lockdown_at_ms }
     }
 
     /// `healthy` or `unavailable`, the API's `keyHealth.status`.
@@ -183,8 +177,9 @@ mod tests {
         let mut p = TenantProjection { key_version: "v1".into(), ..Default::default() };
         run(&mut p, Probe::Unavailable("vault_unreachable"), 0);
         assert_eq!(run(&mut p, Probe::Healthy { version: "v1".into() }, 10), ["key_health"]);
-        assert!(run(&mut p, Probe::Unavailable("vault_unreachable"), GRACE.as_millis() as i64 + 5)
-            .contains(&"key_health"));
+        assert!(
+            run(&mut p, Probe::Unavailable("vault_unreachable"), GRACE.as_millis() as i64 + 5).contains(&"key_health")
+        );
         assert_eq!(p.state(), TenantState::Degraded, "a new outage starts a new grace");
     }
 
@@ -208,6 +203,9 @@ mod tests {
     fn a_probe_arriving_after_a_long_outage_locks_at_once() {
         let mut p = TenantProjection::default();
         run(&mut p, Probe::Unavailable("key_expired"), 0);
-        assert_eq!(run(&mut p, Probe::Unavailable("key_expired"), 10 * GRACE.as_millis() as i64), ["tenant_locked_down"]);
+        assert_eq!(
+            run(&mut p, Probe::Unavailable("key_expired"), 10 * GRACE.as_millis() as i64),
+            ["tenant_locked_down"]
+        );
     }
 }

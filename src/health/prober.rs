@@ -74,13 +74,8 @@ pub async fn run(services: &Services, shutdown: CancellationToken) {
 /// Probes every BYOK tenant once and appends the events the policy
 /// decides, tenant by tenant as each probe completes.
 pub async fn probe_round(services: &Services, round: u64) -> Result<RoundSummary, StoreError> {
-    let tenants: Vec<String> = services
-        .store
-        .tenants()
-        .into_iter()
-        .filter(|(_, p)| !p.key_uri.is_empty())
-        .map(|(tenant, _)| tenant)
-        .collect();
+    let tenants: Vec<String> =
+        services.store.tenants().into_iter().filter(|(_, p)| !p.key_uri.is_empty()).map(|(tenant, _)| tenant).collect();
     // Long enough for the client's own retries of throttled calls; a probe
     // still out then is treated as an unreachable vault.
     let deadline = services.settings.probe_interval.max(PROBE_DEADLINE);

@@ -69,11 +69,7 @@ pub async fn run(services: &Services, shutdown: CancellationToken) {
     }
 }
 
-async fn session(
-    services: &Services,
-    shutdown: &CancellationToken,
-    backoff: &mut Backoff,
-) -> Result<(), SessionError> {
+async fn session(services: &Services, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), SessionError> {
     let connection = amqp::connect(&services.settings.amqp_url, "ingest").await?;
     let result = consume(services, &connection, shutdown, backoff).await;
     services.amqp_ready.store(false, Ordering::SeqCst);
@@ -136,10 +132,7 @@ async fn consume(
             done.finish(&channel, &dead_letters).await?;
         }
         let store = services.store.clone();
-        pending = Some(Pending {
-            sync: tokio::task::spawn_blocking(move || store.sync()),
-            written,
-        });
+        pending = Some(Pending { sync: tokio::task::spawn_blocking(move || store.sync()), written });
     }
 }
 
@@ -202,9 +195,7 @@ impl Written {
                 warn!(reason = rejection.code(), "message dead-lettered");
             }
         }
-        channel
-            .basic_ack(self.last_tag, BasicAckOptions { multiple: true })
-            .await?;
+        channel.basic_ack(self.last_tag, BasicAckOptions { multiple: true }).await?;
         m::batch_committed(
             self.stored,
             self.duplicates,
@@ -232,8 +223,7 @@ async fn write(services: &Services, batch: Vec<Delivery>) -> Result<Written, Rec
             Err(rejection) => rejected.push((i, rejection)),
         }
     }
-    let outcomes = records::store_batch(&services.store, &services.keyring, records, services.clock.now_ms())
-        .await?;
+    let outcomes = records::store_batch(&services.store, &services.keyring, records, services.clock.now_ms()).await?;
     let (mut stored, mut duplicates) = (0, 0);
     for (i, outcome) in positions.into_iter().zip(outcomes) {
         match outcome {
@@ -242,14 +232,7 @@ async fn write(services: &Services, batch: Vec<Delivery>) -> Result<Written, Rec
             Outcome::Conflict => rejected.push((i, Rejection::ConflictingDuplicate)),
         }
     }
-    Ok(Written {
-        batch,
-        last_tag,
-        rejected,
-        stored,
-        duplicates,
-        started,
-    })
+    Ok(Written { batch, last_tag, rejected, stored, duplicates, started })
 }
 
 async fn wait_until_writable(services: &Services, shutdown: &CancellationToken) {

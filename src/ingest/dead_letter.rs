@@ -30,10 +30,7 @@ pub async fn publish(channel: &Channel, rejected: &[(&Delivery, Rejection)]) -> 
     for (delivery, rejection) in rejected {
         let mut headers = delivery.properties.headers().clone().unwrap_or_else(FieldTable::default);
         headers.insert(ERROR_HEADER.into(), AMQPValue::LongString(rejection.code().into()));
-        headers.insert(
-            ERROR_DETAIL_HEADER.into(),
-            AMQPValue::LongString(rejection.to_string().into()),
-        );
+        headers.insert(ERROR_DETAIL_HEADER.into(), AMQPValue::LongString(rejection.to_string().into()));
         let properties: BasicProperties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
         confirms.push(
             channel

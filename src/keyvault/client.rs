@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use azure_core::credentials::TokenCredential;
-use futures_util::TryStreamExt;
 use azure_core::error::ErrorKind;
 use azure_core::http::{ExponentialRetryOptions, RetryOptions, Transport};
 use azure_security_keyvault_keys::models::{
     EncryptionAlgorithm, KeyClientGetKeyOptions, KeyClientWrapKeyOptions, KeyOperationParameters,
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
+use futures_util::TryStreamExt;
 
 use super::KeyUri;
 use crate::crypto::data_key::DataKey;
@@ -138,12 +138,7 @@ impl Vault {
             builder = builder.tls_certs_merge([read_ca(path)?]);
         }
         let http = builder.build().map_err(|e| VaultSetupError::Http(e.to_string()))?;
-        Ok(Self {
-            credential,
-            http: Arc::new(http),
-            options,
-            clients: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { credential, http: Arc::new(http), options, clients: Mutex::new(HashMap::new()) })
     }
 
     /// The hosts besides Azure's that key URIs may name.
@@ -180,14 +175,8 @@ impl Vault {
     /// Reads a key: `version` or, with `None`, the latest version.
     pub async fn get_key(&self, uri: &KeyUri, version: Option<&str>) -> Result<VaultKey, VaultError> {
         let client = self.client(uri)?;
-        let options = KeyClientGetKeyOptions {
-            key_version: version.map(str::to_owned),
-            ..Default::default()
-        };
-        let key = timed("get_key", async {
-            client.get_key(&uri.name, Some(options)).await?.into_model()
-        })
-        .await?;
+        let options = KeyClientGetKeyOptions { key_version: version.map(str::to_owned), ..Default::default() };
+        let key = timed("get_key", async { client.get_key(&uri.name, Some(options)).await?.into_model() }).await?;
         let attributes = key.attributes.unwrap_or_default();
         let jwk = key.key.ok_or_else(|| VaultError::Invalid("no key in the answer".into()))?;
         let kid = jwk.kid.clone().ok_or_else(|| VaultError::Invalid("no kid".into()))?;
@@ -261,14 +250,8 @@ impl Vault {
             ..Default::default()
         };
         let result = timed("wrapkey", async {
-            let options = KeyClientWrapKeyOptions {
-                key_version: Some(version.to_owned()),
-                ..Default::default()
-            };
-            client
-                .wrap_key(&uri.name, parameters.try_into()?, Some(options))
-                .await?
-                .into_model()
+            let options = KeyClientWrapKeyOptions { key_version: Some(version.to_owned()), ..Default::default() };
+            client.wrap_key(&uri.name, parameters.try_into()?, Some(options)).await?.into_model()
         })
         .await?;
         let kid = result.kid.ok_or_else(|| VaultError::Invalid("no kid".into()))?;
@@ -285,10 +268,7 @@ impl Vault {
             ..Default::default()
         };
         let result = timed("unwrapkey", async {
-            client
-                .unwrap_key(&uri.name, version, parameters.try_into()?, None)
-                .await?
-                .into_model()
+            client.unwrap_key(&uri.name, version, parameters.try_into()?, None).await?.into_model()
         })
         .await?;
         let raw = zeroize::Zeroizing::new(result.result.ok_or_else(|| VaultError::Invalid("no unwrapped key".into()))?);
@@ -297,10 +277,7 @@ impl Vault {
 }
 
 fn read_ca(path: &Path) -> Result<reqwest::Certificate, VaultSetupError> {
-    let fail = |reason: String| VaultSetupError::CaCert {
-        path: path.display().to_string(),
-        reason,
-    };
+    let fail = |reason: String| VaultSetupError::CaCert { path: path.display().to_string(), reason };
     let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
     reqwest::Certificate::from_pem(&pem).map_err(|e| fail(e.to_string()))
 }
@@ -326,21 +303,12 @@ async fn timed<T>(
 /// body for the most specific code (the inner error, when there is one).
 fn classify(error: azure_core::Error) -> VaultError {
     match error.kind() {
-        ErrorKind::HttpResponse {
-            status,
-            error_code,
-            raw_response,
-        } => {
-            let body: serde_json::Value = raw_response
-                .as_ref()
-                .and_then(|r| serde_json::from_slice(r.body()).ok())
-                .unwrap_or_default();
+        ErrorKind::HttpResponse { status, error_code, raw_response } => {
+            let body: serde_json::Value =
+                raw_response.as_ref().and_then(|r| serde_json::from_slice(r.body()).ok()).unwrap_or_default();
             let inner = body["error"]["innererror"]["code"].as_str();
-            let code = inner
-                .or(body["error"]["code"].as_str())
-                .or(error_code.as_deref())
-                .unwrap_or("unknown")
-                .to_owned();
+            let code =
+                inner.or(body["error"]["code"].as_str()).or(error_code.as_deref()).unwrap_or("unknown").to_owned();
             let message = body["error"]["message"].as_str().unwrap_or_default().to_owned();
             match u16::from(*status) {
                 404 => VaultError::KeyNotFound,

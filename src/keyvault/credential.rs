@@ -55,10 +55,7 @@ pub fn credential(kind: VaultCredentialKind) -> Result<Arc<dyn TokenCredential>,
             azure_identity::AzureCliCredential::new(None).map_err(|e| fail(e.to_string()))?
         }
         VaultCredentialKind::StaticToken => Arc::new(StaticToken(
-            std::env::var("KEYSEAL_VAULT_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-                .unwrap_or_else(|| DEV_TOKEN.to_owned()),
+            std::env::var("KEYSEAL_VAULT_TOKEN").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| DEV_TOKEN.to_owned()),
         )),
     })
 }

@@ -36,7 +36,9 @@ pub enum KeyUriError {
     #[error("key URI must look like https://{{vault}}.vault.azure.net/keys/{{name}}[/{{version}}]: {0}")]
     Malformed(&'static str),
     /// The host is neither Azure Key Vault nor a trusted host.
-    #[error("host {0} is not an Azure Key Vault or Managed HSM host; a self-hosted vault must be allowed with --trusted-vault-host")]
+    #[error(
+        "host {0} is not an Azure Key Vault or Managed HSM host; a self-hosted vault must be allowed with --trusted-vault-host"
+    )]
     UntrustedHost(String),
 }
 
@@ -44,9 +46,7 @@ impl KeyUri {
     /// Parses `uri`, accepting Azure hosts and the exact `host[:port]`
     /// entries of `trusted_hosts`.
     pub fn parse(uri: &str, trusted_hosts: &[String]) -> Result<Self, KeyUriError> {
-        let rest = uri
-            .strip_prefix("https://")
-            .ok_or(KeyUriError::Malformed("only https:// URIs are accepted"))?;
+        let rest = uri.strip_prefix("https://").ok_or(KeyUriError::Malformed("only https:// URIs are accepted"))?;
         let (authority, path) = rest.split_once('/').ok_or(KeyUriError::Malformed("no /keys/ path"))?;
         if authority.is_empty() || authority.contains('@') {
             return Err(KeyUriError::Malformed("no valid host"));
@@ -66,17 +66,11 @@ impl KeyUri {
         }
         let host = authority.to_ascii_lowercase();
         let host_only = host.split(':').next().unwrap_or_default();
-        let azure = VAULT_SUFFIXES
-            .iter()
-            .any(|suffix| host_only.len() > suffix.len() && host_only.ends_with(suffix));
+        let azure = VAULT_SUFFIXES.iter().any(|suffix| host_only.len() > suffix.len() && host_only.ends_with(suffix));
         if !azure && !trusted_hosts.iter().any(|t| t.eq_ignore_ascii_case(&host)) {
             return Err(KeyUriError::UntrustedHost(host));
         }
-        Ok(Self {
-            vault_url: format!("https://{host}"),
-            name: name.to_owned(),
-            version: version.map(str::to_owned),
-        })
+        Ok(Self { vault_url: format!("https://{host}"), name: name.to_owned(), version: version.map(str::to_owned) })
     }
 
     /// The key's id for a given version (`kid`).
@@ -124,10 +118,7 @@ mod tests {
     fn other_hosts_need_trust_and_bad_forms_are_refused() {
         let trusted = vec!["127.0.0.1:8443".to_owned()];
         assert!(KeyUri::parse("https://127.0.0.1:8443/keys/k", &trusted).is_ok());
-        assert!(matches!(
-            KeyUri::parse("https://127.0.0.1:9999/keys/k", &trusted),
-            Err(KeyUriError::UntrustedHost(_))
-        ));
+        assert!(matches!(KeyUri::parse("https://127.0.0.1:9999/keys/k", &trusted), Err(KeyUriError::UntrustedHost(_))));
         assert!(matches!(
             KeyUri::parse("https://vault.azure.net.evil.com/keys/k", &[]),
             Err(KeyUriError::UntrustedHost(_))

@@ -53,7 +53,9 @@ pub enum KeyRefusal {
     #[error("wrapping and unwrapping a test key through the vault failed: {0}")]
     CanaryFailed(String),
     /// Soft delete with purge protection is off.
-    #[error("the key's recovery level is {0}; enable soft delete and purge protection on the vault (a Recoverable level)")]
+    #[error(
+        "the key's recovery level is {0}; enable soft delete and purge protection on the vault (a Recoverable level)"
+    )]
     PurgeProtectionRequired(String),
 }
 
@@ -124,10 +126,8 @@ pub fn check_key(key: &VaultKey, now_unix_s: i64) -> Result<(), KeyRefusal> {
     if key.modulus_bits < MIN_RSA_BITS {
         return Err(KeyRefusal::KeyTooSmall(key.modulus_bits));
     }
-    let missing: Vec<&str> = ["wrapKey", "unwrapKey"]
-        .into_iter()
-        .filter(|op| !key.key_ops.iter().any(|k| k == op))
-        .collect();
+    let missing: Vec<&str> =
+        ["wrapKey", "unwrapKey"].into_iter().filter(|op| !key.key_ops.iter().any(|k| k == op)).collect();
     if !missing.is_empty() {
         return Err(KeyRefusal::MissingKeyOperations(missing.join(" and ")));
     }
@@ -153,18 +153,10 @@ pub async fn validate(vault: &Vault, key_uri: &str, now_unix_s: i64) -> Result<(
     let key = vault.newest_enabled_key(&uri).await?;
     check_key(&key, now_unix_s)?;
     let canary = DataKey::generate();
-    let (_, wrapped) = vault
-        .wrap(&uri, &key.version, &canary)
-        .await
-        .map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
-    let back = vault
-        .unwrap(&uri, &key.version, &wrapped)
-        .await
-        .map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(
-        back.expose_for_wrapping(),
-        canary.expose_for_wrapping(),
-    )) {
+    let (_, wrapped) =
+        vault.wrap(&uri, &key.version, &canary).await.map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
+    let back = vault.unwrap(&uri, &key.version, &wrapped).await.map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(back.expose_for_wrapping(), canary.expose_for_wrapping())) {
         return Err(KeyRefusal::CanaryFailed("the unwrapped canary differs".into()));
     }
     check_recovery_level(key.recovery_level.as_deref())?;

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode,
-    Options, ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions,
 };
 use thiserror::Error;
 use tokio::sync::Notify;
@@ -125,10 +125,7 @@ impl Store {
         let db = DB::open_cf_descriptors(&db_opts, dir, descriptors)?;
         let store = Self {
             db,
-            head: Mutex::new(Head {
-                next_sequence: 1,
-                tenants: HashMap::new(),
-            }),
+            head: Mutex::new(Head { next_sequence: 1, tenants: HashMap::new() }),
             durable_sequence: AtomicU64::new(0),
             appended: Notify::new(),
         };
@@ -149,10 +146,7 @@ impl Store {
             .unwrap_or(0);
         let mut tenants = HashMap::new();
         let prefix = b"tenant/";
-        for item in self.db.iterator_cf(
-            self.cf(CF_PROJECTIONS),
-            IteratorMode::From(prefix, Direction::Forward),
-        ) {
+        for item in self.db.iterator_cf(self.cf(CF_PROJECTIONS), IteratorMode::From(prefix, Direction::Forward)) {
             let (key, value) = item?;
             let Some(tenant) = key.strip_prefix(prefix.as_slice()) else {
                 break;
@@ -160,10 +154,7 @@ impl Store {
             let tenant = String::from_utf8_lossy(tenant).into_owned();
             tenants.insert(tenant, decode(CF_PROJECTIONS, "tenant projection", &value)?);
         }
-        Ok(Head {
-            next_sequence: last + 1,
-            tenants,
-        })
+        Ok(Head { next_sequence: last + 1, tenants })
     }
 
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
@@ -172,11 +163,7 @@ impl Store {
 
     /// Starts a set of changes to commit atomically.
     pub fn transaction(&self) -> Transaction<'_> {
-        Transaction {
-            store: self,
-            batch: WriteBatch::default(),
-            events: Vec::new(),
-        }
+        Transaction { store: self, batch: WriteBatch::default(), events: Vec::new() }
     }
 
     /// Signalled after every commit that appended events (the outbox waits on it).
@@ -216,10 +203,7 @@ impl Store {
 
     /// Looks many records up in one consistent snapshot, so a record being
     /// sealed concurrently is seen in exactly one layer.
-    pub fn find_records<K: AsRef<[u8]>>(
-        &self,
-        record_keys: &[K],
-    ) -> Result<Vec<Option<Located>>, StoreError> {
+    pub fn find_records<K: AsRef<[u8]>>(&self, record_keys: &[K]) -> Result<Vec<Option<Located>>, StoreError> {
         let snapshot = self.db.snapshot();
         let lookups = [(Layer::Hot, CF_HOT), (Layer::Sealed, CF_SEALED)];
         let mut found: Vec<Option<Located>> = vec![None; record_keys.len()];
@@ -232,10 +216,7 @@ impl Store {
             let values = snapshot.multi_get_cf(missing.iter().map(|&i| (cf, record_keys[i].as_ref())));
             for (i, value) in missing.into_iter().zip(values) {
                 if let Some(bytes) = value? {
-                    found[i] = Some(Located {
-                        layer,
-                        record: decode(cf_name, "record", &bytes)?,
-                    });
+                    found[i] = Some(Located { layer, record: decode(cf_name, "record", &bytes)? });
                 }
             }
         }
@@ -289,10 +270,7 @@ impl Store {
         let prefix = keys::tenant_prefix(tenant);
         let start = after.unwrap_or(&prefix);
         let mut page = Vec::with_capacity(limit.min(4096));
-        for item in self
-            .db
-            .iterator_cf(self.cf(layer_cf(layer)), IteratorMode::From(start, Direction::Forward))
-        {
+        for item in self.db.iterator_cf(self.cf(layer_cf(layer)), IteratorMode::From(start, Direction::Forward)) {
             let (key, value) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -316,10 +294,7 @@ impl Store {
 
     /// A wrapped data key by id.
     pub fn wrapped_data_key(&self, id: &[u8]) -> Result<Option<WrappedDataKey>, StoreError> {
-        self.db
-            .get_cf(self.cf(CF_DEKS), id)?
-            .map(|v| decode(CF_DEKS, "wrapped data key", &v))
-            .transpose()
+        self.db.get_cf(self.cf(CF_DEKS), id)?.map(|v| decode(CF_DEKS, "wrapped data key", &v)).transpose()
     }
 
     /// The greatest data key id starting with `prefix` (the latest
@@ -342,10 +317,7 @@ impl Store {
     pub fn data_keys_of(&self, tenant: &str) -> Result<Vec<(Vec<u8>, WrappedDataKey)>, StoreError> {
         let prefix = keys::tenant_prefix(tenant);
         let mut found = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_DEKS), IteratorMode::From(&prefix, Direction::Forward))
-        {
+        for item in self.db.iterator_cf(self.cf(CF_DEKS), IteratorMode::From(&prefix, Direction::Forward)) {
             let (id, value) = item?;
             if !id.starts_with(&prefix) {
                 break;
@@ -399,8 +371,7 @@ impl Store {
     pub fn set_published_watermark(&self, sequence: u64) -> Result<(), StoreError> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        self.db
-            .put_cf_opt(self.cf(CF_PROJECTIONS), OUTBOX_KEY, sequence.to_be_bytes(), &opts)?;
+        self.db.put_cf_opt(self.cf(CF_PROJECTIONS), OUTBOX_KEY, sequence.to_be_bytes(), &opts)?;
         Ok(())
     }
 
@@ -454,8 +425,7 @@ pub struct Transaction<'a> {
 impl Transaction<'_> {
     /// Puts a record into `hot` or `sealed`.
     pub fn put_record(&mut self, layer: Layer, record_key: &[u8], record: &StoredRecord) {
-        self.batch
-            .put_cf(self.store.cf(layer_cf(layer)), record_key, record.encode_to_vec());
+        self.batch.put_cf(self.store.cf(layer_cf(layer)), record_key, record.encode_to_vec());
     }
 
     /// Removes a record from `hot` or `sealed`.
@@ -516,31 +486,19 @@ impl Transaction<'_> {
         let mut touched: HashMap<String, TenantProjection> = HashMap::new();
         let appended_any = !self.events.is_empty();
         for (tenant, kind) in self.events.drain(..) {
-            let projection = touched
-                .entry(tenant.clone())
-                .or_insert_with(|| head.tenants.get(&tenant).cloned().unwrap_or_default());
+            let projection =
+                touched.entry(tenant.clone()).or_insert_with(|| head.tenants.get(&tenant).cloned().unwrap_or_default());
             projection::apply(projection, &kind, now_ms);
-            let event = Event {
-                sequence,
-                time_unix_ms: now_ms,
-                tenant_id: tenant,
-                kind: Some(kind),
-            };
-            self.batch
-                .put_cf(store.cf(CF_EVENTS), keys::event_key(sequence), event.encode_to_vec());
+            let event = Event { sequence, time_unix_ms: now_ms, tenant_id: tenant, kind: Some(kind) };
+            self.batch.put_cf(store.cf(CF_EVENTS), keys::event_key(sequence), event.encode_to_vec());
             sequence += 1;
         }
         let last_sequence = sequence - 1;
         for (tenant, projection) in &touched {
-            self.batch.put_cf(
-                store.cf(CF_PROJECTIONS),
-                keys::projection_key(tenant),
-                projection.encode_to_vec(),
-            );
+            self.batch.put_cf(store.cf(CF_PROJECTIONS), keys::projection_key(tenant), projection.encode_to_vec());
         }
         if appended_any {
-            self.batch
-                .put_cf(store.cf(CF_PROJECTIONS), CHECKPOINT_KEY, last_sequence.to_be_bytes());
+            self.batch.put_cf(store.cf(CF_PROJECTIONS), CHECKPOINT_KEY, last_sequence.to_be_bytes());
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
@@ -559,11 +517,7 @@ fn layer_cf(layer: Layer) -> &'static str {
 }
 
 fn decode<M: Message + Default>(cf: &'static str, what: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
-    M::decode(bytes).map_err(|e| StoreError::Corrupt {
-        cf,
-        what,
-        reason: e.to_string(),
-    })
+    M::decode(bytes).map_err(|e| StoreError::Corrupt { cf, what, reason: e.to_string() })
 }
 
 fn decode_sequence(bytes: &[u8]) -> Result<u64, StoreError> {

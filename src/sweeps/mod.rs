@@ -38,10 +38,7 @@ impl SweepKind {
 /// or `None` if it never does.
 pub fn next_run(schedule: &croner::Cron, now_ms: i64) -> Option<i64> {
     let now = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(now_ms)?;
-    schedule
-        .find_next_occurrence(&now, false)
-        .ok()
-        .map(|next| next.timestamp_millis())
+    schedule.find_next_occurrence(&now, false).ok().map(|next| next.timestamp_millis())
 }
 
 /// Keeps a sweep at `rate` records per second without bursts: after `n`
@@ -109,12 +106,7 @@ impl Progress {
     /// Marks `sweep` as running over about `total` records until the
     /// returned tracker is dropped.
     pub fn begin(&self, sweep: SweepKind, total: u64) -> Tracker<'_> {
-        let snapshot = ProgressSnapshot {
-            sweep,
-            done: 0,
-            total,
-            elapsed_ms: 0,
-        };
+        let snapshot = ProgressSnapshot { sweep, done: 0, total, elapsed_ms: 0 };
         *self.current.lock().expect("progress lock") = Some((snapshot, Instant::now()));
         crate::metrics::sweep_progress(sweep.name(), 0, 0.0);
         Tracker { progress: self, sweep }

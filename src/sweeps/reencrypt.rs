@@ -154,11 +154,7 @@ impl TenantSweep<'_> {
                 self.unreadable(&record.data_key_id);
                 continue;
             };
-            let identity = RecordIdentity {
-                tenant: self.tenant,
-                record_id,
-                layer: Layer::Sealed,
-            };
+            let identity = RecordIdentity { tenant: self.tenant, record_id, layer: Layer::Sealed };
             let old = match old_keys.get(record.data_key_id.as_slice()) {
                 Some(key) => key.clone(),
                 None => match self.keyring.key(&record.data_key_id).await {
@@ -187,11 +183,7 @@ impl TenantSweep<'_> {
         if count > 0 {
             txn.event(
                 self.tenant,
-                Kind::RecordsReencrypted(RecordsReencrypted {
-                    count,
-                    layer: Layer::Sealed as i32,
-                    bytes,
-                }),
+                Kind::RecordsReencrypted(RecordsReencrypted { count, layer: Layer::Sealed as i32, bytes }),
             );
             txn.commit(now_ms)?;
         }
@@ -237,7 +229,8 @@ impl TenantSweep<'_> {
     /// Deletes the old keys no record uses, once past the grace period.
     async fn retire(&mut self) -> Result<(), RecordError> {
         let now_ms = self.clock.now_ms();
-        let retire_before = now_ms - self.keyring.rotation().max_age.as_millis() as i64 - RETIRE_GRACE.as_millis() as i64;
+        let retire_before =
+            now_ms - self.keyring.rotation().max_age.as_millis() as i64 - RETIRE_GRACE.as_millis() as i64;
         let unused: Vec<Vec<u8>> = self
             .old
             .iter()

@@ -58,12 +58,7 @@ pub async fn run(
     pacer: &mut Pacer,
     tracker: &Tracker<'_>,
 ) -> Result<ScrubSummary, StoreError> {
-    let mut scrub = Scrub {
-        store,
-        keyring,
-        now_ms,
-        summary: ScrubSummary::default(),
-    };
+    let mut scrub = Scrub { store, keyring, now_ms, summary: ScrubSummary::default() };
     for (tenant, projection) in store.tenants() {
         if projection.state() != TenantState::Active {
             // Its key is not usable and reads are refused; scrubbed once restored.
@@ -95,7 +90,13 @@ struct Scrub<'a> {
 impl Scrub<'_> {
     /// Verifies one tenant's layer, page by page. Fails only when a data
     /// key cannot be had for a reason other than corruption (a vault outage).
-    async fn layer(&mut self, tenant: &str, layer: Layer, pacer: &mut Pacer, tracker: &Tracker<'_>) -> Result<(), KeyringError> {
+    async fn layer(
+        &mut self,
+        tenant: &str,
+        layer: Layer,
+        pacer: &mut Pacer,
+        tracker: &Tracker<'_>,
+    ) -> Result<(), KeyringError> {
         let mut keys_seen: HashMap<Vec<u8>, Result<Arc<DataKey>, &'static str>> = HashMap::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -123,10 +124,8 @@ impl Scrub<'_> {
         let layer_name = layer_name(layer);
         let mut txn = self.store.transaction();
         for &(record_key, reason) in findings {
-            let record_id = keys::split_record_key(record_key).map_or_else(
-                || String::from_utf8_lossy(record_key).into_owned(),
-                |(_, id)| id.to_owned(),
-            );
+            let record_id = keys::split_record_key(record_key)
+                .map_or_else(|| String::from_utf8_lossy(record_key).into_owned(), |(_, id)| id.to_owned());
             warn!(tenant, record_id, layer = layer_name, reason, "scrub: record failed verification (left in place)");
             crate::metrics::corrupt_record(layer_name);
             txn.event(

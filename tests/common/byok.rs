@@ -41,16 +41,7 @@ pub async fn setup(name: &str, recovery_level: RecoveryLevel, throttle_rps: Opti
     flags.extend_from_slice(extra);
     let worker = start_worker(&vhost, dir.path(), Arc::new(clock.clone()), &flags).await;
     let base = base_url(&worker);
-    Setup {
-        vault,
-        vhost,
-        _dir: dir,
-        worker,
-        base,
-        clock,
-        http: reqwest::Client::new(),
-        _state: state,
-    }
+    Setup { vault, vhost, _dir: dir, worker, base, clock, http: reqwest::Client::new(), _state: state }
 }
 
 impl Setup {
@@ -66,33 +57,16 @@ impl Setup {
     }
 
     pub async fn disable(&self, tenant: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .delete(format!("{}/v1/tenants/{tenant}/encryption", self.base))
-            .send()
-            .await
-            .unwrap();
+        let response = self.http.delete(format!("{}/v1/tenants/{tenant}/encryption", self.base)).send().await.unwrap();
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
     pub async fn sweep(&self) -> Value {
-        self.http
-            .post(format!("{}/v1/sweeps", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.http.post(format!("{}/v1/sweeps", self.base)).send().await.unwrap().json().await.unwrap()
     }
 
     pub async fn status(&self, tenant: &str) -> Value {
-        reqwest::get(format!("{}/v1/tenants/{tenant}", self.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        reqwest::get(format!("{}/v1/tenants/{tenant}", self.base)).await.unwrap().json().await.unwrap()
     }
 
     pub async fn publish(&self, tenant: &str, prefix: &str, count: usize) -> Vec<keyseal::proto::v1::IngestRecord> {
@@ -120,8 +94,7 @@ impl Setup {
             .unwrap()
             .into_iter()
             .filter(|(id, _)| {
-                keyseal::crypto::data_key::DataKeyId::from_bytes(id).unwrap().layer
-                    == keyseal::proto::v1::Layer::Sealed
+                keyseal::crypto::data_key::DataKeyId::from_bytes(id).unwrap().layer == keyseal::proto::v1::Layer::Sealed
             })
             .map(|(_, wrapped)| wrapped.wrapped_by.unwrap().root.unwrap())
             .collect()
@@ -130,15 +103,8 @@ impl Setup {
     /// Asserts `keyseal admin replay`'s check: projections rebuilt from the
     /// log equal the live ones.
     pub async fn assert_replay_equal(&self) {
-        let report: Value = self
-            .http
-            .post(format!("{}/v1/admin/replay", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let report: Value =
+            self.http.post(format!("{}/v1/admin/replay", self.base)).send().await.unwrap().json().await.unwrap();
         assert_eq!(report["equal"], true, "{report}");
         assert!(report["events"].as_u64().unwrap() > 0);
     }
@@ -147,4 +113,3 @@ impl Setup {
         self.vault.admin.create_rsa(name).await.unwrap_or_else(|e| panic!("{e}"))
     }
 }
-

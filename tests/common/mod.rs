@@ -27,11 +27,7 @@ pub struct Vhost {
 impl Vhost {
     pub fn new(test: &str) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "keyseal-test-{test}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("keyseal-test-{test}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         rabbitmqctl(&["add_vhost", &name]);
         rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
         Self { name }
@@ -50,11 +46,7 @@ impl Drop for Vhost {
 
 pub fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl").args(args).output().expect("running rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Settings for a test worker: the vhost, the data dir, an ephemeral port,
@@ -62,16 +54,7 @@ pub fn rabbitmqctl(args: &[&str]) {
 pub fn settings(vhost: &Vhost, data_dir: &Path, extra: &[&str]) -> Settings {
     let url = vhost.amqp_url();
     let dir = data_dir.to_str().unwrap().to_owned();
-    let mut args = vec![
-        "--amqp-url",
-        &url,
-        "--data-dir",
-        &dir,
-        "--http-addr",
-        "127.0.0.1:0",
-        "--sweep-interval",
-        "1h",
-    ];
+    let mut args = vec!["--amqp-url", &url, "--data-dir", &dir, "--http-addr", "127.0.0.1:0", "--sweep-interval", "1h"];
     args.extend_from_slice(extra);
     keyseal::config::parse_flags(args).expect("valid test settings")
 }
@@ -131,10 +114,7 @@ pub async fn counts(base: &str, tenant: &str) -> Option<(u64, u64)> {
         return None;
     }
     let status: serde_json::Value = response.json().await.ok()?;
-    Some((
-        status["records"]["hot"].as_u64()?,
-        status["records"]["sealed"].as_u64()?,
-    ))
+    Some((status["records"]["hot"].as_u64()?, status["records"]["sealed"].as_u64()?))
 }
 
 /// Waits until the tenant's hot + sealed count reaches `total`.
@@ -147,9 +127,8 @@ pub async fn wait_for_records(base: &str, tenant: &str, total: u64, timeout: Dur
 
 /// GET a record; returns (status, body).
 pub async fn get_record(base: &str, tenant: &str, record_id: &str) -> (u16, Vec<u8>) {
-    let response = reqwest::get(format!("{base}/v1/tenants/{tenant}/records/{record_id}"))
-        .await
-        .expect("admin API reachable");
+    let response =
+        reqwest::get(format!("{base}/v1/tenants/{tenant}/records/{record_id}")).await.expect("admin API reachable");
     let status = response.status().as_u16();
     (status, response.bytes().await.unwrap().to_vec())
 }

@@ -59,47 +59,20 @@ impl Vault {
     }
 
     pub async fn create_rsa(&self, name: &str) -> Value {
-        let key = self
-            .ok(
-                Method::POST,
-                &format!("/keys/{name}/create"),
-                Some(json!({"kty": "RSA", "key_size": 2048})),
-            )
-            .await;
+        let key =
+            self.ok(Method::POST, &format!("/keys/{name}/create"), Some(json!({"kty": "RSA", "key_size": 2048}))).await;
         assert_kid(&key["key"]["kid"], &self.emulator.vault_url(), name);
         key
     }
 
-    pub async fn wrap(
-        &self,
-        name: &str,
-        version: &str,
-        alg: &str,
-        plain: &[u8],
-    ) -> (StatusCode, Value) {
+    pub async fn wrap(&self, name: &str, version: &str, alg: &str, plain: &[u8]) -> (StatusCode, Value) {
         let body = json!({"alg": alg, "value": URL_SAFE_NO_PAD.encode(plain)});
-        self.call(
-            Method::POST,
-            &format!("/keys/{name}/{version}/wrapkey"),
-            Some(body),
-        )
-        .await
+        self.call(Method::POST, &format!("/keys/{name}/{version}/wrapkey"), Some(body)).await
     }
 
-    pub async fn unwrap(
-        &self,
-        name: &str,
-        version: &str,
-        alg: &str,
-        wrapped: &Value,
-    ) -> (StatusCode, Value) {
+    pub async fn unwrap(&self, name: &str, version: &str, alg: &str, wrapped: &Value) -> (StatusCode, Value) {
         let body = json!({"alg": alg, "value": wrapped["value"]});
-        self.call(
-            Method::POST,
-            &format!("/keys/{name}/{version}/unwrapkey"),
-            Some(body),
-        )
-        .await
+        self.call(Method::POST, &format!("/keys/{name}/{version}/unwrapkey"), Some(body)).await
     }
 
     pub async fn patch(&self, name: &str, body: Value) -> Value {
@@ -108,9 +81,7 @@ impl Vault {
 }
 
 pub fn decode(value: &Value) -> Vec<u8> {
-    let text = value
-        .as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {value}"));
+    let text = value.as_str().unwrap_or_else(|| panic!("expected a string, got {value}"));
     assert!(!text.contains('='), "base64url must be unpadded: {text}");
     URL_SAFE_NO_PAD.decode(text).expect("base64url")
 }
@@ -119,14 +90,9 @@ pub fn decode(value: &Value) -> Vec<u8> {
 pub fn assert_kid(kid: &Value, vault_url: &str, name: &str) -> String {
     let kid = kid.as_str().expect("kid is a string");
     let prefix = format!("{vault_url}/keys/{name}/");
-    let version = kid
-        .strip_prefix(&prefix)
-        .unwrap_or_else(|| panic!("kid {kid} must start with {prefix}"));
+    let version = kid.strip_prefix(&prefix).unwrap_or_else(|| panic!("kid {kid} must start with {prefix}"));
     assert_eq!(version.len(), 32, "version of {kid}");
-    assert!(
-        version.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')),
-        "{kid}"
-    );
+    assert!(version.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')), "{kid}");
     version.to_owned()
 }
 
@@ -136,23 +102,15 @@ pub fn version_of(bundle: &Value) -> String {
 
 pub fn error_code(body: &Value) -> (&str, Option<&str>) {
     (
-        body["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("error body: {body}")),
+        body["error"]["code"].as_str().unwrap_or_else(|| panic!("error body: {body}")),
         body["error"]["innererror"]["code"].as_str(),
     )
 }
 
 pub fn now() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs(),
-    )
-    .expect("i64")
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs())
+        .expect("i64")
 }
-
 
 impl Vault {
     /// `host:port` of the emulator, for `--trusted-vault-host`.
