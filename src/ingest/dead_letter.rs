@@ -1,8 +1,10 @@
 //! Dead-lettering with a reason. A broker-side `nack(requeue=false)` cannot
 //! add headers, so keyseal republishes the original message (body,
 //! properties, routing key) to the dead-letter exchange with
-//! `x-keyseal-error` set, waits for the broker's confirm, and only then lets
-//! the original be acked.
+//! `x-keyseal-error` set, `mandatory`, waits for the broker's confirm, and
+//! only then lets the original be acked. A dead letter the broker returns
+//! as unroutable (the dead-letter queue or its binding is missing) counts
+//! as a failure, like a nack: the original stays unacked and comes back.
 
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
@@ -10,7 +12,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 
 use super::validate::Rejection;
-use crate::amqp::{DEAD_LETTER_EXCHANGE, ERROR_DETAIL_HEADER, ERROR_HEADER};
+use crate::amqp::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ERROR_DETAIL_HEADER, ERROR_HEADER};
 
 /// Why dead-lettering failed; the originals must then not be acked.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,16 @@ pub enum DeadLetterError {
     /// The broker refused the dead letter.
     #[error("the broker nacked a dead letter")]
     Nacked,
+    /// The broker could not route the dead letter to any queue.
+    #[error(
+        "the broker returned a dead letter as unroutable ({code} {text}): is {DEAD_LETTER_QUEUE} bound to {DEAD_LETTER_EXCHANGE}?"
+    )]
+    Returned {
+        /// AMQP reply code (312 NO_ROUTE).
+        code: u16,
+        /// The broker's reply text.
+        text: String,
+    },
 }
 
 /// Publishes each rejected delivery to the dead-letter exchange on a
@@ -28,26 +40,81 @@ pub enum DeadLetterError {
 pub async fn publish(channel: &Channel, rejected: &[(&Delivery, Rejection)]) -> Result<(), DeadLetterError> {
     let mut confirms = Vec::with_capacity(rejected.len());
     for (delivery, rejection) in rejected {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_else(FieldTable::default);
-        headers.insert(ERROR_HEADER.into(), AMQPValue::LongString(rejection.code().into()));
-        headers.insert(ERROR_DETAIL_HEADER.into(), AMQPValue::LongString(rejection.to_string().into()));
-        let properties: BasicProperties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
         confirms.push(
             channel
                 .basic_publish(
                     DEAD_LETTER_EXCHANGE.into(),
                     delivery.routing_key.clone(),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
                     &delivery.data,
-                    properties,
+                    dead_letter_properties(&delivery.properties, rejection),
                 )
                 .await?,
         );
     }
     for confirm in confirms {
-        if !confirm.await?.is_ack() {
+        let confirmation = confirm.await?;
+        let acked = confirmation.is_ack();
+        if let Some(returned) = confirmation.take_message() {
+            return Err(DeadLetterError::Returned { code: returned.reply_code, text: returned.reply_text.to_string() });
+        }
+        if !acked {
             return Err(DeadLetterError::Nacked);
         }
     }
     Ok(())
+}
+
+/// The original's properties with the reason headers added, persistent,
+/// and without `expiration` (a dead letter must rest until someone looks
+/// at it) or `user-id` (the broker checks it against the publishing
+/// connection's user, which is keyseal's, not the producer's).
+fn dead_letter_properties(original: &BasicProperties, rejection: &Rejection) -> BasicProperties {
+    let mut headers = original.headers().clone().unwrap_or_else(FieldTable::default);
+    headers.insert(ERROR_HEADER.into(), AMQPValue::LongString(rejection.code().into()));
+    headers.insert(ERROR_DETAIL_HEADER.into(), AMQPValue::LongString(rejection.to_string().into()));
+    let mut properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
+    macro_rules! keep {
+        ($($get:ident => $set:ident),* $(,)?) => {
+            $(if let Some(value) = original.$get().clone() {
+                properties = properties.$set(value);
+            })*
+        };
+    }
+    keep!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
+    properties
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_keeps_the_properties_but_not_the_expiration() {
+        let original = BasicProperties::default()
+            .with_content_type("application/x-protobuf".into())
+            .with_message_id("m-1".into())
+            .with_expiration("200".into())
+            .with_user_id("producer".into())
+            .with_delivery_mode(1);
+        let copy = dead_letter_properties(&original, &Rejection::InvalidTenantId);
+        assert_eq!(copy.expiration(), &None);
+        assert_eq!(copy.user_id(), &None);
+        assert_eq!(copy.delivery_mode(), &Some(2));
+        assert_eq!(copy.content_type().as_ref().map(|c| c.as_str()), Some("application/x-protobuf"));
+        assert_eq!(copy.message_id().as_ref().map(|c| c.as_str()), Some("m-1"));
+        let headers = copy.headers().clone().unwrap();
+        assert_eq!(headers.inner().get(ERROR_HEADER), Some(&AMQPValue::LongString("invalid_tenant_id".into())));
+    }
 }
