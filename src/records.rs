@@ -2,16 +2,19 @@
 //! into encrypted envelopes in `hot`, and envelopes (hot or sealed) turn
 //! back into content.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 use thiserror::Error;
+use tracing::warn;
+use zeroize::Zeroizing;
 
 use crate::crypto::CryptoError;
 use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::envelope::{RecordIdentity, decode_content, encode_content};
 use crate::crypto::keyring::{Keyring, KeyringError};
-use crate::proto::store::RecordContent;
+use crate::proto::store::{RecordContent, TenantState};
 use crate::proto::v1::{IngestRecord, Layer, RecordsStored, event::Kind};
 use crate::storage::{Located, Store, StoreError, keys};
 
@@ -38,7 +41,19 @@ pub enum Outcome {
     Duplicate,
     /// Already stored with different content: must be dead-lettered.
     Conflict,
+    /// Already stored, but the stored copy cannot be decrypted now (its data
+    /// key cannot be had: the tenant's vault is down, the key is missing,
+    /// or the tenant is locked down), so whether the content is the same
+    /// cannot be told. Must be dead-lettered: one tenant's unreadable key
+    /// never stalls ingestion for everyone.
+    Unverifiable,
 }
+
+/// Longest the dedupe check waits for a stored copy's data key. A healthy
+/// vault answers in milliseconds; past this the redelivery is dead-lettered
+/// (nothing is lost: the record is stored, the message rests in the
+/// dead-letter queue) instead of holding up the whole batch.
+pub const DEDUPE_KEY_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Stores a batch of validated records atomically: every new record, its
 /// index entry and one `RecordsStored` event per tenant go into a single
@@ -69,19 +84,24 @@ pub async fn store_batch(
 
     let mut outcomes = Vec::with_capacity(records.len());
     let mut first_in_batch: HashMap<&[u8], usize> = HashMap::new();
+    // Data keys already found unreadable in this batch are not asked for again.
+    let mut unreadable = HashSet::new();
     for (i, record) in records.iter().enumerate() {
-        let earlier_content = match (&existing[i], first_in_batch.get(record_keys[i].as_slice())) {
-            (Some(located), _) => Some(stored_content(keyring, record, located).await?),
-            (None, Some(&j)) => Some(Some(contents[j].clone())),
+        let earlier = match (&existing[i], first_in_batch.get(record_keys[i].as_slice())) {
+            (Some(located), _) => Some(stored_copy(store, keyring, record, located, &mut unreadable).await?),
+            (None, Some(&j)) => Some(Earlier::Content(contents[j].clone())),
             (None, None) => None,
         };
-        outcomes.push(match earlier_content {
+        outcomes.push(match earlier {
             None => {
                 first_in_batch.insert(&record_keys[i], i);
                 Outcome::Stored
             }
-            Some(Some(earlier)) if bool::from(earlier.as_slice().ct_eq(contents[i].as_slice())) => Outcome::Duplicate,
-            Some(_) => Outcome::Conflict,
+            Some(Earlier::Content(earlier)) if bool::from(earlier.as_slice().ct_eq(contents[i].as_slice())) => {
+                Outcome::Duplicate
+            }
+            Some(Earlier::Unreadable) => Outcome::Unverifiable,
+            Some(Earlier::Content(_) | Earlier::Corrupt) => Outcome::Conflict,
         });
     }
 
@@ -113,20 +133,50 @@ pub async fn store_batch(
     Ok(outcomes)
 }
 
-/// The encoded content of a stored record, or `None` if it fails its
-/// integrity check (a corrupt record is never "the same" as a new one).
-async fn stored_content(
+/// What the dedupe check learns from the stored copy of a record.
+enum Earlier {
+    /// Its encoded content.
+    Content(Zeroizing<Vec<u8>>),
+    /// It fails its integrity check: a corrupt record is never "the same"
+    /// as a new one.
+    Corrupt,
+    /// It cannot be decrypted now.
+    Unreadable,
+}
+
+/// Reads the stored copy of `record` for the dedupe check. Only a failure
+/// of the store itself is an error (it pauses consumption); a data key that
+/// cannot be had, in time or at all, makes the copy [`Earlier::Unreadable`],
+/// as does a locked-down tenant (every read of its data is refused).
+async fn stored_copy(
+    store: &Store,
     keyring: &Keyring,
     record: &IngestRecord,
     located: &Located,
-) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, RecordError> {
-    let key = keyring.key(&located.record.data_key_id).await?;
-    let identity = RecordIdentity { tenant: &record.tenant_id, record_id: &record.record_id, layer: located.layer };
-    match identity.open(&key, &located.record) {
-        Ok(content) => Ok(Some(content)),
-        Err(CryptoError::Integrity { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
+    unreadable: &mut HashSet<Vec<u8>>,
+) -> Result<Earlier, StoreError> {
+    let key_id = &located.record.data_key_id;
+    let locked = store.tenant(&record.tenant_id).is_some_and(|p| p.state() == TenantState::LockedDown);
+    if locked || unreadable.contains(key_id) {
+        return Ok(Earlier::Unreadable);
     }
+    let why = match tokio::time::timeout(DEDUPE_KEY_DEADLINE, keyring.key(key_id)).await {
+        Ok(Ok(key)) => {
+            let identity =
+                RecordIdentity { tenant: &record.tenant_id, record_id: &record.record_id, layer: located.layer };
+            return Ok(match identity.open(&key, &located.record) {
+                Ok(content) => Earlier::Content(content),
+                Err(CryptoError::Integrity { .. }) => Earlier::Corrupt,
+                Err(_) => Earlier::Unreadable,
+            });
+        }
+        Ok(Err(KeyringError::Store(e))) => return Err(e),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no data key within {DEDUPE_KEY_DEADLINE:?}"),
+    };
+    warn!(tenant = %record.tenant_id, error = %why, "stored copy of a redelivered record cannot be decrypted");
+    unreadable.insert(key_id.clone());
+    Ok(Earlier::Unreadable)
 }
 
 /// Reads and decrypts one record from `hot` or `sealed`; `None` if unknown.

@@ -6,6 +6,10 @@
 //! come back as redeliveries, which the store recognises as duplicates.
 //! A storage error closes the session, which returns every unacked delivery
 //! to the queue, and consuming pauses until the store accepts writes again.
+//! Only a failure of the store itself does that: a redelivery whose stored
+//! copy cannot be decrypted (its tenant's key unavailable) is dead-lettered
+//! `duplicate_unverifiable`. A dead letter the broker returns as
+//! unroutable ends the session like a nack: its batch is not acked.
 //!
 //! Writes use group commit: batch N+1 is gathered and written while batch
 //! N's WAL fsync runs on a blocking thread; N is acked once its fsync is done.
@@ -230,6 +234,7 @@ async fn write(services: &Services, batch: Vec<Delivery>) -> Result<Written, Rec
             Outcome::Stored => stored += 1,
             Outcome::Duplicate => duplicates += 1,
             Outcome::Conflict => rejected.push((i, Rejection::ConflictingDuplicate)),
+            Outcome::Unverifiable => rejected.push((i, Rejection::DuplicateUnverifiable)),
         }
     }
     Ok(Written { batch, last_tag, rejected, stored, duplicates, started })

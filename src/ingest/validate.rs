@@ -42,6 +42,11 @@ pub enum Rejection {
     /// Same tenant and record id as a stored record, different content.
     #[error("conflicting_duplicate: record id already stored with different content")]
     ConflictingDuplicate,
+    /// Same tenant and record id as a stored record whose stored copy cannot
+    /// be decrypted now (its data key is unavailable or the tenant is locked
+    /// down), so whether it is a duplicate cannot be told.
+    #[error("duplicate_unverifiable: record id already stored; its stored copy cannot be decrypted now to compare")]
+    DuplicateUnverifiable,
 }
 
 impl Rejection {
@@ -56,6 +61,7 @@ impl Rejection {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::AttributesTooLarge(_) => "attributes_too_large",
             Self::ConflictingDuplicate => "conflicting_duplicate",
+            Self::DuplicateUnverifiable => "duplicate_unverifiable",
         }
     }
 }
