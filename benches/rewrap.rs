@@ -53,6 +53,7 @@ async fn measure(keys: usize, per_key: usize) -> f64 {
         Ok(vault.client()),
         CacheLimits::default(),
         rotation,
+        Arc::new(keyseal::clock::SystemClock),
     );
     let clock = ManualClock::new(1_700_000_000_000);
     let mut txn = store.transaction();

@@ -55,6 +55,7 @@ async fn populate(
         client.ok_or_else(|| "managed keys only".to_owned()),
         CacheLimits::default(),
         RotationLimits::default(),
+        Arc::new(keyseal::clock::SystemClock),
     );
     let tenants = TENANTS;
     for (t, tenant) in tenants.iter().enumerate() {

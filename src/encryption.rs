@@ -75,8 +75,9 @@ pub async fn disable(services: &Services, tenant: &str) -> Result<RewrapSummary,
             other => EncryptionError::CustomerKeyUnusable(other.to_string()),
         },
     )?;
-    // Nothing unwrapped through the removed customer key stays in memory.
-    services.keyring.forget_cached();
+    // Nothing unwrapped through the removed customer key stays in memory
+    // (the tenant's keys only: other tenants keep theirs).
+    services.keyring.forget_tenant(tenant);
     info!(tenant, rewrapped = summary.rewrapped, "customer key disabled; data stays encrypted under managed keys");
     Ok(summary)
 }

@@ -17,7 +17,7 @@ use crate::api;
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::crypto::keyring::Keyring;
-use crate::crypto::root_key::ManagedRootKeys;
+use crate::crypto::root_key::{ManagedRootKeys, RootExpectation};
 use crate::encryption;
 use crate::events::outbox;
 use crate::health::prober::{self, ProbeTimes};
@@ -65,8 +65,13 @@ impl Services {
             Store::open(&settings.data_dir.join("db"))
                 .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
         );
-        let managed = ManagedRootKeys::load_or_create(&settings.data_dir.join("root-keys"))
+        let expected = RootExpectation {
+            fingerprints: store.managed_root_fingerprints()?,
+            holds_data_keys: store.holds_data_keys()?,
+        };
+        let managed = ManagedRootKeys::open(&settings.data_dir.join("root-keys"), &expected)
             .context("loading the managed root key")?;
+        store.record_managed_root_fingerprints(&managed.fingerprints())?;
         let vault = credential::credential(settings.vault_credential)
             .map_err(|e| e.to_string())
             .and_then(|c| Vault::new(c, settings.vault_options()).map_err(|e| e.to_string()))
@@ -74,7 +79,14 @@ impl Services {
         if let Err(reason) = &vault {
             warn!(%reason, "no Key Vault client: tenants cannot enable their own key until this is fixed");
         }
-        let keyring = Keyring::new(store.clone(), managed, vault, settings.cache_limits(), settings.rotation_limits());
+        let keyring = Keyring::new(
+            store.clone(),
+            managed,
+            vault,
+            settings.cache_limits(),
+            settings.rotation_limits(),
+            clock.clone(),
+        );
         Ok(Self {
             store,
             keyring,
@@ -248,6 +260,8 @@ impl Worker {
         let (s, stop) = (services.clone(), shutdown.clone());
         tasks.spawn(async move { prober::run(&s, stop).await });
         let (s, stop) = (services.clone(), shutdown.clone());
+        tasks.spawn(async move { evict_keys_on_schedule(&s, stop).await });
+        let (s, stop) = (services.clone(), shutdown.clone());
         tasks.spawn(async move {
             if let Err(e) = api::serve(listener, s, stop).await {
                 error!(error = %e, "admin API stopped");
@@ -292,6 +306,25 @@ async fn seal_on_schedule(services: &Services, shutdown: CancellationToken) {
             Ok(summary) if summary.sealed > 0 => info!(sealed = summary.sealed, "seal sweep done"),
             Ok(_) => {}
             Err(e) => error!(error = %e, "seal sweep failed; retrying next interval"),
+        }
+    }
+}
+
+/// Checks for unwrapped keys past `--dek-cache-ttl` ten times per TTL (at
+/// least every 30 s, at most every 100 ms), so none is held longer than
+/// 1.1 × the TTL, or the TTL plus 30 s.
+async fn evict_keys_on_schedule(services: &Services, shutdown: CancellationToken) {
+    let every = (services.settings.dek_cache_ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let dropped = services.keyring.evict_expired();
+        if dropped > 0 {
+            tracing::debug!(dropped, "unwrapped data keys past the cache age dropped");
         }
     }
 }

@@ -13,26 +13,33 @@
 //!
 //! Hot data keys are always rooted at the managed key; sealed data keys at
 //! the tenant's customer key while BYOK is enabled.
+//!
+//! Unwrapped keys, cached ones and writers' alike, are held no longer than
+//! `--dek-cache-ttl` (measured on the worker's [`crate::clock::Clock`]): the worker calls
+//! [`Keyring::evict_expired`] on a schedule, and [`Keyring::forget_tenant`]
+//! when a tenant is locked down or leaves BYOK. A writer whose key was
+//! dropped keeps its place (id, record count) and unwraps the key again
+//! when it next writes, so eviction never costs a new data key.
 //! [`Keyring::rewrap_to_current_root`] moves a tenant's sealed data keys to
 //! its current root in committed steps without touching a record.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use thiserror::Error;
 
 use super::CryptoError;
 use super::data_key::{DataKey, DataKeyId};
-use super::root_key::{ManagedRootKeys, WRAP_ALGORITHM};
-use crate::clock::utc_day;
+use super::root_key::{ManagedRootKeys, WRAP_ALGORITHM, WrapAlgorithm};
+use crate::clock::{SharedClock, utc_day};
 use crate::keyvault::key_uri::KeyUriError;
 use crate::keyvault::{KeyUri, Vault, VaultError};
 use crate::proto::store::WrappedDataKey;
 use crate::proto::v1::{
     DataKeyCreated, DataKeyRetired, Layer, RewrapProgress, RootKeyRef, event::Kind, root_key_ref::Root,
 };
-use crate::storage::{Store, StoreError};
+use crate::storage::{Store, StoreError, keys};
 
 /// Failures getting a usable data key.
 #[derive(Debug, Error)]
@@ -146,7 +153,7 @@ impl Default for CacheLimits {
 
 struct Cached {
     key: Arc<DataKey>,
-    loaded: Instant,
+    loaded_ms: i64,
     uses: u64,
 }
 
@@ -154,8 +161,10 @@ struct Cached {
 struct Writer {
     id: DataKeyId,
     id_bytes: Vec<u8>,
-    key: Arc<DataKey>,
-    loaded: Instant,
+    /// The unwrapped key; `None` once dropped at the cache age (or for the
+    /// tenant), until the writer next writes.
+    key: Option<Arc<DataKey>>,
+    loaded_ms: i64,
     created_at_ms: i64,
     used: u64,
 }
@@ -168,10 +177,10 @@ impl Writer {
             && now_ms.saturating_sub(self.created_at_ms) < rotation.max_age.as_millis() as i64
     }
 
-    fn grant(&mut self, wanted: u64, rotation: &RotationLimits) -> WriteKey {
+    fn grant(&mut self, key: Arc<DataKey>, wanted: u64, rotation: &RotationLimits) -> WriteKey {
         let granted = wanted.min(rotation.max_records - self.used);
         self.used += granted;
-        WriteKey { id: self.id_bytes.clone(), key: self.key.clone(), granted }
+        WriteKey { id: self.id_bytes.clone(), key, granted }
     }
 }
 
@@ -182,6 +191,8 @@ pub struct Keyring {
     vault: Result<Arc<Vault>, String>,
     limits: CacheLimits,
     rotation: RotationLimits,
+    /// Measures how long unwrapped keys have been held.
+    clock: SharedClock,
     cache: Mutex<HashMap<Vec<u8>, Cached>>,
     writers: Mutex<HashMap<(String, Layer), Writer>>,
     /// Serialises creation so two tasks never create the same key twice,
@@ -194,13 +205,14 @@ pub struct Keyring {
 impl Keyring {
     /// A keyring over `store`, wrapping with the managed root and, for
     /// tenants with their own key, through `vault` (or the reason there is
-    /// no vault client).
+    /// no vault client); `clock` measures the age of unwrapped keys.
     pub fn new(
         store: Arc<Store>,
         managed: ManagedRootKeys,
         vault: Result<Arc<Vault>, String>,
         limits: CacheLimits,
         rotation: RotationLimits,
+        clock: SharedClock,
     ) -> Self {
         Self {
             store,
@@ -208,6 +220,7 @@ impl Keyring {
             vault,
             limits,
             rotation,
+            clock,
             cache: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
@@ -244,11 +257,12 @@ impl Keyring {
             // Still good for writing: only its unwrapped copy outlived the cache age.
             Some(old) if old.takes_more(now_ms, &self.rotation) => {
                 let key = self.key(&old.id_bytes).await?;
-                Writer { key, loaded: Instant::now(), ..old }
+                Writer { key: Some(key), loaded_ms: self.clock.now_ms(), ..old }
             }
             previous => self.new_writer(tenant, layer, now_ms, previous.map(|w| w.id)).await?,
         };
-        let lease = writer.grant(wanted, &self.rotation);
+        let key = writer.key.clone().ok_or(KeyringError::UnknownDataKey)?;
+        let lease = writer.grant(key, wanted, &self.rotation);
         self.writers.lock().expect("writers lock").insert(slot, writer);
         Ok(lease)
     }
@@ -256,8 +270,16 @@ impl Keyring {
     fn lease(&self, slot: &(String, Layer), now_ms: i64, wanted: u64) -> Option<WriteKey> {
         let mut writers = self.writers.lock().expect("writers lock");
         let writer = writers.get_mut(slot)?;
-        let fresh = writer.takes_more(now_ms, &self.rotation) && writer.loaded.elapsed() < self.limits.max_age;
-        fresh.then(|| writer.grant(wanted, &self.rotation))
+        let fresh = writer.takes_more(now_ms, &self.rotation) && !self.expired(writer.loaded_ms, 0);
+        let key = writer.key.clone().filter(|_| fresh)?;
+        Some(writer.grant(key, wanted, &self.rotation))
+    }
+
+    /// Whether an unwrapped key loaded at `loaded_ms` and used `uses` times
+    /// must no longer be held.
+    fn expired(&self, loaded_ms: i64, uses: u64) -> bool {
+        let age_ms = self.clock.now_ms().saturating_sub(loaded_ms);
+        age_ms >= self.limits.max_age.as_millis() as i64 || uses >= self.limits.max_uses
     }
 
     /// Creates the next generation of the tenant's key for the day of `now_ms`.
@@ -283,7 +305,7 @@ impl Keyring {
         };
         let id_bytes = id.to_bytes();
         let key = self.create(tenant, layer, &id_bytes, &root, now_ms).await?;
-        Ok(Writer { id, id_bytes, key, loaded: Instant::now(), created_at_ms: now_ms, used: 0 })
+        Ok(Writer { id, id_bytes, key: Some(key), loaded_ms: self.clock.now_ms(), created_at_ms: now_ms, used: 0 })
     }
 
     /// The data key with id `id`, from memory or unwrapped from the store.
@@ -300,6 +322,57 @@ impl Keyring {
     pub fn forget_cached(&self) {
         self.cache.lock().expect("cache lock").clear();
         self.writers.lock().expect("writers lock").clear();
+    }
+
+    /// Drops every unwrapped key of `tenant` (cached and writers', hot and
+    /// sealed) and no other tenant's: called right after the tenant is
+    /// locked down or disables its own key, so nothing unwrapped while the
+    /// customer's key still worked outlives that. Each key is zeroized once
+    /// no batch in flight still holds it; the next write starts a new
+    /// generation.
+    pub fn forget_tenant(&self, tenant: &str) {
+        let prefix = keys::tenant_prefix(tenant);
+        self.cache.lock().expect("cache lock").retain(|id, _| !id.starts_with(&prefix));
+        self.writers.lock().expect("writers lock").retain(|(owner, _), _| owner != tenant);
+    }
+
+    /// Drops every unwrapped key held longer than the cache age (or used
+    /// more than its limit), writers' included; returns how many. The
+    /// worker calls it on a schedule, so a key is not held much past
+    /// `--dek-cache-ttl` even if nothing asks for it again.
+    pub fn evict_expired(&self) -> usize {
+        let mut dropped = 0;
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.retain(|_, entry| {
+            let keep = !self.expired(entry.loaded_ms, entry.uses);
+            dropped += usize::from(!keep);
+            keep
+        });
+        drop(cache);
+        for writer in self.writers.lock().expect("writers lock").values_mut() {
+            if writer.key.is_some() && self.expired(writer.loaded_ms, 0) {
+                writer.key = None;
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// How many distinct unwrapped data keys of `tenant` are held in memory
+    /// (cached or as a writer's key). Read-only, so tests and operators can
+    /// check that keys are dropped when they must be.
+    pub fn cached_keys_of(&self, tenant: &str) -> usize {
+        let prefix = keys::tenant_prefix(tenant);
+        let mut held: HashSet<Vec<u8>> =
+            self.cache.lock().expect("cache lock").keys().filter(|id| id.starts_with(&prefix)).cloned().collect();
+        let writers = self.writers.lock().expect("writers lock");
+        held.extend(
+            writers
+                .iter()
+                .filter(|((owner, _), w)| owner == tenant && w.key.is_some())
+                .map(|(_, w)| w.id_bytes.clone()),
+        );
+        held.len()
     }
 
     /// The vault client, or why there is none.
@@ -475,14 +548,9 @@ impl Keyring {
             Some(key) => key,
             None => Arc::new(self.unwrap(wrapped).await?),
         };
-        let (wrapped_by, bytes) = self.wrap(target, &key).await?;
+        let rewrapped = self.wrap(target, &key, wrapped.created_at_unix_ms).await?;
         crate::metrics::data_key_rewrapped();
-        Ok(WrappedDataKey {
-            wrapped_by: Some(wrapped_by),
-            algorithm: WRAP_ALGORITHM.into(),
-            wrapped: bytes,
-            created_at_unix_ms: wrapped.created_at_unix_ms,
-        })
+        Ok(rewrapped)
     }
 
     /// Commits one step: the rewrapped keys, where the rewrap stands, and
@@ -516,24 +584,37 @@ impl Keyring {
         }
     }
 
-    async fn wrap(&self, root: &RootKey, key: &DataKey) -> Result<(RootKeyRef, Vec<u8>), KeyringError> {
+    /// `key` wrapped by `root`, as it is stored.
+    async fn wrap(
+        &self,
+        root: &RootKey,
+        key: &DataKey,
+        created_at_unix_ms: i64,
+    ) -> Result<WrappedDataKey, KeyringError> {
         crate::metrics::root_key_operation();
-        match root {
+        let (wrapped_by, wrapped, root_fingerprint) = match root {
             RootKey::Managed => {
-                let (version, wrapped) = self.managed.wrap(key)?;
-                Ok((RootKeyRef { root: Some(Root::ManagedVersion(version)) }, wrapped))
+                let wrap = self.managed.wrap(key)?;
+                (RootKeyRef { root: Some(Root::ManagedVersion(wrap.version)) }, wrap.wrapped, wrap.fingerprint)
             }
             RootKey::Vault { uri, version } => {
                 let (_, wrapped) = self.vault()?.wrap(uri, version, key).await?;
-                Ok((self.root_ref(root), wrapped))
+                (self.root_ref(root), wrapped, String::new())
             }
-        }
+        };
+        Ok(WrappedDataKey {
+            wrapped_by: Some(wrapped_by),
+            algorithm: WRAP_ALGORITHM.into(),
+            wrapped,
+            created_at_unix_ms,
+            root_fingerprint,
+        })
     }
 
     fn cached(&self, id: &[u8]) -> Option<Arc<DataKey>> {
         let mut cache = self.cache.lock().expect("cache lock");
         let fresh = match cache.get_mut(id) {
-            Some(entry) if entry.loaded.elapsed() < self.limits.max_age && entry.uses < self.limits.max_uses => {
+            Some(entry) if !self.expired(entry.loaded_ms, entry.uses) => {
                 entry.uses += 1;
                 Some(entry.key.clone())
             }
@@ -552,12 +633,12 @@ impl Keyring {
     fn remember(&self, id: &[u8], key: &Arc<DataKey>) {
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= self.limits.max_entries {
-            let oldest = cache.iter().min_by_key(|(_, entry)| entry.loaded).map(|(id, _)| id.clone());
+            let oldest = cache.iter().min_by_key(|(_, entry)| entry.loaded_ms).map(|(id, _)| id.clone());
             if let Some(oldest) = oldest {
                 cache.remove(&oldest);
             }
         }
-        cache.insert(id.to_vec(), Cached { key: key.clone(), loaded: Instant::now(), uses: 1 });
+        cache.insert(id.to_vec(), Cached { key: key.clone(), loaded_ms: self.clock.now_ms(), uses: 1 });
     }
 
     async fn load(&self, id: &[u8]) -> Result<Option<Arc<DataKey>>, KeyringError> {
@@ -571,13 +652,16 @@ impl Keyring {
 
     async fn unwrap(&self, wrapped: &WrappedDataKey) -> Result<DataKey, KeyringError> {
         crate::metrics::root_key_operation();
+        let algorithm = WrapAlgorithm::parse(&wrapped.algorithm)?;
         match wrapped.wrapped_by.as_ref().and_then(|r| r.root.as_ref()) {
-            Some(Root::ManagedVersion(version)) => Ok(self.managed.unwrap(*version, &wrapped.wrapped)?),
+            Some(Root::ManagedVersion(version)) => {
+                Ok(self.managed.unwrap(*version, &wrapped.root_fingerprint, algorithm, &wrapped.wrapped)?)
+            }
             Some(Root::VaultKeyId(kid)) => {
                 let vault = self.vault()?;
                 let uri = KeyUri::parse(kid, vault.trusted_hosts())?;
                 let version = uri.version.clone().ok_or(KeyUriError::Malformed("stored key id has no version"))?;
-                Ok(vault.unwrap(&uri, &version, &wrapped.wrapped).await?)
+                Ok(vault.unwrap_as(&uri, &version, algorithm, &wrapped.wrapped).await?)
             }
             None => Err(CryptoError::Corrupt { what: "wrapped data key", reason: "names no root".into() }.into()),
         }
@@ -592,23 +676,15 @@ impl Keyring {
         now_ms: i64,
     ) -> Result<Arc<DataKey>, KeyringError> {
         let key = DataKey::generate();
-        let (root, wrapped) = self.wrap(root, &key).await?;
+        let wrapped = self.wrap(root, &key, now_ms).await?;
         let mut txn = self.store.transaction();
-        txn.put_data_key(
-            id,
-            &WrappedDataKey {
-                wrapped_by: Some(root.clone()),
-                algorithm: WRAP_ALGORITHM.into(),
-                wrapped,
-                created_at_unix_ms: now_ms,
-            },
-        );
+        txn.put_data_key(id, &wrapped);
         txn.event(
             tenant,
             Kind::DataKeyCreated(DataKeyCreated {
                 data_key_id: id.to_vec(),
                 layer: layer as i32,
-                wrapped_by: Some(root),
+                wrapped_by: wrapped.wrapped_by,
             }),
         );
         txn.commit(now_ms)?;
@@ -632,25 +708,73 @@ fn same_root(a: &RootKeyRef, b: &RootKeyRef) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, ManualClock};
+
+    fn keyring(dir: &std::path::Path, clock: &ManualClock, max_age: Duration) -> Keyring {
+        let store = Arc::new(Store::open(&dir.join("db")).unwrap());
+        let managed = ManagedRootKeys::load_or_create(&dir.join("root-keys")).unwrap();
+        let limits = CacheLimits { max_age, ..CacheLimits::default() };
+        Keyring::new(store, managed, Err("no vault".into()), limits, RotationLimits::default(), Arc::new(clock.clone()))
+    }
+
+    #[tokio::test]
+    async fn writer_keys_are_dropped_at_the_cache_age_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_700_000_000_000);
+        let keyring = keyring(dir.path(), &clock, Duration::from_secs(60));
+        let lease = keyring.reserve("a", Layer::Hot, clock.now_ms(), 10).await.unwrap();
+        let (id, held) = (lease.id.clone(), Arc::downgrade(&lease.key));
+        drop(lease);
+        assert_eq!(keyring.cached_keys_of("a"), 1);
+
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(keyring.evict_expired(), 0, "younger than the cache age");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(keyring.evict_expired(), 2, "the cached copy and the writer's");
+        assert_eq!(keyring.cached_keys_of("a"), 0);
+        assert!(held.upgrade().is_none(), "no copy of the key is left in memory");
+
+        let again = keyring.reserve("a", Layer::Hot, clock.now_ms(), 10).await.unwrap();
+        assert_eq!(again.id, id, "the same writer goes on, its key unwrapped again");
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_tenant_drops_its_keys_and_no_one_elses() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_700_000_000_000);
+        let keyring = keyring(dir.path(), &clock, Duration::from_secs(300));
+        let now = clock.now_ms();
+        let mut held = Vec::new();
+        for (tenant, layer) in [("a", Layer::Hot), ("a", Layer::Sealed), ("ab", Layer::Hot)] {
+            held.push(Arc::downgrade(&keyring.reserve(tenant, layer, now, 1).await.unwrap().key));
+        }
+        assert_eq!((keyring.cached_keys_of("a"), keyring.cached_keys_of("ab")), (2, 1));
+
+        keyring.forget_tenant("a");
+        assert_eq!((keyring.cached_keys_of("a"), keyring.cached_keys_of("ab")), (0, 1));
+        assert!(held[0].upgrade().is_none() && held[1].upgrade().is_none(), "a's keys are gone from memory");
+        assert!(held[2].upgrade().is_some(), "a tenant whose id starts alike keeps its key");
+    }
 
     #[test]
     fn a_writer_retires_when_full_when_too_old_or_on_a_new_day() {
         let rotation = RotationLimits { max_age: Duration::from_secs(3600), max_records: 10 };
         let day_ms = 86_400_000;
         let created = 5 * day_ms + 1000;
+        let key = Arc::new(DataKey::generate());
         let mut writer = Writer {
             id: DataKeyId { tenant: "t".into(), layer: Layer::Hot, bucket: utc_day(created), generation: 0 },
             id_bytes: Vec::new(),
-            key: Arc::new(DataKey::generate()),
-            loaded: Instant::now(),
+            key: Some(key.clone()),
+            loaded_ms: created,
             created_at_ms: created,
             used: 0,
         };
         assert!(writer.takes_more(created + 1000, &rotation));
         assert!(!writer.takes_more(created + 3_600_000, &rotation), "too old");
         assert!(!writer.takes_more(created + day_ms, &rotation), "another day");
-        assert_eq!(writer.grant(4, &rotation).granted, 4);
-        assert_eq!(writer.grant(25, &rotation).granted, 6, "never past the limit");
+        assert_eq!(writer.grant(key.clone(), 4, &rotation).granted, 4);
+        assert_eq!(writer.grant(key, 25, &rotation).granted, 6, "never past the limit");
         assert!(!writer.takes_more(created + 1000, &rotation), "full");
     }
 }

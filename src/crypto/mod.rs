@@ -7,6 +7,7 @@ pub mod batch_keys;
 pub mod data_key;
 pub mod envelope;
 pub mod keyring;
+pub mod root_files;
 pub mod root_key;
 
 use thiserror::Error;
@@ -38,6 +39,44 @@ pub enum CryptoError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// The managed root key the store was written under is not in its
+    /// directory; keyseal never creates a new one in its place.
+    #[error(
+        "managed root key missing: {dir} has no {wanted}, but the store holds data keys wrapped by it. \
+         keyseal will not create a new root key (every hot record would become unreadable). \
+         Restore {dir} from your backup or deployment secret (every managed-v*.pem, mode 0600, \
+         in a directory of mode 0700), then start again"
+    )]
+    RootKeyMissing {
+        /// The root key directory.
+        dir: String,
+        /// Which file (and fingerprint) is missing.
+        wanted: String,
+    },
+    /// A root key file is not the key the store was written under.
+    #[error(
+        "managed root key {path} has fingerprint {found}, but the store expects {expected}: \
+         it is another deployment's key. Restore the right root-keys directory from backup"
+    )]
+    RootKeyMismatch {
+        /// The key file.
+        path: String,
+        /// Its fingerprint.
+        found: String,
+        /// The fingerprint the store recorded.
+        expected: String,
+    },
+    /// A wrapped data key names a managed root no loaded key file is.
+    #[error(
+        "data key wrapped by managed root v{version} with fingerprint {fingerprint}, which no key in \
+         root-keys has; restore that key file from backup"
+    )]
+    UnknownRootFingerprint {
+        /// The version the wrapped key names.
+        version: u32,
+        /// The fingerprint recorded with it.
+        fingerprint: String,
     },
     /// A stored value could not be decoded.
     #[error("corrupt {what}: {reason}")]

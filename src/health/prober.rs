@@ -112,12 +112,17 @@ async fn record(services: &Services, tenant: &str, probe: &Probe) -> Result<usiz
     }
     let count = events.len();
     let rolled = events.iter().any(|e| matches!(e, Kind::KeyRolled(_)));
+    let locked = events.iter().any(|e| matches!(e, Kind::TenantLockedDown(_)));
     let mut txn = services.store.transaction();
     for event in events {
         info!(tenant, event = kind_name(&event), ?probe, "key state changed");
         txn.event(tenant, event);
     }
     txn.commit(now_ms)?;
+    if locked {
+        // Nothing unwrapped while the customer's key still worked stays in memory.
+        services.keyring.forget_tenant(tenant);
+    }
     if rolled {
         // O(data keys), records untouched; if it fails, the rewrap stays
         // pending in the projection and the next sweep finishes it.

@@ -20,6 +20,7 @@ use futures_util::TryStreamExt;
 
 use super::KeyUri;
 use crate::crypto::data_key::DataKey;
+use crate::crypto::root_key::WrapAlgorithm;
 use crate::metrics as m;
 
 /// What a vault call can fail with, classified for callers (validation,
@@ -261,12 +262,25 @@ impl Vault {
 
     /// Unwraps a data key wrapped by `version` with RSA-OAEP-256.
     pub async fn unwrap(&self, uri: &KeyUri, version: &str, wrapped: &[u8]) -> Result<DataKey, VaultError> {
+        self.unwrap_as(uri, version, WrapAlgorithm::RsaOaep256, wrapped).await
+    }
+
+    /// Unwraps a data key wrapped by `version` with `algorithm` (as stored
+    /// with it: keys wrapped with RSA-OAEP, SHA-1, stay readable).
+    pub async fn unwrap_as(
+        &self,
+        uri: &KeyUri,
+        version: &str,
+        algorithm: WrapAlgorithm,
+        wrapped: &[u8],
+    ) -> Result<DataKey, VaultError> {
         let client = self.client(uri)?;
-        let parameters = KeyOperationParameters {
-            algorithm: Some(EncryptionAlgorithm::RsaOaep256),
-            value: Some(wrapped.to_vec()),
-            ..Default::default()
+        let algorithm = match algorithm {
+            WrapAlgorithm::RsaOaep256 => EncryptionAlgorithm::RsaOaep256,
+            WrapAlgorithm::RsaOaep => EncryptionAlgorithm::RsaOaep,
         };
+        let parameters =
+            KeyOperationParameters { algorithm: Some(algorithm), value: Some(wrapped.to_vec()), ..Default::default() };
         let result = timed("unwrapkey", async {
             client.unwrap_key(&uri.name, version, parameters.try_into()?, None).await?.into_model()
         })

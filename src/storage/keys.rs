@@ -52,6 +52,15 @@ pub fn projection_key(tenant: &str) -> Vec<u8> {
     [b"tenant/".as_slice(), tenant.as_bytes()].concat()
 }
 
+/// Prefix of the managed root fingerprints in `projections`.
+pub const MANAGED_ROOT_PREFIX: &[u8] = b"managed-root/v";
+
+/// Key of the fingerprint recorded for managed root `version`:
+/// `managed-root/v | version (big-endian u32)`.
+pub fn managed_root_key(version: u32) -> Vec<u8> {
+    [MANAGED_ROOT_PREFIX, &version.to_be_bytes()].concat()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 
 pub mod keys;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +32,8 @@ pub const CF_BY_TIME: &str = "by_time";
 pub const CF_DEKS: &str = "deks";
 /// The append-only event log.
 pub const CF_EVENTS: &str = "events";
-/// Projection state, its checkpoint and the outbox watermark.
+/// Projection state, its checkpoint, the outbox watermark and the
+/// fingerprints of the managed root versions the store was written under.
 pub const CF_PROJECTIONS: &str = "projections";
 
 const COLUMN_FAMILIES: [&str; 6] = [CF_HOT, CF_SEALED, CF_BY_TIME, CF_DEKS, CF_EVENTS, CF_PROJECTIONS];
@@ -373,6 +374,45 @@ impl Store {
         opts.set_sync(true);
         self.db.put_cf_opt(self.cf(CF_PROJECTIONS), OUTBOX_KEY, sequence.to_be_bytes(), &opts)?;
         Ok(())
+    }
+
+    /// The fingerprint recorded for each managed root version (hex), so a
+    /// worker never starts on a store with a root it lacks.
+    pub fn managed_root_fingerprints(&self) -> Result<BTreeMap<u32, String>, StoreError> {
+        let mut found = BTreeMap::new();
+        let prefix = keys::MANAGED_ROOT_PREFIX;
+        for item in self.db.iterator_cf(self.cf(CF_PROJECTIONS), IteratorMode::From(prefix, Direction::Forward)) {
+            let (key, value) = item?;
+            let Some(version) = key.strip_prefix(prefix) else {
+                break;
+            };
+            let corrupt = |reason: &str| StoreError::Corrupt {
+                cf: CF_PROJECTIONS,
+                what: "managed root fingerprint",
+                reason: reason.to_owned(),
+            };
+            let version = u32::from_be_bytes(version.try_into().map_err(|_| corrupt("version is not 4 bytes"))?);
+            let fingerprint = String::from_utf8(value.into_vec()).map_err(|_| corrupt("not UTF-8"))?;
+            found.insert(version, fingerprint);
+        }
+        Ok(found)
+    }
+
+    /// Records the fingerprints of the managed root versions in use (synced).
+    pub fn record_managed_root_fingerprints(&self, fingerprints: &BTreeMap<u32, String>) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for (version, fingerprint) in fingerprints {
+            batch.put_cf(self.cf(CF_PROJECTIONS), keys::managed_root_key(*version), fingerprint.as_bytes());
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// Whether the store holds any data key.
+    pub fn holds_data_keys(&self) -> Result<bool, StoreError> {
+        Ok(self.db.iterator_cf(self.cf(CF_DEKS), IteratorMode::Start).next().transpose()?.is_some())
     }
 
     /// The sequence the persisted projections reflect.
