@@ -38,10 +38,22 @@ pub struct Settings {
     /// How often each customer key is probed.
     #[arg(long, env = "KEYSEAL_PROBE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub probe_interval: Duration,
-    /// Grace after the first failed probe before the tenant is locked down
-    /// (with the probe interval this keeps lockdown under one hour).
+    /// Grace after the first failed probe began before the tenant is locked
+    /// down (with the probe and canary intervals this keeps lockdown under
+    /// one hour; see `health::prober::worst_case_lockdown`).
     #[arg(long, env = "KEYSEAL_LOCKDOWN_AFTER", default_value = "50m", value_parser = humantime::parse_duration)]
     pub lockdown_after: Duration,
+    /// Longest time between two canaries of a key (a wrap and an unwrap
+    /// through the vault, the only check that notices wrap/unwrap
+    /// permissions withdrawn while the key stays readable). At most the
+    /// probe interval: every probe is a canary.
+    #[arg(long, env = "KEYSEAL_CANARY_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub canary_interval: Duration,
+    /// How long a probe may go unanswered before it counts as a failed probe
+    /// (`vault_unreachable`). Long enough for the client's retries of
+    /// throttled calls, which are not a failure.
+    #[arg(long, env = "KEYSEAL_PROBE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub probe_timeout: Duration,
     /// Unacked deliveries the broker may send ahead (AMQP prefetch).
     #[arg(long, env = "KEYSEAL_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,

@@ -1,8 +1,9 @@
 //! Bring your own key for a tenant: enabling (validate the key, record
 //! `EncryptionEnabled`, move sealed data keys under it), disabling (move them
 //! back under the managed key, then `EncryptionDisabled`, all or nothing),
-//! resuming rewraps a crash interrupted, and deciding which tenants' keys
-//! are unusable right now so sealing holds their records in `hot`.
+//! and deciding which tenants' keys are unusable right now so sealing holds
+//! their records in `hot`. Rewraps an enable left unfinished are the
+//! rewrapper's (`crate::rewrapper`).
 
 use std::collections::BTreeSet;
 
@@ -36,7 +37,7 @@ pub enum EncryptionError {
 
 /// Validates `key_uri`, records it as the tenant's root (the latest key
 /// version) and rewraps the tenant's sealed data keys under it. If the
-/// rewrap is interrupted it stays pending and the next sweep resumes it.
+/// rewrap is interrupted it stays pending and the rewrapper resumes it.
 pub async fn enable(services: &Services, tenant: &str, key_uri: &str) -> Result<RewrapSummary, EncryptionError> {
     let _exclusive = services.exclusive().await;
     let vault = services.keyring.vault().map_err(|e| EncryptionError::VaultNotConfigured(e.to_string()))?;
@@ -52,7 +53,8 @@ pub async fn enable(services: &Services, tenant: &str, key_uri: &str) -> Result<
     match services.keyring.rewrap_to_current_root(tenant, now_ms).await {
         Ok(summary) => Ok(summary),
         Err(e) => {
-            warn!(tenant, error = %e, "rewrap under the customer key interrupted; the next sweep resumes it");
+            warn!(tenant, error = %e, "rewrap under the customer key interrupted; the rewrapper resumes it");
+            services.rewraps.wake();
             Ok(RewrapSummary::default())
         }
     }
@@ -80,23 +82,6 @@ pub async fn disable(services: &Services, tenant: &str) -> Result<RewrapSummary,
     services.keyring.forget_tenant(tenant);
     info!(tenant, rewrapped = summary.rewrapped, "customer key disabled; data stays encrypted under managed keys");
     Ok(summary)
-}
-
-/// Finishes rewraps that were interrupted (crash, vault outage).
-pub(crate) async fn resume_rewraps(services: &Services) {
-    if services.keyring.rewrap_running() {
-        // The prober is rolling a tenant's keys right now; sealing need not wait.
-        return;
-    }
-    for (tenant, projection) in services.store.tenants() {
-        if !projection.rewrap_pending {
-            continue;
-        }
-        match services.keyring.rewrap_to_current_root(&tenant, services.clock.now_ms()).await {
-            Ok(summary) => info!(tenant, rewrapped = summary.rewrapped, "resumed rewrap finished"),
-            Err(e) => warn!(tenant, error = %e, "rewrap still pending"),
-        }
-    }
 }
 
 /// Tenants whose customer key cannot be used now (unreadable, disabled,

@@ -13,9 +13,11 @@
 //!   which appends events and folds them into the [`projection`].
 //! - [`keyvault`]: Azure Key Vault as a tenant's root key (BYOK): key URIs,
 //!   credentials, the official client and the enable checks.
-//! - [`encryption`]: enabling and disabling a tenant's own key, rewraps,
-//!   and holding back sealing while a key is unusable.
-//! - [`health`]: the key prober and the lockdown policy.
+//! - [`encryption`]: enabling and disabling a tenant's own key and holding
+//!   back sealing while a key is unusable; [`rewrapper`]: the task that
+//!   finishes rewraps after rolls, enables and restarts.
+//! - [`health`]: the key prober, the lockdown policy and the lockdown
+//!   deadline tick.
 //! - [`sealing`]: the sweep that moves records older than the seal age
 //!   into `sealed`.
 //! - [`sweeps`]: the scheduled maintenance sweeps: re-encryption off old
@@ -54,6 +56,7 @@ pub mod projection;
 pub mod proto;
 pub mod publish;
 pub mod records;
+pub mod rewrapper;
 pub mod sealing;
 pub mod status_page;
 pub mod storage;

@@ -53,8 +53,14 @@ pub fn apply(projection: &mut TenantProjection, event: &Kind, at_ms: i64) {
         }
         Kind::KeyHealth(health) => match (health.status(), projection.state()) {
             (Status::Unavailable, TenantState::Active) => {
-                set_state(projection, TenantState::Degraded, at_ms);
-                projection.degraded_since_unix_ms = at_ms;
+                // The grace starts when the failing probe began (carried by
+                // the event, so replay agrees), never after the event.
+                let since = match health.observed_at_unix_ms {
+                    0 => at_ms,
+                    observed => observed.min(at_ms),
+                };
+                set_state(projection, TenantState::Degraded, since);
+                projection.degraded_since_unix_ms = since;
                 projection.health_reason.clone_from(&health.reason);
             }
             (Status::Unavailable, TenantState::Degraded | TenantState::LockedDown) => {
@@ -152,7 +158,27 @@ mod lockdown_tests {
     use crate::proto::v1::{KeyHealth, TenantLockedDown, TenantRestored};
 
     fn health(status: Status, reason: &str) -> Kind {
-        Kind::KeyHealth(KeyHealth { status: status as i32, reason: reason.into(), key_version: String::new() })
+        Kind::KeyHealth(KeyHealth { status: status as i32, reason: reason.into(), ..Default::default() })
+    }
+
+    #[test]
+    fn the_grace_starts_when_the_failing_probe_began() {
+        let mut p = TenantProjection::default();
+        let observed = |at| {
+            Kind::KeyHealth(KeyHealth {
+                status: Status::Unavailable as i32,
+                reason: "vault_unreachable".into(),
+                key_version: String::new(),
+                observed_at_unix_ms: at,
+            })
+        };
+        apply(&mut p, &observed(1_000), 61_000);
+        assert_eq!((p.state(), p.state_since_unix_ms, p.degraded_since_unix_ms), (TenantState::Degraded, 1_000, 1_000));
+        apply(&mut p, &observed(70_000), 130_000);
+        assert_eq!(p.degraded_since_unix_ms, 1_000, "a later failure does not restart the grace");
+        let mut q = TenantProjection::default();
+        apply(&mut q, &observed(9_000), 5_000);
+        assert_eq!(q.degraded_since_unix_ms, 5_000, "never later than the event itself");
     }
 
     #[test]

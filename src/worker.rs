@@ -1,7 +1,8 @@
 //! Wiring of one shard's worker: opens the store and keys, then runs the
-//! ingest consumer, the seal scheduler, the outbox relay and the admin API
-//! as tasks that all stop on one cancellation token. Nothing here is
-//! process-global, so a process can later run several shards.
+//! ingest consumer, the seal scheduler, the outbox relay, the prober, the
+//! lockdown tick, the rewrapper and the admin API as tasks that all stop on
+//! one cancellation token. Nothing here is process-global, so a process can
+//! later run several shards.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::crypto::keyring::Keyring;
 use crate::crypto::root_key::{ManagedRootKeys, RootExpectation};
 use crate::encryption;
 use crate::events::outbox;
+use crate::health::lockdown;
 use crate::health::prober::{self, ProbeTimes};
 use crate::ingest::consumer;
 use crate::keyvault::{Vault, credential};
@@ -27,6 +29,7 @@ use crate::metrics as m;
 use crate::projection;
 use crate::proto::store::TenantState;
 use crate::records::RecordError;
+use crate::rewrapper::{self, RewrapRequests};
 use crate::sealing::{self, SealSummary};
 use crate::storage::{Store, StoreError};
 use crate::sweeps::reencrypt::{self, ReencryptSummary};
@@ -47,6 +50,8 @@ pub struct Services {
     pub amqp_ready: AtomicBool,
     /// When each tenant's key was last probed.
     pub probe_times: ProbeTimes,
+    /// Wakes the rewrapper.
+    pub rewraps: RewrapRequests,
     /// Serialises sweeps (scheduled and on demand).
     sweep: tokio::sync::Mutex<()>,
     /// Serialises the maintenance sweeps (re-encryption and scrub), which
@@ -94,6 +99,7 @@ impl Services {
             settings,
             amqp_ready: AtomicBool::new(false),
             probe_times: ProbeTimes::default(),
+            rewraps: RewrapRequests::default(),
             sweep: tokio::sync::Mutex::new(()),
             maintenance: tokio::sync::Mutex::new(()),
             progress: sweeps::Progress::default(),
@@ -101,11 +107,11 @@ impl Services {
     }
 
     /// Runs a seal sweep now (waiting for one in progress to finish first):
-    /// resumes unfinished rewraps, holds back tenants whose own key is not
-    /// usable, and seals the rest.
+    /// wakes the rewrapper for unfinished rewraps, holds back tenants whose
+    /// own key is not usable, and seals the rest.
     pub async fn sweep(&self) -> Result<SealSummary, RecordError> {
         let _one_at_a_time = self.sweep.lock().await;
-        encryption::resume_rewraps(self).await;
+        self.rewraps.wake();
         let mut hold = encryption::unusable_customer_keys(self).await;
         // Sealing of a tenant that is not healthy waits; its backlog is
         // sealed after it is restored.
@@ -261,6 +267,10 @@ impl Worker {
         tasks.spawn(async move { prober::run(&s, stop).await });
         let (s, stop) = (services.clone(), shutdown.clone());
         tasks.spawn(async move { evict_keys_on_schedule(&s, stop).await });
+        let (s, stop) = (services.clone(), shutdown.clone());
+        tasks.spawn(async move { lockdown::run(&s, stop).await });
+        let (s, stop) = (services.clone(), shutdown.clone());
+        tasks.spawn(async move { rewrapper::run(&s, stop).await });
         let (s, stop) = (services.clone(), shutdown.clone());
         tasks.spawn(async move {
             if let Err(e) = api::serve(listener, s, stop).await {

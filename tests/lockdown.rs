@@ -214,3 +214,112 @@ async fn kill_9_while_degraded_keeps_the_state_and_the_deadline() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Accepts connections on `addr` and never answers (what a vault behind a
+/// hung TLS terminator or load balancer looks like). It reads and discards
+/// what clients send, so a connection a client gives up on is let go.
+async fn never_answer_on(addr: &str) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("binding the vault's address again");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
+            });
+        }
+    })
+}
+
+const HUNG_TENANTS: usize = 200;
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const GRACE: Duration = Duration::from_secs(30);
+/// Probes every second (real time) that give up after 2 s unanswered; the
+/// grace runs on the manual clock, which stands still while the probes time
+/// out, then moves in half-second steps.
+const HUNG_FLAGS: [&str; 6] = ["--probe-interval", "1s", "--probe-timeout", "2s", "--lockdown-after", "30s"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tenant_of_a_vault_that_never_answers_is_locked_at_its_grace_plus_at_most_one_probe_interval() {
+    use keyseal::clock::Clock;
+    use keyseal::proto::store::TenantState;
+
+    let mut s = setup("lock-hang", RecoveryLevel::Recoverable, None, &HUNG_FLAGS).await;
+    const KEYS: usize = 10;
+    for k in 0..KEYS {
+        s.rsa_key(&format!("k{k}")).await;
+    }
+    let tenants: Vec<String> = (0..HUNG_TENANTS).map(|t| format!("t{t:03}")).collect();
+    futures_util::stream::iter(tenants.iter().enumerate())
+        .for_each_concurrent(8, |(i, tenant)| {
+            let uri = s.vault.key_uri(&format!("k{}", i % KEYS));
+            let s = &s;
+            async move {
+                let (status, body) = s.enable(tenant, &uri).await;
+                assert_eq!(status, 200, "{tenant}: {body}");
+            }
+        })
+        .await;
+    let store = s.worker.services.store.clone();
+    let byok = || store.tenants_where(|p| !p.key_uri.is_empty());
+    assert_eq!(byok().len(), HUNG_TENANTS);
+    assert!(byok().iter().all(|(_, p)| p.state() == TenantState::Active));
+
+    // The vault goes on accepting connections but never answers again.
+    let failed_at = s.clock.now_ms();
+    let addr = s.vault.host();
+    let spare_state = tempfile::tempdir().unwrap();
+    let spare = Vault::start(args(spare_state.path(), RecoveryLevel::Recoverable)).await;
+    std::mem::replace(&mut s.vault, spare).emulator.shutdown().await;
+    let hung = never_answer_on(&addr).await;
+
+    // The clock stands still: unanswered probes must count as failed ones
+    // within real seconds, not after minutes of waves of 60 s deadlines.
+    wait_until("every tenant degraded by unanswered probes", Duration::from_secs(60), || async {
+        byok().iter().all(|(_, p)| p.state() == TenantState::Degraded)
+    })
+    .await;
+    let interval_ms = PROBE_INTERVAL.as_millis() as i64;
+    let grace_ms = GRACE.as_millis() as i64;
+    for (tenant, p) in byok() {
+        assert_eq!(p.health_reason, "vault_unreachable", "{tenant}");
+        assert!(p.degraded_since_unix_ms <= failed_at + interval_ms, "{tenant} degraded late: {p:?}");
+    }
+
+    // No probe answers from here on: the tick alone locks each tenant as
+    // the clock passes its deadline, never before.
+    let latest_ms = failed_at + grace_ms + interval_ms;
+    while s.clock.now_ms() < latest_ms {
+        s.clock.advance(Duration::from_millis(500));
+        let now = s.clock.now_ms();
+        wait_until("the tick to lock every tenant whose grace has passed", Duration::from_secs(10), || async {
+            byok()
+                .iter()
+                .all(|(_, p)| !(p.state() == TenantState::Degraded && p.degraded_since_unix_ms + grace_ms <= now))
+        })
+        .await;
+        for (tenant, p) in byok() {
+            if p.state() == TenantState::LockedDown {
+                assert!(p.state_since_unix_ms >= p.degraded_since_unix_ms + grace_ms, "{tenant} locked early: {p:?}");
+            }
+        }
+    }
+    for (tenant, p) in byok() {
+        assert_eq!(p.state(), TenantState::LockedDown, "{tenant}");
+        assert!(p.state_since_unix_ms <= latest_ms, "{tenant} locked at {}, after {latest_ms}", p.state_since_unix_ms);
+    }
+    let locks: Vec<String> = store
+        .events_after(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.kind, Some(Kind::TenantLockedDown(_))))
+        .map(|e| e.tenant_id)
+        .collect();
+    assert_eq!(locks.len(), HUNG_TENANTS, "one lockdown per tenant");
+    assert_eq!(locks.iter().collect::<BTreeSet<_>>().len(), HUNG_TENANTS);
+    let status = s.status("t199").await;
+    assert_eq!(
+        (status["state"].as_str(), status["keyHealth"]["reason"].as_str()),
+        (Some("locked_down"), Some("vault_unreachable"))
+    );
+    s.assert_replay_equal().await;
+    hung.abort();
+}

@@ -18,15 +18,17 @@ fn kind() -> impl Strategy<Value = Kind> {
     prop_oneof![
         (1u32..50).prop_map(|count| Kind::RecordsStored(RecordsStored { count, bytes: 10 })),
         (1u32..50).prop_map(|count| Kind::RecordsSealed(RecordsSealed { count, oldest_ingested_at_unix_ms: 0 })),
-        (0usize..3).prop_map(|r| Kind::KeyHealth(KeyHealth {
+        (0usize..3, 0i64..2).prop_map(|(r, observed)| Kind::KeyHealth(KeyHealth {
             status: Status::Unavailable as i32,
             reason: REASONS[r].into(),
             key_version: String::new(),
+            observed_at_unix_ms: observed * 1_700_000_000_000,
         })),
         Just(Kind::KeyHealth(KeyHealth {
             status: Status::Healthy as i32,
             reason: String::new(),
-            key_version: "v".into()
+            key_version: "v".into(),
+            observed_at_unix_ms: 0,
         })),
         (0usize..3).prop_map(|r| Kind::TenantLockedDown(TenantLockedDown {
             reason: REASONS[r].into(),

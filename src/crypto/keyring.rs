@@ -433,12 +433,6 @@ impl Keyring {
         }
     }
 
-    /// Whether a rewrap or retirement is running now (a sweep need not wait
-    /// for it to resume one).
-    pub fn rewrap_running(&self) -> bool {
-        self.rewrapping.try_lock().is_err()
-    }
-
     /// Moves every sealed data key of `tenant` under `target` and commits
     /// them with `closing` in one batch: all or nothing. For changes of the
     /// tenant's root (disabling its key), where a half-moved state must never

@@ -1,7 +1,10 @@
 //! Key health and lockdown. The [`prober`] reads each BYOK tenant's key
 //! every probe interval; the [`policy`] turns what it found, and the passage
 //! of time, into `KeyHealth`, `TenantLockedDown` and `TenantRestored` events;
-//! the projection (`crate::projection`) folds them into the tenant's state.
+//! the [`lockdown`] tick appends the time-driven `TenantLockedDown` when a
+//! grace has passed; the projection (`crate::projection`) folds them into
+//! the tenant's state.
 
+pub mod lockdown;
 pub mod policy;
 pub mod prober;

@@ -1,9 +1,11 @@
 //! The lockdown policy, pure: given a tenant's projection, what a probe
-//! found and the time, which events to append. `KeyRolled` when the newest
-//! enabled version changed; `KeyHealth` only on a change of health or
-//! reason; `TenantLockedDown` once the grace since the first failed probe
-//! has passed; `TenantRestored` with the first healthy probe after a
-//! lockdown. Throttling alone decides nothing.
+//! found (or only the time) and the time, which events to append.
+//! `KeyRolled` when the newest enabled version changed; `KeyHealth` only on
+//! a change of health or reason; `TenantLockedDown` once the grace since the
+//! first failed probe began has passed, decided by [`lockdown_due`] on every
+//! tick of the clock whether or not a probe answered; `TenantRestored` with
+//! the first healthy probe after a lockdown. Throttling alone decides
+//! nothing, and a probe of a key the tenant no longer uses decides nothing.
 
 use std::time::Duration;
 
@@ -27,6 +29,22 @@ pub enum Probe {
     Inconclusive,
 }
 
+/// A finished probe: what it found, which key it asked about (the tenant's
+/// key URI and version when it began) and when it began, so a result that
+/// outlived the key it was about is recognised and a slow probe's failure
+/// dates from when it began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// The tenant's key URI when the probe began.
+    pub key_uri: String,
+    /// The tenant's key version when the probe began.
+    pub key_version: String,
+    /// When the probe began (worker clock, Unix ms).
+    pub began_at_ms: i64,
+    /// What it found.
+    pub probe: Probe,
+}
+
 /// The health reason (DESIGN.md's list) for a refusal.
 pub fn reason(refusal: &KeyRefusal) -> &'static str {
     match refusal {
@@ -45,10 +63,24 @@ pub fn reason(refusal: &KeyRefusal) -> &'static str {
     }
 }
 
-/// The events `probe` at `now_ms` calls for, in order.
-pub fn decide(current: &TenantProjection, probe: &Probe, now_ms: i64, lockdown_after: Duration) -> Vec<Kind> {
+/// The events `observation`, concluded at `now_ms`, calls for, in order.
+/// None if the tenant's key URI or version changed since the probe began
+/// (disabled, or enabled again with another key): that result is about a
+/// key the tenant no longer uses.
+pub fn decide(
+    current: &TenantProjection,
+    observation: &Observation,
+    now_ms: i64,
+    lockdown_after: Duration,
+) -> Vec<Kind> {
+    if current.key_uri.is_empty()
+        || current.key_uri != observation.key_uri
+        || current.key_version != observation.key_version
+    {
+        return Vec::new();
+    }
     let mut events = Vec::new();
-    match probe {
+    match &observation.probe {
         Probe::Inconclusive => {}
         Probe::Healthy { version } => {
             // A new newest enabled version: roll to it (data keys are
@@ -62,8 +94,8 @@ pub fn decide(current: &TenantProjection, probe: &Probe, now_ms: i64, lockdown_a
             if current.state() != TenantState::Active {
                 events.push(Kind::KeyHealth(KeyHealth {
                     status: Status::Healthy as i32,
-                    reason: String::new(),
                     key_version: version.clone(),
+                    ..KeyHealth::default()
                 }));
             }
             if current.state() == TenantState::LockedDown {
@@ -76,6 +108,7 @@ pub fn decide(current: &TenantProjection, probe: &Probe, now_ms: i64, lockdown_a
                     status: Status::Unavailable as i32,
                     reason: (*reason).to_owned(),
                     key_version: String::new(),
+                    observed_at_unix_ms: observation.began_at_ms,
                 }));
             }
         }
@@ -84,13 +117,21 @@ pub fn decide(current: &TenantProjection, probe: &Probe, now_ms: i64, lockdown_a
     for event in &events {
         projection::apply(&mut after, event, now_ms);
     }
-    if after.state() == TenantState::Degraded && now_ms >= lockdown_at(&after, lockdown_after) {
-        events.push(Kind::TenantLockedDown(TenantLockedDown {
-            reason: after.health_reason.clone(),
-            degraded_since_unix_ms: after.degraded_since_unix_ms,
-        }));
-    }
+    events.extend(lockdown_due(&after, now_ms, lockdown_after));
     events
+}
+
+/// `TenantLockedDown` if the tenant is degraded and its grace has passed at
+/// `now_ms`: the time-driven transition, decided from the projection and
+/// the time alone. The event carries what the fold needs, so replay never
+/// looks at a clock.
+pub fn lockdown_due(current: &TenantProjection, now_ms: i64, lockdown_after: Duration) -> Option<Kind> {
+    (current.state() == TenantState::Degraded && now_ms >= lockdown_at(current, lockdown_after)).then(|| {
+        Kind::TenantLockedDown(TenantLockedDown {
+            reason: current.health_reason.clone(),
+            degraded_since_unix_ms: current.degraded_since_unix_ms,
+        })
+    })
 }
 
 /// When a degraded tenant will be locked down unless its key comes back.
@@ -138,17 +179,31 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(50 * 60);
 
-    fn run(p: &mut TenantProjection, probe: Probe, now: i64) -> Vec<&'static str> {
-        let events = decide(p, &probe, now, GRACE);
-        for event in &events {
+    /// A tenant on its own key `u` at `version`.
+    fn byok(version: &str) -> TenantProjection {
+        TenantProjection { key_uri: "u".into(), key_version: version.into(), ..Default::default() }
+    }
+
+    /// A probe of the tenant's current key that began at `began` and ended at `now`.
+    fn of(p: &TenantProjection, probe: Probe, began: i64) -> Observation {
+        Observation { key_uri: p.key_uri.clone(), key_version: p.key_version.clone(), began_at_ms: began, probe }
+    }
+
+    fn apply_all(p: &mut TenantProjection, events: &[Kind], now: i64) -> Vec<&'static str> {
+        for event in events {
             projection::apply(p, event, now);
         }
         events.iter().map(crate::events::kind_name).collect()
     }
 
+    fn run(p: &mut TenantProjection, probe: Probe, now: i64) -> Vec<&'static str> {
+        let events = decide(p, &of(p, probe, now), now, GRACE);
+        apply_all(p, &events, now)
+    }
+
     #[test]
     fn a_new_version_rolls_once() {
-        let mut p = TenantProjection { key_uri: "u".into(), key_version: "v1".into(), ..Default::default() };
+        let mut p = byok("v1");
         assert!(run(&mut p, Probe::Healthy { version: "v1".into() }, 0).is_empty());
         assert_eq!(run(&mut p, Probe::Healthy { version: "v2".into() }, 1), ["key_rolled"]);
         assert_eq!((p.key_version.as_str(), p.rewrap_pending), ("v2", true));
@@ -158,7 +213,7 @@ mod tests {
     #[test]
     fn a_broken_key_degrades_then_locks_after_the_grace_then_restores() {
         let healthy = || Probe::Healthy { version: "v1".into() };
-        let mut p = TenantProjection { key_version: "v1".into(), ..Default::default() };
+        let mut p = byok("v1");
         assert!(run(&mut p, healthy(), 0).is_empty(), "healthy stays silent");
         assert_eq!(run(&mut p, Probe::Unavailable("key_disabled"), 1_000), ["key_health"]);
         assert!(run(&mut p, Probe::Unavailable("key_disabled"), 61_000).is_empty(), "no event without a change");
@@ -174,7 +229,7 @@ mod tests {
 
     #[test]
     fn recovery_within_the_grace_never_locks() {
-        let mut p = TenantProjection { key_version: "v1".into(), ..Default::default() };
+        let mut p = byok("v1");
         run(&mut p, Probe::Unavailable("vault_unreachable"), 0);
         assert_eq!(run(&mut p, Probe::Healthy { version: "v1".into() }, 10), ["key_health"]);
         assert!(
@@ -185,7 +240,7 @@ mod tests {
 
     #[test]
     fn the_key_health_view_names_the_reason_and_the_deadline_only_while_it_matters() {
-        let mut p = TenantProjection { key_version: "v1".into(), ..Default::default() };
+        let mut p = byok("v1");
         let view = |p: &TenantProjection| KeyHealthView::of(p, GRACE);
         assert_eq!(view(&p), KeyHealthView { reason: None, since_ms: None, lockdown_at_ms: None });
         run(&mut p, Probe::Unavailable("key_disabled"), 1_000);
@@ -201,11 +256,53 @@ mod tests {
 
     #[test]
     fn a_probe_arriving_after_a_long_outage_locks_at_once() {
-        let mut p = TenantProjection::default();
+        let mut p = byok("v1");
         run(&mut p, Probe::Unavailable("key_expired"), 0);
         assert_eq!(
             run(&mut p, Probe::Unavailable("key_expired"), 10 * GRACE.as_millis() as i64),
             ["tenant_locked_down"]
         );
+    }
+
+    #[test]
+    fn a_slow_probe_starts_the_grace_when_it_began() {
+        let mut p = byok("v1");
+        let events = decide(&p, &of(&p, Probe::Unavailable("vault_unreachable"), 1_000), 61_000, GRACE);
+        assert_eq!(apply_all(&mut p, &events, 61_000), ["key_health"]);
+        assert_eq!(p.degraded_since_unix_ms, 1_000);
+        assert_eq!(KeyHealthView::of(&p, GRACE).lockdown_at_ms, Some(1_000 + GRACE.as_millis() as i64));
+    }
+
+    #[test]
+    fn the_deadline_locks_with_no_probe_at_all_and_only_once() {
+        let mut p = byok("v1");
+        run(&mut p, Probe::Unavailable("vault_unreachable"), 1_000);
+        let at = 1_000 + GRACE.as_millis() as i64;
+        assert_eq!(lockdown_due(&p, at - 1, GRACE), None, "not before the grace has passed");
+        let locked = lockdown_due(&p, at, GRACE).expect("due at the deadline");
+        assert_eq!(
+            locked,
+            Kind::TenantLockedDown(TenantLockedDown {
+                reason: "vault_unreachable".into(),
+                degraded_since_unix_ms: 1_000
+            })
+        );
+        apply_all(&mut p, &[locked], at);
+        assert_eq!(p.state(), TenantState::LockedDown);
+        assert_eq!(lockdown_due(&p, at + 10_000, GRACE), None, "a locked tenant is not locked again");
+        assert_eq!(lockdown_due(&byok("v1"), at, GRACE), None, "an active tenant has no deadline");
+    }
+
+    #[test]
+    fn a_result_about_a_key_the_tenant_no_longer_uses_is_discarded() {
+        let began = byok("v1");
+        let failed = of(&began, Probe::Unavailable("key_not_found"), 0);
+        let rolled = of(&began, Probe::Healthy { version: "v0".into() }, 0);
+        let other_key = TenantProjection { key_uri: "w".into(), ..byok("v1") };
+        assert!(decide(&other_key, &failed, 10, GRACE).is_empty(), "enabled again with another key URI");
+        let other_version = byok("v2");
+        assert!(decide(&other_version, &rolled, 10, GRACE).is_empty(), "enabled again: no roll back to v0");
+        assert!(decide(&TenantProjection::default(), &failed, 10, GRACE).is_empty(), "disabled meanwhile");
+        assert_eq!(decide(&began, &failed, 10, GRACE).len(), 1, "the same key: the result counts");
     }
 }

@@ -1,33 +1,44 @@
 //! The prober: every `--probe-interval`, read the newest enabled version of
-//! each BYOK tenant's key (and, every [`CANARY_EVERY`] rounds, wrap and unwrap a
-//! canary through the vault), classify the outcome, and append what the
-//! policy decides. Tenants are probed concurrently with a bound, each probe
-//! under its own deadline, so one slow vault never delays the others.
+//! each BYOK tenant's key (and, at least every `--canary-interval`, wrap and
+//! unwrap a canary through the vault), classify the outcome, and append what
+//! the policy decides. Tenants are probed concurrently with a bound, each
+//! probe under its own deadline (`--probe-timeout`), and a probe the vault
+//! does not answer gives up its slot after [`PROBE_PATIENCE`], so neither a
+//! slow vault nor many unanswering ones hold up the others. A probe only
+//! records what it found: the lockdown deadline is the tick's
+//! (`super::lockdown`), rewraps after a roll are the rewrapper's
+//! (`crate::rewrapper`). [`worst_case_lockdown`] is the bound all this
+//! gives.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::policy::{self, Probe};
+use super::lockdown::LOCKDOWN_TICK;
+use super::policy::{self, Observation, Probe};
+use crate::config::Settings;
 use crate::crypto::data_key::DataKey;
-use crate::crypto::keyring::RootKey;
 use crate::events::kind_name;
-use crate::keyvault::VaultError;
 use crate::keyvault::validate::{KeyRefusal, check_key};
+use crate::keyvault::{KeyUri, VaultError};
 use crate::proto::v1::event::Kind;
 use crate::storage::StoreError;
 use crate::worker::Services;
 
-/// Probes in flight at once.
+/// Probes holding a slot at once: the load one round puts on vaults.
 pub const PROBE_CONCURRENCY: usize = 32;
-/// Every how many rounds a probe also wraps and unwraps a canary.
-pub const CANARY_EVERY: u64 = 10;
-/// The shortest time a probe may take before it counts as unreachable.
-pub const PROBE_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a probe holds its slot. One still unanswered then (an
+/// unanswering or throttling vault) goes on waiting, up to
+/// `--probe-timeout`, without a slot, so at most
+/// `PROBE_CONCURRENCY × (probe timeout / PROBE_PATIENCE + 1)` probes are out
+/// at once and no tenant waits long for its turn.
+pub const PROBE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// When each tenant was last probed (Unix ms); not event-sourced, as a probe
 /// that changes nothing appends nothing.
@@ -54,95 +65,173 @@ pub struct RoundSummary {
     pub events: usize,
 }
 
+/// The longest time from the first failure of a tenant's key to its
+/// lockdown, for a shard with `tenants` BYOK tenants whose vaults may all
+/// stop answering at once:
+///
+/// ```text
+/// L = max(K − I, 0) + max(I, W + D) + W + max(G, D) + T,   W = (⌈N / C⌉ − 1) · P
+/// ```
+///
+/// with I = `--probe-interval`, K = `--canary-interval`, D =
+/// `--probe-timeout`, G = `--lockdown-after`, T = [`LOCKDOWN_TICK`], C =
+/// [`PROBE_CONCURRENCY`], P = [`PROBE_PATIENCE`], N = `tenants`. The last
+/// probe that found the key working began before the failure; the next
+/// round begins at most one round spacing later (I, or the round's length
+/// R ≤ W + D when it overran: a probe waits at most W for a slot and then
+/// answers or times out within D), and a failure only the canary sees waits
+/// up to max(K − I, 0) more for a canary round; in its round, the probe
+/// that finds the failure begins at most W in. The grace starts when that
+/// probe began; its `KeyHealth` lands at most D later (locking at once if
+/// the grace is already over), and the lockdown tick appends
+/// `TenantLockedDown` at most T after the grace has passed. With the
+/// defaults (I = K = D = 60 s, G = 50 min, T = 1 s): 51 min 1 s for up to
+/// 32 tenants, 51 min 13 s for 200, 52 min 3 s for 1,000; under an hour
+/// for up to 8,640 tenants whose vaults all hang, and for any number whose
+/// vaults answer or refuse at once (W then shrinks to the time their
+/// answers take).
+pub fn worst_case_lockdown(settings: &Settings, tenants: usize) -> Duration {
+    let (i, k, d, g) =
+        (settings.probe_interval, settings.canary_interval, settings.probe_timeout, settings.lockdown_after);
+    let waves = u32::try_from(tenants.div_ceil(PROBE_CONCURRENCY).max(1)).unwrap_or(u32::MAX);
+    let w = PROBE_PATIENCE.saturating_mul(waves - 1);
+    k.saturating_sub(i) + i.max(w + d) + w + g.max(d) + LOCKDOWN_TICK
+}
+
+/// Whether a round beginning at `now_ms` must include the canary: when the
+/// round after it, one probe interval later, would be later than
+/// `--canary-interval` after the last canary (or there was none yet).
+pub fn canary_due(last_canary_ms: Option<i64>, now_ms: i64, settings: &Settings) -> bool {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    last_canary_ms
+        .is_none_or(|last| (now_ms - last).saturating_add(ms(settings.probe_interval)) >= ms(settings.canary_interval))
+}
+
 /// Probes every interval until `shutdown`.
 pub async fn run(services: &Services, shutdown: CancellationToken) {
+    let byok = services.store.tenants_where(|p| !p.key_uri.is_empty()).len();
+    let bound = worst_case_lockdown(&services.settings, byok);
+    if bound >= Duration::from_secs(3600) {
+        warn!(tenants = byok, bound = %humantime::format_duration(bound), "worst-case lockdown is an hour or more");
+    } else {
+        info!(tenants = byok, bound = %humantime::format_duration(bound), "worst-case lockdown");
+    }
     let mut ticks = tokio::time::interval(services.settings.probe_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut round = 0u64;
+    let mut last_canary_ms = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        if let Err(e) = probe_round(services, round).await {
+        let now_ms = services.clock.now_ms();
+        let canary = canary_due(last_canary_ms, now_ms, &services.settings);
+        if canary {
+            last_canary_ms = Some(now_ms);
+        }
+        if let Err(e) = probe_round(services, canary).await {
             warn!(error = %e, "probe round could not record its results");
         }
-        round += 1;
     }
 }
 
-/// Probes every BYOK tenant once and appends the events the policy
-/// decides, tenant by tenant as each probe completes.
-pub async fn probe_round(services: &Services, round: u64) -> Result<RoundSummary, StoreError> {
+/// A probe under way: the tenant and, unless it had disabled its key by
+/// then, what the probe found.
+type Probing<'a> = BoxFuture<'a, (String, Option<Observation>)>;
+
+/// A probe after its time in a slot: finished, or still waiting for the vault.
+enum Slot<'a> {
+    Done((String, Option<Observation>)),
+    Waiting(Probing<'a>),
+}
+
+/// Probes every BYOK tenant once (with the canary if `canary`) and appends
+/// the events the policy decides, tenant by tenant as each probe completes.
+pub async fn probe_round(services: &Services, canary: bool) -> Result<RoundSummary, StoreError> {
     let tenants: Vec<String> =
-        services.store.tenants().into_iter().filter(|(_, p)| !p.key_uri.is_empty()).map(|(tenant, _)| tenant).collect();
-    // Long enough for the client's own retries of throttled calls; a probe
-    // still out then is treated as an unreachable vault.
-    let deadline = services.settings.probe_interval.max(PROBE_DEADLINE);
-    let canary = round % CANARY_EVERY == 0;
-    let mut probes = futures_util::stream::iter(tenants)
-        .map(|tenant| async move {
-            let probe = tokio::time::timeout(deadline, probe(services, &tenant, canary))
-                .await
-                .unwrap_or(Probe::Unavailable("vault_unreachable"));
-            (tenant, probe)
-        })
+        services.store.tenants_where(|p| !p.key_uri.is_empty()).into_iter().map(|(tenant, _)| tenant).collect();
+    let mut slots = futures_util::stream::iter(tenants)
+        .map(|tenant| hold_slot(observe(services, tenant, canary)))
         .buffer_unordered(PROBE_CONCURRENCY);
+    let mut waiting = FuturesUnordered::new();
     let mut summary = RoundSummary::default();
-    while let Some((tenant, probe)) = probes.next().await {
-        summary.probed += 1;
-        summary.events += record(services, &tenant, &probe).await?;
+    loop {
+        let (tenant, observation) = tokio::select! {
+            Some(slot) = slots.next() => match slot {
+                Slot::Done(done) => done,
+                Slot::Waiting(probing) => {
+                    waiting.push(probing);
+                    continue;
+                }
+            },
+            Some(done) = waiting.next() => done,
+            else => break,
+        };
+        if let Some(observation) = observation {
+            summary.probed += 1;
+            summary.events += record(services, &tenant, &observation)?;
+        }
     }
     Ok(summary)
 }
 
-/// Appends what the policy decides for one probe, and after a roll moves
-/// the tenant's sealed data keys to the new version; returns how many
-/// events were appended.
-async fn record(services: &Services, tenant: &str, probe: &Probe) -> Result<usize, StoreError> {
+async fn hold_slot(mut probing: Probing<'_>) -> Slot<'_> {
+    tokio::select! {
+        done = &mut probing => Slot::Done(done),
+        () = tokio::time::sleep(PROBE_PATIENCE) => Slot::Waiting(probing),
+    }
+}
+
+/// Probes the key the tenant has when the probe begins; no answer within
+/// `--probe-timeout` is a failed probe (`vault_unreachable`).
+fn observe(services: &Services, tenant: String, canary: bool) -> Probing<'_> {
+    Box::pin(async move {
+        let Some(current) = services.store.tenant(&tenant).filter(|p| !p.key_uri.is_empty()) else {
+            return (tenant, None);
+        };
+        let began_at_ms = services.clock.now_ms();
+        let probe = tokio::time::timeout(
+            services.settings.probe_timeout,
+            probe(services, &current.key_uri, &current.key_version, canary),
+        )
+        .await
+        .unwrap_or(Probe::Unavailable("vault_unreachable"));
+        let observation =
+            Observation { key_uri: current.key_uri, key_version: current.key_version, began_at_ms, probe };
+        (tenant, Some(observation))
+    })
+}
+
+/// Appends what the policy decides for one finished probe, deciding on the
+/// projection as it stands at the commit; after a roll, wakes the
+/// rewrapper. Returns how many events were appended.
+fn record(services: &Services, tenant: &str, observation: &Observation) -> Result<usize, StoreError> {
     let now_ms = services.clock.now_ms();
     services.probe_times.record(tenant, now_ms);
-    // Re-read: enable/disable may have run while the probe was out.
-    let Some(current) = services.store.tenant(tenant).filter(|p| !p.key_uri.is_empty()) else {
-        return Ok(0);
-    };
-    let events = policy::decide(&current, probe, now_ms, services.settings.lockdown_after);
-    if events.is_empty() {
-        return Ok(0);
+    let lockdown_after = services.settings.lockdown_after;
+    let appended = services.store.transaction().commit_decided(&[tenant.to_owned()], now_ms, |current| {
+        policy::decide(current, observation, now_ms, lockdown_after)
+    })?;
+    for (_, event) in &appended {
+        info!(tenant, event = kind_name(event), probe = ?observation.probe, "key state changed");
     }
-    let count = events.len();
-    let rolled = events.iter().any(|e| matches!(e, Kind::KeyRolled(_)));
-    let locked = events.iter().any(|e| matches!(e, Kind::TenantLockedDown(_)));
-    let mut txn = services.store.transaction();
-    for event in events {
-        info!(tenant, event = kind_name(&event), ?probe, "key state changed");
-        txn.event(tenant, event);
-    }
-    txn.commit(now_ms)?;
-    if locked {
+    if appended.iter().any(|(_, event)| matches!(event, Kind::TenantLockedDown(_))) {
         // Nothing unwrapped while the customer's key still worked stays in memory.
         services.keyring.forget_tenant(tenant);
     }
-    if rolled {
-        // O(data keys), records untouched; if it fails, the rewrap stays
-        // pending in the projection and the next sweep finishes it.
-        match services.keyring.rewrap_to_current_root(tenant, now_ms).await {
-            Ok(summary) => info!(tenant, rewrapped = summary.rewrapped, "data keys rolled to the new key version"),
-            Err(e) => warn!(tenant, error = %e, "rewrap after a key roll is pending"),
-        }
+    if appended.iter().any(|(_, event)| matches!(event, Kind::KeyRolled(_))) {
+        services.rewraps.wake();
     }
-    Ok(count)
+    Ok(appended.len())
 }
 
-async fn probe(services: &Services, tenant: &str, canary: bool) -> Probe {
-    let (uri, version) = match services.keyring.tenant_root(tenant) {
-        Ok(RootKey::Vault { uri, version }) => (uri, version),
-        Ok(RootKey::Managed) => return Probe::Healthy { version: String::new() },
-        Err(_) => return Probe::Unavailable("vault_unreachable"),
+async fn probe(services: &Services, key_uri: &str, version: &str, canary: bool) -> Probe {
+    let Ok(vault) = services.keyring.vault() else {
+        return Probe::Unavailable("vault_unreachable");
     };
-    let vault = match services.keyring.vault() {
-        Ok(vault) => vault,
-        Err(_) => return Probe::Unavailable("missing_permission"),
+    let uri = match KeyUri::parse(key_uri, vault.trusted_hosts()) {
+        Ok(uri) => uri,
+        Err(e) => return Probe::Unavailable(policy::reason(&KeyRefusal::from(e))),
     };
     // The newest enabled version is the one to use (and to roll to).
     let key = match vault.newest_enabled_key(&uri).await {
@@ -155,8 +244,8 @@ async fn probe(services: &Services, tenant: &str, canary: bool) -> Probe {
     }
     if canary {
         let data_key = DataKey::generate();
-        let round_trip = match vault.wrap(&uri, &version, &data_key).await {
-            Ok((_, wrapped)) => vault.unwrap(&uri, &version, &wrapped).await.map(|_| ()),
+        let round_trip = match vault.wrap(&uri, version, &data_key).await {
+            Ok((_, wrapped)) => vault.unwrap(&uri, version, &wrapped).await.map(|_| ()),
             Err(e) => Err(e),
         };
         match round_trip {
@@ -166,4 +255,36 @@ async fn probe(services: &Services, tenant: &str, canary: bool) -> Probe {
         }
     }
     Probe::Healthy { version: key.version }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(extra: &[&str]) -> Settings {
+        crate::config::parse_flags(extra.iter().copied()).expect("valid settings")
+    }
+
+    #[test]
+    fn with_the_defaults_lockdown_comes_within_the_hour() {
+        let defaults = settings(&[]);
+        let minutes = |tenants| worst_case_lockdown(&defaults, tenants).as_secs_f64() / 60.0;
+        assert_eq!(worst_case_lockdown(&defaults, 32), Duration::from_secs(51 * 60 + 1));
+        assert_eq!(worst_case_lockdown(&defaults, 200), Duration::from_secs(51 * 60 + 13));
+        assert_eq!(worst_case_lockdown(&defaults, 1_000), Duration::from_secs(52 * 60 + 3));
+        assert!(minutes(8_640) < 60.0 && minutes(8_700) >= 60.0, "{} {}", minutes(8_640), minutes(8_700));
+        let rare_canary = settings(&["--canary-interval", "10m"]);
+        assert_eq!(worst_case_lockdown(&rare_canary, 32), Duration::from_secs(60 * 60 + 1), "the old cadence");
+    }
+
+    #[test]
+    fn the_canary_runs_so_that_none_is_later_than_its_interval() {
+        let every_round = settings(&[]);
+        assert!(canary_due(None, 0, &every_round));
+        assert!(canary_due(Some(0), 0, &every_round), "the default: every round, even on a clock standing still");
+        let five = settings(&["--canary-interval", "5m"]);
+        let min = 60_000;
+        assert!(!canary_due(Some(0), 3 * min, &five));
+        assert!(canary_due(Some(0), 4 * min, &five), "the round after would be 6 minutes after the last");
+    }
 }

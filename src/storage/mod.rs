@@ -185,6 +185,16 @@ impl Store {
         all
     }
 
+    /// The tenants whose projection satisfies `wanted`, sorted by tenant;
+    /// only those are copied.
+    pub fn tenants_where(&self, wanted: impl Fn(&TenantProjection) -> bool) -> Vec<(String, TenantProjection)> {
+        let head = self.head.lock().expect("head lock");
+        let mut some: Vec<_> =
+            head.tenants.iter().filter(|(_, p)| wanted(p)).map(|(t, p)| (t.clone(), p.clone())).collect();
+        some.sort_by(|a, b| a.0.cmp(&b.0));
+        some
+    }
+
     /// Every tenant's projection and the sequence they reflect, read together.
     pub fn projections_at(&self) -> (std::collections::BTreeMap<String, TenantProjection>, u64) {
         let head = self.head.lock().expect("head lock");
@@ -519,9 +529,42 @@ impl Transaction<'_> {
         self.write(now_ms, false)
     }
 
-    fn write(mut self, now_ms: i64, sync: bool) -> Result<Receipt, StoreError> {
+    /// Appends, for each of `tenants`, the events `decide` returns for its
+    /// projection as it stands at the commit, and commits (synced) if there
+    /// are any; returns them. The decision and the append happen under the
+    /// lock every commit takes, so two deciders never both append the same
+    /// transition and none decides on a projection that changed meanwhile.
+    pub fn commit_decided(
+        mut self,
+        tenants: &[String],
+        now_ms: i64,
+        mut decide: impl FnMut(&TenantProjection) -> Vec<Kind>,
+    ) -> Result<Vec<(String, Kind)>, StoreError> {
         let store = self.store;
         let mut head = store.head.lock().expect("head lock");
+        let mut decided = Vec::new();
+        for tenant in tenants {
+            let current = head.tenants.get(tenant).cloned().unwrap_or_default();
+            decided.extend(decide(&current).into_iter().map(|kind| (tenant.clone(), kind)));
+        }
+        if decided.is_empty() {
+            return Ok(decided);
+        }
+        self.events.extend(decided.iter().cloned());
+        let receipt = self.write_locked(&mut head, now_ms, true)?;
+        drop(head);
+        store.mark_durable(receipt.last_sequence);
+        Ok(decided)
+    }
+
+    fn write(self, now_ms: i64, sync: bool) -> Result<Receipt, StoreError> {
+        let store = self.store;
+        let mut head = store.head.lock().expect("head lock");
+        self.write_locked(&mut head, now_ms, sync)
+    }
+
+    fn write_locked(mut self, head: &mut Head, now_ms: i64, sync: bool) -> Result<Receipt, StoreError> {
+        let store = self.store;
         let mut sequence = head.next_sequence;
         let mut touched: HashMap<String, TenantProjection> = HashMap::new();
         let appended_any = !self.events.is_empty();
@@ -573,6 +616,34 @@ fn decode_sequence(bytes: &[u8]) -> Result<u64, StoreError> {
 mod tests {
     use super::*;
     use crate::proto::v1::RecordsStored;
+
+    #[test]
+    fn a_decision_made_at_commit_is_appended_once_by_concurrent_deciders() {
+        use crate::proto::store::TenantState;
+        use crate::proto::v1::TenantLockedDown;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tenants = vec!["acme".to_owned()];
+        // Lock the tenant unless it already is: two threads race to decide.
+        let lock = |p: &TenantProjection| {
+            if p.state() == TenantState::LockedDown {
+                Vec::new()
+            } else {
+                vec![Kind::TenantLockedDown(TenantLockedDown { reason: "r".into(), degraded_since_unix_ms: 1 })]
+            }
+        };
+        let appended: usize = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| store.transaction().commit_decided(&tenants, 5, lock).unwrap().len()))
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).sum()
+        });
+        assert_eq!(appended, 1);
+        assert_eq!(store.events_after(0, 10).unwrap().len(), 1);
+        assert_eq!(store.tenant("acme").unwrap().state(), TenantState::LockedDown);
+        assert!(store.transaction().commit_decided(&tenants, 6, lock).unwrap().is_empty());
+        assert_eq!(store.last_sequence(), 1, "nothing decided, nothing written");
+    }
 
     #[test]
     fn commit_appends_events_and_folds_projection_durably() {
