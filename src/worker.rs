@@ -67,7 +67,7 @@ impl Services {
         );
         let managed = ManagedRootKeys::load_or_create(&settings.data_dir.join("root-keys"))
             .context("loading the managed root key")?;
-        let vault = credential::credential(settings.vault_credential)
+        let vault = credential::credential(settings.vault_credential, settings.vault_token.as_deref())
             .map_err(|e| e.to_string())
             .and_then(|c| Vault::new(c, settings.vault_options()).map_err(|e| e.to_string()))
             .map(Arc::new);
