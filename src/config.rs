@@ -94,12 +94,23 @@ pub struct Settings {
     /// Timeout of one vault request (retries come on top).
     #[arg(long, env = "KEYSEAL_VAULT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub vault_timeout: Duration,
+    /// Longest one vault call keeps retrying throttled (429) and transient
+    /// (408, 5xx) answers, backing off 2, 4, 8, 16 s and honouring
+    /// Retry-After; `0s` never retries.
+    #[arg(long, env = "KEYSEAL_VAULT_RETRY_BUDGET", default_value = "45s", value_parser = humantime::parse_duration)]
+    pub vault_retry_budget: Duration,
     /// Log output format.
     #[arg(long, env = "KEYSEAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Bearer token for /v1/* (only from the environment, never a flag).
     #[arg(skip = std::env::var("KEYSEAL_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()))]
     pub admin_token: Option<String>,
+    /// Bearer token `--vault-credential static-token` sends to the emulator
+    /// (only from the environment, never a flag; the emulator's development
+    /// token when unset). A field rather than an environment read at use,
+    /// so workers sharing a process can each have their own.
+    #[arg(skip = std::env::var("KEYSEAL_VAULT_TOKEN").ok().filter(|t| !t.is_empty()))]
+    pub vault_token: Option<String>,
 }
 
 impl Settings {
@@ -121,6 +132,7 @@ impl Settings {
             trusted_hosts: self.trusted_vault_hosts.clone(),
             ca_cert: self.vault_ca_cert.clone(),
             timeout: self.vault_timeout,
+            retry_budget: self.vault_retry_budget,
         }
     }
 }

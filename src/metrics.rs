@@ -28,6 +28,9 @@ pub fn handle() -> PrometheusHandle {
             }
             counter!("keyseal_rewrap_data_keys_total").absolute(0);
             counter!("keyseal_data_keys_retired_total").absolute(0);
+            for reason in crate::sealing::HOLD_REASONS {
+                counter!("keyseal_seal_held_back_total", "reason" => reason).absolute(0);
+            }
             handle
         })
         .clone()
@@ -51,6 +54,11 @@ fn describe() {
         "1 while consuming is paused because the store rejects writes."
     );
     describe_counter!("keyseal_records_sealed_total", Unit::Count, "Records moved from hot to sealed.");
+    describe_counter!(
+        "keyseal_seal_held_back_total",
+        Unit::Count,
+        "Tenants a seal sweep held back because their sealed data key could not be had, by reason."
+    );
     describe_gauge!("keyseal_records", Unit::Count, "Records at rest, by tenant and layer (hot, sealed).");
     describe_gauge!(
         "keyseal_seal_lag_seconds",
@@ -132,6 +140,11 @@ pub fn storage_paused(paused: bool) {
 /// A seal sweep moved `count` records.
 pub fn sealed(count: u64) {
     counter!("keyseal_records_sealed_total").increment(count);
+}
+
+/// A seal sweep held one tenant back for `reason` (one of `sealing::HOLD_REASONS`).
+pub fn seal_held_back(reason: &'static str) {
+    counter!("keyseal_seal_held_back_total", "reason" => reason).increment(1);
 }
 
 /// Current record counts of one tenant.

@@ -3,19 +3,27 @@
 //! Each batch is one atomic write: put sealed, delete hot, delete the index
 //! entry and append `RecordsSealed` per tenant, so a crash mid-sweep leaves
 //! every record in exactly one layer.
+//!
+//! One tenant's trouble never stops sealing for the others: when a tenant's
+//! sealed data key cannot be had (its vault throttles, fails or refuses the
+//! wrap), that tenant is held back for the rest of the sweep — its records
+//! stay in `hot`, untouched — with a reason in the summary and the metrics,
+//! and everyone else seals. Only a store failure ends the sweep.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::clock::Clock;
 use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::data_key::DataKey;
 use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::{Keyring, KeyringError};
+use crate::keyvault::VaultError;
+use crate::metrics as m;
 use crate::proto::v1::{Layer, RecordsSealed, event::Kind};
 use crate::records::RecordError;
 use crate::storage::{IndexEntry, Store, keys};
@@ -51,6 +59,52 @@ pub struct SealSummary {
     pub held_back: BTreeMap<String, u64>,
     /// Records left in `hot` because they failed their integrity check.
     pub unsealable: BTreeMap<String, u64>,
+    /// Tenants held back during the sweep because their sealed data key
+    /// could not be had, each with the reason's stable code (one of
+    /// [`HOLD_REASONS`]); their records are counted in `held_back`.
+    pub held_back_reasons: BTreeMap<String, String>,
+}
+
+/// Every reason a tenant can be held back for mid-sweep, as
+/// [`hold_reason`] names them (and `keyseal_seal_held_back_total` labels them).
+pub const HOLD_REASONS: [&str; 11] = [
+    "vault_throttled",
+    "vault_unreachable",
+    "vault_error",
+    "missing_permission",
+    "key_not_found",
+    "key_disabled",
+    "key_expired",
+    "key_not_yet_active",
+    "invalid_key_uri",
+    "vault_not_configured",
+    "data_key_unavailable",
+];
+
+/// Why a tenant's sealed data key could not be had, as a stable code, or
+/// `None` for a store failure, which ends the sweep (nothing can be sealed).
+/// The codes name the cause, never key material.
+pub fn hold_reason(error: &KeyringError) -> Option<&'static str> {
+    let reason = match error {
+        KeyringError::Store(_) => return None,
+        KeyringError::Vault(vault) => match vault {
+            VaultError::Throttled => "vault_throttled",
+            VaultError::Unreachable(_) => "vault_unreachable",
+            VaultError::Service { .. } | VaultError::Invalid(_) => "vault_error",
+            VaultError::KeyNotFound => "key_not_found",
+            VaultError::Forbidden { code, .. } => match code.as_str() {
+                "KeyDisabled" => "key_disabled",
+                "KeyExpired" => "key_expired",
+                "KeyNotYetValid" => "key_not_yet_active",
+                _ => "missing_permission",
+            },
+            VaultError::Credential(_) => "missing_permission",
+        },
+        KeyringError::KeyUri(_) => "invalid_key_uri",
+        KeyringError::VaultNotConfigured(_) => "vault_not_configured",
+        KeyringError::Crypto(_) | KeyringError::UnknownDataKey => "data_key_unavailable",
+    };
+    Some(reason)
 }
 
 /// Seals every record due when it starts, batch by batch, until none is
@@ -73,8 +127,9 @@ pub async fn seal_due(
             return Ok(summary);
         };
         cursor = Some(last.0.clone());
+        let held = &summary.held_back_reasons;
         due.retain(|(_, _, record_key)| match keys::split_record_key(record_key) {
-            Some((tenant, _)) if hold.contains(tenant) => {
+            Some((tenant, _)) if hold.contains(tenant) || held.contains_key(tenant) => {
                 *summary.held_back.entry(tenant.to_owned()).or_default() += 1;
                 false
             }
@@ -117,6 +172,11 @@ async fn seal_batch(
             summary.stale_index_entries += 1;
             continue;
         }
+        // Held back earlier in this batch: left alone, with its index entry.
+        if summary.held_back_reasons.contains_key(tenant) {
+            *summary.held_back.entry(tenant.to_owned()).or_default() += 1;
+            continue;
+        }
         // Each data key is looked up once per batch, not once per record.
         let hot_key = match hot_keys.get(&located.record.data_key_id) {
             Some(key) => Ok(key.clone()),
@@ -139,8 +199,23 @@ async fn seal_batch(
             *summary.unsealable.entry(tenant.to_owned()).or_default() += 1;
             continue;
         };
+        let lease = match sealed_keys.next(tenant).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                let Some(reason) = hold_reason(&e) else {
+                    return Err(e.into());
+                };
+                // The tenant's records already in the batch are whole (sealed
+                // under a stored key); this one and the rest stay in hot with
+                // their index entries until a later sweep.
+                warn!(tenant, reason, error = %e, "no sealed data key; tenant held back for this sweep");
+                m::seal_held_back(reason);
+                summary.held_back_reasons.insert(tenant.to_owned(), reason.to_owned());
+                *summary.held_back.entry(tenant.to_owned()).or_default() += 1;
+                continue;
+            }
+        };
         txn.delete_index(index_key);
-        let lease = sealed_keys.next(tenant).await?;
         let sealed = RecordIdentity { tenant, record_id, layer: Layer::Sealed }.seal(
             &lease.id,
             &lease.key,
@@ -174,6 +249,34 @@ mod tests {
         // The index scan takes entries strictly below the cutoff.
         assert!(ingested >= cutoff_at(ingested + 48 * 3_600_000));
         assert!(ingested < cutoff_at(ingested + 48 * 3_600_000 + 1));
+    }
+
+    #[test]
+    fn every_failure_but_the_stores_holds_one_tenant_back_with_a_known_reason() {
+        let store = KeyringError::Store(crate::storage::StoreError::Corrupt {
+            cf: "deks",
+            what: "data key",
+            reason: "x".into(),
+        });
+        assert_eq!(hold_reason(&store), None);
+        let forbidden = |code: &str| VaultError::Forbidden { code: code.to_owned(), message: String::new() };
+        let cases = [
+            (KeyringError::Vault(VaultError::Throttled), "vault_throttled"),
+            (KeyringError::Vault(VaultError::Unreachable("tls".into())), "vault_unreachable"),
+            (
+                KeyringError::Vault(VaultError::Service { status: 500, code: "x".into(), message: String::new() }),
+                "vault_error",
+            ),
+            (KeyringError::Vault(forbidden("ForbiddenByPolicy")), "missing_permission"),
+            (KeyringError::Vault(forbidden("KeyDisabled")), "key_disabled"),
+            (KeyringError::Vault(VaultError::KeyNotFound), "key_not_found"),
+            (KeyringError::VaultNotConfigured("none".into()), "vault_not_configured"),
+            (KeyringError::UnknownDataKey, "data_key_unavailable"),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(hold_reason(&error), Some(reason), "{error}");
+            assert!(HOLD_REASONS.contains(&reason));
+        }
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Services {
         let managed = ManagedRootKeys::open(&settings.data_dir.join("root-keys"), &expected)
             .context("loading the managed root key")?;
         store.record_managed_root_fingerprints(&managed.fingerprints())?;
-        let vault = credential::credential(settings.vault_credential)
+        let vault = credential::credential(settings.vault_credential, settings.vault_token.as_deref())
             .map_err(|e| e.to_string())
             .and_then(|c| Vault::new(c, settings.vault_options()).map_err(|e| e.to_string()))
             .map(Arc::new);

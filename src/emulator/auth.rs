@@ -1,15 +1,14 @@
 //! Bearer-token authentication with Key Vault's challenge. The official SDKs
 //! send their first request without a token and learn where to get one from
 //! the `WWW-Authenticate` header of the 401; the emulator answers exactly as
-//! Key Vault does so that flow runs unchanged, then accepts only its own
-//! static token.
+//! Key Vault does so that flow runs unchanged, then accepts only the
+//! owner's token and those of the identities its access policies name.
 
+use super::access::{AccessPolicies, Caller};
+use super::error::ServiceError;
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
-
-use super::error::ServiceError;
 
 /// Key Vault's challenge: `resource` gives the token scope
 /// (`https://vault.azure.net/.default`), `authorization` the authority and
@@ -35,23 +34,22 @@ impl IntoResponse for AuthFailure {
     }
 }
 
-/// Checks `Authorization: Bearer <token>` against the configured token.
+/// Checks `Authorization: Bearer <token>` against the owner's token and
+/// the identities' tokens.
 pub(crate) struct BearerAuth {
-    token: String,
+    pub(crate) policies: AccessPolicies,
 }
 
 impl BearerAuth {
-    pub(crate) fn new(token: String) -> Self {
-        Self { token }
+    pub(crate) fn new(owner_token: String) -> Self {
+        Self { policies: AccessPolicies::new(owner_token) }
     }
 
-    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), AuthFailure> {
+    /// Who sent the request, or the 401 to answer.
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<Caller, AuthFailure> {
         let presented = headers.get(AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(bearer_token);
-        match presented {
-            None => Err(AuthFailure::MissingToken),
-            Some(token) if bool::from(token.as_bytes().ct_eq(self.token.as_bytes())) => Ok(()),
-            Some(_) => Err(AuthFailure::WrongToken),
-        }
+        let token = presented.ok_or(AuthFailure::MissingToken)?;
+        self.policies.caller(token).ok_or(AuthFailure::WrongToken)
     }
 }
 
@@ -78,8 +76,8 @@ mod tests {
     #[test]
     fn only_the_configured_bearer_token_passes() {
         let auth = BearerAuth::new("secret".to_owned());
-        assert!(auth.check(&headers(Some("Bearer secret"))).is_ok());
-        assert!(auth.check(&headers(Some("bearer secret"))).is_ok());
+        assert_eq!(auth.check(&headers(Some("Bearer secret"))), Ok(Caller::Owner));
+        assert_eq!(auth.check(&headers(Some("bearer secret"))), Ok(Caller::Owner));
         assert_eq!(auth.check(&headers(Some("Bearer other"))), Err(AuthFailure::WrongToken));
         for wrong in [None, Some("Bearer"), Some("Bearer other"), Some("Basic secret")] {
             let refusal = auth.check(&headers(wrong)).unwrap_err().into_response();

@@ -6,6 +6,9 @@ use std::sync::{Mutex, PoisonError};
 
 /// The pseudo-operation counting requests refused with 429.
 pub(crate) const THROTTLED: &str = "throttled";
+/// The pseudo-operation counting requests an injected fault answered (or
+/// held); they count under their own operation too.
+pub(crate) const FAULTED: &str = "faulted";
 
 /// Counts requests by operation name ("wrapkey", "get_key", ...).
 #[derive(Default)]

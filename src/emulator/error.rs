@@ -50,6 +50,11 @@ impl ServiceError {
         Self::new(StatusCode::NOT_FOUND, "KeyNotFound", format!("Deleted Key not found: {name}. {NOT_FOUND_HELP}"))
     }
 
+    /// 404 for something other than a key that does not exist.
+    pub(crate) fn not_found(message: String) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+
     /// 400 for a malformed request.
     pub(crate) fn bad_parameter(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadParameter", message)
@@ -132,6 +137,35 @@ impl ServiceError {
             "Request was not processed because too many requests were received. Reason: \
              VaultRequestTypeLimitReached",
         )
+    }
+
+    /// 403 when the caller's access policy lacks the operation's permission.
+    pub(crate) fn forbidden_by_policy(message: String) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "Forbidden", message).with_inner("ForbiddenByPolicy")
+    }
+
+    /// The answer of an injected fault with `status`: Key Vault's body for
+    /// 403 (by policy), 429, 500 and 503, a generic error body otherwise.
+    pub(crate) fn injected(status: StatusCode) -> Self {
+        match status {
+            StatusCode::FORBIDDEN => Self::forbidden_by_policy(
+                "The user, group or application does not have the permission this operation needs on this key \
+                 vault (an injected fault)."
+                    .to_owned(),
+            ),
+            StatusCode::TOO_MANY_REQUESTS => Self::throttled(),
+            StatusCode::INTERNAL_SERVER_ERROR => Self::new(
+                status,
+                "InternalServerError",
+                "The service encountered an internal error (an injected fault). Please try again later.",
+            ),
+            StatusCode::SERVICE_UNAVAILABLE => Self::new(
+                status,
+                "ServiceUnavailable",
+                "The service is unavailable (an injected fault). Please try again later.",
+            ),
+            _ => Self::new(status, "InjectedFault", format!("The request failed with {status} (an injected fault).")),
+        }
     }
 
     /// 500 when the emulator itself failed (its state could not be written);

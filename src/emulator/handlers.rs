@@ -101,7 +101,8 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
+/// Parses a JSON request body; 400 `BadParameter` when it does not fit.
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
     serde_json::from_slice(body).map_err(|e| ServiceError::bad_parameter(format!("The request body is not valid: {e}")))
 }
 

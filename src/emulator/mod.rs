@@ -15,8 +15,10 @@
 //! - `tls`: the self-signed certificate (`<state-dir>/cert.pem`) and the
 //!   TLS listener;
 //! - `server`: the request pipeline (latency, `auth`, `throttle`,
-//!   `api-version`) and the background tasks;
+//!   `api-version`, `access` policies, `faults`) and the background tasks;
 //! - `routes`: which Key Vault operation a method and path name;
+//! - `control`: the owner's `/_emulator/` routes that set faults and
+//!   identities over HTTPS;
 //! - `handlers`: one function per operation, rendering `wire` shapes;
 //! - `vault`: keys, versions and their rules; `material` does the
 //!   cryptography and `store` the crash-safe persistence;
@@ -25,10 +27,13 @@
 //! [`admin`] is the other side of the wire: the key owner's client (create,
 //! rotate, disable) that the demo and the tests use.
 
+mod access;
 pub mod admin;
 mod auth;
 mod calls;
+mod control;
 mod error;
+mod faults;
 mod handlers;
 mod material;
 mod routes;
@@ -48,6 +53,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
+
+pub use access::KEY_PERMISSIONS;
+pub use faults::{Fault, FaultAction};
 
 /// The bearer token the emulator accepts when none is configured, so local
 /// demos and compose files work without agreeing on a secret first. It grants
@@ -97,7 +105,8 @@ pub struct EmulatorArgs {
     #[arg(long = "tls-name", env = "KEYSEAL_EMULATOR_TLS_NAMES", value_delimiter = ',')]
     pub tls_names: Vec<String>,
 
-    /// The only bearer token accepted.
+    /// The vault owner's bearer token: every key permission, and the
+    /// `/_emulator/` routes that add faults and restricted identities.
     #[arg(long, env = "KEYSEAL_VAULT_TOKEN", default_value = DEV_TOKEN, hide_env_values = true)]
     pub token: String,
 }
@@ -251,11 +260,53 @@ impl Emulator {
 
     /// Requests served per operation since start ("wrapkey", "unwrapkey",
     /// "get_key", ...), counting those that passed authentication and
-    /// throttling whatever their outcome, so tests can prove how often a
-    /// caller really talks to the vault. Requests refused with 429 are
-    /// counted under "throttled".
+    /// throttling whatever their outcome (refused by an access policy or
+    /// answered by a fault included), so tests can prove how often a caller
+    /// really talks to the vault. Requests refused with 429 by
+    /// `--throttle-rps` are counted under "throttled" only; requests a fault
+    /// answered or held also under "faulted". `/_emulator/` requests are
+    /// not counted.
     pub fn calls(&self) -> BTreeMap<String, u64> {
         self.app.calls.snapshot()
+    }
+
+    /// Replaces the injected faults (see [`Fault`]); an empty list removes
+    /// them all. Requests hanging on a removed `Hang` fault go on. Also
+    /// `PUT /_emulator/faults` over HTTPS.
+    pub fn set_faults(&self, faults: Vec<Fault>) {
+        self.app.faults.set(faults);
+    }
+
+    /// Removes every injected fault (`DELETE /_emulator/faults`).
+    pub fn clear_faults(&self) {
+        self.app.faults.set(Vec::new());
+    }
+
+    /// The injected faults now in force.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.app.faults.list()
+    }
+
+    /// Adds identity `name` with bearer `token` and the Key Vault key
+    /// permissions `permissions` (names from [`KEY_PERMISSIONS`],
+    /// case-insensitive), or replaces them; the `--token` holder stays the
+    /// owner with every permission. Also `PUT /_emulator/identities/{name}`.
+    ///
+    /// # Panics
+    ///
+    /// On a name that is not 1 to 127 letters, digits, `-` or `_`, an empty
+    /// token or one already in use, or an unknown permission: a mistake in
+    /// the calling test, reported where it was made.
+    pub fn set_identity(&self, name: &str, token: &str, permissions: &[&str]) {
+        if let Err(e) = self.app.auth.policies.set(name, token, permissions) {
+            panic!("Emulator::set_identity({name:?}): {e}");
+        }
+    }
+
+    /// Removes identity `name` (its token then gets the 401 challenge);
+    /// whether it existed. Also `DELETE /_emulator/identities/{name}`.
+    pub fn remove_identity(&self, name: &str) -> bool {
+        self.app.auth.policies.remove(name)
     }
 
     /// Stops accepting connections, lets in-flight requests finish (for a
@@ -290,8 +341,8 @@ pub async fn start(args: EmulatorArgs) -> Result<Emulator, EmulatorError> {
     let vault = vault::Vault::open(store::KeyStore::open(&args.state_dir)?, policy).await?;
     let listener = tls::TlsListener::bind(args.addr, tls_config).await?;
     let addr = listener.local_addr();
-    let app = Arc::new(server::App::new(vault, &args, addr));
     let cancel = CancellationToken::new();
+    let app = Arc::new(server::App::new(vault, &args, addr, cancel.clone()));
     let server = tokio::spawn(server::serve(listener, app.clone(), cancel.clone()));
     tracing::info!(
         vault_url = %format!("https://{addr}"),

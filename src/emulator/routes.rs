@@ -66,6 +66,23 @@ impl Route {
         Ok(route)
     }
 
+    /// The key the operation names, if any.
+    pub(crate) fn key_name(&self) -> Option<&str> {
+        match self {
+            Self::CreateKey { name }
+            | Self::GetKey { name, .. }
+            | Self::UpdateKey { name, .. }
+            | Self::DeleteKey { name }
+            | Self::ListKeyVersions { name }
+            | Self::RotateKey { name }
+            | Self::Crypto { name, .. }
+            | Self::GetDeletedKey { name }
+            | Self::RecoverDeletedKey { name }
+            | Self::PurgeDeletedKey { name } => Some(name),
+            Self::ListKeys | Self::ListDeletedKeys => None,
+        }
+    }
+
     /// The operation's name in call counts.
     pub(crate) fn operation(&self) -> &'static str {
         match self {

@@ -1,8 +1,11 @@
-//! The request pipeline and the server's tasks. Every request meets, in
-//! order: the configured latency, bearer authentication (401 + challenge
-//! before the body is looked at, as the SDKs' first tokenless request
-//! needs), throttling, the mandatory `api-version`, routing, then its
-//! handler. Alongside, a sweeper purges deleted keys whose retention ended.
+//! The request pipeline and the server's tasks. Every Key Vault request
+//! meets, in order: the configured latency, bearer authentication (401 +
+//! challenge before the body is looked at, as the SDKs' first tokenless
+//! request needs), throttling, the mandatory `api-version`, routing, the
+//! caller's access policy, injected faults, then its handler. Requests under
+//! `/_emulator/` are the owner's control routes and skip all but
+//! authentication. Alongside, a sweeper purges deleted keys whose retention
+//! ended.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,10 +19,12 @@ use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
 use super::EmulatorArgs;
+use super::access::Caller;
 use super::auth::BearerAuth;
-use super::calls::CallCounter;
-use super::calls::THROTTLED;
+use super::calls::{CallCounter, FAULTED, THROTTLED};
+use super::control;
 use super::error::ServiceError;
+use super::faults::Faults;
 use super::handlers::{self, RequestContext};
 use super::routes::Route;
 use super::throttle::{self, Throttle};
@@ -35,7 +40,8 @@ const PURGE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) struct App {
     pub(crate) vault: Vault,
     pub(crate) calls: CallCounter,
-    auth: BearerAuth,
+    pub(crate) auth: BearerAuth,
+    pub(crate) faults: Faults,
     throttle: Option<Throttle>,
     latency: Duration,
     /// `host:port` for the rare request without a Host header.
@@ -43,11 +49,13 @@ pub(crate) struct App {
 }
 
 impl App {
-    pub(crate) fn new(vault: Vault, args: &EmulatorArgs, addr: SocketAddr) -> Self {
+    /// `shutdown` is the server's: it also ends requests hanging on a fault.
+    pub(crate) fn new(vault: Vault, args: &EmulatorArgs, addr: SocketAddr, shutdown: CancellationToken) -> Self {
         Self {
             vault,
             calls: CallCounter::default(),
             auth: BearerAuth::new(args.token.clone()),
+            faults: Faults::new(shutdown),
             throttle: args.throttle_rps.map(|rps| Throttle::new(rps, Instant::now())),
             latency: args.latency,
             listen_authority: addr.to_string(),
@@ -85,40 +93,74 @@ async fn sweep_deleted_keys(app: Arc<App>, cancel: CancellationToken) {
 }
 
 async fn handle_request(State(app): State<Arc<App>>, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = if path.starts_with(control::PREFIX) {
+        control_request(&app, request).await
+    } else {
+        vault_request(&app, request).await
+    };
+    tracing::debug!(%method, path, status = response.status().as_u16(), "key vault emulator request");
+    response
+}
+
+/// A `/_emulator/` request: the owner's token only.
+async fn control_request(app: &App, request: Request) -> Response {
+    match app.auth.check(request.headers()) {
+        Err(refusal) => return refusal.into_response(),
+        Ok(Caller::Identity { name, .. }) => {
+            let message = format!("The identity '{name}' may not change the emulator; only the owner's token may.");
+            return ServiceError::forbidden_by_policy(message).into_response();
+        }
+        Ok(Caller::Owner) => {}
+    }
+    let (parts, body) = request.into_parts();
+    let outcome = match read_body(body).await {
+        Ok(body) => control::handle(app, parts.method.as_str(), parts.uri.path(), &body),
+        Err(e) => Err(e),
+    };
+    outcome.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A Key Vault request.
+async fn vault_request(app: &App, request: Request) -> Response {
     if !app.latency.is_zero() {
         tokio::time::sleep(app.latency).await;
     }
-    if let Err(refusal) = app.auth.check(request.headers()) {
-        return refusal.into_response();
-    }
+    let caller = match app.auth.check(request.headers()) {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal.into_response(),
+    };
     if let Some(throttle) = &app.throttle {
         if let Err(wait) = throttle.admit(Instant::now()) {
             app.calls.record(THROTTLED);
             return throttle::too_many_requests(wait);
         }
     }
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let response = process(&app, request).await.unwrap_or_else(IntoResponse::into_response);
-    tracing::debug!(%method, path, status = response.status().as_u16(), "key vault emulator request");
-    response
+    process(app, &caller, request).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Everything after authentication and throttling.
-async fn process(app: &App, request: Request) -> Result<Response, ServiceError> {
+async fn process(app: &App, caller: &Caller, request: Request) -> Result<Response, ServiceError> {
     let (parts, body) = request.into_parts();
     let query = query_parameters(&parts.uri)?;
     let route = Route::parse(parts.method.as_str(), parts.uri.path())?;
     app.calls.record(route.operation());
-    let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ServiceError::bad_parameter("The request body is unreadable or larger than 1 MiB."))?;
-    let ctx = RequestContext {
-        vault_url: vault_url(&parts.headers, &parts.uri, &app.listen_authority)?,
-        path: parts.uri.path().to_owned(),
-        query,
-    };
+    let vault_url = vault_url(&parts.headers, &parts.uri, &app.listen_authority)?;
+    caller.authorize(&route, vault_url.trim_start_matches("https://"))?;
+    let faulted = || app.calls.record(FAULTED);
+    if let Some(answer) = app.faults.apply(route.key_name(), route.operation(), faulted).await {
+        return Ok(answer);
+    }
+    let body = read_body(body).await?;
+    let ctx = RequestContext { vault_url, path: parts.uri.path().to_owned(), query };
     handlers::handle(app, &ctx, route, &body).await
+}
+
+async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ServiceError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ServiceError::bad_parameter("The request body is unreadable or larger than 1 MiB."))
 }
 
 /// The query string, which must carry a plausible `api-version`.

@@ -95,6 +95,8 @@ pub struct VaultOptions {
     pub ca_cert: Option<std::path::PathBuf>,
     /// Per-request timeout.
     pub timeout: std::time::Duration,
+    /// Longest a call keeps retrying throttled and transient answers.
+    pub retry_budget: std::time::Duration,
 }
 
 /// Errors building the vault client.
@@ -163,7 +165,8 @@ impl Vault {
             initial_delay: azure_core::time::Duration::seconds(1),
             max_retries: 5,
             max_delay: azure_core::time::Duration::seconds(16),
-            max_total_elapsed: azure_core::time::Duration::seconds(45),
+            max_total_elapsed: azure_core::time::Duration::try_from(self.options.retry_budget)
+                .unwrap_or(azure_core::time::Duration::MAX),
         });
         let client = Arc::new(
             KeyClient::new(&uri.vault_url, self.credential.clone(), Some(options))

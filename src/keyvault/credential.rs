@@ -21,7 +21,7 @@ pub enum VaultCredentialKind {
     ClientSecret,
     /// The signed-in Azure CLI user (development).
     AzureCli,
-    /// A fixed token from KEYSEAL_VAULT_TOKEN or the emulator's development token.
+    /// A fixed token (`Settings::vault_token`, from KEYSEAL_VAULT_TOKEN) or the emulator's development token.
     StaticToken,
 }
 
@@ -33,8 +33,14 @@ pub struct CredentialError {
     reason: String,
 }
 
-/// Builds the credential for `kind` from the environment.
-pub fn credential(kind: VaultCredentialKind) -> Result<Arc<dyn TokenCredential>, CredentialError> {
+/// Builds the credential for `kind` from the environment; `static_token`
+/// is the token `static-token` sends (the emulator's development token when
+/// `None`), passed in rather than read here so workers in one process (the
+/// tests) can each use their own.
+pub fn credential(
+    kind: VaultCredentialKind,
+    static_token: Option<&str>,
+) -> Result<Arc<dyn TokenCredential>, CredentialError> {
     let fail = |reason: String| CredentialError { kind, reason };
     let env = |name: &str| std::env::var(name).map_err(|_| fail(format!("{name} is not set")));
     Ok(match kind {
@@ -54,9 +60,9 @@ pub fn credential(kind: VaultCredentialKind) -> Result<Arc<dyn TokenCredential>,
         VaultCredentialKind::AzureCli => {
             azure_identity::AzureCliCredential::new(None).map_err(|e| fail(e.to_string()))?
         }
-        VaultCredentialKind::StaticToken => Arc::new(StaticToken(
-            std::env::var("KEYSEAL_VAULT_TOKEN").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| DEV_TOKEN.to_owned()),
-        )),
+        VaultCredentialKind::StaticToken => {
+            Arc::new(StaticToken(static_token.filter(|t| !t.is_empty()).unwrap_or(DEV_TOKEN).to_owned()))
+        }
     })
 }
 
@@ -77,5 +83,27 @@ impl TokenCredential for StaticToken {
         _options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
         Ok(AccessToken::new(self.0.clone(), OffsetDateTime::now_utc() + Duration::hours(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_static_token_is_the_one_given_else_the_development_token() {
+        let token = |given: Option<&'static str>| async move {
+            let credential = credential(VaultCredentialKind::StaticToken, given).expect("static token");
+            credential
+                .get_token(&["https://vault.azure.net/.default"], None)
+                .await
+                .expect("token")
+                .token
+                .secret()
+                .to_owned()
+        };
+        assert_eq!(token(Some("identity-token")).await, "identity-token");
+        assert_eq!(token(None).await, DEV_TOKEN);
+        assert_eq!(token(Some("")).await, DEV_TOKEN);
     }
 }

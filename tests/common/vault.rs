@@ -126,8 +126,9 @@ impl Vault {
             trusted_hosts: vec![self.host()],
             ca_cert: Some(self.emulator.cert_pem_path().to_path_buf()),
             timeout: Duration::from_secs(10),
+            retry_budget: Duration::from_secs(45),
         };
-        let credential = credential(VaultCredentialKind::StaticToken).expect("static token");
+        let credential = credential(VaultCredentialKind::StaticToken, None).expect("static token");
         std::sync::Arc::new(keyseal::keyvault::Vault::new(credential, options).expect("vault client"))
     }
 

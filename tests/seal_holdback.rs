@@ -1,0 +1,133 @@
+//! One tenant's vault trouble never stops sealing for the others: with the
+//! emulator refusing (403), throttling (429) or failing (500) the wrap of
+//! one tenant's new sealed data key, a sweep seals every other tenant, holds
+//! that one back in hot with a reason, and seals it once the vault is fine.
+//! Real RabbitMQ, the official Key Vault client over TLS.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::byok::{Setup, setup};
+use common::*;
+use keyseal::clock::ManualClock;
+use keyseal::emulator::{Fault, FaultAction, RecoveryLevel};
+use keyseal::worker::Worker;
+use serde_json::{Value, json};
+
+const SEAL: Duration = Duration::from_secs(49 * 3600);
+
+fn wrap_fault(key: &str, status: u16) -> Fault {
+    Fault { key: Some(key.to_owned()), operation: Some("wrapkey".to_owned()), action: FaultAction::Status(status) }
+}
+
+fn calls(s: &Setup, operation: &str) -> u64 {
+    s.vault.emulator.calls().get(operation).copied().unwrap_or(0)
+}
+
+fn held_back_metric(reason: &str) -> u64 {
+    let rendered = keyseal::metrics::handle().render();
+    let series = format!("keyseal_seal_held_back_total{{reason=\"{reason}\"}} ");
+    rendered
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map(|value| value.trim().parse::<f64>().expect("a number") as u64)
+        .unwrap_or_else(|| panic!("{series} is registered"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_wrap_fails_is_held_back_and_the_others_seal() {
+    // A one-second retry budget: a throttled or failing wrap is retried once
+    // (after the 2 s backoff) instead of for 45 s.
+    let s = setup(
+        "seal-holdback",
+        RecoveryLevel::Recoverable,
+        None,
+        &["--probe-interval", "1h", "--vault-retry-budget", "1s"],
+    )
+    .await;
+    s.rsa_key("a-key").await;
+    s.rsa_key("b-key").await;
+    assert_eq!(s.enable("tenant-a", &s.vault.key_uri("a-key")).await.0, 200);
+    assert_eq!(s.enable("tenant-b", &s.vault.key_uri("b-key")).await.0, 200);
+    let mut a_records = s.publish("tenant-a", "a0-", 20).await;
+    let mut others = s.publish("tenant-b", "b0-", 20).await;
+    others.extend(s.publish("managed", "m0-", 20).await);
+
+    let cases = [(403, "missing_permission", 1), (429, "vault_throttled", 2), (500, "vault_error", 2)];
+    for (round, (status, reason, attempts)) in cases.into_iter().enumerate() {
+        if round > 0 {
+            a_records.extend(s.publish("tenant-a", &format!("a{round}-"), 10).await);
+            others.extend(s.publish("tenant-b", &format!("b{round}-"), 10).await);
+            others.extend(s.publish("managed", &format!("m{round}-"), 10).await);
+        }
+        let due_others: u64 = if round == 0 { 20 } else { 10 };
+        s.clock.advance(SEAL);
+        s.vault.emulator.set_faults(vec![wrap_fault("a-key", status)]);
+        let (faulted, counted) = (calls(&s, "faulted"), held_back_metric(reason));
+
+        let summary = s.sweep().await;
+        let seal = &summary["seal"];
+        assert_eq!(
+            seal["tenants"],
+            json!({"tenant-b": due_others, "managed": due_others}),
+            "{status}: the others seal: {summary}"
+        );
+        assert_eq!(seal["heldBackReasons"], json!({"tenant-a": reason}), "{status}: {summary}");
+        assert_eq!(seal["heldBack"]["tenant-a"], a_records.len() as u64, "{status}: {summary}");
+        assert_eq!(calls(&s, "faulted") - faulted, attempts, "{status}: one wrap, retried within the budget");
+        assert_eq!(held_back_metric(reason) - counted, 1, "{status}");
+
+        let records = &s.status("tenant-a").await["records"];
+        assert_eq!(*records, json!({"hot": a_records.len(), "sealed": 0}), "{status}: nothing of A moved");
+        s.assert_readable(&a_records).await;
+        s.assert_readable(&others).await;
+        assert!(s.sealed_roots("tenant-a").is_empty(), "{status}: no sealed data key for A was stored");
+    }
+
+    s.vault.emulator.clear_faults();
+    let summary = s.sweep().await;
+    assert_eq!(summary["seal"]["tenants"], json!({"tenant-a": a_records.len()}), "{summary}");
+    assert_eq!(summary["seal"]["heldBackReasons"], json!({}), "{summary}");
+    assert_eq!(s.status("tenant-a").await["records"], json!({"hot": 0, "sealed": a_records.len()}));
+    assert_eq!(s.status("tenant-b").await["records"], json!({"hot": 0, "sealed": 40}));
+    s.worker.services.keyring.forget_cached();
+    s.assert_readable(&a_records).await;
+    s.assert_readable(&others).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_sends_its_settings_vault_token() {
+    let state = tempfile::tempdir().unwrap();
+    let vault = common::vault::Vault::start(common::vault::args(state.path(), RecoveryLevel::Recoverable)).await;
+    vault.admin.create_rsa("k").await.unwrap();
+    // Reading is allowed, wrapping is not: only the canary sees it.
+    vault.emulator.set_identity("keyseal", "keyseal-token", &["get", "list"]);
+    let vhost = Vhost::new("vault-token");
+    let dir = tempfile::tempdir().unwrap();
+    let flags = vault.worker_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut settings = common::settings(&vhost, dir.path(), &flags);
+    settings.vault_token = Some("keyseal-token".to_owned());
+    let worker = Worker::start(settings, Arc::new(ManualClock::starting_now())).await.expect("worker starts");
+    let enable = || async {
+        let response = reqwest::Client::new()
+            .put(format!("{}/v1/tenants/acme/encryption", base_url(&worker)))
+            .json(&json!({"keyUri": vault.key_uri("k")}))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    let (status, body) = enable().await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("wrap_unwrap_failed")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("ForbiddenByPolicy"), "{body}");
+    assert_eq!(vault.emulator.calls().get("wrapkey").copied(), Some(1), "the key was read, the canary refused");
+
+    vault.emulator.set_identity("keyseal", "keyseal-token", &["get", "list", "wrapKey", "unwrapKey"]);
+    let (status, body) = enable().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"]["encryption"]["mode"], "customer_key", "{body}");
+    worker.stop().await;
+}
