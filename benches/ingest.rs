@@ -4,10 +4,14 @@
 //!   worker (validate, encrypt, synced RocksDB batch, ack) against a bare
 //!   lapin consumer that only acks, with the same prefetch;
 //! - peak RSS (VmHWM) of a `keyseal run` child process while 1,000,000
-//!   records flow through it (`-- rss`).
+//!   records flow through it (`-- rss`);
+//! - peak RSS while a child drains 1,200 queued records of 1 MiB (`-- big`),
+//!   with the default `--prefetch-bytes` beside a count-only prefetch (the
+//!   byte budget set out of reach), in the same run.
 //!
-//! `cargo bench --bench ingest` and `cargo bench --bench ingest -- rss`
-//! (KEYSEAL_BENCH_RECORDS, KEYSEAL_BENCH_RUNS to change the size).
+//! `cargo bench --bench ingest`, `cargo bench --bench ingest -- rss` and
+//! `cargo bench --bench ingest -- big` (KEYSEAL_BENCH_RECORDS,
+//! KEYSEAL_BENCH_RUNS to change the size).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -31,10 +35,19 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 async fn prefill(vhost: &Vhost, count: usize) {
+    prefill_sized(vhost, count, 1024).await;
+}
+
+async fn prefill_sized(vhost: &Vhost, count: usize, size: usize) {
     let publisher = Publisher::connect(&vhost.amqp_url()).await.unwrap();
+    // Publish in pieces of about 20 MiB, so the producer's own memory stays small.
+    let chunk = (20 << 20) / size.max(1);
     for tenant in TENANTS {
-        for chunk in synthetic(tenant, "r-", count / TENANTS.len(), 1024, 1).chunks(20_000) {
-            let confirmed = publisher.publish_all(chunk, 2000).await.unwrap();
+        let per_tenant = count / TENANTS.len();
+        for start in (0..per_tenant).step_by(chunk.max(1)) {
+            let n = chunk.min(per_tenant - start);
+            let records = synthetic(tenant, &format!("r-{start}-"), n, size, 1);
+            let confirmed = publisher.publish_all(&records, 2000).await.unwrap();
             assert!(confirmed.iter().all(|c| *c));
         }
     }
@@ -117,20 +130,22 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-async fn peak_rss() {
-    let count = env_usize("KEYSEAL_BENCH_RECORDS", 1_000_000);
-    let vhost = Vhost::new("bench-rss");
+/// Peak RSS (MiB) of a `keyseal run` child draining `count` queued records
+/// of `size` bytes, and the seconds it took.
+async fn child_peak_rss(name: &str, count: usize, size: usize, worker_args: &[&str]) -> (f64, f64) {
+    let vhost = Vhost::new(name);
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    prefill_sized(&vhost, count, size).await;
+    let started = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyseal"))
         .args(["run", "--amqp-url", &vhost.amqp_url(), "--http-addr", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir.path())
+        .args(worker_args)
         .env("KEYSEAL_LOG", "warn")
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    prefill(&vhost, count).await;
     let base = format!("http://127.0.0.1:{port}");
     loop {
         let mut total = 0;
@@ -145,10 +160,37 @@ async fn peak_rss() {
     let hwm = vm_hwm_kib(child.id());
     child.kill().unwrap();
     child.wait().unwrap();
+    (hwm as f64 / 1024.0, started.elapsed().as_secs_f64())
+}
+
+async fn peak_rss() {
+    let count = env_usize("KEYSEAL_BENCH_RECORDS", 1_000_000);
+    let (mib, secs) = child_peak_rss("bench-rss", count, 1024, &[]).await;
     println!(
-        "peak RSS of keyseal run while ingesting {count} records of 1 KiB: {:.1} MiB (target <= 256 MiB), {:.0} s end to end",
-        hwm as f64 / 1024.0,
-        started.elapsed().as_secs_f64()
+        "peak RSS of keyseal run while ingesting {count} records of 1 KiB: {mib:.1} MiB (target <= 256 MiB), {secs:.0} s"
+    );
+}
+
+async fn peak_rss_big() {
+    let count = env_usize("KEYSEAL_BENCH_RECORDS", 1_200);
+    let runs = env_usize("KEYSEAL_BENCH_RUNS", 3);
+    println!("peak RSS draining {count} queued records of 1 MiB, prefetch {PREFETCH}, {runs} runs");
+    let prefetch = PREFETCH.to_string();
+    let (mut bounded, mut unbounded) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let (mib, secs) = child_peak_rss("bench-big", count, 1 << 20, &["--prefetch", &prefetch]).await;
+        bounded.push(mib);
+        let count_only = ["--prefetch", &prefetch, "--prefetch-bytes", "1TiB"];
+        let (base_mib, base_secs) = child_peak_rss("bench-big-base", count, 1 << 20, &count_only).await;
+        unbounded.push(base_mib);
+        println!(
+            "  run {run}: --prefetch-bytes 64MiB {mib:>7.1} MiB in {secs:.1} s   count-only {base_mib:>7.1} MiB in {base_secs:.1} s"
+        );
+    }
+    let (b, u) = (median(bounded), median(unbounded));
+    println!(
+        "median peak RSS: {b:.1} MiB with --prefetch-bytes 64MiB (target <= 512 MiB), {u:.1} MiB count-only ({:.2}x)",
+        b / u
     );
 }
 
@@ -156,6 +198,8 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     if std::env::args().any(|a| a == "rss") {
         runtime.block_on(peak_rss());
+    } else if std::env::args().any(|a| a == "big") {
+        runtime.block_on(peak_rss_big());
     } else {
         runtime.block_on(throughput());
     }

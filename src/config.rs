@@ -57,6 +57,10 @@ pub struct Settings {
     /// Unacked deliveries the broker may send ahead (AMQP prefetch).
     #[arg(long, env = "KEYSEAL_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,
+    /// Payload bytes the broker may send ahead, about: the prefetch count
+    /// is lowered while messages are large (`64MiB`, `1GiB`, or bytes).
+    #[arg(long, env = "KEYSEAL_PREFETCH_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub prefetch_bytes: u64,
     /// Most deliveries stored in one atomic write batch. A quarter of the
     /// prefetch keeps the broker sending while two batches are in flight.
     #[arg(long, env = "KEYSEAL_BATCH_SIZE", default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -135,6 +139,16 @@ impl Settings {
             retry_budget: self.vault_retry_budget,
         }
     }
+}
+
+/// Parses a byte size such as `64MiB`, `512 KiB` or `1048576`, at least 1 MiB
+/// so one record always fits.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = text.parse().map_err(|e| format!("not a byte size: {e}"))?;
+    if size.as_u64() < 1 << 20 {
+        return Err("must be at least 1MiB, the size of one record".to_owned());
+    }
+    Ok(size.as_u64())
 }
 
 /// Parses a cron expression (5 fields, or 6 with seconds first).
@@ -282,6 +296,16 @@ mod tests {
         assert_eq!(settings.http_addr.port(), 0);
         assert_eq!(settings.prefetch, 1000, "defaults apply");
         assert!(parse_flags::<Settings, _, _>(["--seal-after", "soon"]).is_err());
+    }
+
+    #[test]
+    fn prefetch_bytes_take_units_and_fit_one_record() {
+        let parse = |v: &str| parse_flags::<Settings, _, _>(["--prefetch-bytes", v]).map(|s| s.prefetch_bytes);
+        assert_eq!(parse_flags::<Settings, _, _>(Vec::<String>::new()).unwrap().prefetch_bytes, 64 << 20);
+        assert_eq!(parse("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse("1048576").unwrap(), 1 << 20);
+        assert!(parse("512KiB").is_err(), "smaller than one record");
+        assert!(parse("lots").is_err());
     }
 
     #[test]

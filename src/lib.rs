@@ -32,7 +32,8 @@
 //! - [`emulator`]: `keyseal keyvault-emulator`, a local Azure Key
 //!   Vault–compatible HTTPS server for tests, demos and compose.
 //! - [`worker`]: wires one shard's tasks together; [`config`], [`clock`],
-//!   [`amqp`], [`metrics`] and [`proto`] support them.
+//!   [`amqp`], [`metrics`] (with [`gauges`], derived from the store) and
+//!   [`proto`] support them.
 //! - [`demo`]: `keyseal demo`, the whole story end to end in one process
 //!   (emulator, worker, two tenants), narrated.
 
@@ -48,6 +49,7 @@ pub mod demo;
 pub mod emulator;
 pub mod encryption;
 pub mod events;
+pub mod gauges;
 pub mod health;
 pub mod ingest;
 pub mod keyvault;

@@ -4,10 +4,21 @@
 //! label and is used only where a per-tenant view is needed.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+/// How long a gauge series may go without an update before `/metrics`
+/// drops it. Per-tenant series are set when a tenant's projection changes,
+/// so a flood of tenants that then go quiet does not keep a series each for
+/// ever; shard-wide gauges are re-set by every scrape's refresh.
+pub const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Whether ingest is paused by a storage failure, re-set on every refresh.
+static INGEST_PAUSED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the process-wide recorder once and returns the handle that
 /// renders `/metrics`. Every worker in a process shares it.
@@ -16,6 +27,7 @@ pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT))
                 .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
                 .expect("static buckets are valid")
                 .install_recorder()
@@ -59,7 +71,12 @@ fn describe() {
         Unit::Count,
         "Tenants a seal sweep held back because their sealed data key could not be had, by reason."
     );
-    describe_gauge!("keyseal_records", Unit::Count, "Records at rest, by tenant and layer (hot, sealed).");
+    describe_gauge!(
+        "keyseal_records",
+        Unit::Count,
+        "Records at rest, by tenant and layer (hot, sealed); a tenant's series expires after an hour without change."
+    );
+    describe_gauge!("keyseal_records_at_rest", Unit::Count, "Records at rest in the shard, by layer (hot, sealed).");
     describe_gauge!(
         "keyseal_seal_lag_seconds",
         Unit::Seconds,
@@ -134,7 +151,20 @@ pub fn batch_committed<'a>(stored: u64, duplicates: u64, rejected: impl Iterator
 
 /// Consuming paused (or resumed) because of a storage failure.
 pub fn storage_paused(paused: bool) {
+    INGEST_PAUSED.store(paused, Ordering::Relaxed);
     gauge!("keyseal_ingest_paused").set(if paused { 1.0 } else { 0.0 });
+}
+
+/// Re-sets the process-wide gauges that change rarely, so they outlive
+/// [`GAUGE_IDLE_TIMEOUT`].
+pub fn refresh_process_gauges() {
+    storage_paused(INGEST_PAUSED.load(Ordering::Relaxed));
+}
+
+/// Records at rest in the shard, per layer.
+pub fn records_at_rest(hot: u64, sealed: u64) {
+    gauge!("keyseal_records_at_rest", "layer" => "hot").set(hot as f64);
+    gauge!("keyseal_records_at_rest", "layer" => "sealed").set(sealed as f64);
 }
 
 /// A seal sweep moved `count` records.

@@ -113,6 +113,15 @@ fn set_state(projection: &mut TenantProjection, state: TenantState, at_ms: i64) 
     }
 }
 
+/// The API and metrics name of a tenant state.
+pub fn state_name(state: TenantState) -> &'static str {
+    match state {
+        TenantState::Active => "active",
+        TenantState::Degraded => "degraded",
+        TenantState::LockedDown => "locked_down",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::task::JoinSet;
@@ -21,6 +20,7 @@ use crate::crypto::keyring::Keyring;
 use crate::crypto::root_key::{ManagedRootKeys, RootExpectation};
 use crate::encryption;
 use crate::events::outbox;
+use crate::gauges;
 use crate::health::lockdown;
 use crate::health::prober::{self, ProbeTimes};
 use crate::ingest::consumer;
@@ -194,24 +194,9 @@ impl Services {
         })
     }
 
-    /// Updates the gauges derived from stored state.
+    /// Updates the gauges derived from stored state (see [`gauges::refresh`]).
     pub fn refresh_gauges(&self) -> Result<(), RecordError> {
-        let tenants = self.store.tenants();
-        for (tenant, projection) in &tenants {
-            m::tenant_records(tenant, projection.hot_records, projection.sealed_records);
-            if !projection.key_uri.is_empty() {
-                m::key_health(tenant, projection.health_reason.is_empty());
-            }
-        }
-        for state in [TenantState::Active, TenantState::Degraded, TenantState::LockedDown] {
-            let count = tenants.iter().filter(|(_, p)| p.state() == state).count();
-            m::tenants_in_state(state_name(state), count);
-        }
-        let lag = self
-            .store
-            .oldest_hot_ingested_at()?
-            .map_or(Duration::ZERO, |oldest| sealing::seal_lag(self.clock.now_ms(), self.settings.seal_after, oldest));
-        m::seal_lag(lag.as_secs_f64());
+        gauges::refresh(&self.store, self.clock.now_ms(), self.settings.seal_after)?;
         Ok(())
     }
 }
@@ -295,14 +280,7 @@ impl Worker {
     }
 }
 
-/// The API and metrics name of a tenant state.
-pub fn state_name(state: TenantState) -> &'static str {
-    match state {
-        TenantState::Active => "active",
-        TenantState::Degraded => "degraded",
-        TenantState::LockedDown => "locked_down",
-    }
-}
+pub use crate::projection::state_name;
 
 async fn seal_on_schedule(services: &Services, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(services.settings.sweep_interval);

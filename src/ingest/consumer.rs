@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use tokio::time::Instant;
@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::dead_letter::{self, DeadLetterError};
+use super::prefetch::PrefetchWindow;
 use super::validate::{Rejection, validate};
 use crate::amqp::{self, Backoff, INGEST_QUEUE};
 use crate::metrics as m;
@@ -95,48 +96,74 @@ async fn consume(
     amqp::declare_topology(&channel).await?;
     let dead_letters = connection.create_channel().await?;
     dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
-    channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
-    let mut consumer = channel
-        .basic_consume(
-            INGEST_QUEUE.into(),
-            "keyseal-ingest".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    services.amqp_ready.store(true, Ordering::SeqCst);
-    backoff.reset();
-    info!(queue = INGEST_QUEUE, prefetch = settings.prefetch, "consuming");
+    let mut window = PrefetchWindow::new(settings.prefetch, settings.prefetch_bytes);
     let mut pending: Option<Pending> = None;
+    let mut subscription = 0u64;
     loop {
-        // Wait for the next delivery; meanwhile finish the batch whose fsync
-        // is in flight, so an idle queue never leaves a batch unacked.
-        let first = loop {
-            tokio::select! {
-                () = shutdown.cancelled() => {
-                    if let Some(done) = pending.take() {
-                        done.finish(&channel, &dead_letters).await?;
+        subscription += 1;
+        // Deliveries of an earlier subscription stay unacked on this
+        // channel and are acked (with `multiple`) like any other.
+        channel.basic_qos(window.current(), BasicQosOptions::default()).await?;
+        let tag = format!("keyseal-ingest-{subscription}");
+        let mut consumer = channel
+            .basic_consume(
+                INGEST_QUEUE.into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        services.amqp_ready.store(true, Ordering::SeqCst);
+        backoff.reset();
+        info!(queue = INGEST_QUEUE, prefetch = window.current(), "consuming");
+        let mut resubscribing = false;
+        loop {
+            // Wait for the next delivery; meanwhile finish the batch whose
+            // fsync is in flight, so an idle queue never leaves a batch unacked.
+            let first = loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        if let Some(done) = pending.take() {
+                            done.finish(&channel, &dead_letters).await?;
+                        }
+                        amqp::close_channel(&dead_letters, "shutdown").await;
+                        amqp::close_channel(&channel, "shutdown").await;
+                        return Ok(());
                     }
-                    amqp::close_channel(&dead_letters, "shutdown").await;
-                    amqp::close_channel(&channel, "shutdown").await;
-                    return Ok(());
+                    synced = async { (&mut pending.as_mut().expect("guarded").sync).await }, if pending.is_some() => {
+                        let done = pending.take().expect("guarded");
+                        done.written.acknowledge(synced, &channel, &dead_letters).await?;
+                    }
+                    delivery = consumer.next() => break delivery,
                 }
-                synced = async { (&mut pending.as_mut().expect("guarded").sync).await }, if pending.is_some() => {
-                    let done = pending.take().expect("guarded");
-                    done.written.acknowledge(synced, &channel, &dead_letters).await?;
-                }
-                delivery = consumer.next() => break delivery.ok_or(SessionError::ConsumerClosed)??,
+            };
+            let first = match first {
+                Some(delivery) => delivery?,
+                // The cancelled subscription delivered all it had.
+                None if resubscribing => break,
+                None => return Err(SessionError::ConsumerClosed),
+            };
+            let batch = fill_batch(first, &mut consumer, settings.batch_size as usize, settings.batch_linger).await?;
+            batch.iter().for_each(|delivery| window.observe(delivery.data.len()));
+            let written = write(services, batch).await?;
+            // Group commit: the previous batch's fsync ran while this one was
+            // gathered and written; ack it now, then start syncing this one.
+            if let Some(done) = pending.take() {
+                done.finish(&channel, &dead_letters).await?;
             }
-        };
-        let batch = fill_batch(first, &mut consumer, settings.batch_size as usize, settings.batch_linger).await?;
-        let written = write(services, batch).await?;
-        // Group commit: the previous batch's fsync ran while this one was
-        // gathered and written; ack it now, then start syncing this one.
-        if let Some(done) = pending.take() {
-            done.finish(&channel, &dead_letters).await?;
+            let store = services.store.clone();
+            pending = Some(Pending { sync: tokio::task::spawn_blocking(move || store.sync()), written });
+            if resubscribing {
+                continue;
+            }
+            if let Some(prefetch) = window.resize() {
+                // Message sizes moved the window: drain this subscription,
+                // then subscribe again with the new count.
+                info!(prefetch, "message sizes changed; re-subscribing with a new prefetch");
+                channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
+                resubscribing = true;
+            }
         }
-        let store = services.store.clone();
-        pending = Some(Pending { sync: tokio::task::spawn_blocking(move || store.sync()), written });
     }
 }
 
@@ -211,7 +238,7 @@ impl Written {
 }
 
 /// Validates a batch and writes its new records (unsynced).
-async fn write(services: &Services, batch: Vec<Delivery>) -> Result<Written, RecordError> {
+async fn write(services: &Services, mut batch: Vec<Delivery>) -> Result<Written, RecordError> {
     let started = std::time::Instant::now();
     let last_tag = batch.last().expect("batches are never empty").delivery_tag;
     let mut records = Vec::with_capacity(batch.len());
@@ -235,6 +262,15 @@ async fn write(services: &Services, batch: Vec<Delivery>) -> Result<Written, Rec
             Outcome::Duplicate => duplicates += 1,
             Outcome::Conflict => rejected.push((i, Rejection::ConflictingDuplicate)),
             Outcome::Unverifiable => rejected.push((i, Rejection::DuplicateUnverifiable)),
+        }
+    }
+    // Until the ack only the rejects' bodies are needed (to dead-letter
+    // them): free the others now, which halves the bytes held per batch.
+    let mut keep = vec![false; batch.len()];
+    rejected.iter().for_each(|(i, _)| keep[*i] = true);
+    for (delivery, keep) in batch.iter_mut().zip(keep) {
+        if !keep {
+            delivery.data = Vec::new();
         }
     }
     Ok(Written { batch, last_tag, rejected, stored, duplicates, started })

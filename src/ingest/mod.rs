@@ -3,4 +3,5 @@
 
 pub mod consumer;
 pub mod dead_letter;
+pub mod prefetch;
 pub mod validate;

@@ -12,12 +12,20 @@ pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 pub const MAX_RECORD_ID_BYTES: usize = 128;
 /// Largest accepted total of attribute names and values.
 pub const MAX_ATTRIBUTE_BYTES: usize = 64 << 10;
+/// Largest body accepted for decoding: a 1 MiB payload, ids, and 64 KiB of
+/// attributes even at protobuf's worst framing ratio (one-byte entries cost
+/// up to 8 bytes on the wire). A larger body can hold no valid record (but
+/// by repeating map keys), so it is refused before decoding copies it.
+pub const MAX_MESSAGE_BYTES: usize = MAX_PAYLOAD_BYTES + 8 * MAX_ATTRIBUTE_BYTES + 4096;
 /// The content type producers publish with.
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
 
 /// Why a message cannot be accepted. Never carries payload bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
+    /// The body is larger than any valid record could be.
+    #[error("message_too_large: body of {0} bytes exceeds any valid record")]
+    MessageTooLarge(usize),
     /// The body does not decode as an `IngestRecord`.
     #[error("malformed_protobuf: body is not a keyseal.v1.IngestRecord ({0})")]
     MalformedProtobuf(String),
@@ -53,6 +61,7 @@ impl Rejection {
     /// The stable reason code (the header value starts with it).
     pub fn code(&self) -> &'static str {
         match self {
+            Self::MessageTooLarge(_) => "message_too_large",
             Self::MalformedProtobuf(_) => "malformed_protobuf",
             Self::UnsupportedContentType => "unsupported_content_type",
             Self::InvalidTenantId => "invalid_tenant_id",
@@ -83,6 +92,10 @@ pub fn is_valid_record_id(record_id: &str) -> bool {
 pub fn validate(body: &[u8], content_type: Option<&str>, routing_key: &str) -> Result<IngestRecord, Rejection> {
     if content_type.is_some_and(|ct| ct != CONTENT_TYPE) {
         return Err(Rejection::UnsupportedContentType);
+    }
+    // Decoding copies the payload: never for a body no record fits in.
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(Rejection::MessageTooLarge(body.len()));
     }
     let record = IngestRecord::decode(body).map_err(|e| Rejection::MalformedProtobuf(e.to_string()))?;
     if !is_valid_tenant_id(&record.tenant_id) {
@@ -141,6 +154,7 @@ mod tests {
             (validate(&record("acme", "", 1), ct, "acme"), "invalid_record_id"),
             (validate(&record("acme", &"r".repeat(129), 1), ct, "acme"), "invalid_record_id"),
             (validate(&record("acme", "1", MAX_PAYLOAD_BYTES + 1), ct, "acme"), "payload_too_large"),
+            (validate(&vec![0; MAX_MESSAGE_BYTES + 1], ct, "acme"), "message_too_large"),
         ];
         for (result, code) in cases {
             assert_eq!(result.unwrap_err().code(), code);

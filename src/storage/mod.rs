@@ -5,10 +5,11 @@
 
 pub mod keys;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use prost::Message;
 use rocksdb::{
@@ -19,7 +20,7 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 use crate::projection;
-use crate::proto::store::{StoredRecord, TenantProjection, WrappedDataKey};
+use crate::proto::store::{StoredRecord, TenantProjection, TenantState, WrappedDataKey};
 use crate::proto::v1::{Event, Layer, event::Kind};
 
 /// Records younger than the seal age, encrypted under managed-rooted keys.
@@ -66,11 +67,53 @@ pub struct Receipt {
     pub last_sequence: u64,
 }
 
-/// State only the committer touches, behind one lock: the next sequence and
-/// the current projections, updated only after a batch is durable.
+/// How many projections a reader copies per turn of the head's read lock:
+/// a reader of 100,000 tenants (the status page, a sweep's plan) never
+/// holds the lock long enough to delay a commit noticeably.
+const READ_CHUNK: usize = 1024;
+
+/// The committed head of the log: the next sequence and the current
+/// projections, published only after a batch is written. Only the writer
+/// (holding [`Store::writer`]) changes it, and only briefly.
+#[derive(Default)]
 struct Head {
     next_sequence: u64,
-    tenants: HashMap<String, TenantProjection>,
+    tenants: BTreeMap<String, TenantProjection>,
+    census: TenantCensus,
+    /// Tenants whose projection changed since [`Store::take_changed_tenants`]
+    /// last drained it.
+    changed: BTreeSet<String>,
+}
+
+/// Totals over every tenant of the shard, kept up to date by each commit so
+/// gauges never walk all tenants.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TenantCensus {
+    /// Tenants per state, indexed by `TenantState as usize`.
+    pub by_state: [usize; 3],
+    /// Records in `hot`, all tenants.
+    pub hot_records: u64,
+    /// Records in `sealed`, all tenants.
+    pub sealed_records: u64,
+}
+
+impl TenantCensus {
+    /// Tenants in `state`.
+    pub fn in_state(&self, state: TenantState) -> usize {
+        self.by_state[state as usize]
+    }
+
+    fn add(&mut self, projection: &TenantProjection) {
+        self.by_state[projection.state() as usize] += 1;
+        self.hot_records += projection.hot_records;
+        self.sealed_records += projection.sealed_records;
+    }
+
+    fn remove(&mut self, projection: &TenantProjection) {
+        self.by_state[projection.state() as usize] -= 1;
+        self.hot_records -= projection.hot_records;
+        self.sealed_records -= projection.sealed_records;
+    }
 }
 
 /// A record as stored, with the layer it was found in.
@@ -85,7 +128,10 @@ pub struct Located {
 /// The shard's RocksDB and the single write path into it.
 pub struct Store {
     db: DB,
-    head: Mutex<Head>,
+    /// Serialises commits: held from assigning sequences until the head is
+    /// published, including a synced write's fsync. Readers never take it.
+    writer: Mutex<()>,
+    head: RwLock<Head>,
     /// Highest sequence known to be on disk (WAL synced). The outbox never
     /// publishes past it, so a crash can never un-happen a published event.
     durable_sequence: AtomicU64,
@@ -126,13 +172,14 @@ impl Store {
         let db = DB::open_cf_descriptors(&db_opts, dir, descriptors)?;
         let store = Self {
             db,
-            head: Mutex::new(Head { next_sequence: 1, tenants: HashMap::new() }),
+            writer: Mutex::new(()),
+            head: RwLock::new(Head { next_sequence: 1, ..Head::default() }),
             durable_sequence: AtomicU64::new(0),
             appended: Notify::new(),
         };
         let head = store.load_head()?;
         store.durable_sequence.store(head.next_sequence - 1, Ordering::SeqCst);
-        *store.head.lock().expect("head lock") = head;
+        *store.head.write().expect("head lock") = head;
         Ok(store)
     }
 
@@ -145,7 +192,7 @@ impl Store {
             .map(|(k, _)| decode_sequence(&k))
             .transpose()?
             .unwrap_or(0);
-        let mut tenants = HashMap::new();
+        let mut tenants = BTreeMap::new();
         let prefix = b"tenant/";
         for item in self.db.iterator_cf(self.cf(CF_PROJECTIONS), IteratorMode::From(prefix, Direction::Forward)) {
             let (key, value) = item?;
@@ -155,7 +202,10 @@ impl Store {
             let tenant = String::from_utf8_lossy(tenant).into_owned();
             tenants.insert(tenant, decode(CF_PROJECTIONS, "tenant projection", &value)?);
         }
-        Ok(Head { next_sequence: last + 1, tenants })
+        let mut census = TenantCensus::default();
+        tenants.values().for_each(|p| census.add(p));
+        let changed = tenants.keys().cloned().collect();
+        Ok(Head { next_sequence: last + 1, tenants, census, changed })
     }
 
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
@@ -172,39 +222,66 @@ impl Store {
         &self.appended
     }
 
-    /// A tenant's projection, if the tenant has ever had an event.
-    pub fn tenant(&self, tenant: &str) -> Option<TenantProjection> {
-        self.head.lock().expect("head lock").tenants.get(tenant).cloned()
+    fn head(&self) -> RwLockReadGuard<'_, Head> {
+        self.head.read().expect("head lock")
     }
 
-    /// Every known tenant and its projection, sorted by tenant.
+    /// A tenant's projection, if the tenant has ever had an event.
+    pub fn tenant(&self, tenant: &str) -> Option<TenantProjection> {
+        self.head().tenants.get(tenant).cloned()
+    }
+
+    /// Every known tenant and its projection, sorted by tenant. Copied a
+    /// chunk at a time, so commits go on meanwhile: each projection is as
+    /// committed, though not all from the same commit.
     pub fn tenants(&self) -> Vec<(String, TenantProjection)> {
-        let head = self.head.lock().expect("head lock");
-        let mut all: Vec<_> = head.tenants.iter().map(|(t, p)| (t.clone(), p.clone())).collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+        let mut all: Vec<(String, TenantProjection)> = Vec::new();
+        loop {
+            let head = self.head();
+            let from = all.last().map_or(Bound::Unbounded, |(last, _)| Bound::Excluded(last.as_str()));
+            let before = all.len();
+            all.extend(
+                head.tenants
+                    .range::<str, _>((from, Bound::Unbounded))
+                    .take(READ_CHUNK)
+                    .map(|(t, p)| (t.clone(), p.clone())),
+            );
+            if all.len() - before < READ_CHUNK {
+                return all;
+            }
+        }
     }
 
     /// The tenants whose projection satisfies `wanted`, sorted by tenant;
     /// only those are copied.
     pub fn tenants_where(&self, wanted: impl Fn(&TenantProjection) -> bool) -> Vec<(String, TenantProjection)> {
-        let head = self.head.lock().expect("head lock");
-        let mut some: Vec<_> =
-            head.tenants.iter().filter(|(_, p)| wanted(p)).map(|(t, p)| (t.clone(), p.clone())).collect();
-        some.sort_by(|a, b| a.0.cmp(&b.0));
-        some
+        self.head().tenants.iter().filter(|(_, p)| wanted(p)).map(|(t, p)| (t.clone(), p.clone())).collect()
     }
 
-    /// Every tenant's projection and the sequence they reflect, read together.
-    pub fn projections_at(&self) -> (std::collections::BTreeMap<String, TenantProjection>, u64) {
-        let head = self.head.lock().expect("head lock");
-        let all = head.tenants.iter().map(|(t, p)| (t.clone(), p.clone())).collect();
-        (all, head.next_sequence - 1)
+    /// Totals over every tenant (states, record counts), without walking them.
+    pub fn census(&self) -> TenantCensus {
+        self.head().census
+    }
+
+    /// The tenants whose projection changed since the last call (every
+    /// tenant on the first), with their projections now: what a gauge
+    /// refresh needs, in O(changes) rather than O(tenants).
+    pub fn take_changed_tenants(&self) -> Vec<(String, TenantProjection)> {
+        let changed = std::mem::take(&mut self.head.write().expect("head lock").changed);
+        let head = self.head();
+        changed.into_iter().filter_map(|t| head.tenants.get(&t).cloned().map(|p| (t, p))).collect()
+    }
+
+    /// Every tenant's projection and the sequence they reflect, read
+    /// together (holds the read lock for the whole copy; for replay checks).
+    pub fn projections_at(&self) -> (BTreeMap<String, TenantProjection>, u64) {
+        let head = self.head();
+        (head.tenants.clone(), head.next_sequence - 1)
     }
 
     /// Sequence of the newest event in the log (0 when empty).
     pub fn last_sequence(&self) -> u64 {
-        self.head.lock().expect("head lock").next_sequence - 1
+        self.head().next_sequence - 1
     }
 
     /// Looks a record up in `hot`, then `sealed`.
@@ -541,36 +618,38 @@ impl Transaction<'_> {
         mut decide: impl FnMut(&TenantProjection) -> Vec<Kind>,
     ) -> Result<Vec<(String, Kind)>, StoreError> {
         let store = self.store;
-        let mut head = store.head.lock().expect("head lock");
+        let writer = store.writer.lock().expect("writer lock");
         let mut decided = Vec::new();
         for tenant in tenants {
-            let current = head.tenants.get(tenant).cloned().unwrap_or_default();
+            let current = store.tenant(tenant).unwrap_or_default();
             decided.extend(decide(&current).into_iter().map(|kind| (tenant.clone(), kind)));
         }
         if decided.is_empty() {
             return Ok(decided);
         }
         self.events.extend(decided.iter().cloned());
-        let receipt = self.write_locked(&mut head, now_ms, true)?;
-        drop(head);
+        let receipt = self.write_locked(&writer, now_ms, true)?;
+        drop(writer);
         store.mark_durable(receipt.last_sequence);
         Ok(decided)
     }
 
     fn write(self, now_ms: i64, sync: bool) -> Result<Receipt, StoreError> {
-        let store = self.store;
-        let mut head = store.head.lock().expect("head lock");
-        self.write_locked(&mut head, now_ms, sync)
+        let writer = self.store.writer.lock().expect("writer lock");
+        self.write_locked(&writer, now_ms, sync)
     }
 
-    fn write_locked(mut self, head: &mut Head, now_ms: i64, sync: bool) -> Result<Receipt, StoreError> {
+    /// Writes the transaction; `_writer` proves the caller serialises
+    /// commits. Only the writer changes the head, so what it reads stays
+    /// current until it publishes; readers keep reading the old head
+    /// meanwhile, even through the fsync.
+    fn write_locked(mut self, _writer: &MutexGuard<'_, ()>, now_ms: i64, sync: bool) -> Result<Receipt, StoreError> {
         let store = self.store;
-        let mut sequence = head.next_sequence;
+        let mut sequence = store.head().next_sequence;
         let mut touched: HashMap<String, TenantProjection> = HashMap::new();
         let appended_any = !self.events.is_empty();
         for (tenant, kind) in self.events.drain(..) {
-            let projection =
-                touched.entry(tenant.clone()).or_insert_with(|| head.tenants.get(&tenant).cloned().unwrap_or_default());
+            let projection = touched.entry(tenant.clone()).or_insert_with(|| store.tenant(&tenant).unwrap_or_default());
             projection::apply(projection, &kind, now_ms);
             let event = Event { sequence, time_unix_ms: now_ms, tenant_id: tenant, kind: Some(kind) };
             self.batch.put_cf(store.cf(CF_EVENTS), keys::event_key(sequence), event.encode_to_vec());
@@ -586,8 +665,15 @@ impl Transaction<'_> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         store.db.write_opt(self.batch, &opts)?;
+        let mut head = store.head.write().expect("head lock");
         head.next_sequence = sequence;
-        head.tenants.extend(touched);
+        for (tenant, projection) in touched {
+            head.census.add(&projection);
+            if let Some(old) = head.tenants.insert(tenant.clone(), projection) {
+                head.census.remove(&old);
+            }
+            head.changed.insert(tenant);
+        }
         Ok(Receipt { last_sequence })
     }
 }
@@ -616,6 +702,63 @@ fn decode_sequence(bytes: &[u8]) -> Result<u64, StoreError> {
 mod tests {
     use super::*;
     use crate::proto::v1::RecordsStored;
+
+    fn stored(count: u32) -> Kind {
+        Kind::RecordsStored(RecordsStored { count, bytes: 0 })
+    }
+
+    #[test]
+    fn tenants_are_read_in_chunks_whole_and_in_order_with_a_census_and_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let count = READ_CHUNK * 2 + 7;
+        let mut txn = store.transaction();
+        for i in (0..count).rev() {
+            txn.event(&format!("t{i:05}"), stored(1));
+        }
+        txn.commit_unsynced(1).unwrap();
+        let all = store.tenants();
+        assert_eq!(all.len(), count, "no tenant lost or repeated at chunk edges");
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "sorted by tenant");
+        let census = store.census();
+        assert_eq!((census.in_state(TenantState::Active), census.hot_records), (count, count as u64));
+        assert_eq!(store.take_changed_tenants().len(), count);
+        assert!(store.take_changed_tenants().is_empty(), "drained");
+
+        let mut txn = store.transaction();
+        txn.event("t00003", stored(4));
+        txn.commit_unsynced(2).unwrap();
+        let changed = store.take_changed_tenants();
+        assert_eq!(changed.len(), 1);
+        assert_eq!((changed[0].0.as_str(), changed[0].1.hot_records), ("t00003", 5));
+        let before = store.census();
+        assert_eq!(before.hot_records, count as u64 + 4, "the census follows updates");
+
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.census(), before, "rebuilt from the projections at open");
+        assert_eq!(reopened.take_changed_tenants().len(), count, "after a restart every tenant is new to the gauges");
+    }
+
+    #[test]
+    fn readers_do_not_wait_for_a_commit_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut txn = store.transaction();
+        txn.event("acme", stored(1));
+        txn.commit(1).unwrap();
+        // A commit holds the writer lock from sequencing through its fsync.
+        let _commit_in_progress = store.writer.lock().unwrap();
+        let (done, read) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let reads = (store.tenant("acme").map(|p| p.hot_records), store.tenants().len(), store.last_sequence());
+                done.send(reads).unwrap();
+            });
+            let reads = read.recv_timeout(std::time::Duration::from_secs(5)).expect("readers are not blocked");
+            assert_eq!(reads, (Some(1), 1, 1));
+        });
+    }
 
     #[test]
     fn a_decision_made_at_commit_is_appended_once_by_concurrent_deciders() {
