@@ -143,7 +143,8 @@ async fn consume(
                 None if resubscribing => break,
                 None => return Err(SessionError::ConsumerClosed),
             };
-            let batch = fill_batch(first, &mut consumer, settings.batch_size as usize, settings.batch_linger).await?;
+            let (batch, ended) =
+                fill_batch(first, &mut consumer, settings.batch_size as usize, settings.batch_linger).await?;
             batch.iter().for_each(|delivery| window.observe(delivery.data.len()));
             let written = write(services, batch).await?;
             // Group commit: the previous batch's fsync ran while this one was
@@ -153,8 +154,12 @@ async fn consume(
             }
             let store = services.store.clone();
             pending = Some(Pending { sync: tokio::task::spawn_blocking(move || store.sync()), written });
-            if resubscribing {
-                continue;
+            match (ended, resubscribing) {
+                // The stream ends once: its end, seen while filling, is final.
+                (true, true) => break,
+                (true, false) => return Err(SessionError::ConsumerClosed),
+                (false, true) => continue,
+                (false, false) => {}
             }
             if let Some(prefetch) = window.resize() {
                 // Message sizes moved the window: drain this subscription,
@@ -168,22 +173,25 @@ async fn consume(
 }
 
 /// Gathers more deliveries after `first` until the batch is full or the
-/// linger time has passed. Never cancelled midway, so no delivery is lost.
+/// linger time has passed; says whether the consumer's stream ended (a
+/// consumer yields its end once, then pends for ever). Never cancelled
+/// midway, so no delivery is lost.
 async fn fill_batch(
     first: Delivery,
     consumer: &mut Consumer,
     max: usize,
     linger: Duration,
-) -> Result<Vec<Delivery>, SessionError> {
+) -> Result<(Vec<Delivery>, bool), SessionError> {
     let mut batch = vec![first];
     let deadline = Instant::now() + linger;
     while batch.len() < max {
         match tokio::time::timeout_at(deadline, consumer.next()).await {
             Ok(Some(delivery)) => batch.push(delivery?),
-            Ok(None) | Err(_) => break,
+            Ok(None) => return Ok((batch, true)),
+            Err(_) => break,
         }
     }
-    Ok(batch)
+    Ok((batch, false))
 }
 
 /// A batch written to the store and waiting for its WAL fsync before ack.
