@@ -21,7 +21,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::vault::{Vault, args, version_of};
@@ -46,9 +46,9 @@ const WINDOW: usize = 40;
 const PACE: Duration = Duration::from_millis(100);
 
 /// One chaos test at a time: one of them stops the broker every test shares.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 /// splitmix64, seeded from `KEYSEAL_CHAOS_SEED` or the time.
@@ -415,7 +415,7 @@ async fn assert_reads_back(shard: &Shard, ledger: &Ledger) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_while_ingesting_sealing_and_rewrapping() {
     const CYCLES: usize = 6;
-    let _serial = serial();
+    let _serial = serial().await;
     let started = Instant::now();
     let (mut rng, seed) = Rng::seeded();
     let state = tempfile::tempdir().unwrap();
@@ -526,7 +526,7 @@ impl Drop for BrokerStopped {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_app_restart_mid_ingest_loses_nothing() {
-    let _serial = serial();
+    let _serial = serial().await;
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--batch-size", "20", "--prefetch", "40"].map(String::from).to_vec();
@@ -594,7 +594,7 @@ impl Drop for Tmpfs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_pauses_ingest_and_it_resumes_by_itself_when_space_returns() {
-    let _serial = serial();
+    let _serial = serial().await;
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let disk = Tmpfs::mount(&dir.path().join("data"), "256m");
