@@ -29,6 +29,8 @@ pub mod admin;
 mod auth;
 mod calls;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod handlers;
 mod material;
 mod routes;
