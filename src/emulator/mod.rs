@@ -34,6 +34,8 @@ mod calls;
 mod control;
 mod error;
 mod faults;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod handlers;
 mod material;
 mod routes;

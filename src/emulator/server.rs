@@ -65,12 +65,18 @@ impl App {
 
 /// Serves until `cancel` fires, then drains open requests.
 pub(crate) async fn serve(listener: TlsListener, app: Arc<App>, cancel: CancellationToken) {
-    let router = Router::new().fallback(handle_request).with_state(app.clone());
+    let router = router(app.clone());
     let server = axum::serve(listener, router).with_graceful_shutdown(cancel.clone().cancelled_owned());
     let (served, ()) = tokio::join!(async { server.await }, sweep_deleted_keys(app, cancel));
     if let Err(e) = served {
         tracing::error!(error = %e, "key vault emulator server stopped");
     }
+}
+
+/// Every request goes to [`handle_request`]: Key Vault's paths carry empty
+/// segments that a path router would not match.
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new().fallback(handle_request).with_state(app)
 }
 
 /// Purges deleted keys whose scheduled purge date has passed, as Key Vault
