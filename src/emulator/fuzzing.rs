@@ -36,7 +36,8 @@ impl FuzzVault {
         let policy = vault::DeletionPolicy::new(args.recovery_level, args.recoverable_days)?;
         store::create_state_dir(state_dir)?;
         let vault = vault::Vault::open(store::KeyStore::open(state_dir)?, policy).await?;
-        let app = Arc::new(server::App::new(vault, &args, args.addr));
+        // Hung faults end with this token; nothing here ever cancels it.
+        let app = Arc::new(server::App::new(vault, &args, args.addr, tokio_util::sync::CancellationToken::new()));
         Ok(Self { router: server::router(app) })
     }
 
