@@ -36,65 +36,62 @@ fn held_back_metric(reason: &str) -> u64 {
         .unwrap_or_else(|| panic!("{series} is registered"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_whose_wrap_fails_is_held_back_and_the_others_seal() {
+/// Two BYOK tenants with their own keys and a managed one; the vault
+/// answers `status` to every wrap with tenant A's key. A sweep seals B and
+/// the managed tenant, holds A back with `reason` (its vault call retried
+/// `attempts` times in all), leaves A's records readable in hot; once the
+/// fault is cleared the next sweep seals A.
+async fn one_tenants_failing_wrap_holds_only_that_tenant(name: &str, status: u16, reason: &str, attempts: u64) {
     // A one-second retry budget: a throttled or failing wrap is retried once
-    // (after the 2 s backoff) instead of for 45 s.
-    let s = setup(
-        "seal-holdback",
-        RecoveryLevel::Recoverable,
-        None,
-        &["--probe-interval", "1h", "--vault-retry-budget", "1s"],
-    )
-    .await;
+    // (after the client's 2 s backoff) instead of for 45 s.
+    let s =
+        setup(name, RecoveryLevel::Recoverable, None, &["--probe-interval", "1h", "--vault-retry-budget", "1s"]).await;
     s.rsa_key("a-key").await;
     s.rsa_key("b-key").await;
     assert_eq!(s.enable("tenant-a", &s.vault.key_uri("a-key")).await.0, 200);
     assert_eq!(s.enable("tenant-b", &s.vault.key_uri("b-key")).await.0, 200);
-    let mut a_records = s.publish("tenant-a", "a0-", 20).await;
-    let mut others = s.publish("tenant-b", "b0-", 20).await;
-    others.extend(s.publish("managed", "m0-", 20).await);
+    let a_records = s.publish("tenant-a", "a-", 20).await;
+    let mut others = s.publish("tenant-b", "b-", 20).await;
+    others.extend(s.publish("managed", "m-", 20).await);
+    s.clock.advance(SEAL);
+    s.vault.emulator.set_faults(vec![wrap_fault("a-key", status)]);
+    let (faulted, counted) = (calls(&s, "faulted"), held_back_metric(reason));
 
-    let cases = [(403, "missing_permission", 1), (429, "vault_throttled", 2), (500, "vault_error", 2)];
-    for (round, (status, reason, attempts)) in cases.into_iter().enumerate() {
-        if round > 0 {
-            a_records.extend(s.publish("tenant-a", &format!("a{round}-"), 10).await);
-            others.extend(s.publish("tenant-b", &format!("b{round}-"), 10).await);
-            others.extend(s.publish("managed", &format!("m{round}-"), 10).await);
-        }
-        let due_others: u64 = if round == 0 { 20 } else { 10 };
-        s.clock.advance(SEAL);
-        s.vault.emulator.set_faults(vec![wrap_fault("a-key", status)]);
-        let (faulted, counted) = (calls(&s, "faulted"), held_back_metric(reason));
-
-        let summary = s.sweep().await;
-        let seal = &summary["seal"];
-        assert_eq!(
-            seal["tenants"],
-            json!({"tenant-b": due_others, "managed": due_others}),
-            "{status}: the others seal: {summary}"
-        );
-        assert_eq!(seal["heldBackReasons"], json!({"tenant-a": reason}), "{status}: {summary}");
-        assert_eq!(seal["heldBack"]["tenant-a"], a_records.len() as u64, "{status}: {summary}");
-        assert_eq!(calls(&s, "faulted") - faulted, attempts, "{status}: one wrap, retried within the budget");
-        assert_eq!(held_back_metric(reason) - counted, 1, "{status}");
-
-        let records = &s.status("tenant-a").await["records"];
-        assert_eq!(*records, json!({"hot": a_records.len(), "sealed": 0}), "{status}: nothing of A moved");
-        s.assert_readable(&a_records).await;
-        s.assert_readable(&others).await;
-        assert!(s.sealed_roots("tenant-a").is_empty(), "{status}: no sealed data key for A was stored");
-    }
+    let summary = s.sweep().await;
+    let seal = &summary["seal"];
+    assert_eq!(seal["tenants"], json!({"tenant-b": 20, "managed": 20}), "the others seal: {summary}");
+    assert_eq!(seal["heldBackReasons"], json!({"tenant-a": reason}), "{summary}");
+    assert_eq!(seal["heldBack"]["tenant-a"], 20, "{summary}");
+    assert_eq!(calls(&s, "faulted") - faulted, attempts, "one wrap, retried within the budget");
+    assert_eq!(held_back_metric(reason) - counted, 1);
+    assert_eq!(s.status("tenant-a").await["records"], json!({"hot": 20, "sealed": 0}), "nothing of A moved");
+    assert!(s.sealed_roots("tenant-a").is_empty(), "no sealed data key of A was stored");
+    s.assert_readable(&a_records).await;
+    s.assert_readable(&others).await;
 
     s.vault.emulator.clear_faults();
     let summary = s.sweep().await;
-    assert_eq!(summary["seal"]["tenants"], json!({"tenant-a": a_records.len()}), "{summary}");
+    assert_eq!(summary["seal"]["tenants"], json!({"tenant-a": 20}), "{summary}");
     assert_eq!(summary["seal"]["heldBackReasons"], json!({}), "{summary}");
-    assert_eq!(s.status("tenant-a").await["records"], json!({"hot": 0, "sealed": a_records.len()}));
-    assert_eq!(s.status("tenant-b").await["records"], json!({"hot": 0, "sealed": 40}));
+    assert_eq!(s.status("tenant-a").await["records"], json!({"hot": 0, "sealed": 20}));
     s.worker.services.keyring.forget_cached();
     s.assert_readable(&a_records).await;
     s.assert_readable(&others).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrap_refused_by_policy_holds_back_only_its_tenant() {
+    one_tenants_failing_wrap_holds_only_that_tenant("hold-403", 403, "missing_permission", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_wrap_holds_back_only_its_tenant() {
+    one_tenants_failing_wrap_holds_only_that_tenant("hold-429", 429, "vault_throttled", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_vault_holds_back_only_its_tenant() {
+    one_tenants_failing_wrap_holds_only_that_tenant("hold-500", 500, "vault_error", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
