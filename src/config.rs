@@ -72,8 +72,9 @@ pub struct Settings {
     /// re-encryption sweep moves records off older keys.
     #[arg(long, env = "KEYSEAL_MAX_DEK_AGE", default_value = "90days", value_parser = humantime::parse_duration)]
     pub max_dek_age: Duration,
-    /// Most records one data key encrypts before a new one is started.
-    #[arg(long, env = "KEYSEAL_MAX_RECORDS_PER_DEK", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Most records one data key encrypts before a new one is started
+    /// (1 to 2^32: the bound for AES-GCM with random nonces).
+    #[arg(long, env = "KEYSEAL_MAX_RECORDS_PER_DEK", default_value_t = 1_000_000, value_parser = parse_max_records_per_dek)]
     pub max_records_per_dek: u64,
     /// When the re-encryption sweep and then the scrub run: a cron
     /// expression in UTC (5 fields, or 6 with seconds first).
@@ -149,6 +150,23 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
         return Err("must be at least 1MiB, the size of one record".to_owned());
     }
     Ok(size.as_u64())
+}
+
+/// Most records one data key may encrypt: AES-GCM with random 96-bit
+/// nonces stays within its collision bound (NIST SP 800-38D, 8.3) only up
+/// to 2^32 encryptions under one key.
+pub const MAX_RECORDS_PER_DEK: u64 = 1 << 32;
+
+/// Parses `--max-records-per-dek`: 1 to [`MAX_RECORDS_PER_DEK`].
+fn parse_max_records_per_dek(text: &str) -> Result<u64, String> {
+    let value: u64 = text.parse().map_err(|_| format!("not a whole number: {text}"))?;
+    if (1..=MAX_RECORDS_PER_DEK).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "must be between 1 and 2^32 ({MAX_RECORDS_PER_DEK}): AES-GCM with random nonces must not encrypt more records under one data key"
+        ))
+    }
 }
 
 /// Parses a cron expression (5 fields, or 6 with seconds first).
@@ -287,6 +305,19 @@ mod tests {
         let flag_prefetch = shown.iter().position(|a| a == "--prefetch").unwrap();
         assert_eq!(seal.min(file_prefetch), 2, "file flags come right after the subcommand");
         assert!(file_prefetch < flag_prefetch, "real flags come later and win");
+    }
+
+    #[test]
+    fn max_records_per_dek_stays_within_the_random_nonce_bound() {
+        let parse = |value: &str| parse_flags::<Settings, _, _>([format!("--max-records-per-dek={value}")]);
+        assert_eq!(parse("4294967296").unwrap().max_records_per_dek, 1 << 32);
+        assert_eq!(parse("1").unwrap().max_records_per_dek, 1);
+        for refused in ["4294967297", "18446744073709551615", "0", "-1", "lots"] {
+            let error = parse(refused).err().unwrap_or_else(|| panic!("{refused} accepted")).to_string();
+            assert!(error.contains("--max-records-per-dek"), "{error}");
+        }
+        let error = parse("4294967297").err().unwrap().to_string();
+        assert!(error.contains("2^32") && error.contains("AES-GCM"), "{error}");
     }
 
     #[test]

@@ -156,10 +156,9 @@ impl Vault {
         }
         let mut options = KeyClientOptions::default();
         // Azure hosts must match the challenge's resource; a trusted
-        // self-hosted vault (127.0.0.1, localhost) never can.
-        let host = uri.vault_url.trim_start_matches("https://");
-        let trusted = self.options.trusted_hosts.iter().any(|t| t.eq_ignore_ascii_case(host));
-        options.verify_challenge_resource = Some(!trusted);
+        // self-hosted vault (127.0.0.1, localhost) never can. Decided by
+        // the parse that checked the host, never by re-reading a string.
+        options.verify_challenge_resource = Some(!uri.self_hosted);
         options.client_options.transport = Some(Transport::new(self.http.clone()));
         options.client_options.retry = RetryOptions::exponential(ExponentialRetryOptions {
             initial_delay: azure_core::time::Duration::seconds(1),
