@@ -53,7 +53,8 @@ impl FuzzVault {
     ) -> Option<(u16, Vec<u8>)> {
         let mut request = Request::builder().method(Method::from_bytes(method).ok()?).uri(path_and_query);
         for (name, value) in headers {
-            request = request.header(HeaderName::from_bytes(name.as_bytes()).ok()?, HeaderValue::from_bytes(value).ok()?);
+            request =
+                request.header(HeaderName::from_bytes(name.as_bytes()).ok()?, HeaderValue::from_bytes(value).ok()?);
         }
         let request = request.body(Body::from(body)).ok()?;
         let response = self.router.clone().oneshot(request).await.expect("the router is infallible");
