@@ -143,6 +143,7 @@ async fn hostile_key_uris_are_refused_without_a_single_connection() {
             algorithm: "RSA-OAEP-256".into(),
             wrapped: vec![7; 256],
             created_at_unix_ms: 1,
+            ..Default::default()
         };
         txn.put_data_key(&id, &wrapped);
         txn.commit(services.clock.now_ms()).unwrap();
