@@ -1,15 +1,17 @@
 //! The admin HTTP API (paths fixed by DESIGN.md): health, readiness,
 //! `/metrics`, the status page at `/`, tenant status, record reads and
 //! on-demand sweeps. Every error is `{"error":{"code","message"}}`; with
-//! `KEYSEAL_ADMIN_TOKEN` set, `/v1/*` needs `Authorization: Bearer <token>`
-//! (compared in constant time).
+//! `KEYSEAL_ADMIN_TOKEN` set, `/v1/*`, `/` and `/metrics` need
+//! `Authorization: Bearer <token>` (compared in constant time); `/healthz`
+//! and `/readyz` stay open for probes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::Query;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -84,6 +86,26 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Path parameters, extracted like axum's `Path` but refused with the
+/// API's JSON error (`invalid_path`) instead of axum's plain text, e.g.
+/// for a segment that is not UTF-8 once percent-decoded.
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::new(rejection.status(), "invalid_path", rejection.body_text())),
+        }
+    }
+}
+
 /// Binds the admin listener, refusing a non-loopback address unless an
 /// admin token is configured.
 pub async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
@@ -111,14 +133,18 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/tenants/{tenant}/encryption", put(enable_encryption).delete(disable_encryption))
         .route("/sweeps", post(sweep))
         .route("/sweeps/progress", get(sweep_progress))
-        .route("/admin/replay", post(replay))
-        .route_layer(middleware::from_fn_with_state(services.clone(), require_token));
-    Router::new()
+        .route("/admin/replay", post(replay));
+    // The views show tenant ids, states and key health: with a token set
+    // they need it like `/v1/*`. Only the probes stay open.
+    let guarded = Router::new()
         .route("/", get(status_html))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
+        .route_layer(middleware::from_fn_with_state(services.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path does not take that method")
@@ -165,11 +191,10 @@ async fn metrics(State(services): State<Arc<Services>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::handle().render()).into_response()
 }
 
-/// `GET /`: the status page. Like `/metrics`, it is outside the `/v1` token
-/// layer: a browser left open on it cannot send a bearer token, and it
-/// shows what `/metrics` already exposes (tenant ids, states, key health,
-/// record counts, seal lag) plus the health reason, key version and state
-/// times of each tenant; never a payload, a key or a key URI.
+/// `GET /`: the status page. Like `/metrics`, it needs the bearer token
+/// when one is set: it shows what `/metrics` exposes (tenant ids, states,
+/// key health, record counts, seal lag) plus the health reason, key version
+/// and state times of each tenant; never a payload, a key or a key URI.
 async fn status_html(State(services): State<Arc<Services>>) -> Result<Response, ApiError> {
     let snapshot = status_page::snapshot(&services)?;
     Ok((
@@ -189,7 +214,7 @@ fn check_tenant(tenant: &str) -> Result<(), ApiError> {
 
 async fn tenant_status(
     State(services): State<Arc<Services>>,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_tenant(&tenant)?;
     let projection = services.store.tenant(&tenant).ok_or_else(|| {
@@ -229,7 +254,7 @@ async fn tenant_status(
 
 async fn read_record(
     State(services): State<Arc<Services>>,
-    Path((tenant, record_id)): Path<(String, String)>,
+    ApiPath((tenant, record_id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     check_tenant(&tenant)?;
     if !is_valid_record_id(&record_id) {
@@ -267,6 +292,7 @@ impl From<EncryptionError> for ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "vault_not_configured", message)
             }
             EncryptionError::NotEnabled => Self::new(StatusCode::CONFLICT, "customer_key_not_enabled", message),
+            EncryptionError::LockedDown => Self::new(StatusCode::LOCKED, "tenant_locked_down", message),
             EncryptionError::CustomerKeyUnusable(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "customer_key_unusable", message)
             }
@@ -277,7 +303,7 @@ impl From<EncryptionError> for ApiError {
 
 async fn enable_encryption(
     State(services): State<Arc<Services>>,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
     body: Result<Json<EnableRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_tenant(&tenant)?;
@@ -287,17 +313,17 @@ async fn enable_encryption(
         ApiError::new(status, code, e.body_text())
     })?;
     let rewrap = encryption::enable(&services, &tenant, &request.key_uri).await?;
-    let Json(status) = tenant_status(State(services), Path(tenant)).await?;
+    let Json(status) = tenant_status(State(services), ApiPath(tenant)).await?;
     Ok(Json(json!({"status": status, "rewrap": rewrap})))
 }
 
 async fn disable_encryption(
     State(services): State<Arc<Services>>,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_tenant(&tenant)?;
     let rewrap = encryption::disable(&services, &tenant).await?;
-    let Json(status) = tenant_status(State(services), Path(tenant)).await?;
+    let Json(status) = tenant_status(State(services), ApiPath(tenant)).await?;
     Ok(Json(json!({"status": status, "rewrap": rewrap})))
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use keyseal::clock::SystemClock;
+use keyseal::proto::v1::IngestRecord;
 use keyseal::publish::synthetic;
 use keyseal::worker::Worker;
 use serde_json::Value;
@@ -40,6 +41,33 @@ async fn with_a_token_v1_needs_the_right_bearer_and_health_stays_open() {
     })
     .await;
     assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_the_status_page_and_metrics_need_it_too() {
+    let vhost = Vhost::new("auth-views");
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(&vhost, dir.path(), &[]);
+    settings.admin_token = Some("view-token".into());
+    let worker = Worker::start(settings, Arc::new(SystemClock)).await.unwrap();
+    let base = base_url(&worker);
+    let http = reqwest::Client::new();
+    for path in ["/", "/metrics"] {
+        let url = format!("{base}{path}");
+        assert_eq!(error_of(http.get(&url).send().await.unwrap()).await, (401, "unauthorized".into()), "{path}");
+        let wrong = http.get(&url).bearer_auth("view-tokeN").send().await.unwrap();
+        assert_eq!(error_of(wrong).await, (401, "unauthorized".into()), "{path}");
+        let right = http.get(&url).bearer_auth("view-token").send().await.unwrap();
+        assert_eq!(right.status(), 200, "{path}");
+        assert!(!right.text().await.unwrap().is_empty(), "{path} has a body");
+    }
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    wait_until("readiness", std::time::Duration::from_secs(30), || async {
+        http.get(format!("{base}/readyz")).send().await.unwrap().status() == 200
+    })
+    .await;
     worker.stop().await;
 }
 
@@ -60,12 +88,13 @@ async fn malformed_requests_get_4xx_json_errors_and_the_worker_keeps_serving() {
     let worker = start_worker(&vhost, dir.path(), Arc::new(SystemClock), &[]).await;
     let base = base_url(&worker);
     let http = reqwest::Client::new();
-    let put = |body: Vec<u8>| {
-        http.put(format!("{base}/v1/tenants/acme/encryption"))
+    let put_to = |tenant: &str, body: Vec<u8>| {
+        http.put(format!("{base}/v1/tenants/{tenant}/encryption"))
             .header("content-type", "application/json")
             .body(body)
             .send()
     };
+    let put = |body: Vec<u8>| put_to("acme", body);
     let cases: Vec<(reqwest::Response, u16, &str)> = vec![
         (http.get(format!("{base}/v1/tenants/Bad_Tenant")).send().await.unwrap(), 400, "invalid_tenant_id"),
         (
@@ -77,6 +106,12 @@ async fn malformed_requests_get_4xx_json_errors_and_the_worker_keeps_serving() {
         (put(b"{\"keyUri\": 7}".to_vec()).await.unwrap(), 422, "invalid_json"),
         (put(vec![b' '; 200 << 10]).await.unwrap(), 413, "body_too_large"),
         (http.get(format!("{base}/v1/nothing-here")).send().await.unwrap(), 404, "not_found"),
+        // Segments that are not UTF-8 once percent-decoded, on every route with a path parameter.
+        (http.get(format!("{base}/v1/tenants/%FF/records/x")).send().await.unwrap(), 400, "invalid_path"),
+        (http.get(format!("{base}/v1/tenants/acme/records/%C3%28")).send().await.unwrap(), 400, "invalid_path"),
+        (http.get(format!("{base}/v1/tenants/%FE")).send().await.unwrap(), 400, "invalid_path"),
+        (http.delete(format!("{base}/v1/tenants/%FF/encryption")).send().await.unwrap(), 400, "invalid_path"),
+        (put_to("%80", b"{}".to_vec()).await.unwrap(), 400, "invalid_path"),
         (http.post(format!("{base}/v1/tenants/acme")).send().await.unwrap(), 405, "method_not_allowed"),
     ];
     for (response, status, code) in cases {
@@ -85,5 +120,47 @@ async fn malformed_requests_get_4xx_json_errors_and_the_worker_keeps_serving() {
     assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
     publish_confirmed(&vhost, &synthetic("acme", "r-", 3, 10, 1)).await;
     wait_for_records(&base, "acme", 3, std::time::Duration::from_secs(30)).await;
+    worker.stop().await;
+}
+
+/// `keyseal get` (the library's AdminClient) reaches the record whatever
+/// its id, including `.` and `..`, which a URL client would otherwise
+/// resolve as dot segments into another path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reads_records_whose_ids_are_dot_segments() {
+    let vhost = Vhost::new("dot-ids");
+    let dir = tempfile::tempdir().unwrap();
+    let worker = start_worker(&vhost, dir.path(), Arc::new(SystemClock), &[]).await;
+    let base = base_url(&worker);
+    let ids = ["..", ".", "...", "a/b", "../x", "./", "%2E%2E", "?x#y"];
+    let records: Vec<IngestRecord> = ids
+        .iter()
+        .map(|id| IngestRecord {
+            tenant_id: "acme".into(),
+            record_id: (*id).into(),
+            observed_at_unix_ms: 1,
+            payload: format!("payload of {id}").into_bytes(),
+            attributes: Default::default(),
+        })
+        .collect();
+    // The worker binds its queues once it consumes: publish after that.
+    wait_until("readiness", std::time::Duration::from_secs(30), || async {
+        reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    publish_confirmed(&vhost, &records).await;
+    wait_for_records(&base, "acme", ids.len() as u64, std::time::Duration::from_secs(30)).await;
+
+    let admin = keyseal::client::AdminClient::new(&base, None);
+    for record in &records {
+        let payload =
+            admin.record("acme", &record.record_id).await.unwrap_or_else(|e| panic!("{:?}: {e}", record.record_id));
+        assert_eq!(payload.as_ref(), record.payload.as_slice(), "{:?}", record.record_id);
+    }
+    let missing = admin.record("acme", "..x").await.err().expect("no such record");
+    assert!(
+        matches!(missing, keyseal::client::ClientError::Api { ref code, .. } if code == "record_not_found"),
+        "{missing}"
+    );
     worker.stop().await;
 }

@@ -821,8 +821,11 @@ fn prometheus_scrapes_the_worker() {
         .expect("a job scrapes worker:8080");
     assert!(matches!(job["metrics_path"].as_str(), None | Some("/metrics")), "{job:?}");
     assert!(matches!(job["scheme"].as_str(), None | Some("http")), "{job:?}");
-    // Without a token: /metrics is outside /v1, the only guarded prefix.
-    assert!(job.get("authorization").is_none() && job.get("bearer_token").is_none(), "{job:?}");
+    // With KEYSEAL_ADMIN_TOKEN set, /metrics needs it: Prometheus sends it
+    // from a file, never inline in the config.
+    assert_eq!(job["authorization"]["type"].as_str(), Some("Bearer"), "{job:?}");
+    assert!(job["authorization"].get("credentials").is_none() && job.get("bearer_token").is_none(), "{job:?}");
+    let credentials_file = job["authorization"]["credentials_file"].as_str().expect("authorization.credentials_file");
 
     // The dashboard's worker variable selects this job.
     let job_name = job["job_name"].as_str().expect("job_name");
@@ -839,4 +842,21 @@ fn prometheus_scrapes_the_worker() {
         ),
         "compose mounts deploy/prometheus.yml: {mounted:?}"
     );
+    // compose writes that file from the worker's own token (same default)
+    // before Prometheus starts, into memory only.
+    let prometheus = service(&compose, "prometheus");
+    assert_eq!(
+        environment(prometheus).get("KEYSEAL_ADMIN_TOKEN"),
+        environment(service(&compose, "worker")).get("KEYSEAL_ADMIN_TOKEN"),
+        "Prometheus gets the worker's token"
+    );
+    let entrypoint = str_list(&prometheus["entrypoint"]).join(" ");
+    assert!(
+        entrypoint.contains(&format!("\"$$KEYSEAL_ADMIN_TOKEN\" > {credentials_file}"))
+            && entrypoint.contains("exec /bin/prometheus")
+            && entrypoint.contains("--config.file=/etc/prometheus/prometheus.yml"),
+        "the entrypoint writes {credentials_file} and starts Prometheus: {entrypoint}"
+    );
+    let credentials_dir = Path::new(credentials_file).parent().unwrap().to_str().unwrap();
+    assert!(str_list(&prometheus["tmpfs"]).iter().any(|t| t == credentials_dir), "{credentials_dir} is a tmpfs");
 }
