@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::crypto::keyring::{KeyringError, RewrapSummary, RootKey};
 use crate::keyvault::validate::{KeyRefusal, check_key, validate};
+use crate::proto::store::TenantState;
 use crate::proto::v1::{EncryptionDisabled, EncryptionEnabled, event::Kind};
 use crate::storage::StoreError;
 use crate::worker::Services;
@@ -27,6 +28,13 @@ pub enum EncryptionError {
     /// Disable asked of a tenant on the managed key.
     #[error("the tenant does not use its own key")]
     NotEnabled,
+    /// Disable asked of a locked-down tenant: moving its data keys back
+    /// under the managed key would hand back the access its customer
+    /// withdrew by revoking the key.
+    #[error(
+        "the tenant is locked down because its key is unavailable; its own key cannot be disabled until the key works again"
+    )]
+    LockedDown,
     /// The customer key cannot unwrap the sealed data keys.
     #[error("the customer key cannot be used to move data keys back to the managed key: {0}")]
     CustomerKeyUnusable(String),
@@ -62,13 +70,17 @@ pub async fn enable(services: &Services, tenant: &str, key_uri: &str) -> Result<
 
 /// Moves every sealed data key of the tenant back under the managed key
 /// and records `EncryptionDisabled`, in one batch. If the customer key
-/// cannot unwrap them, fails and changes nothing.
+/// cannot unwrap them, or the tenant is locked down, fails and changes
+/// nothing.
 pub async fn disable(services: &Services, tenant: &str) -> Result<RewrapSummary, EncryptionError> {
     let _exclusive = services.exclusive().await;
     let projection = services.store.tenant(tenant).filter(|p| !p.key_uri.is_empty());
     let Some(projection) = projection else {
         return Err(EncryptionError::NotEnabled);
     };
+    if projection.state() == TenantState::LockedDown {
+        return Err(EncryptionError::LockedDown);
+    }
     let now_ms = services.clock.now_ms();
     let closing = Kind::EncryptionDisabled(EncryptionDisabled { key_uri: projection.key_uri.clone() });
     let summary = services.keyring.rewrap_all_or_nothing(tenant, &RootKey::Managed, now_ms, closing).await.map_err(

@@ -323,3 +323,36 @@ async fn every_tenant_of_a_vault_that_never_answers_is_locked_at_its_grace_plus_
     s.assert_replay_equal().await;
     hung.abort();
 }
+
+/// Disabling BYOK would move the sealed data keys back under the managed
+/// key, handing back the access the customer withdrew: refused while the
+/// tenant is locked down, allowed again once its key works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_the_customer_key_of_a_locked_down_tenant_is_refused() {
+    let s = setup("lock-disable", RecoveryLevel::Recoverable, None, &FAST_PROBES).await;
+    s.rsa_key("k").await;
+    assert_eq!(s.enable("acme", &s.vault.key_uri("k")).await.0, 200);
+    let records = s.publish("acme", "r-", 5).await;
+    s.clock.advance(Duration::from_secs(49 * 3600));
+    assert_eq!(s.sweep().await["seal"]["sealed"], 5);
+    let sealed_roots = s.sealed_roots("acme");
+
+    s.vault.patch("k", json!({"attributes": {"enabled": false}})).await;
+    wait_for_state(&s, "acme", "degraded", Some("key_disabled")).await;
+    s.clock.advance(GRACE_PASSED);
+    wait_for_state(&s, "acme", "locked_down", Some("key_disabled")).await;
+
+    let (status, body) = s.disable("acme").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (423, Some("tenant_locked_down")), "{body}");
+    let after = s.status("acme").await;
+    assert_eq!(after["state"], "locked_down");
+    assert_eq!(after["encryption"]["mode"], "customer_key", "{after}");
+    assert_eq!(s.sealed_roots("acme"), sealed_roots, "the sealed data keys stay under the customer key");
+
+    s.vault.patch("k", json!({"attributes": {"enabled": true}})).await;
+    wait_for_state(&s, "acme", "active", None).await;
+    let (status, body) = s.disable("acme").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.status("acme").await["encryption"]["mode"], "managed");
+    s.assert_readable(&records).await;
+}
