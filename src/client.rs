@@ -1,20 +1,32 @@
 //! The admin API client behind `keyseal tenant`, `keyseal get` and
 //! `keyseal sweep`: it finds the server with `--server`/`KEYSEAL_SERVER`
 //! and sends `KEYSEAL_ADMIN_TOKEN` when set.
+//!
+//! Requests go out over hyper's HTTP/1.1 connection (TLS by rustls with the
+//! platform's roots for `https://`) with the request target exactly as
+//! built here: a WHATWG URL client (reqwest) would resolve a record id `.`
+//! or `..` (even written `%2E%2E`) as a dot segment and ask for another
+//! resource.
 
-use reqwest::{Method, StatusCode};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 /// Errors talking to the admin API.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server could not be reached.
-    #[error("cannot reach keyseal at {url}: {source}")]
+    /// The server could not be reached, or its answer not read.
+    #[error("cannot reach keyseal at {url}: {reason}")]
     Unreachable {
         /// URL tried.
         url: String,
         /// Cause.
-        #[source]
-        source: reqwest::Error,
+        reason: String,
     },
     /// The server answered with an error body.
     #[error("{status} {code}: {message}")]
@@ -33,16 +45,15 @@ pub enum ClientError {
 pub struct AdminClient {
     base: String,
     token: Option<String>,
-    http: reqwest::Client,
 }
 
 impl AdminClient {
     /// A client for `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str, token: Option<String>) -> Self {
-        Self { base: base.trim_end_matches('/').to_owned(), token, http: reqwest::Client::new() }
+        Self { base: base.trim_end_matches('/').to_owned(), token }
     }
 
-    async fn send(&self, method: Method, path: &str) -> Result<bytes::Bytes, ClientError> {
+    async fn send(&self, method: Method, path: &str) -> Result<Bytes, ClientError> {
         self.send_json(method, path, None).await
     }
 
@@ -51,19 +62,28 @@ impl AdminClient {
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<bytes::Bytes, ClientError> {
+    ) -> Result<Bytes, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut request = self.http.request(method, &url);
-        if let Some(body) = body {
-            request = request.json(&body);
+        let unreachable = |reason: String| ClientError::Unreachable { url: url.clone(), reason };
+        let uri: Uri = url.parse().map_err(|e| unreachable(format!("not a URL: {e}")))?;
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(authority) = uri.authority() {
+            request = request.header(header::HOST, authority.as_str());
         }
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| unreachable("KEYSEAL_ADMIN_TOKEN is not a valid header value".into()))?;
+            request = request.header(header::AUTHORIZATION, value);
         }
-        let unreachable = |source| ClientError::Unreachable { url: url.clone(), source };
-        let response = request.send().await.map_err(unreachable)?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(unreachable)?;
+        let body = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(&body).expect("JSON serialises"))
+            }
+            None => Bytes::new(),
+        };
+        let request = request.body(Full::new(body)).map_err(|e| unreachable(e.to_string()))?;
+        let (status, body) = exchange(&uri, request).await.map_err(unreachable)?;
         if status.is_success() {
             return Ok(body);
         }
@@ -117,11 +137,49 @@ impl AdminClient {
     }
 }
 
-/// Percent-encodes a path segment (record ids may contain `/`, `?`, spaces).
+/// Sends `request` on a new connection to `uri`'s host (one request per
+/// CLI command, so no pool) and reads the whole answer.
+async fn exchange(uri: &Uri, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String> {
+    let host = uri.host().ok_or("no host")?.trim_start_matches('[').trim_end_matches(']');
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err("the server URL must be http:// or https://".into()),
+    };
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = TcpStream::connect((host, port)).await.map_err(|e| e.to_string())?;
+    if !tls {
+        return over(TokioIo::new(tcp), request).await;
+    }
+    let config = <rustls::ClientConfig as rustls_platform_verifier::ConfigVerifierExt>::with_platform_verifier()
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let stream =
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    over(TokioIo::new(stream), request).await
+}
+
+async fn over<T>(io: T, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, body))
+}
+
+/// Percent-encodes a path segment: everything but unreserved characters
+/// (record ids may contain `/`, `?`, spaces), and every `.` of a segment
+/// that is only dots, so `.` and `..` stay record ids and never become
+/// dot segments.
 fn encode(segment: &str) -> String {
+    let dots_only = segment.bytes().all(|b| b == b'.');
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'~') || (byte == b'.' && !dots_only) {
             out.push(byte as char);
         } else {
             out.push_str(&format!("%{byte:02X}"));
@@ -135,5 +193,9 @@ mod tests {
     #[test]
     fn path_segments_are_percent_encoded() {
         assert_eq!(super::encode("a/b c?é"), "a%2Fb%20c%3F%C3%A9");
+        assert_eq!(super::encode("."), "%2E");
+        assert_eq!(super::encode(".."), "%2E%2E");
+        assert_eq!(super::encode("..."), "%2E%2E%2E");
+        assert_eq!(super::encode("a..b.txt"), "a..b.txt");
     }
 }

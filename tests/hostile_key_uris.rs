@@ -20,7 +20,9 @@ use keyseal::proto::v1::{Layer, RootKeyRef};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-/// A plain TCP listener that counts every connection it accepts.
+/// Plain TCP listeners that count every connection they accept: one on an
+/// ephemeral port and one on 127.0.0.1:443, where the forms without a port
+/// lead (a check that reads the host up to `:` passes them by suffix).
 struct Bait {
     port: u16,
     accepted: Arc<AtomicUsize>,
@@ -29,18 +31,23 @@ struct Bait {
 
 impl Bait {
     async fn bind() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let ephemeral = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let https = tokio::net::TcpListener::bind("127.0.0.1:443")
+            .await
+            .expect("binding 127.0.0.1:443 (run as root or with CAP_NET_BIND_SERVICE)");
+        let port = ephemeral.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
         let connected = Arc::new(Notify::new());
-        let (count, notify) = (accepted.clone(), connected.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                notify.notify_one();
-                drop(stream);
-            }
-        });
+        for listener in [ephemeral, https] {
+            let (count, notify) = (accepted.clone(), connected.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    notify.notify_one();
+                    drop(stream);
+                }
+            });
+        }
         Self { port, accepted, connected }
     }
 
@@ -48,13 +55,22 @@ impl Bait {
     /// one that may still be under way.
     async fn assert_untouched(&self) {
         let stray = tokio::time::timeout(Duration::from_millis(500), self.connected.notified()).await;
-        assert!(stray.is_err(), "a connection reached the listener");
-        assert_eq!(self.accepted.load(Ordering::SeqCst), 0, "connections to the listener");
+        assert!(stray.is_err(), "a connection reached a listener");
+        assert_eq!(self.accepted.load(Ordering::SeqCst), 0, "connections to the listeners");
     }
 }
 
 fn hostile_uris(port: u16, trusted_port: u16) -> Vec<String> {
     [
+        "https://127.0.0.1?.vault.azure.net/keys/k",
+        "https://127.0.0.1#.vault.azure.net/keys/k",
+        "https://127.0.0.1\\.vault.azure.net/keys/k",
+        "https://127.0.0.1%2f.vault.azure.net/keys/k",
+        "https://127.0.0.1%3f.vault.azure.net/keys/k",
+        "https://127.0.0.1\t.vault.azure.net/keys/k",
+        "https://127.0.0.1;.vault.azure.net/keys/k",
+        "https://127.0.0.1/.vault.azure.net/keys/k",
+        "https://localhost#.vault.azure.net/keys/k",
         "https://127.0.0.1:{port}?.vault.azure.net/keys/k",
         "https://127.0.0.1:{port}?x=.vault.azure.net/keys/k",
         "https://127.0.0.1:{port}#.vault.azure.net/keys/k",
@@ -123,13 +139,20 @@ async fn hostile_key_uris_are_refused_without_a_single_connection() {
             wrong.push(format!("{uri:?} -> {outcome:?}"));
         }
     }
-    assert!(wrong.is_empty(), "not refused with 400 invalid_key_uri/untrusted_vault_host:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "not refused with 400 invalid_key_uri/untrusted_vault_host ({} connections to the listeners):\n{}",
+        bait.accepted.load(Ordering::SeqCst),
+        wrong.join("\n")
+    );
     bait.assert_untouched().await;
 
     // A stored key id is parsed with the same check before any unwrap: a
     // hostile one is an error, never a request.
     let services = &worker.services;
     let stored_kids = [
+        "https://127.0.0.1?.vault.azure.net/keys/k/v1".to_owned(),
+        "https://127.0.0.1#.vault.azure.net/keys/k/v1".to_owned(),
         format!("https://127.0.0.1:{}?.vault.azure.net/keys/k/v1", bait.port),
         format!("https://127.0.0.1:{}\\.vault.azure.net/keys/k/v1", bait.port),
         format!("https://127.0.0.1:{}/keys/k/v1", bait.port),
