@@ -157,7 +157,7 @@ async fn the_client_reads_records_whose_ids_are_dot_segments() {
             admin.record("acme", &record.record_id).await.unwrap_or_else(|e| panic!("{:?}: {e}", record.record_id));
         assert_eq!(payload.as_ref(), record.payload.as_slice(), "{:?}", record.record_id);
     }
-    let missing = admin.record("acme", "..x").await.err().expect("no such record");
+    let missing = admin.record("acme", "..x").await.expect_err("no such record");
     assert!(
         matches!(missing, keyseal::client::ClientError::Api { ref code, .. } if code == "record_not_found"),
         "{missing}"

@@ -154,11 +154,11 @@ impl Vault {
         if let Some(client) = clients.get(&uri.vault_url) {
             return Ok(client.clone());
         }
-        let mut options = KeyClientOptions::default();
         // Azure hosts must match the challenge's resource; a trusted
         // self-hosted vault (127.0.0.1, localhost) never can. Decided by
         // the parse that checked the host, never by re-reading a string.
-        options.verify_challenge_resource = Some(!uri.self_hosted);
+        let mut options =
+            KeyClientOptions { verify_challenge_resource: Some(!uri.self_hosted), ..KeyClientOptions::default() };
         options.client_options.transport = Some(Transport::new(self.http.clone()));
         options.client_options.retry = RetryOptions::exponential(ExponentialRetryOptions {
             initial_delay: azure_core::time::Duration::seconds(1),
