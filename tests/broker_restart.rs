@@ -11,24 +11,6 @@ use common::*;
 use keyseal::clock::SystemClock;
 use keyseal::publish::synthetic;
 
-/// Stops the broker's application; starts it again when dropped, even if
-/// the test fails in between, so no later test finds the broker down.
-struct BrokerStopped;
-
-impl BrokerStopped {
-    fn begin() -> Self {
-        rabbitmqctl(&["stop_app"]);
-        Self
-    }
-}
-
-impl Drop for BrokerStopped {
-    fn drop(&mut self) {
-        rabbitmqctl(&["start_app"]);
-        rabbitmqctl(&["await_startup"]);
-    }
-}
-
 async fn ready(base: &str) -> bool {
     reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status().is_success())
 }

@@ -379,6 +379,21 @@ async fn drain_and_check(shard: &mut Shard, ledger: &Ledger) -> Figures {
 }
 
 /// Prints how far into its test a step is, so a slow step shows in CI logs.
+/// The end of a chaos test without kills: stops the producer, drains and
+/// checks the store, reads every confirmed record back, prints the figures.
+async fn finish_without_kills(producer: Producer, shard: &mut Shard, test: &str, started: Instant) {
+    let ledger = producer.finish().await;
+    phase(started, "producer stopped");
+    let mut figures = drain_and_check(shard, &ledger).await;
+    phase(started, "drained and checked");
+    shard.start().await;
+    assert_reads_back(shard, &ledger).await;
+    phase(started, "every confirmed record read back");
+    shard.stop().await;
+    figures.kills = 0;
+    figures.print(test, None, started);
+}
+
 fn phase(started: Instant, what: &str) {
     println!("[{:6.1} s] {what}", started.elapsed().as_secs_f64());
 }
@@ -506,24 +521,6 @@ async fn kill_9_at_random_moments_while_ingesting_sealing_and_rewrapping() {
     figures.print("kill -9", Some(seed), started);
 }
 
-/// Stops the broker's application; starts it again when dropped, even if
-/// the test fails in between, so no later test finds the broker down.
-struct BrokerStopped;
-
-impl BrokerStopped {
-    fn begin() -> Self {
-        rabbitmqctl(&["stop_app"]);
-        Self
-    }
-}
-
-impl Drop for BrokerStopped {
-    fn drop(&mut self) {
-        rabbitmqctl(&["start_app"]);
-        rabbitmqctl(&["await_startup"]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_app_restart_mid_ingest_loses_nothing() {
     let _serial = serial().await;
@@ -545,16 +542,7 @@ async fn broker_app_restart_mid_ingest_loses_nothing() {
     wait_until("the worker to reconnect", WAIT, || ready(&base)).await;
     phase(started, "worker consuming again");
     producer.wait_for_more(400).await;
-    let ledger = producer.finish().await;
-    phase(started, "producer stopped");
-    let mut figures = drain_and_check(&mut shard, &ledger).await;
-    phase(started, "drained and checked");
-    shard.start().await;
-    assert_reads_back(&shard, &ledger).await;
-    phase(started, "every confirmed record read back");
-    shard.stop().await;
-    figures.kills = 0;
-    figures.print("broker restart", None, started);
+    finish_without_kills(producer, &mut shard, "broker restart", started).await;
 }
 
 /// A size-limited tmpfs, unmounted when dropped.
@@ -625,14 +613,5 @@ async fn a_full_disk_pauses_ingest_and_it_resumes_by_itself_when_space_returns()
     .await;
     println!("resumed {:.1} s after space returned", freed.elapsed().as_secs_f64());
     producer.wait_for_more(2 * WINDOW).await;
-    let ledger = producer.finish().await;
-    phase(started, "producer stopped");
-    let mut figures = drain_and_check(&mut shard, &ledger).await;
-    phase(started, "drained and checked");
-    shard.start().await;
-    assert_reads_back(&shard, &ledger).await;
-    phase(started, "every confirmed record read back");
-    shard.stop().await;
-    figures.kills = 0;
-    figures.print("disk full", None, started);
+    finish_without_kills(producer, &mut shard, "disk full", started).await;
 }

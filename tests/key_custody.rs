@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::byok::{WAIT, setup};
+use common::byok::{Setup, WAIT, setup};
 use common::vault::{Vault, args, decode, version_of};
 use common::*;
 use keyseal::clock::{ManualClock, SystemClock};
@@ -18,13 +18,33 @@ use keyseal::crypto::root_key::ManagedRootKeys;
 use keyseal::emulator::RecoveryLevel;
 use keyseal::proto::store::WrappedDataKey;
 use keyseal::proto::v1::root_key_ref::Root;
-use keyseal::proto::v1::{Layer, RootKeyRef};
+use keyseal::proto::v1::{IngestRecord, Layer, RootKeyRef};
 use keyseal::publish::synthetic;
 use keyseal::storage::Store;
 use keyseal::worker::Worker;
 use serde_json::json;
 
 const HOURS_49: Duration = Duration::from_secs(49 * 3600);
+
+/// A worker that caches unwrapped keys for 100 h, with BYOK tenant `acme`
+/// (key `acme-key`) and managed tenant `other`, 10 records each, sealed and
+/// read back, so both have unwrapped data keys cached; their records.
+async fn two_tenants_sealed_and_cached(name: &str, extra: &[&str]) -> (Setup, Vec<IngestRecord>, Vec<IngestRecord>) {
+    let mut flags = vec!["--dek-cache-ttl", "100h"];
+    flags.extend_from_slice(extra);
+    let s = setup(name, RecoveryLevel::Recoverable, None, &flags).await;
+    s.rsa_key("acme-key").await;
+    assert_eq!(s.enable("acme", &s.vault.key_uri("acme-key")).await.0, 200);
+    let acme = s.publish("acme", "a-", 10).await;
+    let other = s.publish("other", "o-", 10).await;
+    s.clock.advance(HOURS_49);
+    assert_eq!(s.sweep().await["seal"]["sealed"], 20);
+    s.assert_readable(&acme).await;
+    s.assert_readable(&other).await;
+    let keyring = &s.worker.services.keyring;
+    assert!(keyring.cached_keys_of("acme") > 0 && keyring.cached_keys_of("other") > 0);
+    (s, acme, other)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_refuses_to_start_without_the_root_key_its_store_was_written_under() {
@@ -67,20 +87,9 @@ async fn a_worker_refuses_to_start_without_the_root_key_its_store_was_written_un
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_down_tenant_loses_its_unwrapped_keys_and_no_one_else_does() {
-    let flags = ["--probe-interval", "100ms", "--dek-cache-ttl", "100h"];
-    let s = setup("custody-lockdown", RecoveryLevel::Recoverable, None, &flags).await;
-    s.rsa_key("acme-key").await;
-    assert_eq!(s.enable("acme", &s.vault.key_uri("acme-key")).await.0, 200);
-    let acme = s.publish("acme", "a-", 10).await;
-    let other = s.publish("other", "o-", 10).await;
-    s.clock.advance(HOURS_49);
-    assert_eq!(s.sweep().await["seal"]["sealed"], 20);
-    s.assert_readable(&acme).await;
-    s.assert_readable(&other).await;
+    let (s, _, other) = two_tenants_sealed_and_cached("custody-lockdown", &["--probe-interval", "100ms"]).await;
     let keyring = &s.worker.services.keyring;
-    assert!(keyring.cached_keys_of("acme") > 0);
     let others = keyring.cached_keys_of("other");
-    assert!(others > 0);
 
     s.vault.patch("acme-key", json!({"attributes": {"enabled": false}})).await;
     wait_until("acme degraded", WAIT, || async { s.status("acme").await["state"] == "degraded" }).await;
@@ -93,18 +102,9 @@ async fn a_locked_down_tenant_loses_its_unwrapped_keys_and_no_one_else_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_byok_drops_that_tenants_unwrapped_keys_only() {
-    let s = setup("custody-disable", RecoveryLevel::Recoverable, None, &["--dek-cache-ttl", "100h"]).await;
-    s.rsa_key("acme-key").await;
-    assert_eq!(s.enable("acme", &s.vault.key_uri("acme-key")).await.0, 200);
-    let acme = s.publish("acme", "a-", 10).await;
-    let other = s.publish("other", "o-", 10).await;
-    s.clock.advance(HOURS_49);
-    assert_eq!(s.sweep().await["seal"]["sealed"], 20);
-    s.assert_readable(&acme).await;
-    s.assert_readable(&other).await;
+    let (s, acme, _) = two_tenants_sealed_and_cached("custody-disable", &[]).await;
     let keyring = &s.worker.services.keyring;
     let others = keyring.cached_keys_of("other");
-    assert!(keyring.cached_keys_of("acme") > 0 && others > 0);
 
     let (status, body) = s.disable("acme").await;
     assert_eq!(status, 200, "{body}");

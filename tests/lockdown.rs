@@ -6,12 +6,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::byok::{Setup, WAIT, setup};
+use common::byok::{Setup, WAIT, setup, setup_with};
 use common::vault::{Vault, args};
 use common::*;
 use futures_util::StreamExt;
 use keyseal::amqp::EVENTS_EXCHANGE;
-use keyseal::emulator::RecoveryLevel;
+use keyseal::emulator::{Fault, FaultAction, RecoveryLevel};
 use keyseal::proto::v1::key_health::Status;
 use keyseal::proto::v1::{Event, event::Kind};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -355,4 +355,125 @@ async fn disabling_the_customer_key_of_a_locked_down_tenant_is_refused() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.status("acme").await["encryption"]["mode"], "managed");
     s.assert_readable(&records).await;
+}
+
+/// Key Vault permissions keyseal's identity needs.
+const PERMISSIONS: [&str; 4] = ["get", "list", "wrapKey", "unwrapKey"];
+
+/// A failure only the canary sees: keyseal's identity may still read the
+/// key (so the key looks enabled, current and well-formed) but no longer
+/// wrap or unwrap with it. The canary's refused wrap must carry the tenant
+/// through degraded to locked down, and restoring the permission restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_only_the_canary_sees_locks_the_tenant_down() {
+    let s = setup_with("lock-canary", RecoveryLevel::Recoverable, None, &FAST_PROBES, |vault, settings| {
+        vault.emulator.set_identity("keyseal", "keyseal-token", &PERMISSIONS);
+        settings.vault_token = Some("keyseal-token".to_owned());
+    })
+    .await;
+    s.rsa_key("k").await;
+    assert_eq!(s.enable("acme", &s.vault.key_uri("k")).await.0, 200);
+    let records = s.publish("acme", "r-", 3).await;
+    wait_until("a first probe", WAIT, || async { s.status("acme").await["keyHealth"]["lastProbe"].is_string() }).await;
+    assert_eq!(s.status("acme").await["state"], "active");
+
+    let wraps_before = s.vault.emulator.calls().get("wrapkey").copied().unwrap_or(0);
+    s.vault.emulator.set_identity("keyseal", "keyseal-token", &["get", "list"]);
+    wait_for_state(&s, "acme", "degraded", Some("missing_permission")).await;
+    assert!(
+        s.vault.emulator.calls().get("wrapkey").copied().unwrap_or(0) > wraps_before,
+        "the canary tried to wrap: {:?}",
+        s.vault.emulator.calls()
+    );
+    s.clock.advance(GRACE_PASSED);
+    wait_for_state(&s, "acme", "locked_down", Some("missing_permission")).await;
+    assert_eq!(get_record(&s.base, "acme", "r-0").await.0, 423);
+
+    s.vault.emulator.set_identity("keyseal", "keyseal-token", &PERMISSIONS);
+    wait_for_state(&s, "acme", "active", None).await;
+    s.assert_readable(&records).await;
+    s.assert_replay_equal().await;
+}
+
+/// A probe that was out while the tenant moved to another key must not
+/// decide for the new key. The vault hangs on the old key's read; the
+/// tenant enables a new key; the old key is disabled; then the hung read
+/// answers "disabled". That answer is about a key the tenant no longer
+/// uses: the tenant stays active and no key-health event is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_answered_after_the_key_changed_is_discarded() {
+    let s =
+        setup("lock-stale", RecoveryLevel::Recoverable, None, &["--probe-interval", "100ms", "--probe-timeout", "60s"])
+            .await;
+    s.rsa_key("old").await;
+    s.rsa_key("new").await;
+    assert_eq!(s.enable("acme", &s.vault.key_uri("old")).await.0, 200);
+    wait_until("a first probe", WAIT, || async { s.status("acme").await["keyHealth"]["lastProbe"].is_string() }).await;
+
+    s.vault.emulator.set_faults(vec![Fault {
+        key: Some("old".into()),
+        operation: Some("get_key".into()),
+        action: FaultAction::Hang,
+    }]);
+    wait_until("a probe of the old key to hang", WAIT, || async {
+        s.vault.emulator.calls().get("faulted").copied().unwrap_or(0) > 0
+    })
+    .await;
+    let (status, body) = s.enable("acme", &s.vault.key_uri("new")).await;
+    assert_eq!(status, 200, "{body}");
+    s.vault.patch("old", json!({"attributes": {"enabled": false}})).await;
+    let before = s.status("acme").await["keyHealth"]["lastProbe"].clone();
+    // The manual clock stands still: move it so the stale probe's record shows.
+    s.clock.advance(Duration::from_secs(1));
+    s.vault.emulator.clear_faults();
+    wait_until("the hung probe to finish", WAIT, || async {
+        s.status("acme").await["keyHealth"]["lastProbe"] != before
+    })
+    .await;
+    // And one more round, on the new key.
+    let after_stale = s.status("acme").await["keyHealth"]["lastProbe"].clone();
+    s.clock.advance(Duration::from_secs(1));
+    wait_until("a probe of the new key", WAIT, || async {
+        s.status("acme").await["keyHealth"]["lastProbe"] != after_stale
+    })
+    .await;
+
+    let status = s.status("acme").await;
+    assert_eq!((status["state"].as_str(), status["keyHealth"]["status"].as_str()), (Some("active"), Some("healthy")));
+    assert!(status["encryption"]["keyUri"].as_str().unwrap().contains("/keys/new"), "{status}");
+    let unavailable = s
+        .worker
+        .services
+        .store
+        .events_after(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(&e.kind, Some(Kind::KeyHealth(h)) if h.status() == Status::Unavailable))
+        .count();
+    assert_eq!(unavailable, 0, "the old key's answer decided nothing");
+    s.assert_replay_equal().await;
+}
+
+/// The probe times are kept for the tenants the prober probes, no others:
+/// a tenant that disables its key shows no last probe (it is not probed),
+/// and leaves no entry behind, while the others go on being probed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_that_disables_its_key_is_no_longer_probed_nor_remembered() {
+    let s = setup("lock-forget", RecoveryLevel::Recoverable, None, &FAST_PROBES).await;
+    s.rsa_key("k").await;
+    for tenant in ["leaves", "stays"] {
+        assert_eq!(s.enable(tenant, &s.vault.key_uri("k")).await.0, 200);
+    }
+    let setup = &s;
+    let probed = |tenant: &'static str| async move { setup.status(tenant).await["keyHealth"]["lastProbe"].is_string() };
+    wait_until("both tenants probed", WAIT, || async { probed("leaves").await && probed("stays").await }).await;
+
+    let (status, body) = s.disable("leaves").await;
+    assert_eq!(status, 200, "{body}");
+    wait_until("the disabled tenant forgotten", WAIT, || async {
+        s.worker.services.probe_times.last("leaves").is_none()
+    })
+    .await;
+    assert_eq!(s.status("leaves").await["keyHealth"]["lastProbe"], Value::Null);
+    assert!(probed("stays").await);
 }

@@ -10,7 +10,7 @@
 //! (`crate::rewrapper`). [`worst_case_lockdown`] is the bound all this
 //! gives.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -53,6 +53,13 @@ impl ProbeTimes {
 
     fn record(&self, tenant: &str, at_ms: i64) {
         self.0.lock().expect("probe times lock").insert(tenant.to_owned(), at_ms);
+    }
+
+    /// Forgets every tenant but `probed`, the tenants a round probes: one
+    /// that disabled its key is no longer probed, and keeps no entry.
+    fn keep_only(&self, probed: &[String]) {
+        let probed: HashSet<&str> = probed.iter().map(String::as_str).collect();
+        self.0.lock().expect("probe times lock").retain(|tenant, _| probed.contains(tenant.as_str()));
     }
 }
 
@@ -150,6 +157,7 @@ enum Slot<'a> {
 pub async fn probe_round(services: &Services, canary: bool) -> Result<RoundSummary, StoreError> {
     let tenants: Vec<String> =
         services.store.tenants_where(|p| !p.key_uri.is_empty()).into_iter().map(|(tenant, _)| tenant).collect();
+    services.probe_times.keep_only(&tenants);
     let mut slots = futures_util::stream::iter(tenants)
         .map(|tenant| hold_slot(observe(services, tenant, canary)))
         .buffer_unordered(PROBE_CONCURRENCY);

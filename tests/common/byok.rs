@@ -29,6 +29,18 @@ pub struct Setup {
 
 /// Starts an emulator and a worker that trusts it; `extra` adds worker flags.
 pub async fn setup(name: &str, recovery_level: RecoveryLevel, throttle_rps: Option<u32>, extra: &[&str]) -> Setup {
+    setup_with(name, recovery_level, throttle_rps, extra, |_, _| {}).await
+}
+
+/// As [`setup`], with `prepare` given the emulator and the worker's settings
+/// before the worker starts (to add identities, set the vault token, ...).
+pub async fn setup_with(
+    name: &str,
+    recovery_level: RecoveryLevel,
+    throttle_rps: Option<u32>,
+    extra: &[&str],
+    prepare: impl FnOnce(&Vault, &mut keyseal::config::Settings),
+) -> Setup {
     let state = tempfile::tempdir().unwrap();
     let mut emulator_args = args(state.path(), recovery_level);
     emulator_args.throttle_rps = throttle_rps.map(|n| std::num::NonZeroU32::new(n).unwrap());
@@ -39,7 +51,9 @@ pub async fn setup(name: &str, recovery_level: RecoveryLevel, throttle_rps: Opti
     let flags = vault.worker_flags();
     let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     flags.extend_from_slice(extra);
-    let worker = start_worker(&vhost, dir.path(), Arc::new(clock.clone()), &flags).await;
+    let mut settings = settings(&vhost, dir.path(), &flags);
+    prepare(&vault, &mut settings);
+    let worker = Worker::start(settings, Arc::new(clock.clone())).await.expect("worker starts");
     let base = base_url(&worker);
     Setup { vault, vhost, _dir: dir, worker, base, clock, http: reqwest::Client::new(), _state: state }
 }

@@ -49,6 +49,24 @@ pub fn rabbitmqctl(args: &[&str]) {
     assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Stops the broker's application; starts it again when dropped, even if
+/// the test fails in between, so no later test finds the broker down.
+pub struct BrokerStopped;
+
+impl BrokerStopped {
+    pub fn begin() -> Self {
+        rabbitmqctl(&["stop_app"]);
+        Self
+    }
+}
+
+impl Drop for BrokerStopped {
+    fn drop(&mut self) {
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup"]);
+    }
+}
+
 /// Settings for a test worker: the vhost, the data dir, an ephemeral port,
 /// plus `extra` flags.
 pub fn settings(vhost: &Vhost, data_dir: &Path, extra: &[&str]) -> Settings {
