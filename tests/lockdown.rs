@@ -366,7 +366,9 @@ const PERMISSIONS: [&str; 4] = ["get", "list", "wrapKey", "unwrapKey"];
 /// through degraded to locked down, and restoring the permission restores it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_only_the_canary_sees_locks_the_tenant_down() {
-    let s = setup_with("lock-canary", RecoveryLevel::Recoverable, None, &FAST_PROBES, |vault, settings| {
+    // The canary's cadence runs on the worker's clock, which stands still here.
+    let flags = ["--probe-interval", "100ms", "--canary-interval", "100ms"];
+    let s = setup_with("lock-canary", RecoveryLevel::Recoverable, None, &flags, |vault, settings| {
         vault.emulator.set_identity("keyseal", "keyseal-token", &PERMISSIONS);
         settings.vault_token = Some("keyseal-token".to_owned());
     })
