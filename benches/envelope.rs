@@ -9,7 +9,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use keyseal::crypto::data_key::DataKey;
 use keyseal::crypto::envelope::RecordIdentity;
-use keyseal::crypto::root_key::ManagedRootKeys;
+use keyseal::crypto::root_key::{ManagedRootKeys, WrapAlgorithm};
 use keyseal::proto::v1::Layer;
 
 fn envelope(c: &mut Criterion) {
@@ -26,11 +26,13 @@ fn envelope(c: &mut Criterion) {
 
     let dir = tempfile::tempdir().unwrap();
     let roots = ManagedRootKeys::load_or_create(dir.path()).unwrap();
-    let (version, wrapped) = roots.wrap(&key).unwrap();
+    let wrap = roots.wrap(&key).unwrap();
     let mut group = c.benchmark_group("managed_root_3072");
     group.sample_size(20);
     group.bench_function("wrap", |b| b.iter(|| roots.wrap(&key).unwrap()));
-    group.bench_function("unwrap", |b| b.iter(|| roots.unwrap(version, &wrapped).unwrap()));
+    group.bench_function("unwrap", |b| {
+        b.iter(|| roots.unwrap(wrap.version, &wrap.fingerprint, WrapAlgorithm::RsaOaep256, &wrap.wrapped).unwrap())
+    });
     group.finish();
 }
 

@@ -8,7 +8,7 @@
 
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
 
 use super::validate::Rejection;
@@ -70,7 +70,7 @@ pub async fn publish(channel: &Channel, rejected: &[(&Delivery, Rejection)]) -> 
 /// at it) or `user-id` (the broker checks it against the publishing
 /// connection's user, which is keyseal's, not the producer's).
 fn dead_letter_properties(original: &BasicProperties, rejection: &Rejection) -> BasicProperties {
-    let mut headers = original.headers().clone().unwrap_or_else(FieldTable::default);
+    let mut headers = original.headers().clone().unwrap_or_default();
     headers.insert(ERROR_HEADER.into(), AMQPValue::LongString(rejection.code().into()));
     headers.insert(ERROR_DETAIL_HEADER.into(), AMQPValue::LongString(rejection.to_string().into()));
     let mut properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
