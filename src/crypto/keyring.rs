@@ -34,7 +34,7 @@ use super::data_key::{DataKey, DataKeyId};
 use super::root_key::{ManagedRootKeys, WRAP_ALGORITHM, WrapAlgorithm};
 use crate::clock::{SharedClock, utc_day};
 use crate::keyvault::key_uri::KeyUriError;
-use crate::keyvault::{KeyUri, Vault, VaultError};
+use crate::keyvault::{KeyUri, KeyWrapAlgorithm, Vault, VaultError};
 use crate::proto::store::WrappedDataKey;
 use crate::proto::v1::{
     DataKeyCreated, DataKeyRetired, Layer, RewrapProgress, RootKeyRef, event::Kind, root_key_ref::Root,
@@ -592,7 +592,7 @@ impl Keyring {
                 (RootKeyRef { root: Some(Root::ManagedVersion(wrap.version)) }, wrap.wrapped, wrap.fingerprint)
             }
             RootKey::Vault { uri, version } => {
-                let (_, wrapped) = self.vault()?.wrap(uri, version, key).await?;
+                let (_, wrapped) = self.vault()?.wrap(uri, version, key.expose_for_wrapping()).await?;
                 (self.root_ref(root), wrapped, String::new())
             }
         };
@@ -655,7 +655,12 @@ impl Keyring {
                 let vault = self.vault()?;
                 let uri = KeyUri::parse(kid, vault.trusted_hosts())?;
                 let version = uri.version.clone().ok_or(KeyUriError::Malformed("stored key id has no version"))?;
-                Ok(vault.unwrap_as(&uri, &version, algorithm, &wrapped.wrapped).await?)
+                let algorithm = match algorithm {
+                    WrapAlgorithm::RsaOaep256 => KeyWrapAlgorithm::RsaOaep256,
+                    WrapAlgorithm::RsaOaep => KeyWrapAlgorithm::RsaOaep,
+                };
+                let raw = vault.unwrap(&uri, &version, algorithm, &wrapped.wrapped).await?;
+                Ok(DataKey::from_slice(&raw).map_err(|e| VaultError::Invalid(e.to_string()))?)
             }
             None => Err(CryptoError::Corrupt { what: "wrapped data key", reason: "names no root".into() }.into()),
         }

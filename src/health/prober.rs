@@ -26,7 +26,7 @@ use crate::config::Settings;
 use crate::crypto::data_key::DataKey;
 use crate::events::kind_name;
 use crate::keyvault::validate::{KeyRefusal, check_key};
-use crate::keyvault::{KeyUri, VaultError};
+use crate::keyvault::{KeyUri, KeyWrapAlgorithm, VaultError};
 use crate::proto::v1::event::Kind;
 use crate::storage::StoreError;
 use crate::worker::Services;
@@ -252,8 +252,11 @@ async fn probe(services: &Services, key_uri: &str, version: &str, canary: bool) 
     }
     if canary {
         let data_key = DataKey::generate();
-        let round_trip = match vault.wrap(&uri, version, &data_key).await {
-            Ok((_, wrapped)) => vault.unwrap(&uri, version, &wrapped).await.map(|_| ()),
+        let round_trip = match vault.wrap(&uri, version, data_key.expose_for_wrapping()).await {
+            Ok((_, wrapped)) => vault.unwrap(&uri, version, KeyWrapAlgorithm::RsaOaep256, &wrapped).await.and_then(
+                // What comes back must be a data key, as a stored key's would.
+                |raw| DataKey::from_slice(&raw).map(drop).map_err(|e| VaultError::Invalid(e.to_string())),
+            ),
             Err(e) => Err(e),
         };
         match round_trip {

@@ -3,6 +3,10 @@
 //! and 5xx (1, 2, 4, 8, 16 s, honouring `Retry-After`). Every call is
 //! counted and timed in `keyseal_vault_requests_total` and
 //! `keyseal_vault_request_seconds`.
+//!
+//! The client moves bytes: what it wraps and unwraps means nothing to it.
+//! Data keys belong to the crypto module, which uses this one, never the
+//! other way round.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,11 +21,21 @@ use azure_security_keyvault_keys::models::{
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use futures_util::TryStreamExt;
+use zeroize::Zeroizing;
 
 use super::KeyUri;
-use crate::crypto::data_key::DataKey;
-use crate::crypto::root_key::WrapAlgorithm;
 use crate::metrics as m;
+
+/// The RSA-OAEP variants the vault is asked to unwrap with, in the vault's
+/// terms: keyseal wraps with RSA-OAEP-256 and reads keys other tools
+/// wrapped with RSA-OAEP (SHA-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyWrapAlgorithm {
+    /// RSA-OAEP with SHA-256 (`RSA-OAEP-256`).
+    RsaOaep256,
+    /// RSA-OAEP with SHA-1 (`RSA-OAEP`).
+    RsaOaep,
+}
 
 /// What a vault call can fail with, classified for callers (validation,
 /// health probes). Messages never carry key material.
@@ -243,13 +257,13 @@ impl Vault {
         }
     }
 
-    /// Wraps a data key with RSA-OAEP-256 under `version`; returns the
-    /// wrapping key's id and the wrapped bytes.
-    pub async fn wrap(&self, uri: &KeyUri, version: &str, key: &DataKey) -> Result<(String, Vec<u8>), VaultError> {
+    /// Wraps `plain` (a data key) with RSA-OAEP-256 under `version`;
+    /// returns the wrapping key's id and the wrapped bytes.
+    pub async fn wrap(&self, uri: &KeyUri, version: &str, plain: &[u8]) -> Result<(String, Vec<u8>), VaultError> {
         let client = self.client(uri)?;
         let parameters = KeyOperationParameters {
             algorithm: Some(EncryptionAlgorithm::RsaOaep256),
-            value: Some(key.expose_for_wrapping().to_vec()),
+            value: Some(plain.to_vec()),
             ..Default::default()
         };
         let result = timed("wrapkey", async {
@@ -262,24 +276,20 @@ impl Vault {
         Ok((kid, wrapped))
     }
 
-    /// Unwraps a data key wrapped by `version` with RSA-OAEP-256.
-    pub async fn unwrap(&self, uri: &KeyUri, version: &str, wrapped: &[u8]) -> Result<DataKey, VaultError> {
-        self.unwrap_as(uri, version, WrapAlgorithm::RsaOaep256, wrapped).await
-    }
-
-    /// Unwraps a data key wrapped by `version` with `algorithm` (as stored
-    /// with it: keys wrapped with RSA-OAEP, SHA-1, stay readable).
-    pub async fn unwrap_as(
+    /// Unwraps bytes wrapped by `version` with `algorithm` (as stored with
+    /// them: keys wrapped with RSA-OAEP, SHA-1, stay readable). The result
+    /// is zeroized when dropped.
+    pub async fn unwrap(
         &self,
         uri: &KeyUri,
         version: &str,
-        algorithm: WrapAlgorithm,
+        algorithm: KeyWrapAlgorithm,
         wrapped: &[u8],
-    ) -> Result<DataKey, VaultError> {
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         let client = self.client(uri)?;
         let algorithm = match algorithm {
-            WrapAlgorithm::RsaOaep256 => EncryptionAlgorithm::RsaOaep256,
-            WrapAlgorithm::RsaOaep => EncryptionAlgorithm::RsaOaep,
+            KeyWrapAlgorithm::RsaOaep256 => EncryptionAlgorithm::RsaOaep256,
+            KeyWrapAlgorithm::RsaOaep => EncryptionAlgorithm::RsaOaep,
         };
         let parameters =
             KeyOperationParameters { algorithm: Some(algorithm), value: Some(wrapped.to_vec()), ..Default::default() };
@@ -287,8 +297,7 @@ impl Vault {
             client.unwrap_key(&uri.name, version, parameters.try_into()?, None).await?.into_model()
         })
         .await?;
-        let raw = zeroize::Zeroizing::new(result.result.ok_or_else(|| VaultError::Invalid("no unwrapped key".into()))?);
-        DataKey::from_slice(&raw).map_err(|e| VaultError::Invalid(e.to_string()))
+        Ok(Zeroizing::new(result.result.ok_or_else(|| VaultError::Invalid("no unwrapped key".into()))?))
     }
 }
 

@@ -7,5 +7,5 @@ pub mod credential;
 pub mod key_uri;
 pub mod validate;
 
-pub use client::{Vault, VaultError, VaultKey, VaultOptions};
+pub use client::{KeyWrapAlgorithm, Vault, VaultError, VaultKey, VaultOptions};
 pub use key_uri::KeyUri;

@@ -5,10 +5,10 @@
 //! protection. Each refusal has its own stable code and says what to fix.
 
 use axum::http::StatusCode;
+use zeroize::Zeroizing;
 
-use super::client::{Vault, VaultError, VaultKey};
+use super::client::{KeyWrapAlgorithm, Vault, VaultError, VaultKey};
 use super::key_uri::{KeyUri, KeyUriError};
-use crate::crypto::data_key::DataKey;
 
 /// Smallest RSA modulus accepted.
 pub const MIN_RSA_BITS: usize = 2048;
@@ -152,11 +152,16 @@ pub async fn validate(vault: &Vault, key_uri: &str, now_unix_s: i64) -> Result<(
     // The newest enabled version is used whatever version the URI names.
     let key = vault.newest_enabled_key(&uri).await?;
     check_key(&key, now_unix_s)?;
-    let canary = DataKey::generate();
+    // A canary the size of a data key, random like one, thrown away after.
+    let mut canary = Zeroizing::new([0u8; 32]);
+    getrandom::fill(canary.as_mut_slice()).map_err(|e| KeyRefusal::CanaryFailed(format!("no random canary: {e}")))?;
     let (_, wrapped) =
-        vault.wrap(&uri, &key.version, &canary).await.map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
-    let back = vault.unwrap(&uri, &key.version, &wrapped).await.map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(back.expose_for_wrapping(), canary.expose_for_wrapping())) {
+        vault.wrap(&uri, &key.version, canary.as_slice()).await.map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
+    let back = vault
+        .unwrap(&uri, &key.version, KeyWrapAlgorithm::RsaOaep256, &wrapped)
+        .await
+        .map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(back.as_slice(), canary.as_slice())) {
         return Err(KeyRefusal::CanaryFailed("the unwrapped canary differs".into()));
     }
     check_recovery_level(key.recovery_level.as_deref())?;
