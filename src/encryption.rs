@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use tracing::{info, warn};
 
-use crate::crypto::keyring::{KeyringError, RewrapSummary, RootKey};
+use crate::crypto::keyring::{KeyringError, RewrapSummary, TenantRoot};
 use crate::keyvault::validate::{KeyRefusal, check_key, validate};
 use crate::proto::store::TenantState;
 use crate::proto::v1::{EncryptionDisabled, EncryptionEnabled, event::Kind};
@@ -83,7 +83,7 @@ pub async fn disable(services: &Services, tenant: &str) -> Result<RewrapSummary,
     }
     let now_ms = services.clock.now_ms();
     let closing = Kind::EncryptionDisabled(EncryptionDisabled { key_uri: projection.key_uri.clone() });
-    let summary = services.keyring.rewrap_all_or_nothing(tenant, &RootKey::Managed, now_ms, closing).await.map_err(
+    let summary = services.keyring.rewrap_all_or_nothing(tenant, &TenantRoot::Managed, now_ms, closing).await.map_err(
         |e| match e {
             KeyringError::Store(e) => EncryptionError::Store(e),
             other => EncryptionError::CustomerKeyUnusable(other.to_string()),
@@ -106,7 +106,7 @@ pub(crate) async fn unusable_customer_keys(services: &Services) -> BTreeSet<Stri
             continue;
         }
         let usable = match services.keyring.tenant_root(&tenant) {
-            Ok(RootKey::Vault { uri, version }) => match services.keyring.vault() {
+            Ok(TenantRoot::Vault { uri, version }) => match services.keyring.vault() {
                 Ok(vault) => vault
                     .get_key(&uri, Some(&version))
                     .await
@@ -114,7 +114,7 @@ pub(crate) async fn unusable_customer_keys(services: &Services) -> BTreeSet<Stri
                     .and_then(|key| check_key(&key, services.clock.now_ms() / 1000)),
                 Err(e) => Err(KeyRefusal::VaultUnreachable(e.to_string())),
             },
-            Ok(RootKey::Managed) => Ok(()),
+            Ok(TenantRoot::Managed) => Ok(()),
             Err(e) => Err(KeyRefusal::VaultUnreachable(e.to_string())),
         };
         if let Err(refusal) = usable {

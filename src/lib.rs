@@ -7,12 +7,14 @@
 //!   each message, dead-letter rejects with a reason, ack after durability.
 //! - [`records`]: turn producer content into encrypted envelopes in `hot`
 //!   (deduplicating redeliveries) and read them back.
-//! - [`crypto`]: data keys, the root keys that wrap them, the keyring cache
-//!   and the envelope that binds a ciphertext to its identity.
+//! - [`crypto`]: data keys, the root keys that wrap them (one
+//!   [`crypto::root_key::RootKey`] per kind: managed, Key Vault), the
+//!   keyring cache and the envelope that binds a ciphertext to its identity.
 //! - [`storage`]: RocksDB column families and the one atomic write path,
 //!   which appends events and folds them into the [`projection`].
-//! - [`keyvault`]: Azure Key Vault as a tenant's root key (BYOK): key URIs,
-//!   credentials, the official client and the enable checks.
+//! - [`keyvault`]: Azure Key Vault for a tenant's root key (BYOK): key URIs,
+//!   credentials, the official client (it wraps and unwraps plain bytes)
+//!   and the enable checks.
 //! - [`encryption`]: enabling and disabling a tenant's own key and holding
 //!   back sealing while a key is unusable; [`rewrapper`]: the task that
 //!   finishes rewraps after rolls, enables and restarts.

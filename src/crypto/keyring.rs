@@ -12,7 +12,9 @@
 //! record count of every writer is exact without a counter written per batch.
 //!
 //! Hot data keys are always rooted at the managed key; sealed data keys at
-//! the tenant's customer key while BYOK is enabled.
+//! the tenant's customer key while BYOK is enabled. The keyring decides
+//! which root ([`TenantRoot`]) and finds the root a stored key names; the
+//! wrapping itself is the [`RootKey`]'s.
 //!
 //! Unwrapped keys, cached ones and writers' alike, are held no longer than
 //! `--dek-cache-ttl` (measured on the worker's [`crate::clock::Clock`]): the worker calls
@@ -31,10 +33,10 @@ use thiserror::Error;
 
 use super::CryptoError;
 use super::data_key::{DataKey, DataKeyId};
-use super::root_key::{ManagedRootKeys, WRAP_ALGORITHM, WrapAlgorithm};
+use super::root_key::{ManagedRootKeys, RootKey, RootKeyError, VaultRootKey, WRAP_ALGORITHM, WrapAlgorithm};
 use crate::clock::{SharedClock, utc_day};
 use crate::keyvault::key_uri::KeyUriError;
-use crate::keyvault::{KeyUri, KeyWrapAlgorithm, Vault, VaultError};
+use crate::keyvault::{KeyUri, Vault, VaultError};
 use crate::proto::store::WrappedDataKey;
 use crate::proto::v1::{
     DataKeyCreated, DataKeyRetired, Layer, RewrapProgress, RootKeyRef, event::Kind, root_key_ref::Root,
@@ -64,12 +66,23 @@ pub enum KeyringError {
     VaultNotConfigured(String),
 }
 
+impl From<RootKeyError> for KeyringError {
+    fn from(error: RootKeyError) -> Self {
+        match error {
+            RootKeyError::Crypto(e) => Self::Crypto(e),
+            RootKeyError::Vault(e) => Self::Vault(e),
+        }
+    }
+}
+
 /// A data key as stored: (id bytes, wrapped key).
 type StoredKey = (Vec<u8>, WrappedDataKey);
 
-/// The root a data key is (to be) wrapped by.
+/// Which root a tenant's data keys are (to be) wrapped by: a choice that
+/// can be compared and passed around, not the key itself (the keyring
+/// turns it into a [`RootKey`] when it wraps).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RootKey {
+pub enum TenantRoot {
     /// The service-managed key, current version.
     Managed,
     /// A tenant's Key Vault key at a version.
@@ -301,7 +314,7 @@ impl Keyring {
         };
         let root = match layer {
             Layer::Sealed => self.tenant_root(tenant)?,
-            Layer::Hot | Layer::Unspecified => RootKey::Managed,
+            Layer::Hot | Layer::Unspecified => TenantRoot::Managed,
         };
         let id_bytes = id.to_bytes();
         let key = self.create(tenant, layer, &id_bytes, &root, now_ms).await?;
@@ -382,13 +395,13 @@ impl Keyring {
 
     /// The root of `tenant`'s sealed data keys: its customer key while BYOK
     /// is enabled, else the managed key.
-    pub fn tenant_root(&self, tenant: &str) -> Result<RootKey, KeyringError> {
+    pub fn tenant_root(&self, tenant: &str) -> Result<TenantRoot, KeyringError> {
         match self.store.tenant(tenant) {
-            Some(p) if !p.key_uri.is_empty() => Ok(RootKey::Vault {
+            Some(p) if !p.key_uri.is_empty() => Ok(TenantRoot::Vault {
                 uri: KeyUri::parse(&p.key_uri, self.vault()?.trusted_hosts())?,
                 version: p.key_version,
             }),
-            _ => Ok(RootKey::Managed),
+            _ => Ok(TenantRoot::Managed),
         }
     }
 
@@ -411,7 +424,7 @@ impl Keyring {
                 let (pending, total) = self.not_under(tenant, &target)?;
                 (target, pending, total)
             };
-            let target_ref = self.root_ref(&target);
+            let target_ref = self.root_ref(&target)?;
             let mut rewrapped = total - pending.len() as u32;
             crate::metrics::rewrap_pending(tenant, pending.len());
             if pending.is_empty() {
@@ -440,12 +453,12 @@ impl Keyring {
     pub async fn rewrap_all_or_nothing(
         &self,
         tenant: &str,
-        target: &RootKey,
+        target: &TenantRoot,
         now_ms: i64,
         closing: Kind,
     ) -> Result<RewrapSummary, KeyringError> {
         let _one = self.rewrapping.lock().await;
-        let target_ref = self.root_ref(target);
+        let target_ref = self.root_ref(target)?;
         // The vault calls happen without blocking key creation (ingestion
         // of every tenant needs it)...
         let (pending, _) = self.not_under(tenant, target)?;
@@ -502,7 +515,7 @@ impl Keyring {
 
     /// Counts the tenant's data keys and those not under its current root.
     pub fn data_key_census(&self, tenant: &str) -> Result<DataKeyCensus, KeyringError> {
-        let target = self.root_ref(&self.tenant_root(tenant)?);
+        let target = self.root_ref(&self.tenant_root(tenant)?)?;
         let mut census = DataKeyCensus::default();
         for (id, wrapped) in self.store.data_keys_of(tenant)? {
             census.total += 1;
@@ -515,8 +528,8 @@ impl Keyring {
     }
 
     /// The tenant's sealed data keys not under `target`, and how many sealed keys it has.
-    fn not_under(&self, tenant: &str, target: &RootKey) -> Result<(Vec<StoredKey>, u32), KeyringError> {
-        let target_ref = self.root_ref(target);
+    fn not_under(&self, tenant: &str, target: &TenantRoot) -> Result<(Vec<StoredKey>, u32), KeyringError> {
+        let target_ref = self.root_ref(target)?;
         let mut pending = Vec::new();
         let mut total = 0;
         for (id, wrapped) in self.store.data_keys_of(tenant)? {
@@ -536,7 +549,7 @@ impl Keyring {
         &self,
         id: &[u8],
         wrapped: &WrappedDataKey,
-        target: &RootKey,
+        target: &TenantRoot,
     ) -> Result<WrappedDataKey, KeyringError> {
         let key = match self.cached(id) {
             Some(key) => key,
@@ -569,39 +582,49 @@ impl Keyring {
         Ok(())
     }
 
-    fn root_ref(&self, root: &RootKey) -> RootKeyRef {
-        RootKeyRef {
-            root: Some(match root {
-                RootKey::Managed => Root::ManagedVersion(self.managed.current_version()),
-                RootKey::Vault { uri, version } => Root::VaultKeyId(uri.versioned(version)),
-            }),
+    /// The root key `root` names: the current managed version, or the
+    /// tenant's vault key at its version.
+    fn root_key(&self, root: &TenantRoot) -> Result<Box<dyn RootKey>, KeyringError> {
+        Ok(match root {
+            TenantRoot::Managed => Box::new(self.managed.current()),
+            TenantRoot::Vault { uri, version } => {
+                Box::new(VaultRootKey::new(uri.clone(), version.clone(), self.vault()?.clone()))
+            }
+        })
+    }
+
+    /// The one place a stored data key's [`RootKeyRef`] becomes the root
+    /// key that unwraps it: the managed version it names (with the
+    /// fingerprint recorded beside it), or the vault key id it names.
+    fn stored_root(&self, wrapped: &WrappedDataKey) -> Result<Box<dyn RootKey>, KeyringError> {
+        match wrapped.wrapped_by.as_ref().and_then(|r| r.root.as_ref()) {
+            Some(Root::ManagedVersion(version)) => {
+                Ok(Box::new(self.managed.version(*version, &wrapped.root_fingerprint)?))
+            }
+            Some(Root::VaultKeyId(kid)) => Ok(Box::new(VaultRootKey::from_key_id(kid, self.vault()?.clone())?)),
+            None => Err(CryptoError::Corrupt { what: "wrapped data key", reason: "names no root".into() }.into()),
         }
+    }
+
+    fn root_ref(&self, root: &TenantRoot) -> Result<RootKeyRef, KeyringError> {
+        Ok(self.root_key(root)?.reference())
     }
 
     /// `key` wrapped by `root`, as it is stored.
     async fn wrap(
         &self,
-        root: &RootKey,
+        root: &TenantRoot,
         key: &DataKey,
         created_at_unix_ms: i64,
     ) -> Result<WrappedDataKey, KeyringError> {
         crate::metrics::root_key_operation();
-        let (wrapped_by, wrapped, root_fingerprint) = match root {
-            RootKey::Managed => {
-                let wrap = self.managed.wrap(key)?;
-                (RootKeyRef { root: Some(Root::ManagedVersion(wrap.version)) }, wrap.wrapped, wrap.fingerprint)
-            }
-            RootKey::Vault { uri, version } => {
-                let (_, wrapped) = self.vault()?.wrap(uri, version, key.expose_for_wrapping()).await?;
-                (self.root_ref(root), wrapped, String::new())
-            }
-        };
+        let wrapped = self.root_key(root)?.wrap(key).await?;
         Ok(WrappedDataKey {
-            wrapped_by: Some(wrapped_by),
+            wrapped_by: Some(wrapped.wrapped_by),
             algorithm: WRAP_ALGORITHM.into(),
-            wrapped,
+            wrapped: wrapped.wrapped,
             created_at_unix_ms,
-            root_fingerprint,
+            root_fingerprint: wrapped.fingerprint,
         })
     }
 
@@ -647,23 +670,7 @@ impl Keyring {
     async fn unwrap(&self, wrapped: &WrappedDataKey) -> Result<DataKey, KeyringError> {
         crate::metrics::root_key_operation();
         let algorithm = WrapAlgorithm::parse(&wrapped.algorithm)?;
-        match wrapped.wrapped_by.as_ref().and_then(|r| r.root.as_ref()) {
-            Some(Root::ManagedVersion(version)) => {
-                Ok(self.managed.unwrap(*version, &wrapped.root_fingerprint, algorithm, &wrapped.wrapped)?)
-            }
-            Some(Root::VaultKeyId(kid)) => {
-                let vault = self.vault()?;
-                let uri = KeyUri::parse(kid, vault.trusted_hosts())?;
-                let version = uri.version.clone().ok_or(KeyUriError::Malformed("stored key id has no version"))?;
-                let algorithm = match algorithm {
-                    WrapAlgorithm::RsaOaep256 => KeyWrapAlgorithm::RsaOaep256,
-                    WrapAlgorithm::RsaOaep => KeyWrapAlgorithm::RsaOaep,
-                };
-                let raw = vault.unwrap(&uri, &version, algorithm, &wrapped.wrapped).await?;
-                Ok(DataKey::from_slice(&raw).map_err(|e| VaultError::Invalid(e.to_string()))?)
-            }
-            None => Err(CryptoError::Corrupt { what: "wrapped data key", reason: "names no root".into() }.into()),
-        }
+        Ok(self.stored_root(wrapped)?.unwrap(&wrapped.wrapped, algorithm).await?)
     }
 
     async fn create(
@@ -671,7 +678,7 @@ impl Keyring {
         tenant: &str,
         layer: Layer,
         id: &[u8],
-        root: &RootKey,
+        root: &TenantRoot,
         now_ms: i64,
     ) -> Result<Arc<DataKey>, KeyringError> {
         let key = DataKey::generate();

@@ -1,5 +1,6 @@
 //! Encryption at rest: AES-256-GCM data keys ([`data_key`]), the root keys
-//! that wrap them ([`root_key`]), the cache-backed [`keyring`] that hands
+//! that wrap them ([`root_key`]: one [`root_key::RootKey`] implementation
+//! per kind, managed or Key Vault), the cache-backed [`keyring`] that hands
 //! out usable data keys (per batch through [`batch_keys`]), and the record
 //! [`envelope`] that binds a ciphertext to where it belongs.
 
