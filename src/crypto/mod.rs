@@ -8,7 +8,6 @@ pub mod batch_keys;
 pub mod data_key;
 pub mod envelope;
 pub mod keyring;
-pub mod root_files;
 pub mod root_key;
 
 use thiserror::Error;

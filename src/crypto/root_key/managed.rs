@@ -1,6 +1,6 @@
 //! The service-managed root: versioned RSA key pairs kept as PKCS#8 PEM
 //! files (mode 0600) under `<data-dir>/root-keys/` (mode 0700, see
-//! [`crate::crypto::root_files`]). New data keys are wrapped by the newest
+//! [`super::root_files`]). New data keys are wrapped by the newest
 //! version ([`ManagedRootKeys::current`]); a stored data key is unwrapped by
 //! whichever version it names, after checking the fingerprint recorded with
 //! it ([`ManagedRootKeys::version`]), so a replaced key file gives a clear
@@ -22,9 +22,10 @@ use rsa::{Generate, PrivateKey, PublicKey};
 use sha1::Sha1;
 use zeroize::Zeroizing;
 
+use super::root_files;
 use super::{RootKey, RootKeyError, WrapAlgorithm, Wrapped};
+use crate::crypto::CryptoError;
 use crate::crypto::data_key::DataKey;
-use crate::crypto::{CryptoError, root_files};
 use crate::proto::v1::RootKeyRef;
 use crate::proto::v1::root_key_ref::Root;
 

@@ -5,7 +5,8 @@
 //!
 //! - [`managed`]: the service-managed root, versioned RSA key pairs in
 //!   files under the data dir ([`ManagedRootKey`], one version;
-//!   [`ManagedRootKeys`], every version found);
+//!   [`ManagedRootKeys`], every version found), kept in files that
+//!   [`root_files`] guards (0700 directory, 0600 files, no symlinks);
 //! - [`vault`]: a tenant's own key in Azure Key Vault at one version
 //!   ([`VaultRootKey`]), used through [`crate::keyvault::Vault`], which
 //!   speaks bytes and knows nothing of data keys.
@@ -15,6 +16,7 @@
 //! root does with the key is the root's own business.
 
 pub mod managed;
+pub mod root_files;
 pub mod vault;
 
 use futures_util::future::BoxFuture;

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
-use super::CryptoError;
+use crate::crypto::CryptoError;
 
 fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> CryptoError + '_ {
     move |source| CryptoError::KeyFile { path: path.display().to_string(), source }
