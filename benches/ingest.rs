@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use common::Vhost;
 use futures_util::StreamExt;
-use keyseal::amqp::INGEST_QUEUE;
+use keyseal::broker::INGEST_QUEUE;
+use keyseal::broker::publish::{Publisher, synthetic};
 use keyseal::clock::SystemClock;
-use keyseal::publish::{Publisher, synthetic};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
@@ -56,7 +56,7 @@ async fn prefill_sized(vhost: &Vhost, count: usize, size: usize) {
 /// Drains the queue with a consumer that does nothing but ack (multiple,
 /// every 100 deliveries, as keyseal acks per batch).
 async fn bare_consumer(vhost: &Vhost, count: usize) -> f64 {
-    let connection = keyseal::amqp::connect(&vhost.amqp_url(), "bench").await.unwrap();
+    let connection = keyseal::broker::connect(&vhost.amqp_url(), "bench").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.unwrap();
     let started = Instant::now();
@@ -86,7 +86,7 @@ async fn keyseal_worker(vhost: &Vhost, count: usize) -> f64 {
     keyseal::crypto::root_key::ManagedRootKeys::load_or_create(&dir.path().join("root-keys")).unwrap();
     let started = Instant::now();
     let worker = keyseal::worker::Worker::start(settings, Arc::new(SystemClock)).await.unwrap();
-    let store = worker.services.store.clone();
+    let store = worker.shard.store.clone();
     let stored = || TENANTS.iter().map(|t| store.tenant(t).map_or(0, |p| p.hot_records)).sum::<u64>();
     while stored() < count as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;

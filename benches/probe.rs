@@ -11,13 +11,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Instant;
 
+use keyseal::byok::rewrapper;
 use keyseal::clock::{Clock, SystemClock};
 use keyseal::config::{self, Settings};
-use keyseal::emulator::RecoveryLevel;
-use keyseal::health::prober::probe_round;
+use keyseal::health::prober::Prober;
 use keyseal::proto::v1::EncryptionEnabled;
 use keyseal::proto::v1::event::Kind;
-use keyseal::worker::Services;
+use keyseal::shard::{Shard, ShardId};
+use keyvault_emulator::RecoveryLevel;
 
 /// Keys shared by the tenants (key creation is not what is measured).
 const KEYS: usize = 10;
@@ -42,12 +43,13 @@ fn main() {
         let mut args = vec!["--data-dir".to_owned(), dir.path().display().to_string()];
         args.extend(vault.worker_flags());
         let settings: Settings = config::parse_flags(args).expect("valid bench settings");
-        let services = Services::open(settings, Arc::new(SystemClock)).unwrap();
+        let shard = Arc::new(Shard::open(ShardId(0), &settings, Arc::new(SystemClock)).unwrap());
+        let prober = Prober::new(shard.clone(), Arc::new(settings), rewrapper::channel().0);
         let mut versions = Vec::new();
         for k in 0..KEYS {
             versions.push(vault.create(&format!("key-{k}"), serde_json::json!({"kty": "RSA", "key_size": 2048})).await);
         }
-        let mut txn = services.store.transaction();
+        let mut txn = shard.store.transaction();
         for t in 0..tenants {
             txn.event(
                 &format!("tenant-{t}"),
@@ -64,7 +66,7 @@ fn main() {
             for _ in 0..runs {
                 let before: u64 = vault.emulator.calls().values().sum();
                 let started = Instant::now();
-                let summary = probe_round(&services, canary).await.unwrap();
+                let summary = prober.probe_round(canary).await.unwrap();
                 seconds.push(started.elapsed().as_secs_f64());
                 assert_eq!(summary.probed, tenants);
                 assert_eq!(summary.events, 0, "every key is healthy");

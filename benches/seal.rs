@@ -17,17 +17,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keyseal::broker::publish::synthetic;
 use keyseal::clock::{Clock, ManualClock};
 use keyseal::crypto::keyring::{CacheLimits, Keyring, RotationLimits};
 use keyseal::crypto::root_key::ManagedRootKeys;
-use keyseal::emulator::RecoveryLevel;
 use keyseal::proto::v1::EncryptionEnabled;
 use keyseal::proto::v1::event::Kind;
-use keyseal::publish::synthetic;
 use keyseal::records::store_batch;
-use keyseal::sealing::seal_due;
 use keyseal::storage::{CF_BY_TIME, CF_HOT, CF_SEALED, Store};
+use keyseal::sweeps::seal::seal_due;
 use keyseal::sweeps::{Pacer, Progress, SweepKind, reencrypt};
+use keyvault_emulator::RecoveryLevel;
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
 const SEAL_AFTER: Duration = Duration::from_secs(48 * 3600);

@@ -103,12 +103,12 @@ fn vm_hwm_mib() -> f64 {
 fn main() {
     let tenants = env_usize("KEYSEAL_BENCH_TENANTS", 100_000);
     let seconds = env_usize("KEYSEAL_BENCH_SECONDS", 10) as u64;
-    let handle = keyseal::metrics::handle();
+    let handle = keyseal::telemetry::metrics::handle();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
     let started = Instant::now();
     populate(&store, tenants);
-    keyseal::gauges::refresh(&store, 2, Duration::from_secs(172_800)).unwrap();
+    keyseal::telemetry::gauges::refresh(&store, 2, Duration::from_secs(172_800)).unwrap();
     let render = handle.render();
     println!(
         "{tenants} tenants stored in {:.1} s; first /metrics {:.1} MiB; commits of {RECORDS_PER_COMMIT} records at {COMMITS_PER_SECOND}/s for {seconds} s",
@@ -127,7 +127,7 @@ fn main() {
                 let began = Instant::now();
                 let all = store.tenants();
                 assert!(all.len() >= tenants);
-                keyseal::gauges::refresh(&store, 3, Duration::from_secs(172_800)).unwrap();
+                keyseal::telemetry::gauges::refresh(&store, 3, Duration::from_secs(172_800)).unwrap();
                 let text = handle.render();
                 assert!(text.contains("keyseal_records_at_rest"));
                 longest = longest.max(began.elapsed());

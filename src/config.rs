@@ -21,7 +21,7 @@ pub struct Settings {
     #[arg(long, env = "KEYSEAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// RabbitMQ to consume from and publish events to.
-    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = crate::amqp::DEFAULT_AMQP_URL)]
+    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = crate::broker::DEFAULT_AMQP_URL)]
     pub amqp_url: String,
     /// Shard data dir: the RocksDB and the managed root keys.
     #[arg(long, env = "KEYSEAL_DATA_DIR", default_value = "./keyseal-data")]
@@ -104,6 +104,11 @@ pub struct Settings {
     /// Retry-After; `0s` never retries.
     #[arg(long, env = "KEYSEAL_VAULT_RETRY_BUDGET", default_value = "45s", value_parser = humantime::parse_duration)]
     pub vault_retry_budget: Duration,
+    /// Root-key calls (unwrap, wrap) a rewrap keeps in flight. At 30 ms a
+    /// call, 12 is about 400 calls a second, Key Vault's limit for RSA-2048
+    /// operations per vault; 1 rewraps one key at a time.
+    #[arg(long, env = "KEYSEAL_VAULT_CONCURRENCY", default_value_t = crate::crypto::keyring::VAULT_CONCURRENCY)]
+    pub vault_concurrency: usize,
     /// Log output format.
     #[arg(long, env = "KEYSEAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

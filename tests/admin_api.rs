@@ -7,9 +7,9 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use keyseal::broker::publish::synthetic;
 use keyseal::clock::SystemClock;
 use keyseal::proto::v1::IngestRecord;
-use keyseal::publish::synthetic;
 use keyseal::worker::Worker;
 use serde_json::Value;
 
@@ -123,9 +123,9 @@ async fn malformed_requests_get_4xx_json_errors_and_the_worker_keeps_serving() {
     worker.stop().await;
 }
 
-/// `keyseal get` (the library's AdminClient) reaches the record whatever
-/// its id, including `.` and `..`, which a URL client would otherwise
-/// resolve as dot segments into another path.
+/// `keyseal get` reaches the record whatever its id, including `.` and
+/// `..`, which a URL client would otherwise resolve as dot segments into
+/// another path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_reads_records_whose_ids_are_dot_segments() {
     let vhost = Vhost::new("dot-ids");
@@ -151,16 +151,21 @@ async fn the_client_reads_records_whose_ids_are_dot_segments() {
     publish_confirmed(&vhost, &records).await;
     wait_for_records(&base, "acme", ids.len() as u64, std::time::Duration::from_secs(30)).await;
 
-    let admin = keyseal::client::AdminClient::new(&base, None);
+    let get = |id: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyseal"))
+            .args(["get", "acme", id, "--server", &base])
+            .env_remove("KEYSEAL_ADMIN_TOKEN")
+            .output()
+            .expect("keyseal get runs")
+    };
     for record in &records {
-        let payload =
-            admin.record("acme", &record.record_id).await.unwrap_or_else(|e| panic!("{:?}: {e}", record.record_id));
-        assert_eq!(payload.as_ref(), record.payload.as_slice(), "{:?}", record.record_id);
+        let got = get(&record.record_id);
+        assert!(got.status.success(), "{:?}: {}", record.record_id, String::from_utf8_lossy(&got.stderr));
+        assert_eq!(got.stdout, record.payload, "{:?}", record.record_id);
     }
-    let missing = admin.record("acme", "..x").await.expect_err("no such record");
-    assert!(
-        matches!(missing, keyseal::client::ClientError::Api { ref code, .. } if code == "record_not_found"),
-        "{missing}"
-    );
+    let missing = get("..x");
+    assert!(!missing.status.success(), "no such record");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("record_not_found"), "{stderr}");
     worker.stop().await;
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use keyseal::broker::publish::synthetic;
 use keyseal::clock::SystemClock;
-use keyseal::publish::synthetic;
 
 async fn ready(base: &str) -> bool {
     reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status().is_success())

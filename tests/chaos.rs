@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 use common::vault::{Vault, args, version_of};
 use common::*;
 use futures_util::StreamExt;
-use keyseal::amqp::{DEAD_LETTER_QUEUE, ERROR_HEADER, INGEST_QUEUE};
-use keyseal::emulator::RecoveryLevel;
+use keyseal::broker::publish::Publisher;
+use keyseal::broker::{DEAD_LETTER_QUEUE, ERROR_HEADER, INGEST_QUEUE};
 use keyseal::proto::v1::IngestRecord;
-use keyseal::publish::Publisher;
 use keyseal::storage::{CF_HOT, CF_SEALED, Store, keys};
+use keyvault_emulator::RecoveryLevel;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use reqwest::Method;
@@ -223,17 +223,17 @@ impl Shard {
 
     /// Messages ready in `queue` (a passive declare).
     async fn depth(&self, queue: &str) -> u32 {
-        let connection = keyseal::amqp::connect(&self.vhost.amqp_url(), "chaos-check").await.unwrap();
+        let connection = keyseal::broker::connect(&self.vhost.amqp_url(), "chaos-check").await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         let options = QueueDeclareOptions { passive: true, ..Default::default() };
         let depth = channel.queue_declare(queue.into(), options, FieldTable::default()).await.unwrap().message_count();
-        keyseal::amqp::close(&connection, "checked").await;
+        keyseal::broker::close(&connection, "checked").await;
         depth
     }
 
     /// The reasons of (up to 20) dead letters, for a failure message.
     async fn dead_letter_reasons(&self) -> Vec<String> {
-        let connection = keyseal::amqp::connect(&self.vhost.amqp_url(), "chaos-check").await.unwrap();
+        let connection = keyseal::broker::connect(&self.vhost.amqp_url(), "chaos-check").await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         let mut reasons = Vec::new();
         for _ in 0..20 {
@@ -245,7 +245,7 @@ impl Shard {
             let reason = headers.inner().iter().find(|(name, _)| name.as_str() == ERROR_HEADER).map(|(_, v)| v.clone());
             reasons.push(format!("{reason:?}"));
         }
-        keyseal::amqp::close(&connection, "checked").await;
+        keyseal::broker::close(&connection, "checked").await;
         reasons
     }
 
@@ -460,10 +460,7 @@ async fn kill_9_at_random_moments_while_ingesting_sealing_and_rewrapping() {
     );
     let mut shard = Shard::new("chaos-kill", dir.path().to_path_buf(), flags);
     shard.start().await;
-    keyseal::client::AdminClient::new(&shard.base(), None)
-        .enable("byok", &vault.key_uri("k"))
-        .await
-        .expect("BYOK enabled");
+    enable(&shard.base(), "byok", &vault.key_uri("k")).await;
     let producer = Producer::start(shard.vhost.amqp_url(), &["byok", "plain"], "c-", 200);
 
     let mut kills_mid_rewrap = 0;

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use keyseal::publish::{Publisher, synthetic};
+use keyseal::broker::publish::{Publisher, synthetic};
 use keyseal::storage::{CF_HOT, Store};
 
 /// Small batches keep the worker busy long enough to be killed mid-stream.

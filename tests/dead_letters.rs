@@ -7,17 +7,16 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::byok::{Setup, setup};
 use common::*;
-use keyseal::amqp::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ERROR_HEADER};
+use keyseal::broker::publish::{Publisher, record_properties, synthetic};
+use keyseal::broker::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ERROR_HEADER};
 use keyseal::clock::SystemClock;
-use keyseal::emulator::RecoveryLevel;
 use keyseal::proto::v1::IngestRecord;
-use keyseal::publish::{Publisher, record_properties, synthetic};
 use keyseal::worker::Worker;
+use keyvault_emulator::RecoveryLevel;
 use lapin::Channel;
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
@@ -51,17 +50,17 @@ fn reason(message: &BasicGetMessage) -> String {
 }
 
 async fn test_channel(vhost: &Vhost) -> (lapin::Connection, Channel) {
-    let connection = keyseal::amqp::connect(&vhost.amqp_url(), "test").await.unwrap();
+    let connection = keyseal::broker::connect(&vhost.amqp_url(), "test").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     (connection, channel)
 }
 
 async fn consuming_worker(vhost: &Vhost, dir: &std::path::Path) -> Worker {
     let worker = start_worker(vhost, dir, Arc::new(SystemClock), &[]).await;
-    let services = worker.services.clone();
+    let ready = worker.ready.clone();
     wait_until("the worker to consume", WAIT, || {
-        let services = services.clone();
-        async move { services.amqp_ready.load(Ordering::SeqCst) }
+        let ready = ready.clone();
+        async move { ready.is_ready() }
     })
     .await;
     worker

@@ -8,7 +8,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::Vhost;
-use keyseal::publish::{Publisher, synthetic};
+use keyseal::broker::publish::{Publisher, synthetic};
 
 /// The demo promises to end within two minutes; past this it is killed.
 const KILL_AFTER: Duration = Duration::from_secs(150);

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::vault::{Vault, args};
 use common::*;
+use keyseal::broker::publish::synthetic;
 use keyseal::clock::ManualClock;
-use keyseal::emulator::RecoveryLevel;
 use keyseal::proto::v1::IngestRecord;
-use keyseal::publish::synthetic;
+use keyvault_emulator::RecoveryLevel;
 use serde_json::{Value as Json, json};
 use serde_yaml_ng::Value as Yaml;
 
@@ -566,7 +566,7 @@ fn dockerignore_keeps_build_output_and_state_out_of_the_context() {
         assert!(patterns.contains(needed), ".dockerignore lists {needed}: {patterns:?}");
     }
     // What the build needs must not be ignored.
-    for kept in ["src", "proto", "Cargo.toml", "Cargo.lock", "build.rs", "benches"] {
+    for kept in ["src", "proto", "Cargo.toml", "Cargo.lock", "build.rs", "benches", "keyvault-emulator"] {
         assert!(!patterns.contains(kept), ".dockerignore must keep {kept}");
     }
 }

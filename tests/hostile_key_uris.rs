@@ -149,7 +149,7 @@ async fn hostile_key_uris_are_refused_without_a_single_connection() {
 
     // A stored key id is parsed with the same check before any unwrap: a
     // hostile one is an error, never a request.
-    let services = &worker.services;
+    let shard = &worker.shard;
     let stored_kids = [
         "https://127.0.0.1?.vault.azure.net/keys/k/v1".to_owned(),
         "https://127.0.0.1#.vault.azure.net/keys/k/v1".to_owned(),
@@ -160,7 +160,7 @@ async fn hostile_key_uris_are_refused_without_a_single_connection() {
     for (generation, kid) in stored_kids.into_iter().enumerate() {
         let id = DataKeyId { tenant: "acme".into(), layer: Layer::Sealed, bucket: 1, generation: generation as u32 }
             .to_bytes();
-        let mut txn = services.store.transaction();
+        let mut txn = shard.store.transaction();
         let wrapped = WrappedDataKey {
             wrapped_by: Some(RootKeyRef { root: Some(Root::VaultKeyId(kid.clone())) }),
             algorithm: "RSA-OAEP-256".into(),
@@ -169,8 +169,8 @@ async fn hostile_key_uris_are_refused_without_a_single_connection() {
             ..Default::default()
         };
         txn.put_data_key(&id, &wrapped);
-        txn.commit(services.clock.now_ms()).unwrap();
-        let unwrapped = tokio::time::timeout(Duration::from_secs(5), services.keyring.key(&id)).await;
+        txn.commit(shard.now_ms()).unwrap();
+        let unwrapped = tokio::time::timeout(Duration::from_secs(5), shard.keyring.key(&id)).await;
         assert!(matches!(unwrapped, Ok(Err(KeyringError::KeyUri(_)))), "{kid:?} -> {unwrapped:?}");
     }
     bait.assert_untouched().await;

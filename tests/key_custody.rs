@@ -11,17 +11,17 @@ use std::time::Duration;
 use common::byok::{Setup, WAIT, setup};
 use common::vault::{Vault, args, decode, version_of};
 use common::*;
+use keyseal::broker::publish::synthetic;
 use keyseal::clock::{ManualClock, SystemClock};
 use keyseal::crypto::data_key::DataKeyId;
 use keyseal::crypto::keyring::{CacheLimits, Keyring, RotationLimits};
 use keyseal::crypto::root_key::ManagedRootKeys;
-use keyseal::emulator::RecoveryLevel;
 use keyseal::proto::store::WrappedDataKey;
 use keyseal::proto::v1::root_key_ref::Root;
 use keyseal::proto::v1::{IngestRecord, Layer, RootKeyRef};
-use keyseal::publish::synthetic;
 use keyseal::storage::Store;
 use keyseal::worker::Worker;
+use keyvault_emulator::RecoveryLevel;
 use serde_json::json;
 
 const HOURS_49: Duration = Duration::from_secs(49 * 3600);
@@ -41,7 +41,7 @@ async fn two_tenants_sealed_and_cached(name: &str, extra: &[&str]) -> (Setup, Ve
     assert_eq!(s.sweep().await["seal"]["sealed"], 20);
     s.assert_readable(&acme).await;
     s.assert_readable(&other).await;
-    let keyring = &s.worker.services.keyring;
+    let keyring = &s.worker.shard.keyring;
     assert!(keyring.cached_keys_of("acme") > 0 && keyring.cached_keys_of("other") > 0);
     (s, acme, other)
 }
@@ -88,7 +88,7 @@ async fn a_worker_refuses_to_start_without_the_root_key_its_store_was_written_un
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_down_tenant_loses_its_unwrapped_keys_and_no_one_else_does() {
     let (s, _, other) = two_tenants_sealed_and_cached("custody-lockdown", &["--probe-interval", "100ms"]).await;
-    let keyring = &s.worker.services.keyring;
+    let keyring = &s.worker.shard.keyring;
     let others = keyring.cached_keys_of("other");
 
     s.vault.patch("acme-key", json!({"attributes": {"enabled": false}})).await;
@@ -103,7 +103,7 @@ async fn a_locked_down_tenant_loses_its_unwrapped_keys_and_no_one_else_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_byok_drops_that_tenants_unwrapped_keys_only() {
     let (s, acme, _) = two_tenants_sealed_and_cached("custody-disable", &[]).await;
-    let keyring = &s.worker.services.keyring;
+    let keyring = &s.worker.shard.keyring;
     let others = keyring.cached_keys_of("other");
 
     let (status, body) = s.disable("acme").await;
@@ -122,7 +122,7 @@ async fn writer_keys_are_dropped_at_the_cache_age_and_the_writer_goes_on() {
     let base = base_url(&worker);
     publish_confirmed(&vhost, &synthetic("acme", "a-", 10, 100, 1)).await;
     wait_for_records(&base, "acme", 10, WAIT).await;
-    let keyring = &worker.services.keyring;
+    let keyring = &worker.shard.keyring;
     assert_eq!(keyring.cached_keys_of("acme"), 1, "the hot writer's key");
 
     clock.advance(Duration::from_secs(61));
@@ -130,7 +130,7 @@ async fn writer_keys_are_dropped_at_the_cache_age_and_the_writer_goes_on() {
         .await;
     publish_confirmed(&vhost, &synthetic("acme", "b-", 10, 100, 1)).await;
     wait_for_records(&base, "acme", 20, WAIT).await;
-    assert_eq!(worker.services.store.data_keys_of("acme").unwrap().len(), 1, "the same writer, unwrapped again");
+    assert_eq!(worker.shard.store.data_keys_of("acme").unwrap().len(), 1, "the same writer, unwrapped again");
     worker.stop().await;
 }
 

@@ -10,10 +10,10 @@ use common::byok::{Setup, WAIT, setup, setup_with};
 use common::vault::{Vault, args};
 use common::*;
 use futures_util::StreamExt;
-use keyseal::amqp::EVENTS_EXCHANGE;
-use keyseal::emulator::{Fault, FaultAction, RecoveryLevel};
+use keyseal::broker::EVENTS_EXCHANGE;
 use keyseal::proto::v1::key_health::Status;
 use keyseal::proto::v1::{Event, event::Kind};
+use keyvault_emulator::{Fault, FaultAction, RecoveryLevel};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use prost::Message;
@@ -46,7 +46,7 @@ async fn a_broken_key_degrades_locks_down_and_restores_with_nothing_lost() {
     assert_eq!(s.enable("acme", &s.vault.key_uri("k")).await.0, 200);
     let early = s.publish("acme", "early-", 10).await;
 
-    let connection = keyseal::amqp::connect(&s.vhost.amqp_url(), "test").await.unwrap();
+    let connection = keyseal::broker::connect(&s.vhost.amqp_url(), "test").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel.queue_declare("test.health".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
     for key in ["tenant.acme.key_health", "tenant.acme.tenant_locked_down", "tenant.acme.tenant_restored"] {
@@ -191,8 +191,7 @@ async fn kill_9_while_degraded_keeps_the_state_and_the_deadline() {
 
     let mut child = spawn_worker(&vhost, dir.path(), port, &child_flags(&vault));
     wait_until("the worker", WAIT, || async { reqwest::get(format!("{base}/healthz")).await.is_ok() }).await;
-    let admin = keyseal::client::AdminClient::new(&base, None);
-    admin.enable("acme", &vault.key_uri("k")).await.expect("BYOK enabled");
+    enable(&base, "acme", &vault.key_uri("k")).await;
     vault.patch("k", json!({"attributes": {"enabled": false}})).await;
     wait_until("degraded", WAIT, || async { status().await.is_some_and(|s| s["state"] == "degraded") }).await;
     let before = status().await.unwrap();
@@ -258,7 +257,7 @@ async fn every_tenant_of_a_vault_that_never_answers_is_locked_at_its_grace_plus_
             }
         })
         .await;
-    let store = s.worker.services.store.clone();
+    let store = s.worker.shard.store.clone();
     let byok = || store.tenants_where(|p| !p.key_uri.is_empty());
     assert_eq!(byok().len(), HUNG_TENANTS);
     assert!(byok().iter().all(|(_, p)| p.state() == TenantState::Active));
@@ -445,7 +444,7 @@ async fn a_probe_answered_after_the_key_changed_is_discarded() {
     assert!(status["encryption"]["keyUri"].as_str().unwrap().contains("/keys/new"), "{status}");
     let unavailable = s
         .worker
-        .services
+        .shard
         .store
         .events_after(0, usize::MAX)
         .unwrap()
@@ -473,7 +472,7 @@ async fn a_tenant_that_disables_its_key_is_no_longer_probed_nor_remembered() {
     let (status, body) = s.disable("leaves").await;
     assert_eq!(status, 200, "{body}");
     wait_until("the disabled tenant forgotten", WAIT, || async {
-        s.worker.services.probe_times.last("leaves").is_none()
+        s.worker.prober.last_probes().last("leaves").is_none()
     })
     .await;
     assert_eq!(s.status("leaves").await["keyHealth"]["lastProbe"], Value::Null);

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use keyseal::broker::publish::{Publisher, record_properties, synthetic};
 use keyseal::clock::ManualClock;
 use keyseal::proto::v1::IngestRecord;
-use keyseal::publish::{Publisher, record_properties, synthetic};
 
 /// Samples of the exposition text: "name{labels}" -> value.
 fn samples(text: &str) -> BTreeMap<String, f64> {

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use keyseal::amqp::{DEAD_LETTER_QUEUE, ERROR_HEADER, EVENTS_EXCHANGE};
+use keyseal::broker::publish::{Publisher, record_properties, synthetic};
+use keyseal::broker::{DEAD_LETTER_QUEUE, ERROR_HEADER, EVENTS_EXCHANGE};
 use keyseal::clock::{ManualClock, SystemClock};
 use keyseal::proto::v1::{Event, IngestRecord, event::Kind};
-use keyseal::publish::{Publisher, record_properties, synthetic};
 use keyseal::storage::{CF_HOT, Store, keys};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -85,7 +85,7 @@ async fn no_plaintext_reaches_the_disk() {
     clock.advance(Duration::from_secs(49 * 3600));
     reqwest::Client::new().post(format!("{base}/v1/sweeps")).send().await.unwrap();
     assert_eq!(counts(&base, "canary").await, Some((0, 20)));
-    worker.services.store.flush().unwrap();
+    worker.shard.store.flush().unwrap();
     worker.stop().await;
 
     assert_eq!(files_containing(dir.path(), marker), Vec::<std::path::PathBuf>::new());
@@ -170,7 +170,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_good_input_is_stored() {
     }
 
     let expected: Vec<&str> = messages.iter().filter_map(|(_, _, reason)| *reason).collect();
-    let connection = keyseal::amqp::connect(&vhost.amqp_url(), "test").await.unwrap();
+    let connection = keyseal::broker::connect(&vhost.amqp_url(), "test").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     let mut reasons = Vec::new();
     let deadline = std::time::Instant::now() + WAIT;
@@ -239,9 +239,9 @@ async fn swapped_ciphertexts_fail_integrity_instead_of_returning_wrong_plaintext
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_a_publish_and_seal_run_arrive_once_per_sequence() {
     let vhost = Vhost::new("events");
-    let connection = keyseal::amqp::connect(&vhost.amqp_url(), "test").await.unwrap();
+    let connection = keyseal::broker::connect(&vhost.amqp_url(), "test").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    keyseal::amqp::declare_topology(&channel).await.unwrap();
+    keyseal::broker::declare_topology(&channel).await.unwrap();
     channel.queue_declare("test.events".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
     channel
         .queue_bind(

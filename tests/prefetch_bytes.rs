@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Vhost, publish_confirmed, wait_for_records, wait_until};
+use keyseal::broker::publish::synthetic;
 use keyseal::clock::SystemClock;
-use keyseal::publish::synthetic;
 
 /// The prefetch count RabbitMQ holds for the vhost's consumers of `keyseal.ingest`.
 fn broker_prefetch(vhost: &Vhost) -> Vec<u16> {

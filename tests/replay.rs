@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 
-use keyseal::projection;
+use keyseal::events::projection;
 use keyseal::proto::v1::key_health::Status;
 use keyseal::proto::v1::{
     EncryptionDisabled, EncryptionEnabled, KeyHealth, RecordsSealed, RecordsStored, RewrapProgress, TenantLockedDown,

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use common::vault::{Vault, args, version_of};
 use common::*;
+use keyseal::broker::publish::synthetic;
 use keyseal::crypto::data_key::DataKeyId;
-use keyseal::emulator::RecoveryLevel;
 use keyseal::proto::v1::Layer;
 use keyseal::proto::v1::event::Kind;
 use keyseal::proto::v1::root_key_ref::Root;
-use keyseal::publish::synthetic;
 use keyseal::storage::Store;
+use keyvault_emulator::RecoveryLevel;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -67,8 +67,7 @@ async fn kill_9_during_a_rewrap_resumes_on_the_newest_version_losing_nothing() {
 
     let mut child = spawn_worker(&vhost, dir.path(), port, &child_flags(&vault));
     wait_until("the worker", WAIT, || async { reqwest::get(format!("{base}/healthz")).await.is_ok() }).await;
-    let admin = keyseal::client::AdminClient::new(&base, None);
-    admin.enable("acme", &vault.key_uri("k")).await.expect("BYOK enabled");
+    enable(&base, "acme", &vault.key_uri("k")).await;
     let records = synthetic("acme", "r-", RECORDS, 200, 1);
     publish_confirmed(&vhost, &records).await;
     wait_until("every record sealed", WAIT, || async {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::byok::{Setup, setup};
 use common::*;
 use keyseal::clock::ManualClock;
-use keyseal::emulator::{Fault, FaultAction, RecoveryLevel};
 use keyseal::worker::Worker;
+use keyvault_emulator::{Fault, FaultAction, RecoveryLevel};
 use serde_json::{Value, json};
 
 const SEAL: Duration = Duration::from_secs(49 * 3600);
@@ -27,7 +27,7 @@ fn calls(s: &Setup, operation: &str) -> u64 {
 }
 
 fn held_back_metric(reason: &str) -> u64 {
-    let rendered = keyseal::metrics::handle().render();
+    let rendered = keyseal::telemetry::metrics::handle().render();
     let series = format!("keyseal_seal_held_back_total{{reason=\"{reason}\"}} ");
     rendered
         .lines()
@@ -74,7 +74,7 @@ async fn one_tenants_failing_wrap_holds_only_that_tenant(name: &str, status: u16
     assert_eq!(summary["seal"]["tenants"], json!({"tenant-a": 20}), "{summary}");
     assert_eq!(summary["seal"]["heldBackReasons"], json!({}), "{summary}");
     assert_eq!(s.status("tenant-a").await["records"], json!({"hot": 0, "sealed": 20}));
-    s.worker.services.keyring.forget_cached();
+    s.worker.shard.keyring.forget_cached();
     s.assert_readable(&a_records).await;
     s.assert_readable(&others).await;
 }

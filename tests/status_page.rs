@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::byok::{WAIT, setup};
 use common::wait_until;
-use keyseal::emulator::RecoveryLevel;
+use keyvault_emulator::RecoveryLevel;
 use serde_json::json;
 
 /// Seal age, lockdown grace and probe interval short enough for a test;

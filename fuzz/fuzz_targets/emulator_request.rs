@@ -6,8 +6,8 @@
 
 use std::sync::LazyLock;
 
-use keyseal::emulator::DEV_TOKEN;
-use keyseal::emulator::fuzzing::FuzzVault;
+use keyvault_emulator::DEV_TOKEN;
+use keyvault_emulator::fuzzing::FuzzVault;
 use libfuzzer_sys::fuzz_target;
 
 struct Harness {

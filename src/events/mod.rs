@@ -1,7 +1,11 @@
-//! Domain events: naming (the `<event_kind>` of routing keys) and the
-//! [`outbox`] relay that publishes the log to `keyseal.events`.
+//! Domain events: naming (the `<event_kind>` of routing keys), the
+//! [`projection`] fold of events into tenant state, the
+//! [`outbox`] relay that publishes the log to `keyseal.events`, and the
+//! [`replay`] check of the projections against the log.
 
 pub mod outbox;
+pub mod projection;
+pub mod replay;
 
 use crate::proto::v1::{Event, event::Kind};
 

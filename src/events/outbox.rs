@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{kind_name, routing_key};
-use crate::amqp::{self, Backoff, EVENTS_EXCHANGE, PROTOBUF_CONTENT_TYPE};
-use crate::metrics as m;
+use crate::broker::{self, Backoff, EVENTS_EXCHANGE, PROTOBUF_CONTENT_TYPE};
 use crate::storage::{Store, StoreError};
+use crate::telemetry::metrics as m;
 
 /// Events published per confirm round.
 const BATCH: usize = 500;
@@ -54,9 +54,9 @@ async fn relay(
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), RelayError> {
-    let connection = amqp::connect(amqp_url, "events").await?;
+    let connection = broker::connect(amqp_url, "events").await?;
     let channel = connection.create_channel().await?;
-    amqp::declare_topology(&channel).await?;
+    broker::declare_topology(&channel).await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     backoff.reset();
     loop {
@@ -66,8 +66,8 @@ async fn relay(
         let Some(last) = events.last().map(|e| e.sequence) else {
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    amqp::close_channel(&channel, "shutdown").await;
-                    amqp::close(&connection, "shutdown").await;
+                    broker::close_channel(&channel, "shutdown").await;
+                    broker::close(&connection, "shutdown").await;
                     return Ok(());
                 }
                 () = store.appended().notified() => {}
@@ -103,7 +103,7 @@ async fn relay(
                 return Err(RelayError::Nacked(sequence));
             }
         }
-        store.set_published_watermark(last)?;
+        store.set_published_watermark(last).await?;
         m::events_published(events.len() as u64);
     }
 }

@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
+use crate::events::projection;
 use crate::keyvault::validate::KeyRefusal;
-use crate::projection;
 use crate::proto::store::{TenantProjection, TenantState};
 use crate::proto::v1::key_health::Status;
 use crate::proto::v1::{KeyHealth, KeyRolled, TenantLockedDown, TenantRestored, event::Kind};
@@ -24,7 +24,7 @@ pub enum Probe {
         version: String,
     },
     /// The key cannot be used, for one of DESIGN.md's reasons.
-    Unavailable(&'static str),
+    Unavailable(HealthReason),
     /// The vault throttled every attempt: no conclusion either way.
     Inconclusive,
 }
@@ -45,20 +45,57 @@ pub struct Observation {
     pub probe: Probe,
 }
 
-/// The health reason (DESIGN.md's list) for a refusal.
-pub fn reason(refusal: &KeyRefusal) -> &'static str {
-    match refusal {
-        KeyRefusal::KeyNotFound => "key_not_found",
-        KeyRefusal::KeyDisabled => "key_disabled",
-        KeyRefusal::KeyNotYetActive(_) => "key_not_yet_active",
-        KeyRefusal::KeyExpired(_) => "key_expired",
-        KeyRefusal::UnsupportedKeyType(_) | KeyRefusal::KeyTooSmall(_) => "unsupported_key_type",
-        KeyRefusal::MissingPermission(_)
-        | KeyRefusal::MissingKeyOperations(_)
-        | KeyRefusal::CanaryFailed(_)
-        | KeyRefusal::PurgeProtectionRequired(_) => "missing_permission",
-        KeyRefusal::VaultUnreachable(_) | KeyRefusal::InvalidKeyUri(_) | KeyRefusal::UntrustedVaultHost(_) => {
-            "vault_unreachable"
+/// Why a tenant's key is unavailable: DESIGN.md's closed list of health
+/// reasons, as `KeyHealth.reason`, the status API and the metrics name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HealthReason {
+    /// The key (or its newest enabled version) does not exist.
+    KeyNotFound,
+    /// The key is disabled.
+    KeyDisabled,
+    /// The key's `nbf` is in the future.
+    KeyNotYetActive,
+    /// The key's `exp` has passed.
+    KeyExpired,
+    /// Not an RSA key of at least 2048 bits.
+    UnsupportedKeyType,
+    /// keyseal may not use the key as it must (permissions, key operations, canary).
+    MissingPermission,
+    /// The vault did not answer, or answered with an error.
+    VaultUnreachable,
+}
+
+impl HealthReason {
+    /// The reason's stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeyNotFound => "key_not_found",
+            Self::KeyDisabled => "key_disabled",
+            Self::KeyNotYetActive => "key_not_yet_active",
+            Self::KeyExpired => "key_expired",
+            Self::UnsupportedKeyType => "unsupported_key_type",
+            Self::MissingPermission => "missing_permission",
+            Self::VaultUnreachable => "vault_unreachable",
+        }
+    }
+}
+
+impl From<&KeyRefusal> for HealthReason {
+    /// The one table from a refusal to the health reason a probe records.
+    fn from(refusal: &KeyRefusal) -> Self {
+        match refusal {
+            KeyRefusal::KeyNotFound => Self::KeyNotFound,
+            KeyRefusal::KeyDisabled => Self::KeyDisabled,
+            KeyRefusal::KeyNotYetActive(_) => Self::KeyNotYetActive,
+            KeyRefusal::KeyExpired(_) => Self::KeyExpired,
+            KeyRefusal::UnsupportedKeyType(_) | KeyRefusal::KeyTooSmall(_) => Self::UnsupportedKeyType,
+            KeyRefusal::MissingPermission(_)
+            | KeyRefusal::MissingKeyOperations(_)
+            | KeyRefusal::CanaryFailed(_)
+            | KeyRefusal::PurgeProtectionRequired(_) => Self::MissingPermission,
+            KeyRefusal::VaultUnreachable(_) | KeyRefusal::InvalidKeyUri(_) | KeyRefusal::UntrustedVaultHost(_) => {
+                Self::VaultUnreachable
+            }
         }
     }
 }
@@ -103,10 +140,10 @@ pub fn decide(
             }
         }
         Probe::Unavailable(reason) => {
-            if current.state() == TenantState::Active || current.health_reason != *reason {
+            if current.state() == TenantState::Active || current.health_reason != reason.as_str() {
                 events.push(Kind::KeyHealth(KeyHealth {
                     status: Status::Unavailable as i32,
-                    reason: (*reason).to_owned(),
+                    reason: reason.as_str().to_owned(),
                     key_version: String::new(),
                     observed_at_unix_ms: observation.began_at_ms,
                 }));
@@ -215,14 +252,17 @@ mod tests {
         let healthy = || Probe::Healthy { version: "v1".into() };
         let mut p = byok("v1");
         assert!(run(&mut p, healthy(), 0).is_empty(), "healthy stays silent");
-        assert_eq!(run(&mut p, Probe::Unavailable("key_disabled"), 1_000), ["key_health"]);
-        assert!(run(&mut p, Probe::Unavailable("key_disabled"), 61_000).is_empty(), "no event without a change");
+        assert_eq!(run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), 1_000), ["key_health"]);
+        assert!(
+            run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), 61_000).is_empty(),
+            "no event without a change"
+        );
         assert!(run(&mut p, Probe::Inconclusive, 3_000_000).is_empty(), "throttling decides nothing");
         let at = 1_000 + GRACE.as_millis() as i64;
-        assert!(run(&mut p, Probe::Unavailable("key_disabled"), at - 1).is_empty());
-        assert_eq!(run(&mut p, Probe::Unavailable("key_disabled"), at), ["tenant_locked_down"]);
+        assert!(run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), at - 1).is_empty());
+        assert_eq!(run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), at), ["tenant_locked_down"]);
         assert_eq!(p.state(), TenantState::LockedDown);
-        assert_eq!(run(&mut p, Probe::Unavailable("key_not_found"), at + 1), ["key_health"], "reason change");
+        assert_eq!(run(&mut p, Probe::Unavailable(HealthReason::KeyNotFound), at + 1), ["key_health"], "reason change");
         assert_eq!(run(&mut p, healthy(), at + 2), ["key_health", "tenant_restored"]);
         assert_eq!(p.state(), TenantState::Active);
     }
@@ -230,10 +270,11 @@ mod tests {
     #[test]
     fn recovery_within_the_grace_never_locks() {
         let mut p = byok("v1");
-        run(&mut p, Probe::Unavailable("vault_unreachable"), 0);
+        run(&mut p, Probe::Unavailable(HealthReason::VaultUnreachable), 0);
         assert_eq!(run(&mut p, Probe::Healthy { version: "v1".into() }, 10), ["key_health"]);
         assert!(
-            run(&mut p, Probe::Unavailable("vault_unreachable"), GRACE.as_millis() as i64 + 5).contains(&"key_health")
+            run(&mut p, Probe::Unavailable(HealthReason::VaultUnreachable), GRACE.as_millis() as i64 + 5)
+                .contains(&"key_health")
         );
         assert_eq!(p.state(), TenantState::Degraded, "a new outage starts a new grace");
     }
@@ -243,11 +284,11 @@ mod tests {
         let mut p = byok("v1");
         let view = |p: &TenantProjection| KeyHealthView::of(p, GRACE);
         assert_eq!(view(&p), KeyHealthView { reason: None, since_ms: None, lockdown_at_ms: None });
-        run(&mut p, Probe::Unavailable("key_disabled"), 1_000);
+        run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), 1_000);
         let degraded = view(&p);
         assert_eq!((degraded.status(), degraded.reason.as_deref()), ("unavailable", Some("key_disabled")));
         assert_eq!((degraded.since_ms, degraded.lockdown_at_ms), (Some(1_000), Some(1_000 + GRACE.as_millis() as i64)));
-        run(&mut p, Probe::Unavailable("key_disabled"), 1_000 + GRACE.as_millis() as i64);
+        run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), 1_000 + GRACE.as_millis() as i64);
         assert_eq!(view(&p).lockdown_at_ms, None, "locked down: no deadline left");
         assert_eq!(view(&p).since_ms, Some(1_000), "unavailable since the first failed probe");
         run(&mut p, Probe::Healthy { version: "v1".into() }, 9_000_000);
@@ -257,9 +298,9 @@ mod tests {
     #[test]
     fn a_probe_arriving_after_a_long_outage_locks_at_once() {
         let mut p = byok("v1");
-        run(&mut p, Probe::Unavailable("key_expired"), 0);
+        run(&mut p, Probe::Unavailable(HealthReason::KeyExpired), 0);
         assert_eq!(
-            run(&mut p, Probe::Unavailable("key_expired"), 10 * GRACE.as_millis() as i64),
+            run(&mut p, Probe::Unavailable(HealthReason::KeyExpired), 10 * GRACE.as_millis() as i64),
             ["tenant_locked_down"]
         );
     }
@@ -267,7 +308,7 @@ mod tests {
     #[test]
     fn a_slow_probe_starts_the_grace_when_it_began() {
         let mut p = byok("v1");
-        let events = decide(&p, &of(&p, Probe::Unavailable("vault_unreachable"), 1_000), 61_000, GRACE);
+        let events = decide(&p, &of(&p, Probe::Unavailable(HealthReason::VaultUnreachable), 1_000), 61_000, GRACE);
         assert_eq!(apply_all(&mut p, &events, 61_000), ["key_health"]);
         assert_eq!(p.degraded_since_unix_ms, 1_000);
         assert_eq!(KeyHealthView::of(&p, GRACE).lockdown_at_ms, Some(1_000 + GRACE.as_millis() as i64));
@@ -276,7 +317,7 @@ mod tests {
     #[test]
     fn the_deadline_locks_with_no_probe_at_all_and_only_once() {
         let mut p = byok("v1");
-        run(&mut p, Probe::Unavailable("vault_unreachable"), 1_000);
+        run(&mut p, Probe::Unavailable(HealthReason::VaultUnreachable), 1_000);
         let at = 1_000 + GRACE.as_millis() as i64;
         assert_eq!(lockdown_due(&p, at - 1, GRACE), None, "not before the grace has passed");
         let locked = lockdown_due(&p, at, GRACE).expect("due at the deadline");
@@ -296,7 +337,7 @@ mod tests {
     #[test]
     fn a_result_about_a_key_the_tenant_no_longer_uses_is_discarded() {
         let began = byok("v1");
-        let failed = of(&began, Probe::Unavailable("key_not_found"), 0);
+        let failed = of(&began, Probe::Unavailable(HealthReason::KeyNotFound), 0);
         let rolled = of(&began, Probe::Healthy { version: "v0".into() }, 0);
         let other_key = TenantProjection { key_uri: "w".into(), ..byok("v1") };
         assert!(decide(&other_key, &failed, 10, GRACE).is_empty(), "enabled again with another key URI");

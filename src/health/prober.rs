@@ -7,11 +7,11 @@
 //! slow vault nor many unanswering ones hold up the others. A probe only
 //! records what it found: the lockdown deadline is the tick's
 //! (`super::lockdown`), rewraps after a roll are the rewrapper's
-//! (`crate::rewrapper`). [`worst_case_lockdown`] is the bound all this
+//! (`crate::byok::rewrapper`). [`worst_case_lockdown`] is the bound all this
 //! gives.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -21,15 +21,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::lockdown::LOCKDOWN_TICK;
-use super::policy::{self, Observation, Probe};
+use super::policy::{self, HealthReason, Observation, Probe};
+use crate::byok::rewrapper::RewrapRequests;
 use crate::config::Settings;
 use crate::crypto::data_key::DataKey;
 use crate::events::kind_name;
 use crate::keyvault::validate::{KeyRefusal, check_key};
 use crate::keyvault::{KeyUri, KeyWrapAlgorithm, VaultError};
 use crate::proto::v1::event::Kind;
+use crate::shard::Shard;
 use crate::storage::StoreError;
-use crate::worker::Services;
 
 /// Probes holding a slot at once: the load one round puts on vaults.
 pub const PROBE_CONCURRENCY: usize = 32;
@@ -114,34 +115,6 @@ pub fn canary_due(last_canary_ms: Option<i64>, now_ms: i64, settings: &Settings)
         .is_none_or(|last| (now_ms - last).saturating_add(ms(settings.probe_interval)) >= ms(settings.canary_interval))
 }
 
-/// Probes every interval until `shutdown`.
-pub async fn run(services: &Services, shutdown: CancellationToken) {
-    let byok = services.store.tenants_where(|p| !p.key_uri.is_empty()).len();
-    let bound = worst_case_lockdown(&services.settings, byok);
-    if bound >= Duration::from_secs(3600) {
-        warn!(tenants = byok, bound = %humantime::format_duration(bound), "worst-case lockdown is an hour or more");
-    } else {
-        info!(tenants = byok, bound = %humantime::format_duration(bound), "worst-case lockdown");
-    }
-    let mut ticks = tokio::time::interval(services.settings.probe_interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_canary_ms = None;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let now_ms = services.clock.now_ms();
-        let canary = canary_due(last_canary_ms, now_ms, &services.settings);
-        if canary {
-            last_canary_ms = Some(now_ms);
-        }
-        if let Err(e) = probe_round(services, canary).await {
-            warn!(error = %e, "probe round could not record its results");
-        }
-    }
-}
-
 /// A probe under way: the tenant and, unless it had disabled its key by
 /// then, what the probe found.
 type Probing<'a> = BoxFuture<'a, (String, Option<Observation>)>;
@@ -152,37 +125,6 @@ enum Slot<'a> {
     Waiting(Probing<'a>),
 }
 
-/// Probes every BYOK tenant once (with the canary if `canary`) and appends
-/// the events the policy decides, tenant by tenant as each probe completes.
-pub async fn probe_round(services: &Services, canary: bool) -> Result<RoundSummary, StoreError> {
-    let tenants: Vec<String> =
-        services.store.tenants_where(|p| !p.key_uri.is_empty()).into_iter().map(|(tenant, _)| tenant).collect();
-    services.probe_times.keep_only(&tenants);
-    let mut slots = futures_util::stream::iter(tenants)
-        .map(|tenant| hold_slot(observe(services, tenant, canary)))
-        .buffer_unordered(PROBE_CONCURRENCY);
-    let mut waiting = FuturesUnordered::new();
-    let mut summary = RoundSummary::default();
-    loop {
-        let (tenant, observation) = tokio::select! {
-            Some(slot) = slots.next() => match slot {
-                Slot::Done(done) => done,
-                Slot::Waiting(probing) => {
-                    waiting.push(probing);
-                    continue;
-                }
-            },
-            Some(done) = waiting.next() => done,
-            else => break,
-        };
-        if let Some(observation) = observation {
-            summary.probed += 1;
-            summary.events += record(services, &tenant, &observation)?;
-        }
-    }
-    Ok(summary)
-}
-
 async fn hold_slot(mut probing: Probing<'_>) -> Slot<'_> {
     tokio::select! {
         done = &mut probing => Slot::Done(done),
@@ -190,82 +132,167 @@ async fn hold_slot(mut probing: Probing<'_>) -> Slot<'_> {
     }
 }
 
-/// Probes the key the tenant has when the probe begins; no answer within
-/// `--probe-timeout` is a failed probe (`vault_unreachable`).
-fn observe(services: &Services, tenant: String, canary: bool) -> Probing<'_> {
-    Box::pin(async move {
-        let Some(current) = services.store.tenant(&tenant).filter(|p| !p.key_uri.is_empty()) else {
-            return (tenant, None);
-        };
-        let began_at_ms = services.clock.now_ms();
-        let probe = tokio::time::timeout(
-            services.settings.probe_timeout,
-            probe(services, &current.key_uri, &current.key_version, canary),
-        )
-        .await
-        .unwrap_or(Probe::Unavailable("vault_unreachable"));
-        let observation =
-            Observation { key_uri: current.key_uri, key_version: current.key_version, began_at_ms, probe };
-        (tenant, Some(observation))
-    })
+/// The prober of one shard: it owns when each tenant was last probed and
+/// hands that out read-only ([`Prober::last_probes`]).
+pub struct Prober {
+    shard: Arc<Shard>,
+    settings: Arc<Settings>,
+    times: Arc<ProbeTimes>,
+    rewraps: RewrapRequests,
 }
 
-/// Appends what the policy decides for one finished probe, deciding on the
-/// projection as it stands at the commit; after a roll, wakes the
-/// rewrapper. Returns how many events were appended.
-fn record(services: &Services, tenant: &str, observation: &Observation) -> Result<usize, StoreError> {
-    let now_ms = services.clock.now_ms();
-    services.probe_times.record(tenant, now_ms);
-    let lockdown_after = services.settings.lockdown_after;
-    let appended = services.store.transaction().commit_decided(&[tenant.to_owned()], now_ms, |current| {
-        policy::decide(current, observation, now_ms, lockdown_after)
-    })?;
-    for (_, event) in &appended {
-        info!(tenant, event = kind_name(event), probe = ?observation.probe, "key state changed");
+impl Prober {
+    /// A prober of `shard`'s BYOK tenants that wakes `rewraps` after a roll.
+    pub fn new(shard: Arc<Shard>, settings: Arc<Settings>, rewraps: RewrapRequests) -> Self {
+        Self { shard, settings, times: Arc::default(), rewraps }
     }
-    if appended.iter().any(|(_, event)| matches!(event, Kind::TenantLockedDown(_))) {
-        // Nothing unwrapped while the customer's key still worked stays in memory.
-        services.keyring.forget_tenant(tenant);
-    }
-    if appended.iter().any(|(_, event)| matches!(event, Kind::KeyRolled(_))) {
-        services.rewraps.wake();
-    }
-    Ok(appended.len())
-}
 
-async fn probe(services: &Services, key_uri: &str, version: &str, canary: bool) -> Probe {
-    let Ok(vault) = services.keyring.vault() else {
-        return Probe::Unavailable("vault_unreachable");
-    };
-    let uri = match KeyUri::parse(key_uri, vault.trusted_hosts()) {
-        Ok(uri) => uri,
-        Err(e) => return Probe::Unavailable(policy::reason(&KeyRefusal::from(e))),
-    };
-    // The newest enabled version is the one to use (and to roll to).
-    let key = match vault.newest_enabled_key(&uri).await {
-        Ok(key) => key,
-        Err(VaultError::Throttled) => return Probe::Inconclusive,
-        Err(e) => return Probe::Unavailable(policy::reason(&KeyRefusal::from(e))),
-    };
-    if let Err(refusal) = check_key(&key, services.clock.now_ms() / 1000) {
-        return Probe::Unavailable(policy::reason(&refusal));
+    /// When each tenant was last probed, for the admin API (only the prober records).
+    pub fn last_probes(&self) -> Arc<ProbeTimes> {
+        self.times.clone()
     }
-    if canary {
-        let data_key = DataKey::generate();
-        let round_trip = match vault.wrap(&uri, version, data_key.expose_for_wrapping()).await {
-            Ok((_, wrapped)) => vault.unwrap(&uri, version, KeyWrapAlgorithm::RsaOaep256, &wrapped).await.and_then(
-                // What comes back must be a data key, as a stored key's would.
-                |raw| DataKey::from_slice(&raw).map(drop).map_err(|e| VaultError::Invalid(e.to_string())),
-            ),
-            Err(e) => Err(e),
-        };
-        match round_trip {
-            Ok(()) => {}
-            Err(VaultError::Throttled) => return Probe::Inconclusive,
-            Err(e) => return Probe::Unavailable(policy::reason(&KeyRefusal::from(e))),
+
+    /// Probes every interval until `shutdown`.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let byok = self.shard.store.tenants_where(|p| !p.key_uri.is_empty()).len();
+        let bound = worst_case_lockdown(&self.settings, byok);
+        if bound >= Duration::from_secs(3600) {
+            warn!(tenants = byok, bound = %humantime::format_duration(bound), "worst-case lockdown is an hour or more");
+        } else {
+            info!(tenants = byok, bound = %humantime::format_duration(bound), "worst-case lockdown");
+        }
+        let mut ticks = tokio::time::interval(self.settings.probe_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_canary_ms = None;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let now_ms = self.shard.clock.now_ms();
+            let canary = canary_due(last_canary_ms, now_ms, &self.settings);
+            if canary {
+                last_canary_ms = Some(now_ms);
+            }
+            if let Err(e) = self.probe_round(canary).await {
+                warn!(error = %e, "probe round could not record its results");
+            }
         }
     }
-    Probe::Healthy { version: key.version }
+
+    /// Probes every BYOK tenant once (with the canary if `canary`) and appends
+    /// the events the policy decides, tenant by tenant as each probe completes.
+    pub async fn probe_round(&self, canary: bool) -> Result<RoundSummary, StoreError> {
+        let tenants: Vec<String> =
+            self.shard.store.tenants_where(|p| !p.key_uri.is_empty()).into_iter().map(|(tenant, _)| tenant).collect();
+        self.times.keep_only(&tenants);
+        let mut slots = futures_util::stream::iter(tenants)
+            .map(|tenant| hold_slot(self.observe(tenant, canary)))
+            .buffer_unordered(PROBE_CONCURRENCY);
+        let mut waiting = FuturesUnordered::new();
+        let mut summary = RoundSummary::default();
+        loop {
+            let (tenant, observation) = tokio::select! {
+                Some(slot) = slots.next() => match slot {
+                    Slot::Done(done) => done,
+                    Slot::Waiting(probing) => {
+                        waiting.push(probing);
+                        continue;
+                    }
+                },
+                Some(done) = waiting.next() => done,
+                else => break,
+            };
+            if let Some(observation) = observation {
+                summary.probed += 1;
+                summary.events += self.record(&tenant, &observation).await?;
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Probes the key the tenant has when the probe begins; no answer within
+    /// `--probe-timeout` is a failed probe (`vault_unreachable`).
+    fn observe(&self, tenant: String, canary: bool) -> Probing<'_> {
+        Box::pin(async move {
+            let Some(current) = self.shard.store.tenant(&tenant).filter(|p| !p.key_uri.is_empty()) else {
+                return (tenant, None);
+            };
+            let began_at_ms = self.shard.clock.now_ms();
+            let probe = tokio::time::timeout(
+                self.settings.probe_timeout,
+                self.probe(&current.key_uri, &current.key_version, canary),
+            )
+            .await
+            .unwrap_or(Probe::Unavailable(HealthReason::VaultUnreachable));
+            let observation =
+                Observation { key_uri: current.key_uri, key_version: current.key_version, began_at_ms, probe };
+            (tenant, Some(observation))
+        })
+    }
+
+    /// Appends what the policy decides for one finished probe, deciding on the
+    /// projection as it stands at the commit; after a roll, wakes the
+    /// rewrapper. Returns how many events were appended.
+    async fn record(&self, tenant: &str, observation: &Observation) -> Result<usize, StoreError> {
+        let now_ms = self.shard.clock.now_ms();
+        self.times.record(tenant, now_ms);
+        let lockdown_after = self.settings.lockdown_after;
+        let appended = self
+            .shard
+            .store
+            .transaction()
+            .commit_decided(&[tenant.to_owned()], now_ms, |current| {
+                policy::decide(current, observation, now_ms, lockdown_after)
+            })
+            .await?;
+        for (_, event) in &appended {
+            info!(tenant, event = kind_name(event), probe = ?observation.probe, "key state changed");
+        }
+        if appended.iter().any(|(_, event)| matches!(event, Kind::TenantLockedDown(_))) {
+            // Nothing unwrapped while the customer's key still worked stays in memory.
+            self.shard.keyring.forget_tenant(tenant);
+        }
+        if appended.iter().any(|(_, event)| matches!(event, Kind::KeyRolled(_))) {
+            self.rewraps.wake();
+        }
+        Ok(appended.len())
+    }
+
+    async fn probe(&self, key_uri: &str, version: &str, canary: bool) -> Probe {
+        let Ok(vault) = self.shard.keyring.vault() else {
+            return Probe::Unavailable(HealthReason::VaultUnreachable);
+        };
+        let uri = match KeyUri::parse(key_uri, vault.trusted_hosts()) {
+            Ok(uri) => uri,
+            Err(e) => return Probe::Unavailable(HealthReason::from(&KeyRefusal::from(e))),
+        };
+        // The newest enabled version is the one to use (and to roll to).
+        let key = match vault.newest_enabled_key(&uri).await {
+            Ok(key) => key,
+            Err(VaultError::Throttled) => return Probe::Inconclusive,
+            Err(e) => return Probe::Unavailable(HealthReason::from(&KeyRefusal::from(e))),
+        };
+        if let Err(refusal) = check_key(&key, self.shard.clock.now_ms() / 1000) {
+            return Probe::Unavailable(HealthReason::from(&refusal));
+        }
+        if canary {
+            let data_key = DataKey::generate();
+            let round_trip = match vault.wrap(&uri, version, data_key.expose_for_wrapping()).await {
+                Ok((_, wrapped)) => vault.unwrap(&uri, version, KeyWrapAlgorithm::RsaOaep256, &wrapped).await.and_then(
+                    // What comes back must be a data key, as a stored key's would.
+                    |raw| DataKey::from_slice(&raw).map(drop).map_err(|e| VaultError::Invalid(e.to_string())),
+                ),
+                Err(e) => Err(e),
+            };
+            match round_trip {
+                Ok(()) => {}
+                Err(VaultError::Throttled) => return Probe::Inconclusive,
+                Err(e) => return Probe::Unavailable(HealthReason::from(&KeyRefusal::from(e))),
+            }
+        }
+        Probe::Healthy { version: key.version }
+    }
 }
 
 #[cfg(test)]

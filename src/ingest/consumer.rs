@@ -14,7 +14,8 @@
 //! Writes use group commit: batch N+1 is gathered and written while batch
 //! N's WAL fsync runs on a blocking thread; N is acked once its fsync is done.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -29,11 +30,12 @@ use tracing::{info, warn};
 use super::dead_letter::{self, DeadLetterError};
 use super::prefetch::PrefetchWindow;
 use super::validate::{Rejection, validate};
-use crate::amqp::{self, Backoff, INGEST_QUEUE};
-use crate::metrics as m;
+use crate::broker::{self, Backoff, INGEST_QUEUE};
+use crate::config::Settings;
 use crate::records::{self, Outcome, RecordError};
+use crate::shard::Shard;
 use crate::storage::StoreError;
-use crate::worker::Services;
+use crate::telemetry::metrics as m;
 
 /// Why a consuming session ended.
 #[derive(Debug, thiserror::Error)]
@@ -50,19 +52,44 @@ enum SessionError {
     SyncTask(String),
 }
 
-/// Consumes until `shutdown`, reconnecting after broker failures and
-/// pausing after storage failures.
-pub async fn run(services: &Services, shutdown: CancellationToken) {
+/// Whether the ingest consumer is connected and consuming: only the
+/// consumer sets it; `/readyz` and the status page read it.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Whether the consumer is consuming right now.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+}
+
+/// What a consuming session works with.
+struct Ingest<'a> {
+    shard: &'a Shard,
+    settings: &'a Settings,
+    ready: &'a Readiness,
+}
+
+/// Consumes `shard`'s queue until `shutdown`, reconnecting after broker
+/// failures and pausing after storage failures; `ready` tells whether it
+/// is consuming.
+pub async fn run(shard: &Shard, settings: &Settings, ready: &Readiness, shutdown: CancellationToken) {
+    let ingest = &Ingest { shard, settings, ready };
     let mut backoff = Backoff::default();
     loop {
-        let result = session(services, &shutdown, &mut backoff).await;
-        services.amqp_ready.store(false, Ordering::SeqCst);
+        let result = session(ingest, &shutdown, &mut backoff).await;
+        ingest.ready.set(false);
         match result {
             Ok(()) => return,
             Err(SessionError::Storage(e)) => {
                 warn!(error = %e, "store rejected a batch; batch requeued, consuming paused");
                 m::storage_paused(true);
-                wait_until_writable(services, &shutdown).await;
+                wait_until_writable(ingest, &shutdown).await;
                 m::storage_paused(false);
             }
             Err(e) => warn!(error = %e, "ingest session ended; reconnecting"),
@@ -74,26 +101,26 @@ pub async fn run(services: &Services, shutdown: CancellationToken) {
     }
 }
 
-async fn session(services: &Services, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), SessionError> {
-    let connection = amqp::connect(&services.settings.amqp_url, "ingest").await?;
-    let result = consume(services, &connection, shutdown, backoff).await;
-    services.amqp_ready.store(false, Ordering::SeqCst);
+async fn session(ingest: &Ingest<'_>, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), SessionError> {
+    let connection = broker::connect(&ingest.settings.amqp_url, "ingest").await?;
+    let result = consume(ingest, &connection, shutdown, backoff).await;
+    ingest.ready.set(false);
     // Closing returns every unacked delivery to the queue, on success or
     // error; bounded, because a connection the broker already dropped may
     // never answer.
-    amqp::close(&connection, "keyseal ingest session ended").await;
+    broker::close(&connection, "keyseal ingest session ended").await;
     result
 }
 
 async fn consume(
-    services: &Services,
+    ingest: &Ingest<'_>,
     connection: &lapin::Connection,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
-    let settings = &services.settings;
+    let settings = ingest.settings;
     let channel = connection.create_channel().await?;
-    amqp::declare_topology(&channel).await?;
+    broker::declare_topology(&channel).await?;
     let dead_letters = connection.create_channel().await?;
     dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut window = PrefetchWindow::new(settings.prefetch, settings.prefetch_bytes);
@@ -113,7 +140,7 @@ async fn consume(
                 FieldTable::default(),
             )
             .await?;
-        services.amqp_ready.store(true, Ordering::SeqCst);
+        ingest.ready.set(true);
         backoff.reset();
         info!(queue = INGEST_QUEUE, prefetch = window.current(), "consuming");
         let mut resubscribing = false;
@@ -126,8 +153,8 @@ async fn consume(
                         if let Some(done) = pending.take() {
                             done.finish(&channel, &dead_letters).await?;
                         }
-                        amqp::close_channel(&dead_letters, "shutdown").await;
-                        amqp::close_channel(&channel, "shutdown").await;
+                        broker::close_channel(&dead_letters, "shutdown").await;
+                        broker::close_channel(&channel, "shutdown").await;
                         return Ok(());
                     }
                     synced = async { (&mut pending.as_mut().expect("guarded").sync).await }, if pending.is_some() => {
@@ -146,13 +173,13 @@ async fn consume(
             let (batch, ended) =
                 fill_batch(first, &mut consumer, settings.batch_size as usize, settings.batch_linger).await?;
             batch.iter().for_each(|delivery| window.observe(delivery.data.len()));
-            let written = write(services, batch).await?;
+            let written = write(ingest, batch).await?;
             // Group commit: the previous batch's fsync ran while this one was
             // gathered and written; ack it now, then start syncing this one.
             if let Some(done) = pending.take() {
                 done.finish(&channel, &dead_letters).await?;
             }
-            let store = services.store.clone();
+            let store = ingest.shard.store.clone();
             pending = Some(Pending { sync: tokio::task::spawn_blocking(move || store.sync()), written });
             match (ended, resubscribing) {
                 // The stream ends once: its end, seen while filling, is final.
@@ -246,7 +273,7 @@ impl Written {
 }
 
 /// Validates a batch and writes its new records (unsynced).
-async fn write(services: &Services, mut batch: Vec<Delivery>) -> Result<Written, RecordError> {
+async fn write(ingest: &Ingest<'_>, mut batch: Vec<Delivery>) -> Result<Written, RecordError> {
     let started = std::time::Instant::now();
     let last_tag = batch.last().expect("batches are never empty").delivery_tag;
     let mut records = Vec::with_capacity(batch.len());
@@ -262,7 +289,8 @@ async fn write(services: &Services, mut batch: Vec<Delivery>) -> Result<Written,
             Err(rejection) => rejected.push((i, rejection)),
         }
     }
-    let outcomes = records::store_batch(&services.store, &services.keyring, records, services.clock.now_ms()).await?;
+    let outcomes =
+        records::store_batch(&ingest.shard.store, &ingest.shard.keyring, records, ingest.shard.now_ms()).await?;
     let (mut stored, mut duplicates) = (0, 0);
     for (i, outcome) in positions.into_iter().zip(outcomes) {
         match outcome {
@@ -284,10 +312,10 @@ async fn write(services: &Services, mut batch: Vec<Delivery>) -> Result<Written,
     Ok(Written { batch, last_tag, rejected, stored, duplicates, started })
 }
 
-async fn wait_until_writable(services: &Services, shutdown: &CancellationToken) {
+async fn wait_until_writable(ingest: &Ingest<'_>, shutdown: &CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
-        match services.store.check_writable() {
+        match ingest.shard.store.check_writable() {
             Ok(()) => return,
             Err(e) => warn!(error = %e, "store still not writable"),
         }

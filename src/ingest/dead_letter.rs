@@ -12,7 +12,7 @@ use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
 
 use super::validate::Rejection;
-use crate::amqp::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ERROR_DETAIL_HEADER, ERROR_HEADER};
+use crate::broker::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ERROR_DETAIL_HEADER, ERROR_HEADER};
 
 /// Why dead-lettering failed; the originals must then not be acked.
 #[derive(Debug, thiserror::Error)]

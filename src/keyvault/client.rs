@@ -24,7 +24,7 @@ use futures_util::TryStreamExt;
 use zeroize::Zeroizing;
 
 use super::KeyUri;
-use crate::metrics as m;
+use crate::telemetry::metrics as m;
 
 /// The RSA-OAEP variants the vault is asked to unwrap with, in the vault's
 /// terms: keyseal wraps with RSA-OAEP-256 and reads keys other tools

@@ -8,7 +8,10 @@ use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequest
 use azure_core::time::{Duration, OffsetDateTime};
 use clap::ValueEnum;
 
-use crate::emulator::DEV_TOKEN;
+/// The bearer token `static-token` sends when `KEYSEAL_VAULT_TOKEN` is not
+/// set: the development token `keyseal keyvault-emulator` accepts by default
+/// (`keyvault_emulator::DEV_TOKEN`; a test keeps the two equal).
+pub const EMULATOR_DEV_TOKEN: &str = "keyseal-emulator-dev-token";
 
 /// Which credential the worker uses for Key Vault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,7 +64,7 @@ pub fn credential(
             azure_identity::AzureCliCredential::new(None).map_err(|e| fail(e.to_string()))?
         }
         VaultCredentialKind::StaticToken => {
-            Arc::new(StaticToken(static_token.filter(|t| !t.is_empty()).unwrap_or(DEV_TOKEN).to_owned()))
+            Arc::new(StaticToken(static_token.filter(|t| !t.is_empty()).unwrap_or(EMULATOR_DEV_TOKEN).to_owned()))
         }
     })
 }
@@ -103,7 +106,8 @@ mod tests {
                 .to_owned()
         };
         assert_eq!(token(Some("identity-token")).await, "identity-token");
-        assert_eq!(token(None).await, DEV_TOKEN);
-        assert_eq!(token(Some("")).await, DEV_TOKEN);
+        assert_eq!(token(None).await, EMULATOR_DEV_TOKEN);
+        assert_eq!(token(Some("")).await, EMULATOR_DEV_TOKEN);
+        assert_eq!(EMULATOR_DEV_TOKEN, keyvault_emulator::DEV_TOKEN, "the token the emulator accepts by default");
     }
 }

@@ -4,7 +4,6 @@
 //! permitted operations, a real wrap/unwrap of a canary, and purge
 //! protection. Each refusal has its own stable code and says what to fix.
 
-use axum::http::StatusCode;
 use zeroize::Zeroizing;
 
 use super::client::{KeyWrapAlgorithm, Vault, VaultError, VaultKey};
@@ -79,12 +78,11 @@ impl KeyRefusal {
         }
     }
 
-    /// 400 for a malformed request, 422 for a well-formed one naming an unusable key.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::InvalidKeyUri(_) | Self::UntrustedVaultHost(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::UNPROCESSABLE_ENTITY,
-        }
+    /// Whether the request itself was malformed (a key URI that is not one,
+    /// or names a vault keyseal may not call), rather than well-formed and
+    /// naming a key that cannot be used.
+    pub fn is_malformed_request(&self) -> bool {
+        matches!(self, Self::InvalidKeyUri(_) | Self::UntrustedVaultHost(_))
     }
 }
 

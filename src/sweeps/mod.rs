@@ -1,12 +1,18 @@
-//! Maintenance sweeps, run on `--reencrypt-schedule` and on demand:
-//! [`reencrypt`] moves sealed records off data keys older than
-//! `--max-dek-age` and retires those keys, and [`scrub`] decrypts and
-//! verifies every record. Both are paced to `--sweep-rate` records per
-//! second by a [`Pacer`] and publish where they stand through [`Progress`]
-//! (for `GET /v1/sweeps/progress`, the CLI's progress bar and metrics).
+//! The sweeps, run by the [`Sweeper`] on their schedules and on demand:
+//! [`seal`] moves records past the seal age into `sealed` every
+//! `--sweep-interval`; on `--reencrypt-schedule`, [`reencrypt`] moves sealed
+//! records off data keys older than `--max-dek-age` and retires those keys,
+//! and [`scrub`] decrypts and verifies every record. The maintenance sweeps
+//! are paced to `--sweep-rate` records per second by a [`Pacer`] and
+//! publish where they stand through [`Progress`] (for
+//! `GET /v1/sweeps/progress`, the CLI's progress bar and metrics).
 
 pub mod reencrypt;
 pub mod scrub;
+pub mod seal;
+mod sweeper;
+
+pub use sweeper::Sweeper;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -108,7 +114,7 @@ impl Progress {
     pub fn begin(&self, sweep: SweepKind, total: u64) -> Tracker<'_> {
         let snapshot = ProgressSnapshot { sweep, done: 0, total, elapsed_ms: 0 };
         *self.current.lock().expect("progress lock") = Some((snapshot, Instant::now()));
-        crate::metrics::sweep_progress(sweep.name(), 0, 0.0);
+        crate::telemetry::metrics::sweep_progress(sweep.name(), 0, 0.0);
         Tracker { progress: self, sweep }
     }
 }
@@ -128,7 +134,7 @@ impl Tracker<'_> {
             // Records arriving meanwhile can push done past the estimate.
             snapshot.total = snapshot.total.max(snapshot.done);
             let ratio = snapshot.done as f64 / snapshot.total.max(1) as f64;
-            crate::metrics::sweep_progress(self.sweep.name(), records as u64, ratio);
+            crate::telemetry::metrics::sweep_progress(self.sweep.name(), records as u64, ratio);
         }
     }
 }
@@ -136,7 +142,7 @@ impl Tracker<'_> {
 impl Drop for Tracker<'_> {
     fn drop(&mut self) {
         *self.progress.current.lock().expect("progress lock") = None;
-        crate::metrics::sweep_progress(self.sweep.name(), 0, 1.0);
+        crate::telemetry::metrics::sweep_progress(self.sweep.name(), 0, 1.0);
     }
 }
 

@@ -22,7 +22,8 @@ use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::proto::store::{StoredRecord, TenantState};
 use crate::proto::v1::{Layer, RecordsReencrypted, event::Kind};
 use crate::records::RecordError;
-use crate::storage::{Store, keys};
+use crate::storage::pager::{Pager, RecordsOf};
+use crate::storage::{RawRecord, Store, keys};
 
 /// How long past `--max-dek-age` a key waits before it may be retired:
 /// longer than any batch that reserved it just before it aged out takes
@@ -111,14 +112,11 @@ struct TenantSweep<'a> {
 
 impl TenantSweep<'_> {
     async fn run(&mut self, pacer: &mut Pacer, tracker: &Tracker<'_>) -> Result<(), RecordError> {
-        let step = pacer.step_size();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.store.records_of(Layer::Sealed, self.tenant, after.as_deref(), step)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
+        let mut pages =
+            Pager::new(self.store, RecordsOf { layer: Layer::Sealed, tenant: self.tenant }, pacer.step_size());
+        while let Some(page) = pages.next_page()? {
             let mut due = Vec::new();
-            for (key, value) in &page {
+            for RawRecord { key, value } in &page {
                 match StoredRecord::decode(value.as_slice()) {
                     Ok(record) if self.old.contains_key(&record.data_key_id) => due.push((key.as_slice(), record)),
                     Ok(_) => {}
@@ -185,7 +183,7 @@ impl TenantSweep<'_> {
                 self.tenant,
                 Kind::RecordsReencrypted(RecordsReencrypted { count, layer: Layer::Sealed as i32, bytes }),
             );
-            txn.commit(now_ms)?;
+            txn.commit_durable(now_ms).await?;
         }
         self.summary.reencrypted += u64::from(count);
         self.summary.bytes += bytes;
@@ -201,12 +199,9 @@ impl TenantSweep<'_> {
     /// Old hot keys still used by records waiting to be sealed (which
     /// sealing re-encrypts anyway) must not be retired.
     fn note_hot_keys_in_use(&mut self) -> Result<(), RecordError> {
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.store.records_of(Layer::Hot, self.tenant, after.as_deref(), 1000)?;
-            let Some((last, _)) = page.last() else { return Ok(()) };
-            after = Some(last.clone());
-            for (_, value) in &page {
+        let mut pages = Pager::new(self.store, RecordsOf { layer: Layer::Hot, tenant: self.tenant }, 1000);
+        while let Some(page) = pages.next_page()? {
+            for RawRecord { value, .. } in &page {
                 match StoredRecord::decode(value.as_slice()) {
                     Ok(record) if self.old.contains_key(&record.data_key_id) => {
                         self.in_use.insert(record.data_key_id);
@@ -217,6 +212,7 @@ impl TenantSweep<'_> {
                 }
             }
         }
+        Ok(())
     }
 
     /// Keeps every old key of `layer` (a record that names its key
@@ -241,7 +237,7 @@ impl TenantSweep<'_> {
             KeyringError::Store(e) => RecordError::Store(e),
             other => RecordError::Keyring(other),
         })?;
-        crate::metrics::data_keys_retired(retired);
+        crate::telemetry::metrics::data_keys_retired(retired);
         self.summary.retired_data_keys += retired as u64;
         Ok(())
     }

@@ -17,7 +17,8 @@ use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::proto::store::{StoredRecord, TenantState};
 use crate::proto::v1::{CorruptionDetected, Layer, event::Kind};
-use crate::storage::{Store, StoreError, keys};
+use crate::storage::pager::{Pager, RecordsOf};
+use crate::storage::{RawRecord, Store, StoreError, keys};
 
 /// Most corrupt records a summary lists (all are counted, logged and get an event).
 pub const LISTED: usize = 100;
@@ -32,8 +33,8 @@ pub struct CorruptRecord {
     pub record_id: String,
     /// `hot` or `sealed`.
     pub layer: &'static str,
-    /// `tag_mismatch`, `undecodable`, `data_key_missing` or `data_key_corrupt`.
-    pub reason: &'static str,
+    /// What was wrong.
+    pub reason: Finding,
 }
 
 /// What a scrub found.
@@ -97,37 +98,36 @@ impl Scrub<'_> {
         pacer: &mut Pacer,
         tracker: &Tracker<'_>,
     ) -> Result<(), KeyringError> {
-        let mut keys_seen: HashMap<Vec<u8>, Result<Arc<DataKey>, &'static str>> = HashMap::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.store.records_of(layer, tenant, after.as_deref(), pacer.step_size())?;
-            let Some((last, _)) = page.last() else { return Ok(()) };
-            after = Some(last.clone());
+        let mut keys_seen: HashMap<Vec<u8>, Result<Arc<DataKey>, Finding>> = HashMap::new();
+        let mut pages = Pager::new(self.store, RecordsOf { layer, tenant }, pacer.step_size());
+        while let Some(page) = pages.next_page()? {
             let mut findings = Vec::new();
-            for (record_key, value) in &page {
+            for RawRecord { key: record_key, value } in &page {
                 match verify(self.keyring, tenant, layer, record_key, value, &mut keys_seen).await? {
                     Ok(()) => self.summary.verified += 1,
                     Err(reason) => findings.push((record_key.as_slice(), reason)),
                 }
             }
             if !findings.is_empty() {
-                self.report(tenant, layer, &findings)?;
+                self.report(tenant, layer, &findings).await?;
             }
             tracker.advance(page.len());
             pacer.admit(page.len()).await;
         }
+        Ok(())
     }
 
     /// Records the findings of one page: an event each (one atomic write),
     /// a metric and a log line each.
-    fn report(&mut self, tenant: &str, layer: Layer, findings: &[(&[u8], &'static str)]) -> Result<(), StoreError> {
+    async fn report(&mut self, tenant: &str, layer: Layer, findings: &[(&[u8], Finding)]) -> Result<(), StoreError> {
         let layer_name = layer_name(layer);
         let mut txn = self.store.transaction();
-        for &(record_key, reason) in findings {
+        for &(record_key, finding) in findings {
+            let reason = finding.as_str();
             let record_id = keys::split_record_key(record_key)
                 .map_or_else(|| String::from_utf8_lossy(record_key).into_owned(), |(_, id)| id.to_owned());
             warn!(tenant, record_id, layer = layer_name, reason, "scrub: record failed verification (left in place)");
-            crate::metrics::corrupt_record(layer_name);
+            crate::telemetry::metrics::corrupt_record(layer_name);
             txn.event(
                 tenant,
                 Kind::CorruptionDetected(CorruptionDetected {
@@ -142,35 +142,61 @@ impl Scrub<'_> {
                     tenant: tenant.to_owned(),
                     record_id,
                     layer: layer_name,
-                    reason,
+                    reason: finding,
                 });
             }
         }
-        txn.commit(self.now_ms)?;
+        txn.commit_durable(self.now_ms).await?;
         Ok(())
     }
 }
 
-/// `Ok(Err(reason))` for a corrupt record; `Err` when its key is unavailable.
+/// What the scrub found wrong with a record (its `CorruptionDetected.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finding {
+    /// The stored value or its key does not decode.
+    Undecodable,
+    /// The record names a data key the store does not have.
+    DataKeyMissing,
+    /// Its data key is stored but does not unwrap into a key.
+    DataKeyCorrupt,
+    /// Authenticated decryption failed: ciphertext or identity altered.
+    TagMismatch,
+}
+
+impl Finding {
+    /// The finding's stable name, as events and logs carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Undecodable => "undecodable",
+            Self::DataKeyMissing => "data_key_missing",
+            Self::DataKeyCorrupt => "data_key_corrupt",
+            Self::TagMismatch => "tag_mismatch",
+        }
+    }
+}
+
+/// `Ok(Err(finding))` for a corrupt record; `Err` when its key is unavailable.
 async fn verify(
     keyring: &Keyring,
     tenant: &str,
     layer: Layer,
     record_key: &[u8],
     value: &[u8],
-    keys_seen: &mut HashMap<Vec<u8>, Result<Arc<DataKey>, &'static str>>,
-) -> Result<Result<(), &'static str>, KeyringError> {
+    keys_seen: &mut HashMap<Vec<u8>, Result<Arc<DataKey>, Finding>>,
+) -> Result<Result<(), Finding>, KeyringError> {
     let Ok(record) = StoredRecord::decode(value) else {
-        return Ok(Err("undecodable"));
+        return Ok(Err(Finding::Undecodable));
     };
     let Some((_, record_id)) = keys::split_record_key(record_key) else {
-        return Ok(Err("undecodable"));
+        return Ok(Err(Finding::Undecodable));
     };
     if !keys_seen.contains_key(&record.data_key_id) {
         let key = match keyring.key(&record.data_key_id).await {
             Ok(key) => Ok(key),
-            Err(KeyringError::UnknownDataKey) => Err("data_key_missing"),
-            Err(KeyringError::Crypto(_)) => Err("data_key_corrupt"),
+            Err(KeyringError::UnknownDataKey) => Err(Finding::DataKeyMissing),
+            Err(KeyringError::Crypto(_)) => Err(Finding::DataKeyCorrupt),
             Err(unavailable) => return Err(unavailable),
         };
         keys_seen.insert(record.data_key_id.clone(), key);
@@ -180,7 +206,7 @@ async fn verify(
         Err(reason) => return Ok(Err(*reason)),
     };
     let identity = RecordIdentity { tenant, record_id, layer };
-    Ok(identity.open(key, &record).map(drop).map_err(|_| "tag_mismatch"))
+    Ok(identity.open(key, &record).map(drop).map_err(|_| Finding::TagMismatch))
 }
 
 fn layer_name(layer: Layer) -> &'static str {

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use super::vault::{Vault, args};
 use super::*;
+use keyseal::broker::publish::synthetic;
 use keyseal::clock::ManualClock;
-use keyseal::emulator::RecoveryLevel;
 use keyseal::proto::v1::root_key_ref::Root;
-use keyseal::publish::synthetic;
 use keyseal::worker::Worker;
+use keyvault_emulator::RecoveryLevel;
 use serde_json::{Value, json};
 
 /// How long BYOK tests wait for records.
@@ -102,7 +102,7 @@ impl Setup {
     /// Roots of the tenant's sealed data keys, as stored.
     pub fn sealed_roots(&self, tenant: &str) -> Vec<Root> {
         self.worker
-            .services
+            .shard
             .store
             .data_keys_of(tenant)
             .unwrap()

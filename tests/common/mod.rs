@@ -13,10 +13,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use keyseal::broker::publish::Publisher;
 use keyseal::clock::SharedClock;
 use keyseal::config::Settings;
 use keyseal::proto::v1::IngestRecord;
-use keyseal::publish::Publisher;
 use keyseal::worker::Worker;
 
 /// A throwaway vhost, deleted on drop.
@@ -144,6 +144,19 @@ pub async fn wait_for_records(base: &str, tenant: &str, total: u64, timeout: Dur
 }
 
 /// GET a record; returns (status, body).
+/// `PUT /v1/tenants/{tenant}/encryption`: enables the tenant's own key;
+/// panics unless the worker answers 200.
+pub async fn enable(base: &str, tenant: &str, key_uri: &str) {
+    let response = reqwest::Client::new()
+        .put(format!("{base}/v1/tenants/{tenant}/encryption"))
+        .json(&serde_json::json!({"keyUri": key_uri}))
+        .send()
+        .await
+        .expect("the admin API answers");
+    let status = response.status();
+    assert_eq!(status, 200, "enabling {tenant}'s key: {}", response.text().await.unwrap_or_default());
+}
+
 pub async fn get_record(base: &str, tenant: &str, record_id: &str) -> (u16, Vec<u8>) {
     let response =
         reqwest::get(format!("{base}/v1/tenants/{tenant}/records/{record_id}")).await.expect("admin API reachable");

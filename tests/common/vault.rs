@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keyseal::emulator::admin::KeyAdmin;
-use keyseal::emulator::{self, DEV_TOKEN, Emulator, EmulatorArgs, RecoveryLevel};
+use keyvault_emulator::admin::KeyAdmin;
+use keyvault_emulator::{self as emulator, DEV_TOKEN, Emulator, EmulatorArgs, RecoveryLevel};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -97,7 +97,7 @@ pub fn assert_kid(kid: &Value, vault_url: &str, name: &str) -> String {
 }
 
 pub fn version_of(bundle: &Value) -> String {
-    keyseal::emulator::admin::version_of(bundle).unwrap_or_else(|e| panic!("{e}"))
+    keyvault_emulator::admin::version_of(bundle).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn error_code(body: &Value) -> (&str, Option<&str>) {

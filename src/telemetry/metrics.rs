@@ -40,9 +40,6 @@ pub fn handle() -> PrometheusHandle {
             }
             counter!("keyseal_rewrap_data_keys_total").absolute(0);
             counter!("keyseal_data_keys_retired_total").absolute(0);
-            for reason in crate::sealing::HOLD_REASONS {
-                counter!("keyseal_seal_held_back_total", "reason" => reason).absolute(0);
-            }
             handle
         })
         .clone()
@@ -172,7 +169,16 @@ pub fn sealed(count: u64) {
     counter!("keyseal_records_sealed_total").increment(count);
 }
 
-/// A seal sweep held one tenant back for `reason` (one of `sealing::HOLD_REASONS`).
+/// Starts `keyseal_seal_held_back_total` at 0 for each of `reasons`, so
+/// every series exists before its first increment (the seal sweep names
+/// its reasons; this module knows none).
+pub fn seal_hold_reasons(reasons: impl IntoIterator<Item = &'static str>) {
+    for reason in reasons {
+        counter!("keyseal_seal_held_back_total", "reason" => reason).absolute(0);
+    }
+}
+
+/// A seal sweep held one tenant back for `reason` (a `sweeps::seal::HoldReason`'s name).
 pub fn seal_held_back(reason: &'static str) {
     counter!("keyseal_seal_held_back_total", "reason" => reason).increment(1);
 }

@@ -27,6 +27,8 @@
 //! [`admin`] is the other side of the wire: the key owner's client (create,
 //! rotate, disable) that the demo and the tests use.
 
+#![warn(missing_docs)]
+
 mod access;
 pub mod admin;
 mod auth;
@@ -80,7 +82,7 @@ pub struct EmulatorArgs {
 
     /// Directory holding keys, deleted keys and the TLS certificate
     /// (`cert.pem`); reused across restarts.
-    #[arg(long, env = "KEYSEAL_EMULATOR_STATE_DIR", default_value = "./keyvault-emulator")]
+    #[arg(long, env = "KEYSEAL_EMULATOR_STATE_DIR", default_value = "./keyvault-emulator-state")]
     pub state_dir: PathBuf,
 
     /// The vault's deletion recovery level, reported in every key's

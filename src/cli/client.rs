@@ -130,7 +130,7 @@ impl AdminClient {
     }
 
     /// `GET /v1/sweeps/progress`: the running maintenance sweep, if any.
-    pub async fn sweep_progress(&self) -> Result<Option<crate::sweeps::ProgressSnapshot>, ClientError> {
+    pub async fn sweep_progress(&self) -> Result<Option<keyseal::sweeps::ProgressSnapshot>, ClientError> {
         let body = self.send(Method::GET, "/v1/sweeps/progress").await?;
         let progress: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         Ok(serde_json::from_value(progress["running"].clone()).ok())

@@ -206,7 +206,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::material::{KeySpec, KeyType};
+    use crate::material::{KeySpec, KeyType};
 
     fn record(name: &str) -> KeyRecord {
         let material = KeyMaterial::generate(KeySpec::EcP256).expect("generate");

@@ -1,19 +1,23 @@
 //! The `keyseal` command line: the worker, a producer, and thin clients of
 //! the admin API. Subcommand names are part of keyseal's contract.
 
+mod client;
+mod demo;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use keyseal::client::AdminClient;
+use keyseal::broker::publish::{self, Publisher};
 use keyseal::clock::{Clock, SystemClock};
 use keyseal::config::{self, LogFormat, Settings};
-use keyseal::demo::{self, DemoArgs};
-use keyseal::emulator::{self, EmulatorArgs};
-use keyseal::publish::{self, Publisher};
 use keyseal::worker::Worker;
+use keyvault_emulator::{self as emulator, EmulatorArgs};
+
+use crate::client::AdminClient;
+use crate::demo::DemoArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -124,7 +128,7 @@ impl ServerArgs {
 #[derive(Debug, Args)]
 struct PublishArgs {
     /// RabbitMQ to publish to.
-    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = keyseal::amqp::DEFAULT_AMQP_URL)]
+    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = keyseal::broker::DEFAULT_AMQP_URL)]
     amqp_url: String,
     /// Tenant of the synthetic records.
     #[arg(long, required_unless_present = "file", conflicts_with = "file")]

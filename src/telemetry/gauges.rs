@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use crate::metrics as m;
-use crate::projection::state_name;
+use crate::events::projection::state_name;
 use crate::proto::store::TenantState;
-use crate::sealing;
 use crate::storage::{Store, StoreError};
+use crate::sweeps::seal as sealing;
+use crate::telemetry::metrics as m;
 
 /// Re-derives the gauges of `store` at `now_ms`.
 pub fn refresh(store: &Store, now_ms: i64, seal_after: Duration) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use prost::Message;
 
-use crate::amqp::{self, INGEST_EXCHANGE, PROTOBUF_CONTENT_TYPE};
+use crate::broker::{self, INGEST_EXCHANGE, PROTOBUF_CONTENT_TYPE};
 use crate::proto::v1::IngestRecord;
 
 /// Publishing failures.
@@ -38,9 +38,9 @@ impl Publisher {
     /// Connects, declares the topology (so nothing published is unroutable
     /// because the worker has not started yet) and enables confirms.
     pub async fn connect(amqp_url: &str) -> Result<Self, PublishError> {
-        let connection = amqp::connect(amqp_url, "publisher").await?;
+        let connection = broker::connect(amqp_url, "publisher").await?;
         let channel = connection.create_channel().await?;
-        amqp::declare_topology(&channel).await?;
+        broker::declare_topology(&channel).await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Self { _connection: connection, channel })
     }

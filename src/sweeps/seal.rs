@@ -4,6 +4,10 @@
 //! entry and append `RecordsSealed` per tenant, so a crash mid-sweep leaves
 //! every record in exactly one layer.
 //!
+//! Which tenants seal is decided first, from the projections alone
+//! ([`plan`]): a tenant that is not active is held back without a vault
+//! call, because the prober already knows its key is failing.
+//!
 //! One tenant's trouble never stops sealing for the others: when a tenant's
 //! sealed data key cannot be had (its vault throttles, fails or refuses the
 //! wrap), that tenant is held back for the rest of the sweep — its records
@@ -23,10 +27,12 @@ use crate::crypto::data_key::DataKey;
 use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::keyvault::VaultError;
-use crate::metrics as m;
+use crate::proto::store::{TenantProjection, TenantState};
 use crate::proto::v1::{Layer, RecordsSealed, event::Kind};
 use crate::records::RecordError;
+use crate::storage::pager::{IngestedBefore, Pager};
 use crate::storage::{IndexEntry, Store, keys};
+use crate::telemetry::metrics as m;
 
 /// Index entries handled per write batch.
 pub const SEAL_BATCH: usize = 1000;
@@ -45,6 +51,13 @@ pub fn seal_lag(now_ms: i64, seal_after: Duration, ingested_at_ms: i64) -> Durat
     Duration::from_millis(overdue_ms.max(0) as u64)
 }
 
+/// The tenants a sweep holds back, decided from their projections alone:
+/// every tenant that is not active (its key failing, or locked down). Their
+/// records stay in `hot` and seal once the tenant is restored.
+pub fn plan(tenants: &[(String, TenantProjection)]) -> BTreeSet<String> {
+    tenants.iter().filter(|(_, p)| p.state() != TenantState::Active).map(|(tenant, _)| tenant.clone()).collect()
+}
+
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -60,51 +73,98 @@ pub struct SealSummary {
     /// Records left in `hot` because they failed their integrity check.
     pub unsealable: BTreeMap<String, u64>,
     /// Tenants held back during the sweep because their sealed data key
-    /// could not be had, each with the reason's stable code (one of
-    /// [`HOLD_REASONS`]); their records are counted in `held_back`.
-    pub held_back_reasons: BTreeMap<String, String>,
+    /// could not be had, each with the reason; their records are counted in
+    /// `held_back`.
+    pub held_back_reasons: BTreeMap<String, HoldReason>,
 }
 
-/// Every reason a tenant can be held back for mid-sweep, as
-/// [`hold_reason`] names them (and `keyseal_seal_held_back_total` labels them).
-pub const HOLD_REASONS: [&str; 11] = [
-    "vault_throttled",
-    "vault_unreachable",
-    "vault_error",
-    "missing_permission",
-    "key_not_found",
-    "key_disabled",
-    "key_expired",
-    "key_not_yet_active",
-    "invalid_key_uri",
-    "vault_not_configured",
-    "data_key_unavailable",
-];
+/// Why a tenant was held back mid-sweep: its sealed data key could not be
+/// had. The names are stable: the summary and `keyseal_seal_held_back_total`
+/// carry them. They name the cause, never key material.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldReason {
+    /// The vault answered 429 through every retry.
+    VaultThrottled,
+    /// The vault could not be reached.
+    VaultUnreachable,
+    /// The vault answered with an error of its own.
+    VaultError,
+    /// keyseal may not wrap with the key.
+    MissingPermission,
+    /// The key does not exist.
+    KeyNotFound,
+    /// The key is disabled.
+    KeyDisabled,
+    /// The key's `exp` has passed.
+    KeyExpired,
+    /// The key's `nbf` is in the future.
+    KeyNotYetActive,
+    /// The stored key URI names no vault keyseal may call.
+    InvalidKeyUri,
+    /// The worker has no Key Vault client.
+    VaultNotConfigured,
+    /// The data key itself could not be read or unwrapped.
+    DataKeyUnavailable,
+}
 
-/// Why a tenant's sealed data key could not be had, as a stable code, or
-/// `None` for a store failure, which ends the sweep (nothing can be sealed).
-/// The codes name the cause, never key material.
-pub fn hold_reason(error: &KeyringError) -> Option<&'static str> {
-    let reason = match error {
-        KeyringError::Store(_) => return None,
-        KeyringError::Vault(vault) => match vault {
-            VaultError::Throttled => "vault_throttled",
-            VaultError::Unreachable(_) => "vault_unreachable",
-            VaultError::Service { .. } | VaultError::Invalid(_) => "vault_error",
-            VaultError::KeyNotFound => "key_not_found",
-            VaultError::Forbidden { code, .. } => match code.as_str() {
-                "KeyDisabled" => "key_disabled",
-                "KeyExpired" => "key_expired",
-                "KeyNotYetValid" => "key_not_yet_active",
-                _ => "missing_permission",
+impl HoldReason {
+    /// Every reason, for pre-registering the metric's series.
+    pub const ALL: [Self; 11] = [
+        Self::VaultThrottled,
+        Self::VaultUnreachable,
+        Self::VaultError,
+        Self::MissingPermission,
+        Self::KeyNotFound,
+        Self::KeyDisabled,
+        Self::KeyExpired,
+        Self::KeyNotYetActive,
+        Self::InvalidKeyUri,
+        Self::VaultNotConfigured,
+        Self::DataKeyUnavailable,
+    ];
+
+    /// The reason's stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VaultThrottled => "vault_throttled",
+            Self::VaultUnreachable => "vault_unreachable",
+            Self::VaultError => "vault_error",
+            Self::MissingPermission => "missing_permission",
+            Self::KeyNotFound => "key_not_found",
+            Self::KeyDisabled => "key_disabled",
+            Self::KeyExpired => "key_expired",
+            Self::KeyNotYetActive => "key_not_yet_active",
+            Self::InvalidKeyUri => "invalid_key_uri",
+            Self::VaultNotConfigured => "vault_not_configured",
+            Self::DataKeyUnavailable => "data_key_unavailable",
+        }
+    }
+
+    /// Why `error` keeps a tenant's sealed data key out of reach, or `None`
+    /// for a store failure, which ends the sweep (nothing can be sealed).
+    pub fn of(error: &KeyringError) -> Option<Self> {
+        let reason = match error {
+            KeyringError::Store(_) => return None,
+            KeyringError::Vault(vault) => match vault {
+                VaultError::Throttled => Self::VaultThrottled,
+                VaultError::Unreachable(_) => Self::VaultUnreachable,
+                VaultError::Service { .. } | VaultError::Invalid(_) => Self::VaultError,
+                VaultError::KeyNotFound => Self::KeyNotFound,
+                VaultError::Forbidden { code, .. } => match code.as_str() {
+                    "KeyDisabled" => Self::KeyDisabled,
+                    "KeyExpired" => Self::KeyExpired,
+                    "KeyNotYetValid" => Self::KeyNotYetActive,
+                    _ => Self::MissingPermission,
+                },
+                VaultError::Credential(_) => Self::MissingPermission,
             },
-            VaultError::Credential(_) => "missing_permission",
-        },
-        KeyringError::KeyUri(_) => "invalid_key_uri",
-        KeyringError::VaultNotConfigured(_) => "vault_not_configured",
-        KeyringError::Crypto(_) | KeyringError::UnknownDataKey => "data_key_unavailable",
-    };
-    Some(reason)
+            KeyringError::KeyUri(_) => Self::InvalidKeyUri,
+            KeyringError::VaultNotConfigured(_) => Self::VaultNotConfigured,
+            KeyringError::Crypto(_) | KeyringError::UnknownDataKey => Self::DataKeyUnavailable,
+        };
+        Some(reason)
+    }
 }
 
 /// Seals every record due when it starts, batch by batch, until none is
@@ -120,15 +180,10 @@ pub async fn seal_due(
 ) -> Result<SealSummary, RecordError> {
     let cutoff = seal_cutoff_ms(clock.now_ms(), seal_after);
     let mut summary = SealSummary::default();
-    let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        let mut due = store.ingested_before(cursor.as_deref(), cutoff, SEAL_BATCH)?;
-        let Some(last) = due.last() else {
-            return Ok(summary);
-        };
-        cursor = Some(last.0.clone());
+    let mut pages = Pager::new(store, IngestedBefore { cutoff_ms: cutoff }, SEAL_BATCH);
+    while let Some(mut due) = pages.next_page()? {
         let held = &summary.held_back_reasons;
-        due.retain(|(_, _, record_key)| match keys::split_record_key(record_key) {
+        due.retain(|entry| match keys::split_record_key(&entry.record_key) {
             Some((tenant, _)) if hold.contains(tenant) || held.contains_key(tenant) => {
                 *summary.held_back.entry(tenant.to_owned()).or_default() += 1;
                 false
@@ -137,6 +192,7 @@ pub async fn seal_due(
         });
         seal_batch(store, keyring, &due, clock.now_ms(), &mut summary).await?;
     }
+    Ok(summary)
 }
 
 async fn seal_batch(
@@ -149,19 +205,19 @@ async fn seal_batch(
     if due.is_empty() {
         return Ok(());
     }
-    let record_keys: Vec<&[u8]> = due.iter().map(|(_, _, k)| k.as_slice()).collect();
+    let record_keys: Vec<&[u8]> = due.iter().map(|entry| entry.record_key.as_slice()).collect();
     let found = store.find_records(&record_keys)?;
     let mut txn = store.transaction();
     let mut per_tenant: BTreeMap<String, (u32, i64)> = BTreeMap::new();
     let mut hot_keys: HashMap<Vec<u8>, Arc<DataKey>> = HashMap::new();
     let mut wanted: HashMap<String, u64> = HashMap::new();
-    for (_, _, record_key) in due {
-        if let Some((tenant, _)) = keys::split_record_key(record_key) {
+    for entry in due {
+        if let Some((tenant, _)) = keys::split_record_key(&entry.record_key) {
             *wanted.entry(tenant.to_owned()).or_default() += 1;
         }
     }
     let mut sealed_keys = BatchKeys::new(keyring, Layer::Sealed, now_ms, wanted);
-    for ((index_key, ingested_at, record_key), located) in due.iter().zip(found) {
+    for (IndexEntry { index_key, ingested_at_ms: ingested_at, record_key }, located) in due.iter().zip(found) {
         let (Some(located), Some((tenant, record_id))) = (located, keys::split_record_key(record_key)) else {
             txn.delete_index(index_key);
             summary.stale_index_entries += 1;
@@ -202,15 +258,15 @@ async fn seal_batch(
         let lease = match sealed_keys.next(tenant).await {
             Ok(lease) => lease,
             Err(e) => {
-                let Some(reason) = hold_reason(&e) else {
+                let Some(reason) = HoldReason::of(&e) else {
                     return Err(e.into());
                 };
                 // The tenant's records already in the batch are whole (sealed
                 // under a stored key); this one and the rest stay in hot with
                 // their index entries until a later sweep.
-                warn!(tenant, reason, error = %e, "no sealed data key; tenant held back for this sweep");
-                m::seal_held_back(reason);
-                summary.held_back_reasons.insert(tenant.to_owned(), reason.to_owned());
+                warn!(tenant, reason = reason.as_str(), error = %e, "no sealed data key; tenant held back for this sweep");
+                m::seal_held_back(reason.as_str());
+                summary.held_back_reasons.insert(tenant.to_owned(), reason);
                 *summary.held_back.entry(tenant.to_owned()).or_default() += 1;
                 continue;
             }
@@ -233,7 +289,7 @@ async fn seal_batch(
         summary.sealed += u64::from(count);
         *summary.tenants.entry(tenant).or_default() += u64::from(count);
     }
-    txn.commit(now_ms)?;
+    txn.commit_durable(now_ms).await?;
     Ok(())
 }
 
@@ -258,7 +314,7 @@ mod tests {
             what: "data key",
             reason: "x".into(),
         });
-        assert_eq!(hold_reason(&store), None);
+        assert_eq!(HoldReason::of(&store), None);
         let forbidden = |code: &str| VaultError::Forbidden { code: code.to_owned(), message: String::new() };
         let cases = [
             (KeyringError::Vault(VaultError::Throttled), "vault_throttled"),
@@ -273,10 +329,28 @@ mod tests {
             (KeyringError::VaultNotConfigured("none".into()), "vault_not_configured"),
             (KeyringError::UnknownDataKey, "data_key_unavailable"),
         ];
-        for (error, reason) in cases {
-            assert_eq!(hold_reason(&error), Some(reason), "{error}");
-            assert!(HOLD_REASONS.contains(&reason));
+        for (error, name) in cases {
+            let reason = HoldReason::of(&error).unwrap_or_else(|| panic!("{error} holds a tenant back"));
+            assert_eq!(reason.as_str(), name, "{error}");
+            assert!(HoldReason::ALL.contains(&reason));
+            assert_eq!(serde_json::to_value(reason).unwrap(), name, "the summary says what the metric says");
         }
+    }
+
+    #[test]
+    fn only_active_tenants_are_planned_to_seal() {
+        let with_state = |tenant: &str, state: TenantState| {
+            let mut projection = TenantProjection::default();
+            projection.set_state(state);
+            (tenant.to_owned(), projection)
+        };
+        let tenants = [
+            with_state("active", TenantState::Active),
+            with_state("degraded", TenantState::Degraded),
+            with_state("locked", TenantState::LockedDown),
+        ];
+        let held: Vec<String> = plan(&tenants).into_iter().collect();
+        assert_eq!(held, ["degraded", "locked"]);
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! and `/readyz` stay open for probes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::Query;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -23,18 +22,42 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
+use crate::admin::status_page;
+use crate::byok::rewrapper::RewrapRequests;
+use crate::byok::{self, EncryptionError};
 use crate::clock::rfc3339;
 use crate::config::Settings;
 use crate::crypto::CryptoError;
-use crate::encryption::{self, EncryptionError};
+use crate::events::projection::state_name;
+use crate::events::replay;
 use crate::health::policy::KeyHealthView;
+use crate::health::prober::ProbeTimes;
+use crate::ingest::consumer::Readiness;
 use crate::ingest::validate::{is_valid_record_id, is_valid_tenant_id};
 use crate::proto::store::TenantState;
 use crate::records::{self, RecordError};
-use crate::status_page;
+use crate::shard::Shard;
 use crate::storage::StoreError;
-use crate::worker::Services;
-use crate::worker::state_name;
+use crate::sweeps::Sweeper;
+use crate::telemetry::gauges;
+
+/// What the admin API serves from: the shard, the sweeper and rewrapper it
+/// may ask for work, and read-only views of the consumer's and prober's state.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The shard whose tenants it answers for.
+    pub shard: Arc<Shard>,
+    /// The worker's settings (token, grace, seal age).
+    pub settings: Arc<Settings>,
+    /// Runs sweeps on demand and serialises root changes with them.
+    pub sweeper: Arc<Sweeper>,
+    /// Asks the rewrapper to move a tenant's data keys.
+    pub rewraps: RewrapRequests,
+    /// Whether the ingest consumer is consuming.
+    pub ready: Readiness,
+    /// When each tenant's key was last probed.
+    pub last_probes: Arc<ProbeTimes>,
+}
 
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 64 << 10;
@@ -121,12 +144,12 @@ pub async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves the API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, services: Arc<Services>, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(services)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+pub async fn serve(listener: TcpListener, app: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(app)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
 
 /// The routes, for serving and for in-process tests.
-pub fn router(services: Arc<Services>) -> Router {
+pub fn router(app: AdminState) -> Router {
     let v1 = Router::new()
         .route("/tenants/{tenant}", get(tenant_status))
         .route("/tenants/{tenant}/records/{record_id}", get(read_record))
@@ -140,7 +163,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/", get(status_html))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
-        .route_layer(middleware::from_fn_with_state(services.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -150,16 +173,16 @@ pub fn router(services: Arc<Services>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path does not take that method")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(services)
+        .with_state(app)
 }
 
 async fn require_token(
-    State(services): State<Arc<Services>>,
+    State(app): State<AdminState>,
     headers: HeaderMap,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = &services.settings.admin_token {
+    if let Some(expected) = &app.settings.admin_token {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -176,27 +199,28 @@ async fn require_token(
     Ok(next.run(request).await)
 }
 
-async fn readyz(State(services): State<Arc<Services>>) -> Result<Json<serde_json::Value>, ApiError> {
-    if services.amqp_ready.load(Ordering::SeqCst) {
+async fn readyz(State(app): State<AdminState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if app.ready.is_ready() {
         Ok(Json(json!({"status": "ready"})))
     } else {
         Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "not consuming from RabbitMQ yet"))
     }
 }
 
-async fn metrics(State(services): State<Arc<Services>>) -> Response {
-    if let Err(e) = services.refresh_gauges() {
+async fn metrics(State(app): State<AdminState>) -> Response {
+    if let Err(e) = gauges::refresh(&app.shard.store, app.shard.now_ms(), app.settings.seal_after) {
         error!(error = %e, "refreshing gauges");
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::handle().render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::telemetry::metrics::handle().render())
+        .into_response()
 }
 
 /// `GET /`: the status page. Like `/metrics`, it needs the bearer token
 /// when one is set: it shows what `/metrics` exposes (tenant ids, states,
 /// key health, record counts, seal lag) plus the health reason, key version
 /// and state times of each tenant; never a payload, a key or a key URI.
-async fn status_html(State(services): State<Arc<Services>>) -> Result<Response, ApiError> {
-    let snapshot = status_page::snapshot(&services)?;
+async fn status_html(State(app): State<AdminState>) -> Result<Response, ApiError> {
+    let snapshot = status_page::snapshot(&app.shard, &app.ready, &app.settings)?;
     Ok((
         [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
         status_page::render(&snapshot),
@@ -213,11 +237,11 @@ fn check_tenant(tenant: &str) -> Result<(), ApiError> {
 }
 
 async fn tenant_status(
-    State(services): State<Arc<Services>>,
+    State(app): State<AdminState>,
     ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_tenant(&tenant)?;
-    let projection = services.store.tenant(&tenant).ok_or_else(|| {
+    let projection = app.shard.store.tenant(&tenant).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "tenant_not_found", format!("no records or events for tenant {tenant}"))
     })?;
     let encryption = if projection.key_uri.is_empty() {
@@ -230,8 +254,9 @@ async fn tenant_status(
             "rewrapPending": projection.rewrap_pending,
         })
     };
-    let health = KeyHealthView::of(&projection, services.settings.lockdown_after);
-    let data_keys = services
+    let health = KeyHealthView::of(&projection, app.settings.lockdown_after);
+    let data_keys = app
+        .shard
         .keyring
         .data_key_census(&tenant)
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
@@ -246,21 +271,21 @@ async fn tenant_status(
             "status": health.status(),
             "since": health.since_ms.map(rfc3339),
             "reason": health.reason,
-            "lastProbe": services.probe_times.last(&tenant).map(rfc3339),
+            "lastProbe": app.last_probes.last(&tenant).map(rfc3339),
             "lockdownAt": health.lockdown_at_ms.map(rfc3339),
         },
     })))
 }
 
 async fn read_record(
-    State(services): State<Arc<Services>>,
+    State(app): State<AdminState>,
     ApiPath((tenant, record_id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     check_tenant(&tenant)?;
     if !is_valid_record_id(&record_id) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_record_id", "record ids are 1..=128 bytes"));
     }
-    if let Some(p) = services.store.tenant(&tenant).filter(|p| p.state() == TenantState::LockedDown) {
+    if let Some(p) = app.shard.store.tenant(&tenant).filter(|p| p.state() == TenantState::LockedDown) {
         return Err(ApiError::new(
             StatusCode::LOCKED,
             "tenant_locked_down",
@@ -270,7 +295,7 @@ async fn read_record(
             ),
         ));
     }
-    let (_, content) = records::read(&services.store, &services.keyring, &tenant, &record_id)
+    let (_, content) = records::read(&app.shard.store, &app.shard.keyring, &tenant, &record_id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "record_not_found", "no such record for this tenant"))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], content.payload).into_response())
@@ -287,7 +312,15 @@ impl From<EncryptionError> for ApiError {
     fn from(e: EncryptionError) -> Self {
         let message = e.to_string();
         match e {
-            EncryptionError::Refused(refusal) => Self::new(refusal.status(), refusal.code(), message),
+            EncryptionError::Refused(refusal) => {
+                // 400 for a malformed request, 422 for a well-formed one naming an unusable key.
+                let status = if refusal.is_malformed_request() {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                Self::new(status, refusal.code(), message)
+            }
             EncryptionError::VaultNotConfigured(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "vault_not_configured", message)
             }
@@ -302,7 +335,7 @@ impl From<EncryptionError> for ApiError {
 }
 
 async fn enable_encryption(
-    State(services): State<Arc<Services>>,
+    State(app): State<AdminState>,
     ApiPath(tenant): ApiPath<String>,
     body: Result<Json<EnableRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -312,23 +345,23 @@ async fn enable_encryption(
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "invalid_json" };
         ApiError::new(status, code, e.body_text())
     })?;
-    let rewrap = encryption::enable(&services, &tenant, &request.key_uri).await?;
-    let Json(status) = tenant_status(State(services), ApiPath(tenant)).await?;
+    let rewrap = byok::enable(&app.shard, &app.sweeper, &app.rewraps, &tenant, &request.key_uri).await?;
+    let Json(status) = tenant_status(State(app), ApiPath(tenant)).await?;
     Ok(Json(json!({"status": status, "rewrap": rewrap})))
 }
 
 async fn disable_encryption(
-    State(services): State<Arc<Services>>,
+    State(app): State<AdminState>,
     ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_tenant(&tenant)?;
-    let rewrap = encryption::disable(&services, &tenant).await?;
-    let Json(status) = tenant_status(State(services), ApiPath(tenant)).await?;
+    let rewrap = byok::disable(&app.shard, &app.sweeper, &tenant).await?;
+    let Json(status) = tenant_status(State(app), ApiPath(tenant)).await?;
     Ok(Json(json!({"status": status, "rewrap": rewrap})))
 }
 
-async fn replay(State(services): State<Arc<Services>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let report = services.replay()?;
+async fn replay(State(app): State<AdminState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let report = replay::check(&app.shard.store)?;
     Ok(Json(serde_json::to_value(report).expect("a report serialises")))
 }
 
@@ -340,14 +373,14 @@ struct SweepQuery {
 
 /// Runs a sweep now: `seal` (the default), `reencrypt` or `scrub`.
 async fn sweep(
-    State(services): State<Arc<Services>>,
+    State(app): State<AdminState>,
     query: Result<Query<SweepQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let summary = match query.kind.as_deref().unwrap_or("seal") {
-        "seal" => json!({"seal": services.sweep().await?}),
-        "reencrypt" => json!({"reencrypt": services.reencrypt().await?}),
-        "scrub" => json!({"scrub": services.scrub().await?}),
+        "seal" => json!({"seal": app.sweeper.seal().await?}),
+        "reencrypt" => json!({"reencrypt": app.sweeper.reencrypt().await?}),
+        "scrub" => json!({"scrub": app.sweeper.scrub().await?}),
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -360,6 +393,6 @@ async fn sweep(
 }
 
 /// Where the running re-encryption sweep or scrub stands (`null` when none runs).
-async fn sweep_progress(State(services): State<Arc<Services>>) -> Json<serde_json::Value> {
-    Json(json!({"running": services.progress.snapshot()}))
+async fn sweep_progress(State(app): State<AdminState>) -> Json<serde_json::Value> {
+    Json(json!({"running": app.sweeper.progress().snapshot()}))
 }

@@ -1,5 +1,8 @@
 //! RabbitMQ plumbing shared by the worker, the producer and the outbox:
-//! connecting, the fixed topology from DESIGN.md, and reconnect backoff.
+//! connecting, the fixed topology from DESIGN.md, and reconnect backoff;
+//! [`publish`] is the confirm-mode producer.
+
+pub mod publish;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! health, hot and sealed counts and seal lag, and the worker's totals; it
 //! refreshes itself, needs no scripts and loads no external assets.
 //!
-//! [`snapshot`] reads what the page shows from a shard's [`Services`];
+//! [`snapshot`] reads what the page shows from a shard and its consumer's readiness;
 //! [`render`] turns a [`Snapshot`] into HTML, purely, escaping every string
 //! it did not write itself. The page never shows payloads, key material or
 //! key URIs: only what `/metrics` already exposes, plus key health reasons,
@@ -11,15 +11,17 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Write};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::clock::rfc3339;
+use crate::config::Settings;
+use crate::events::projection::state_name;
 use crate::health::policy::KeyHealthView;
+use crate::ingest::consumer::Readiness;
 use crate::proto::store::{TenantProjection, TenantState};
-use crate::sealing;
+use crate::shard::Shard;
 use crate::storage::{StoreError, keys};
-use crate::worker::{Services, state_name};
+use crate::sweeps::seal as sealing;
 
 /// Seconds between the page's self-refreshes.
 pub const REFRESH_SECONDS: u32 = 5;
@@ -58,10 +60,10 @@ pub struct TenantRow {
     pub seal_lag: Option<Duration>,
 }
 
-/// Reads what the page shows from `services`.
-pub fn snapshot(services: &Services) -> Result<Snapshot, StoreError> {
-    let now_ms = services.clock.now_ms();
-    let seal_after = services.settings.seal_after;
+/// Reads what the page shows from `shard` now.
+pub fn snapshot(shard: &Shard, ready: &Readiness, settings: &Settings) -> Result<Snapshot, StoreError> {
+    let now_ms = shard.now_ms();
+    let seal_after = settings.seal_after;
     // A tenant's seal lag needs its oldest record in `hot`, but the time
     // index is ordered by time, not by tenant. Reading only the overdue part
     // of it (before the seal cutoff) finds every tenant's oldest overdue
@@ -71,16 +73,16 @@ pub fn snapshot(services: &Services) -> Result<Snapshot, StoreError> {
     // and a tenant it did not reach shows its lag as not measured. The
     // worker-wide lag is exact either way: it is the first entry's.
     let cutoff_ms = sealing::seal_cutoff_ms(now_ms, seal_after);
-    let overdue = services.store.ingested_before(None, cutoff_ms, OVERDUE_SCAN_LIMIT)?;
+    let overdue = shard.store.ingested_before(None, cutoff_ms, OVERDUE_SCAN_LIMIT)?;
     let read_all_overdue = overdue.len() < OVERDUE_SCAN_LIMIT;
     let mut oldest_overdue: HashMap<&str, i64> = HashMap::new();
-    for (_, ingested_at_ms, record_key) in &overdue {
-        if let Some((tenant, _)) = keys::split_record_key(record_key) {
-            oldest_overdue.entry(tenant).or_insert(*ingested_at_ms);
+    for entry in &overdue {
+        if let Some((tenant, _)) = keys::split_record_key(&entry.record_key) {
+            oldest_overdue.entry(tenant).or_insert(entry.ingested_at_ms);
         }
     }
     let lag = |ingested_at_ms| sealing::seal_lag(now_ms, seal_after, ingested_at_ms);
-    let tenants = services
+    let tenants = shard
         .store
         .tenants()
         .into_iter()
@@ -90,19 +92,14 @@ pub fn snapshot(services: &Services) -> Result<Snapshot, StoreError> {
                 None if read_all_overdue || projection.hot_records == 0 => Some(Duration::ZERO),
                 None => None,
             };
-            TenantRow {
-                health: KeyHealthView::of(&projection, services.settings.lockdown_after),
-                tenant,
-                projection,
-                seal_lag,
-            }
+            TenantRow { health: KeyHealthView::of(&projection, settings.lockdown_after), tenant, projection, seal_lag }
         })
         .collect();
     Ok(Snapshot {
         taken_at_ms: now_ms,
-        amqp_ready: services.amqp_ready.load(Ordering::SeqCst),
+        amqp_ready: ready.is_ready(),
         seal_after,
-        seal_lag: overdue.first().map_or(Duration::ZERO, |(_, ingested_at_ms, _)| lag(*ingested_at_ms)),
+        seal_lag: overdue.first().map_or(Duration::ZERO, |entry| lag(entry.ingested_at_ms)),
         tenants,
     })
 }

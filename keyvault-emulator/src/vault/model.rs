@@ -1,0 +1,274 @@
+//! What the vault holds, and Key Vault's rules for a single version: the
+//! deletion policy of the vault, the key operations, a version's attributes
+//! and whether it may be used for an operation now, and the views handlers
+//! render.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServiceError;
+use crate::material::{KeyMaterial, KeyType};
+use crate::{EmulatorError, RecoveryLevel};
+
+pub(crate) const SECONDS_PER_DAY: i64 = 86_400;
+
+/// Current time as Key Vault's timestamps: integer Unix seconds.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// How deleting a key behaves in this vault.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeletionPolicy {
+    level: RecoveryLevel,
+    recoverable_days: u32,
+}
+
+impl DeletionPolicy {
+    /// Checks the retention Key Vault allows: 7 to 90 days with soft delete.
+    pub(crate) fn new(level: RecoveryLevel, recoverable_days: u32) -> Result<Self, EmulatorError> {
+        if level.soft_delete() && !(7..=90).contains(&recoverable_days) {
+            return Err(EmulatorError::InvalidSetting(format!(
+                "--recoverable-days must be between 7 and 90 with recovery level {}, not {recoverable_days}",
+                level.as_str()
+            )));
+        }
+        Ok(Self { level, recoverable_days })
+    }
+
+    pub(crate) fn level(&self) -> RecoveryLevel {
+        self.level
+    }
+
+    /// `recoverableDays` as Key Vault reports it: 0 without soft delete.
+    pub(crate) fn recoverable_days(&self) -> u32 {
+        if self.level.soft_delete() { self.recoverable_days } else { 0 }
+    }
+}
+
+/// The cryptographic operations a request can ask of a key version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyOperation {
+    Encrypt,
+    Decrypt,
+    WrapKey,
+    UnwrapKey,
+}
+
+impl KeyOperation {
+    /// Parses the last path segment (`wrapkey`, case-insensitive).
+    pub(crate) fn from_path_segment(segment: &str) -> Option<Self> {
+        match segment.to_ascii_lowercase().as_str() {
+            "encrypt" => Some(Self::Encrypt),
+            "decrypt" => Some(Self::Decrypt),
+            "wrapkey" => Some(Self::WrapKey),
+            "unwrapkey" => Some(Self::UnwrapKey),
+            _ => None,
+        }
+    }
+
+    /// The path segment, also the name the call counter uses.
+    pub(crate) fn path_segment(self) -> &'static str {
+        match self {
+            Self::Encrypt => "encrypt",
+            Self::Decrypt => "decrypt",
+            Self::WrapKey => "wrapkey",
+            Self::UnwrapKey => "unwrapkey",
+        }
+    }
+
+    /// The `key_ops` value that permits the operation.
+    pub(crate) fn key_op(self) -> &'static str {
+        match self {
+            Self::Encrypt => "encrypt",
+            Self::Decrypt => "decrypt",
+            Self::WrapKey => "wrapKey",
+            Self::UnwrapKey => "unwrapKey",
+        }
+    }
+
+    /// Whether the operation protects new data. Key Vault refuses those
+    /// outside the key's `nbf`..`exp` window but keeps decrypt and unwrap
+    /// working, so nobody is locked out of data already protected.
+    fn needs_validity_window(self) -> bool {
+        matches!(self, Self::Encrypt | Self::WrapKey)
+    }
+
+    /// Whether the operation turns data into ciphertext.
+    pub(crate) fn encrypts(self) -> bool {
+        matches!(self, Self::Encrypt | Self::WrapKey)
+    }
+}
+
+/// The attributes of one key version as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct VersionProps {
+    pub(crate) kty: KeyType,
+    pub(crate) key_ops: Vec<String>,
+    pub(crate) enabled: bool,
+    pub(crate) nbf: Option<i64>,
+    pub(crate) exp: Option<i64>,
+    pub(crate) created: i64,
+    pub(crate) updated: i64,
+    pub(crate) tags: BTreeMap<String, String>,
+}
+
+impl VersionProps {
+    /// Refuses an operation the way Key Vault does: disabled first, then a
+    /// missing `key_ops` entry, then the validity window.
+    pub(crate) fn check_usable(&self, operation: KeyOperation, now: i64) -> Result<(), ServiceError> {
+        let name = operation.key_op();
+        if !self.enabled {
+            return Err(ServiceError::key_disabled(name));
+        }
+        if !self.key_ops.iter().any(|op| op == name) {
+            return Err(ServiceError::operation_not_permitted(name));
+        }
+        if operation.needs_validity_window() {
+            if self.nbf.is_some_and(|nbf| now < nbf) {
+                return Err(ServiceError::key_not_yet_valid(name));
+            }
+            if self.exp.is_some_and(|exp| now >= exp) {
+                return Err(ServiceError::key_expired(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One version of a key: its id (32 lowercase hex characters), attributes
+/// and private key.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyVersion {
+    pub(crate) id: String,
+    pub(crate) props: VersionProps,
+    pub(crate) material: Arc<KeyMaterial>,
+}
+
+/// When a soft-deleted key was deleted and when it will be purged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Deletion {
+    pub(crate) deleted_date: i64,
+    pub(crate) scheduled_purge_date: i64,
+}
+
+/// A key name with all its versions, oldest first, and its deletion state.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyRecord {
+    /// The name as first created; lookups ignore case like Key Vault's.
+    pub(crate) name: String,
+    pub(crate) versions: Vec<KeyVersion>,
+    pub(crate) deleted: Option<Deletion>,
+}
+
+impl KeyRecord {
+    pub(crate) fn latest(&self) -> Option<&KeyVersion> {
+        self.versions.last()
+    }
+
+    /// The named version, or the latest when `version` is `None`.
+    pub(crate) fn version(&self, version: Option<&str>) -> Option<&KeyVersion> {
+        match version {
+            None => self.latest(),
+            Some(id) => self.versions.iter().find(|v| v.id.eq_ignore_ascii_case(id)),
+        }
+    }
+
+    pub(crate) fn view(&self, version: &KeyVersion) -> KeyView {
+        KeyView { name: self.name.clone(), version: version.clone(), deletion: self.deleted }
+    }
+}
+
+/// What a read returns: a version together with its key's name and
+/// deletion state, everything a response needs.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyView {
+    pub(crate) name: String,
+    pub(crate) version: KeyVersion,
+    pub(crate) deletion: Option<Deletion>,
+}
+
+/// The attributes of a version being created.
+#[derive(Debug, Clone)]
+pub(crate) struct NewVersion {
+    pub(crate) kty: KeyType,
+    pub(crate) key_ops: Vec<String>,
+    pub(crate) enabled: bool,
+    pub(crate) nbf: Option<i64>,
+    pub(crate) exp: Option<i64>,
+    pub(crate) tags: BTreeMap<String, String>,
+}
+
+/// A PATCH: only the fields that are `Some` change.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PropsChange {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) nbf: Option<i64>,
+    pub(crate) exp: Option<i64>,
+    pub(crate) key_ops: Option<Vec<String>>,
+    pub(crate) tags: Option<BTreeMap<String, String>>,
+}
+
+/// All keys of the vault, in memory and on disk.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(key_ops: &[&str]) -> VersionProps {
+        VersionProps {
+            kty: KeyType::Rsa,
+            key_ops: key_ops.iter().map(|op| op.to_string()).collect(),
+            enabled: true,
+            nbf: None,
+            exp: None,
+            created: 0,
+            updated: 0,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn disabled_wins_over_every_other_refusal() {
+        let mut p = props(&[]);
+        p.enabled = false;
+        p.exp = Some(0);
+        let refusal = p.check_usable(KeyOperation::WrapKey, 10).unwrap_err();
+        assert_eq!(refusal.inner_code, Some("KeyDisabled"));
+        assert_eq!(refusal.status, 403);
+    }
+
+    #[test]
+    fn missing_key_op_is_forbidden() {
+        let p = props(&["wrapKey"]);
+        assert!(p.check_usable(KeyOperation::WrapKey, 10).is_ok());
+        let refusal = p.check_usable(KeyOperation::UnwrapKey, 10).unwrap_err();
+        assert_eq!(refusal.inner_code, Some("KeyOperationForbidden"));
+        assert!(refusal.message.contains("unwrapKey"));
+    }
+
+    #[test]
+    fn validity_window_blocks_wrap_but_not_unwrap() {
+        let mut p = props(&["wrapKey", "unwrapKey"]);
+        p.nbf = Some(100);
+        assert_eq!(p.check_usable(KeyOperation::WrapKey, 99).unwrap_err().inner_code, Some("KeyNotYetValid"));
+        assert!(p.check_usable(KeyOperation::WrapKey, 100).is_ok());
+        assert!(p.check_usable(KeyOperation::UnwrapKey, 99).is_ok());
+        p.exp = Some(200);
+        assert_eq!(p.check_usable(KeyOperation::WrapKey, 200).unwrap_err().inner_code, Some("KeyExpired"));
+        assert!(p.check_usable(KeyOperation::UnwrapKey, 200).is_ok());
+    }
+
+    #[test]
+    fn retention_outside_key_vault_range_is_refused() {
+        assert!(DeletionPolicy::new(RecoveryLevel::Recoverable, 6).is_err());
+        assert!(DeletionPolicy::new(RecoveryLevel::Recoverable, 91).is_err());
+        let purgeable = DeletionPolicy::new(RecoveryLevel::Purgeable, 0).expect("no soft delete");
+        assert_eq!(purgeable.recoverable_days(), 0);
+    }
+}

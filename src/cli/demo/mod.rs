@@ -1,0 +1,343 @@
+//! `keyseal demo`: the whole story of keyseal in one process, on local
+//! defaults, with durations short enough to watch.
+//!
+//! It starts the Key Vault emulator and a worker in-process (temporary
+//! directories, the real clock; records sealed after 3 s, keys probed every
+//! second, lockdown 4 s after a key breaks) and plays the customer and the
+//! operator: records for two tenants, the customer's own key for one,
+//! sealing, a key roll, a broken key (degraded, then locked down: reads
+//! refused while ingestion goes on), the key mended (restored, backlog
+//! sealed), and the customer key removed again. Each step is waited for by
+//! polling the admin API under a timeout, never by sleeping and hoping, and
+//! narrated with the time since the start; a status table of both tenants
+//! ends the story. Payloads and key material are never printed.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyseal::broker::publish::{self, PublishError, Publisher};
+use keyseal::broker::{self, DEFAULT_AMQP_URL, INGEST_QUEUE};
+use keyseal::clock::{Clock, SystemClock};
+use keyseal::config::{self, Settings};
+use keyseal::proto::v1::IngestRecord;
+use keyseal::worker::Worker;
+use keyvault_emulator::admin::{KeyAdmin, KeyAdminError};
+use keyvault_emulator::{self as emulator, EmulatorArgs, EmulatorError};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use reqwest::StatusCode;
+
+mod story;
+
+use self::story::{Narrator, Story};
+use crate::client::{AdminClient, ClientError};
+
+/// Residence time before sealing (the real default is 48 h).
+const SEAL_AFTER: &str = "3s";
+/// How often the seal sweep runs (default 5 min).
+const SWEEP_INTERVAL: &str = "1s";
+/// How often each customer key is probed (default 60 s).
+const PROBE_INTERVAL: &str = "1s";
+/// Grace between a key breaking and the lockdown (default 50 min).
+const LOCKDOWN_AFTER: &str = "4s";
+/// Records published per tenant at the start.
+const RECORDS: usize = 50;
+/// Records published to the BYOK tenant while its key is broken.
+const LATE_RECORDS: usize = 20;
+/// Payload bytes per record.
+const PAYLOAD_BYTES: usize = 512;
+/// Longest wait for any one step; the whole story takes about 12 s.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a condition being waited for is checked.
+const POLL_EVERY: Duration = Duration::from_millis(100);
+/// How long the broker may take to accept a connection.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Records in flight per confirm round.
+const PUBLISH_WINDOW: usize = 500;
+
+/// Settings of `keyseal demo`: only where things are; the story itself is
+/// fixed so that every run tells the same one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// RabbitMQ to use. The demo's worker consumes `keyseal.ingest` on this
+    /// vhost, so the demo refuses a vhost where another keyseal is working.
+    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
+    pub amqp_url: String,
+    /// Status page, admin API and /metrics of the demo's worker; when the
+    /// port is taken, a free one is used instead (the URL is printed).
+    #[arg(long, env = "KEYSEAL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// After the story, keep the worker and its status page up until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
+}
+
+/// Why the demo stopped before the end of its story.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// No broker answers at the URL (shown without its password).
+    #[error(
+        "RabbitMQ is not reachable at {url} ({reason}): start one with `rabbitmq-server -detached` \
+         (or `docker compose up -d rabbitmq`), or point --amqp-url / KEYSEAL_AMQP_URL at one"
+    )]
+    BrokerUnreachable {
+        /// The URL, password masked.
+        url: String,
+        /// What the connection attempt said.
+        reason: String,
+    },
+    /// Another keyseal uses the vhost: the demo's throwaway worker would
+    /// take (and later discard) its messages.
+    #[error(
+        "`{INGEST_QUEUE}` at {url} has {messages} waiting messages and {consumers} consumers: another keyseal \
+         uses this vhost, and the demo's throwaway worker would take its records. Give the demo a vhost of its \
+         own: `rabbitmqctl add_vhost keyseal-demo && rabbitmqctl set_permissions -p keyseal-demo guest '.*' '.*' '.*'`, \
+         then `keyseal demo --amqp-url amqp://guest:guest@127.0.0.1:5672/keyseal-demo`"
+    )]
+    BrokerInUse {
+        /// The URL, password masked.
+        url: String,
+        /// Messages waiting in the ingest queue.
+        messages: u32,
+        /// Consumers of the ingest queue.
+        consumers: u32,
+    },
+    /// The temporary directory for the store and the vault could not be made.
+    #[error("creating the demo's temporary directory")]
+    TempDir(#[source] std::io::Error),
+    /// The demo built settings the worker or the emulator refuse.
+    #[error("the demo's settings")]
+    Settings(#[from] clap::Error),
+    /// The Key Vault emulator did not start.
+    #[error("starting the Key Vault emulator")]
+    Emulator(#[from] EmulatorError),
+    /// The worker did not start or stopped with an error.
+    #[error("the worker")]
+    Worker(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A key operation in the vault failed.
+    #[error("managing the key in the vault")]
+    Vault(#[from] KeyAdminError),
+    /// A call of the worker's admin API failed.
+    #[error("calling the admin API")]
+    Admin(#[from] ClientError),
+    /// Publishing records failed.
+    #[error("publishing records")]
+    Publish(#[from] PublishError),
+    /// The broker did not confirm every record.
+    #[error("{unconfirmed} of {total} records were not confirmed by RabbitMQ")]
+    Unconfirmed {
+        /// Records not confirmed.
+        unconfirmed: usize,
+        /// Records published.
+        total: usize,
+    },
+    /// A step did not happen in time.
+    #[error("timed out after {waited:?} waiting for {what}; last seen: {last}")]
+    Timeout {
+        /// The condition waited for.
+        what: String,
+        /// How long.
+        waited: Duration,
+        /// What the last check saw.
+        last: String,
+    },
+    /// Ctrl-C before the end of the story.
+    #[error("interrupted by Ctrl-C; the worker and the emulator were stopped and the temporary data removed")]
+    Interrupted,
+    /// keyseal answered differently from its contract.
+    #[error("{step}: expected {expected}, got {got}")]
+    Unexpected {
+        /// The step.
+        step: String,
+        /// What the contract says.
+        expected: String,
+        /// What happened.
+        got: String,
+    },
+}
+
+/// Runs the demo: checks the broker, starts the emulator and a worker on
+/// temporary directories, tells the story, prints the final status table,
+/// then stops both (after Ctrl-C with `--keep-running`) and removes the
+/// temporary data.
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    let narrator = Narrator::start();
+    let shown_url = redact_password(&args.amqp_url);
+    check_broker(&args.amqp_url, &shown_url).await?;
+    narrator.say(format!(
+        "keyseal demo: two tenants, one with its own key; sealing after {SEAL_AFTER}, key probes every \
+         {PROBE_INTERVAL}, lockdown {LOCKDOWN_AFTER} after a key breaks"
+    ));
+    narrator.say(format!("RabbitMQ at {shown_url} is reachable"));
+
+    let scratch = tempfile::Builder::new().prefix("keyseal-demo-").tempdir().map_err(DemoError::TempDir)?;
+    let emulator_args: EmulatorArgs = config::parse_flags(flags(&[
+        "--addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--state-dir".as_ref(),
+        scratch.path().join("vault").as_os_str(),
+    ]))?;
+    let token = emulator_args.token.clone();
+    let vault = emulator::start(emulator_args).await?;
+    let keys = KeyAdmin::new(&vault.vault_url(), vault.cert_pem_path(), &token)?;
+    narrator.say(format!("Key Vault emulator (in-process, TLS) at {}", vault.vault_url()));
+
+    let (settings, moved_from) = worker_settings(&args, &vault, &scratch.path().join("data"))?;
+    let admin_token = settings.admin_token.clone();
+    let worker = Worker::start(settings, Arc::new(SystemClock)).await.map_err(|e| DemoError::Worker(e.into()))?;
+    let base = format!("http://{}", worker.http_addr);
+    if let Some(taken) = moved_from {
+        narrator.say(format!("{taken} is taken; the worker listens on {} instead", worker.http_addr));
+    }
+    narrator.say(format!("worker started, data in {}", scratch.path().join("data").display()));
+    narrator.say(format!("status page  {base}/"));
+    narrator.say(format!("metrics      {base}/metrics"));
+
+    let run = run_suffix();
+    let story = Story {
+        narrator: &narrator,
+        admin: AdminClient::new(&base, admin_token),
+        keys: &keys,
+        amqp_url: &args.amqp_url,
+        byok: format!("acme-{run}"),
+        managed: format!("globex-{run}"),
+    };
+    // Ctrl-C during the story still stops everything and removes the data.
+    let told = tokio::select! {
+        told = story.tell() => told,
+        _ = tokio::signal::ctrl_c() => Err(DemoError::Interrupted),
+    };
+    let stopped = match (&told, args.keep_running) {
+        (Ok(()), true) => {
+            narrator.say(format!("the worker keeps running: status page {base}/ (Ctrl-C to stop)"));
+            worker.run_until_signal().await.map_err(|e| DemoError::Worker(e.into()))
+        }
+        _ => {
+            worker.stop().await;
+            Ok(())
+        }
+    };
+    vault.shutdown().await;
+    drop(scratch);
+    told?;
+    stopped?;
+    narrator.say("worker and emulator stopped, temporary data removed");
+    Ok(())
+}
+
+/// Fails with the way to start RabbitMQ when none answers, and refuses a
+/// vhost where another keyseal consumes or has records waiting.
+async fn check_broker(url: &str, shown_url: &str) -> Result<(), DemoError> {
+    let unreachable = |reason: String| DemoError::BrokerUnreachable { url: shown_url.to_owned(), reason };
+    let connection = match tokio::time::timeout(BROKER_TIMEOUT, broker::connect(url, "demo")).await {
+        Err(_) => return Err(unreachable(format!("no answer within {BROKER_TIMEOUT:?}"))),
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Ok(Ok(connection)) => connection,
+    };
+    let load = ingest_queue_load(&connection).await;
+    broker::close(&connection, "demo broker check done").await;
+    match load {
+        Some((messages, consumers)) if messages > 0 || consumers > 0 => {
+            Err(DemoError::BrokerInUse { url: shown_url.to_owned(), messages, consumers })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// (waiting messages, consumers) of the ingest queue, declaring the
+/// topology first (idempotent, as every role does) so that the passive
+/// declare finds the queue; `None` when the broker refuses either.
+async fn ingest_queue_load(connection: &lapin::Connection) -> Option<(u32, u32)> {
+    let channel = connection.create_channel().await.ok()?;
+    broker::declare_topology(&channel).await.ok()?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let queue = channel.queue_declare(INGEST_QUEUE.into(), passive, FieldTable::default()).await.ok()?;
+    broker::close_channel(&channel, "demo broker check done").await;
+    Some((queue.message_count(), queue.consumer_count()))
+}
+
+/// The worker's settings: the demo's durations, the scratch data dir, the
+/// emulator as vault, and `args.http_addr`, or a free port when it is taken
+/// (returned second so the demo can say so).
+fn worker_settings(
+    args: &DemoArgs,
+    vault: &emulator::Emulator,
+    data_dir: &Path,
+) -> Result<(Settings, Option<SocketAddr>), DemoError> {
+    let (http_addr, moved_from) = match std::net::TcpListener::bind(args.http_addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            (SocketAddr::new(args.http_addr.ip(), 0), Some(args.http_addr))
+        }
+        // Free (the probe listener closes here), or a problem the worker reports.
+        _ => (args.http_addr, None),
+    };
+    let http_addr = http_addr.to_string();
+    let mut flags = flags(&[
+        "--amqp-url".as_ref(),
+        args.amqp_url.as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--http-addr".as_ref(),
+        http_addr.as_ref(),
+        "--seal-after".as_ref(),
+        SEAL_AFTER.as_ref(),
+        "--sweep-interval".as_ref(),
+        SWEEP_INTERVAL.as_ref(),
+        "--probe-interval".as_ref(),
+        PROBE_INTERVAL.as_ref(),
+        "--lockdown-after".as_ref(),
+        LOCKDOWN_AFTER.as_ref(),
+    ]);
+    flags.extend(vault.worker_flags().into_iter().map(OsString::from));
+    Ok((config::parse_flags(flags)?, moved_from))
+}
+
+fn flags(items: &[&std::ffi::OsStr]) -> Vec<OsString> {
+    items.iter().map(|item| item.to_os_string()).collect()
+}
+
+/// Four hex digits unique to this run: tenant names carry them, so records
+/// an earlier run left on a shared broker never mix into this run's counts.
+fn run_suffix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{:04x}", (nanos ^ std::process::id().rotate_left(16)) & 0xffff)
+}
+
+/// `url` with its password replaced by `***`, for printing.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The last `@` ends the user info, even if the password holds an `@`.
+    let Some((user_info, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match user_info.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked_and_nothing_else_changes() {
+        assert_eq!(redact_password("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact_password("amqp://u:p@ss@h/v"), "amqp://u:***@h/v");
+        assert_eq!(redact_password("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
+        assert_eq!(redact_password("amqp://user@h/v"), "amqp://user@h/v");
+        assert_eq!(redact_password("not a url"), "not a url");
+    }
+
+    #[test]
+    fn tenant_names_with_the_run_suffix_are_valid() {
+        let suffix = run_suffix();
+        assert_eq!(suffix.len(), 4, "{suffix}");
+        assert!(keyseal::ingest::validate::is_valid_tenant_id(&format!("globex-{suffix}")), "{suffix}");
+    }
+}

@@ -1,0 +1,108 @@
+//! A shard: one store with its keyring and clock, the handle every task of
+//! the shard shares. It holds no task's state (each task keeps its own and
+//! hands the admin API a read-only view of it) and imports nothing above
+//! storage and crypto, so a process can open several shards side by side.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tracing::warn;
+
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::crypto::CryptoError;
+use crate::crypto::keyring::Keyring;
+use crate::crypto::root_key::{ManagedRootKeys, RootExpectation};
+use crate::keyvault::{Vault, credential};
+use crate::storage::{Store, StoreError};
+
+/// Which shard of the deployment: an index from 0 to the shard count − 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ShardId(pub u32);
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Why a shard could not be opened. Nothing was changed on disk.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// The data dir could not be created.
+    #[error("creating data dir {dir}: {source}")]
+    DataDir {
+        /// The dir.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened (locked by another owner, corrupt, unreadable).
+    #[error("opening the store in {dir}: {source}")]
+    Store {
+        /// The shard's data dir.
+        dir: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// The managed root key is missing, damaged or not the one the store was written with.
+    #[error("loading the managed root key: {0}")]
+    ManagedRoot(#[from] CryptoError),
+    /// Reading or recording the managed root's fingerprints failed.
+    #[error(transparent)]
+    Fingerprints(#[from] StoreError),
+}
+
+/// The handle a shard's tasks share.
+pub struct Shard {
+    /// Which shard this is.
+    pub id: ShardId,
+    /// Its store: records, data keys, the event log and projections.
+    pub store: Arc<Store>,
+    /// Its data keys and the roots that wrap them.
+    pub keyring: Keyring,
+    /// The time every decision of the shard is made on.
+    pub clock: SharedClock,
+}
+
+impl Shard {
+    /// Opens the shard's store and managed root key under `settings.data_dir`
+    /// and builds its keyring. A missing Key Vault credential is not fatal:
+    /// tenants on the managed key work, and enabling a customer key says why not.
+    pub fn open(id: ShardId, settings: &Settings, clock: SharedClock) -> Result<Self, OpenError> {
+        let dir = settings.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| OpenError::DataDir { dir: dir.clone(), source })?;
+        let store =
+            Arc::new(Store::open(&dir.join("db")).map_err(|source| OpenError::Store { dir: dir.clone(), source })?);
+        let expected = RootExpectation {
+            fingerprints: store.managed_root_fingerprints()?,
+            holds_data_keys: store.holds_data_keys()?,
+        };
+        let managed = ManagedRootKeys::open(&dir.join("root-keys"), &expected)?;
+        store.record_managed_root_fingerprints(&managed.fingerprints())?;
+        let vault = credential::credential(settings.vault_credential, settings.vault_token.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|c| Vault::new(c, settings.vault_options()).map_err(|e| e.to_string()))
+            .map(Arc::new);
+        if let Err(reason) = &vault {
+            warn!(%reason, "no Key Vault client: tenants cannot enable their own key until this is fixed");
+        }
+        let keyring = Keyring::new(
+            store.clone(),
+            managed,
+            vault,
+            settings.cache_limits(),
+            settings.rotation_limits(),
+            clock.clone(),
+        )
+        .with_vault_concurrency(settings.vault_concurrency);
+        Ok(Self { id, store, keyring, clock })
+    }
+
+    /// The shard clock's now, in Unix ms.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
