@@ -33,7 +33,8 @@
 //! - [`telemetry`]: Prometheus metrics and the gauges derived from the store.
 //! - [`shard`]: the handle a shard's tasks share (store, keyring, clock);
 //!   [`worker`] opens it and wires the tasks together; [`config`],
-//!   [`clock`] and [`proto`] support them.
+//!   [`clock`] and [`proto`] support them; [`error`] holds the one table
+//!   of error codes.
 //!
 //! Outside the library: the `keyseal` binary (`src/cli/`: the commands, the
 //! CLI's admin client, `keyseal demo`) and the Key Vault emulator, its own
@@ -48,6 +49,7 @@ pub mod byok;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod error;
 pub mod events;
 pub mod health;
 pub mod ingest;

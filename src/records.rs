@@ -14,6 +14,7 @@ use crate::crypto::CryptoError;
 use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::envelope::{RecordIdentity, decode_content, encode_content};
 use crate::crypto::keyring::{Keyring, KeyringError};
+use crate::error::Contained;
 use crate::proto::store::{RecordContent, TenantState};
 use crate::proto::v1::{IngestRecord, Layer, RecordsStored, event::Kind};
 use crate::storage::{Located, Store, StoreError, keys};
@@ -129,7 +130,9 @@ pub async fn store_batch(
         }
         txn.event(tenant, Kind::RecordsStored(RecordsStored { count: indexes.len() as u32, bytes }));
     }
+    let new_keys = keys.finish(&mut txn);
     txn.commit_unsynced(now_ms)?;
+    new_keys.committed();
     Ok(outcomes)
 }
 
@@ -170,8 +173,7 @@ async fn stored_copy(
                 Err(_) => Earlier::Unreadable,
             });
         }
-        Ok(Err(KeyringError::Store(e))) => return Err(e),
-        Ok(Err(e)) => e.to_string(),
+        Ok(Err(e)) => e.contained()?.to_string(),
         Err(_) => format!("no data key within {DEDUPE_KEY_DEADLINE:?}"),
     };
     warn!(tenant = %record.tenant_id, error = %why, "stored copy of a redelivered record cannot be decrypted");

@@ -46,7 +46,7 @@ impl Worker {
     pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
         // Install the recorder first so every counter counts from the start.
         m::handle();
-        m::storage_paused(false);
+        m::set_ingest_paused(false);
         let settings = Arc::new(settings);
         let shard = Arc::new(Shard::open(ShardId(0), &settings, clock)?);
         let listener = api::bind(&settings).await?;

@@ -28,6 +28,7 @@ use crate::byok::{self, EncryptionError};
 use crate::clock::rfc3339;
 use crate::config::Settings;
 use crate::crypto::CryptoError;
+use crate::error::ErrorCode;
 use crate::events::projection::state_name;
 use crate::events::replay;
 use crate::health::policy::KeyHealthView;
@@ -85,27 +86,24 @@ impl IntoResponse for ApiError {
 
 impl From<RecordError> for ApiError {
     fn from(e: RecordError) -> Self {
+        error!(code = e.code(), error = %e, "request failed");
         match e {
-            RecordError::Crypto(CryptoError::Integrity { .. }) => {
-                error!(error = %e, "integrity check failed on read");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "integrity_error",
-                    "the stored record failed its integrity check; it was not returned",
-                )
-            }
-            other => {
-                error!(error = %other, "request failed");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", other.to_string())
-            }
+            RecordError::Crypto(CryptoError::Integrity { .. }) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.code(),
+                "the stored record failed its integrity check; it was not returned",
+            ),
+            // The data key could not be had: the store, the managed root or
+            // the tenant's vault; the code says which.
+            other => Self::new(StatusCode::SERVICE_UNAVAILABLE, other.code(), other.to_string()),
         }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        error!(error = %e, "request failed");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
+        error!(code = e.code(), error = %e, "request failed");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
     }
 }
 
@@ -310,27 +308,15 @@ struct EnableRequest {
 
 impl From<EncryptionError> for ApiError {
     fn from(e: EncryptionError) -> Self {
-        let message = e.to_string();
-        match e {
-            EncryptionError::Refused(refusal) => {
-                // 400 for a malformed request, 422 for a well-formed one naming an unusable key.
-                let status = if refusal.is_malformed_request() {
-                    StatusCode::BAD_REQUEST
-                } else {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                };
-                Self::new(status, refusal.code(), message)
-            }
-            EncryptionError::VaultNotConfigured(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "vault_not_configured", message)
-            }
-            EncryptionError::NotEnabled => Self::new(StatusCode::CONFLICT, "customer_key_not_enabled", message),
-            EncryptionError::LockedDown => Self::new(StatusCode::LOCKED, "tenant_locked_down", message),
-            EncryptionError::CustomerKeyUnusable(_) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "customer_key_unusable", message)
-            }
-            EncryptionError::Store(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message),
-        }
+        let status = match &e {
+            // 400 for a malformed request, 422 for a well-formed one naming an unusable key.
+            EncryptionError::Refused(refusal) if refusal.is_malformed_request() => StatusCode::BAD_REQUEST,
+            EncryptionError::Refused(_) | EncryptionError::CustomerKeyUnusable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            EncryptionError::VaultNotConfigured(_) | EncryptionError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            EncryptionError::NotEnabled => StatusCode::CONFLICT,
+            EncryptionError::LockedDown => StatusCode::LOCKED,
+        };
+        Self::new(status, e.code(), e.to_string())
     }
 }
 

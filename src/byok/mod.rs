@@ -9,7 +9,8 @@ pub mod rewrapper;
 use tracing::{info, warn};
 
 use self::rewrapper::RewrapRequests;
-use crate::crypto::keyring::{KeyringError, RewrapSummary, TenantRoot};
+use crate::crypto::keyring::{RewrapSummary, TenantRoot};
+use crate::error::Contained;
 use crate::keyvault::validate::{KeyRefusal, validate};
 use crate::proto::store::TenantState;
 use crate::proto::v1::{EncryptionDisabled, EncryptionEnabled, event::Kind};
@@ -90,12 +91,10 @@ pub async fn disable(shard: &Shard, sweeper: &Sweeper, tenant: &str) -> Result<R
     }
     let now_ms = shard.now_ms();
     let closing = Kind::EncryptionDisabled(EncryptionDisabled { key_uri: projection.key_uri.clone() });
-    let summary = shard.keyring.rewrap_all_or_nothing(tenant, &TenantRoot::Managed, now_ms, closing).await.map_err(
-        |e| match e {
-            KeyringError::Store(e) => EncryptionError::Store(e),
-            other => EncryptionError::CustomerKeyUnusable(other.to_string()),
-        },
-    )?;
+    let summary =
+        shard.keyring.rewrap_all_or_nothing(tenant, &TenantRoot::Managed, now_ms, closing).await.map_err(|e| {
+            e.contained().map_or_else(EncryptionError::Store, |e| EncryptionError::CustomerKeyUnusable(e.to_string()))
+        })?;
     // Nothing unwrapped through the removed customer key stays in memory
     // (the tenant's keys only: other tenants keep theirs).
     shard.keyring.forget_tenant(tenant);

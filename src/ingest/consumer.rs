@@ -32,9 +32,11 @@ use super::prefetch::PrefetchWindow;
 use super::validate::{Rejection, validate};
 use crate::broker::{self, Backoff, INGEST_QUEUE};
 use crate::config::Settings;
+use crate::error::ErrorCode;
 use crate::records::{self, Outcome, RecordError};
 use crate::shard::Shard;
 use crate::storage::StoreError;
+use crate::telemetry::happenings::{Emit, IngestPaused, IngestResumed, MessageDeadLettered};
 use crate::telemetry::metrics as m;
 
 /// Why a consuming session ended.
@@ -87,10 +89,9 @@ pub async fn run(shard: &Shard, settings: &Settings, ready: &Readiness, shutdown
         match result {
             Ok(()) => return,
             Err(SessionError::Storage(e)) => {
-                warn!(error = %e, "store rejected a batch; batch requeued, consuming paused");
-                m::storage_paused(true);
+                IngestPaused { code: e.code(), error: &e }.emit();
                 wait_until_writable(ingest, &shutdown).await;
-                m::storage_paused(false);
+                IngestResumed.emit();
             }
             Err(e) => warn!(error = %e, "ingest session ended; reconnecting"),
         }
@@ -257,17 +258,12 @@ impl Written {
             let rejected: Vec<(&Delivery, Rejection)> =
                 self.rejected.iter().map(|(i, r)| (&self.batch[*i], r.clone())).collect();
             dead_letter::publish(dead_letters, &rejected).await?;
-            for (_, rejection) in &self.rejected {
-                warn!(reason = rejection.code(), "message dead-lettered");
-            }
         }
         channel.basic_ack(self.last_tag, BasicAckOptions { multiple: true }).await?;
-        m::batch_committed(
-            self.stored,
-            self.duplicates,
-            self.rejected.iter().map(|(_, r)| r.code()),
-            self.started.elapsed(),
-        );
+        for (_, rejection) in &self.rejected {
+            MessageDeadLettered { reason: rejection.code() }.emit();
+        }
+        m::batch_committed(self.stored, self.duplicates, self.started.elapsed());
         Ok(())
     }
 }

@@ -59,25 +59,6 @@ pub enum KeyRefusal {
 }
 
 impl KeyRefusal {
-    /// The stable error code of the admin API.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::InvalidKeyUri(_) => "invalid_key_uri",
-            Self::UntrustedVaultHost(_) => "untrusted_vault_host",
-            Self::VaultUnreachable(_) => "vault_unreachable",
-            Self::KeyNotFound => "key_not_found",
-            Self::MissingPermission(_) => "missing_permission",
-            Self::KeyDisabled => "key_disabled",
-            Self::KeyNotYetActive(_) => "key_not_yet_active",
-            Self::KeyExpired(_) => "key_expired",
-            Self::UnsupportedKeyType(_) => "unsupported_key_type",
-            Self::KeyTooSmall(_) => "key_too_small",
-            Self::MissingKeyOperations(_) => "missing_key_operations",
-            Self::CanaryFailed(_) => "wrap_unwrap_failed",
-            Self::PurgeProtectionRequired(_) => "purge_protection_required",
-        }
-    }
-
     /// Whether the request itself was malformed (a key URI that is not one,
     /// or names a vault keyseal may not call), rather than well-formed and
     /// naming a key that cannot be used.
@@ -169,6 +150,7 @@ pub async fn validate(vault: &Vault, key_uri: &str, now_unix_s: i64) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorCode;
 
     fn rsa_key() -> VaultKey {
         VaultKey {

@@ -19,6 +19,7 @@ use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::data_key::{DataKey, DataKeyId};
 use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::{Keyring, KeyringError};
+use crate::error::Contained;
 use crate::proto::store::{StoredRecord, TenantState};
 use crate::proto::v1::{Layer, RecordsReencrypted, event::Kind};
 use crate::records::RecordError;
@@ -89,9 +90,8 @@ pub async fn run(
         };
         match sweep.run(pacer, tracker).await {
             Ok(()) => {}
-            Err(RecordError::Store(e)) => return Err(e.into()),
             Err(e) => {
-                summary.skipped.insert(tenant, e.to_string());
+                summary.skipped.insert(tenant, e.contained()?.to_string());
             }
         }
     }
@@ -178,12 +178,14 @@ impl TenantSweep<'_> {
             count += 1;
             bytes += record.ciphertext.len() as u64;
         }
+        let new_keys = fresh.finish(&mut txn);
         if count > 0 {
             txn.event(
                 self.tenant,
                 Kind::RecordsReencrypted(RecordsReencrypted { count, layer: Layer::Sealed as i32, bytes }),
             );
             txn.commit_durable(now_ms).await?;
+            new_keys.committed();
         }
         self.summary.reencrypted += u64::from(count);
         self.summary.bytes += bytes;
@@ -233,10 +235,7 @@ impl TenantSweep<'_> {
             .filter(|(id, created)| **created < retire_before && !self.in_use.contains(*id))
             .map(|(id, _)| id.clone())
             .collect();
-        let retired = self.keyring.retire(self.tenant, &unused, now_ms).await.map_err(|e| match e {
-            KeyringError::Store(e) => RecordError::Store(e),
-            other => RecordError::Keyring(other),
-        })?;
+        let retired = self.keyring.retire(self.tenant, &unused, now_ms).await?;
         crate::telemetry::metrics::data_keys_retired(retired);
         self.summary.retired_data_keys += retired as u64;
         Ok(())

@@ -9,16 +9,17 @@ use std::sync::Arc;
 
 use prost::Message;
 use serde::Serialize;
-use tracing::warn;
 
 use super::{Pacer, Tracker};
 use crate::crypto::data_key::DataKey;
 use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::{Keyring, KeyringError};
+use crate::error::Contained;
 use crate::proto::store::{StoredRecord, TenantState};
 use crate::proto::v1::{CorruptionDetected, Layer, event::Kind};
 use crate::storage::pager::{Pager, RecordsOf};
 use crate::storage::{RawRecord, Store, StoreError, keys};
+use crate::telemetry::happenings::{Emit, RecordFailedVerification};
 
 /// Most corrupt records a summary lists (all are counted, logged and get an event).
 pub const LISTED: usize = 100;
@@ -69,8 +70,8 @@ pub async fn run(
         for layer in [Layer::Hot, Layer::Sealed] {
             match scrub.layer(&tenant, layer, pacer, tracker).await {
                 Ok(()) => {}
-                Err(KeyringError::Store(e)) => return Err(e),
-                Err(unavailable) => {
+                Err(e) => {
+                    let unavailable = e.contained()?;
                     let why = format!("data key unavailable: {unavailable}");
                     scrub.summary.skipped.insert(tenant.clone(), why);
                     break;
@@ -126,8 +127,7 @@ impl Scrub<'_> {
             let reason = finding.as_str();
             let record_id = keys::split_record_key(record_key)
                 .map_or_else(|| String::from_utf8_lossy(record_key).into_owned(), |(_, id)| id.to_owned());
-            warn!(tenant, record_id, layer = layer_name, reason, "scrub: record failed verification (left in place)");
-            crate::telemetry::metrics::corrupt_record(layer_name);
+            RecordFailedVerification { tenant, record_id: &record_id, layer: layer_name, reason }.emit();
             txn.event(
                 tenant,
                 Kind::CorruptionDetected(CorruptionDetected {

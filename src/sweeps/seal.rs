@@ -19,20 +19,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tracing::{error, warn};
+use tracing::error;
 
 use crate::clock::Clock;
 use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::data_key::DataKey;
 use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::{Keyring, KeyringError};
+use crate::error::Contained;
 use crate::keyvault::VaultError;
 use crate::proto::store::{TenantProjection, TenantState};
 use crate::proto::v1::{Layer, RecordsSealed, event::Kind};
 use crate::records::RecordError;
 use crate::storage::pager::{IngestedBefore, Pager};
 use crate::storage::{IndexEntry, Store, keys};
-use crate::telemetry::metrics as m;
+use crate::telemetry::happenings::{Emit, TenantHeldBack};
 
 /// Index entries handled per write batch.
 pub const SEAL_BATCH: usize = 1000;
@@ -241,10 +242,9 @@ async fn seal_batch(
                     hot_keys.insert(located.record.data_key_id.clone(), key.clone());
                     Ok(key)
                 }
-                Err(KeyringError::Store(e)) => return Err(e.into()),
                 // Hot keys are managed-rooted: no vault is involved, so the
                 // failure concerns this record's key only.
-                Err(e) => Err(e),
+                Err(e) => Err(e.contained()?),
             },
         };
         let identity = RecordIdentity { tenant, record_id, layer: Layer::Hot };
@@ -264,8 +264,7 @@ async fn seal_batch(
                 // The tenant's records already in the batch are whole (sealed
                 // under a stored key); this one and the rest stay in hot with
                 // their index entries until a later sweep.
-                warn!(tenant, reason = reason.as_str(), error = %e, "no sealed data key; tenant held back for this sweep");
-                m::seal_held_back(reason.as_str());
+                TenantHeldBack { tenant, reason: reason.as_str(), error: &e }.emit();
                 summary.held_back_reasons.insert(tenant.to_owned(), reason);
                 *summary.held_back.entry(tenant.to_owned()).or_default() += 1;
                 continue;
@@ -289,7 +288,9 @@ async fn seal_batch(
         summary.sealed += u64::from(count);
         *summary.tenants.entry(tenant).or_default() += u64::from(count);
     }
+    let new_keys = sealed_keys.finish(&mut txn);
     txn.commit_durable(now_ms).await?;
+    new_keys.committed();
     Ok(())
 }
 

@@ -135,27 +135,30 @@ fn describe() {
     );
 }
 
-/// One ingest batch was made durable and acked.
-pub fn batch_committed<'a>(stored: u64, duplicates: u64, rejected: impl Iterator<Item = &'a str>, took: Duration) {
+/// One ingest batch was made durable and acked (its dead letters count
+/// themselves: [`super::happenings::MessageDeadLettered`]).
+pub fn batch_committed(stored: u64, duplicates: u64, took: Duration) {
     counter!("keyseal_records_ingested_total", "result" => "stored").increment(stored);
     counter!("keyseal_records_ingested_total", "result" => "duplicate").increment(duplicates);
-    for reason in rejected {
-        counter!("keyseal_records_ingested_total", "result" => "dead_lettered").increment(1);
-        counter!("keyseal_dead_letters_total", "reason" => reason.to_owned()).increment(1);
-    }
     histogram!("keyseal_batch_commit_seconds").record(took.as_secs_f64());
 }
 
-/// Consuming paused (or resumed) because of a storage failure.
-pub fn storage_paused(paused: bool) {
+/// Sets `keyseal_ingest_paused` (see [`super::happenings::IngestPaused`]).
+pub fn set_ingest_paused(paused: bool) {
     INGEST_PAUSED.store(paused, Ordering::Relaxed);
     gauge!("keyseal_ingest_paused").set(if paused { 1.0 } else { 0.0 });
+}
+
+/// Whether ingestion is paused by a storage failure.
+#[cfg(test)]
+pub(super) fn ingest_paused() -> bool {
+    INGEST_PAUSED.load(Ordering::Relaxed)
 }
 
 /// Re-sets the process-wide gauges that change rarely, so they outlive
 /// [`GAUGE_IDLE_TIMEOUT`].
 pub fn refresh_process_gauges() {
-    storage_paused(INGEST_PAUSED.load(Ordering::Relaxed));
+    set_ingest_paused(INGEST_PAUSED.load(Ordering::Relaxed));
 }
 
 /// Records at rest in the shard, per layer.
@@ -176,11 +179,6 @@ pub fn seal_hold_reasons(reasons: impl IntoIterator<Item = &'static str>) {
     for reason in reasons {
         counter!("keyseal_seal_held_back_total", "reason" => reason).absolute(0);
     }
-}
-
-/// A seal sweep held one tenant back for `reason` (a `sweeps::seal::HoldReason`'s name).
-pub fn seal_held_back(reason: &'static str) {
-    counter!("keyseal_seal_held_back_total", "reason" => reason).increment(1);
 }
 
 /// Current record counts of one tenant.
@@ -244,11 +242,6 @@ pub fn rewrap_pending(tenant: &str, keys: usize) {
 pub fn sweep_progress(sweep: &'static str, records: u64, ratio: f64) {
     counter!("keyseal_sweep_records_total", "sweep" => sweep).increment(records);
     gauge!("keyseal_sweep_progress_ratio", "sweep" => sweep).set(ratio.clamp(0.0, 1.0));
-}
-
-/// A scrub found a corrupt record in `layer`.
-pub fn corrupt_record(layer: &'static str) {
-    counter!("keyseal_corrupt_records_total", "layer" => layer).increment(1);
 }
 
 /// Data keys were retired.

@@ -58,7 +58,8 @@ impl Keyring {
         });
         drop(cache);
         for writer in self.writers.lock().expect("writers lock").values_mut() {
-            if writer.key.is_some() && self.expired(writer.loaded_ms, 0) {
+            // A key its batch has not committed yet cannot be unwrapped again.
+            if writer.key.is_some() && self.expired(writer.loaded_ms, 0) && !self.is_unsettled(&writer.id_bytes) {
                 writer.key = None;
                 dropped += 1;
             }

@@ -1,7 +1,9 @@
 //! The keyring hands out usable data keys: from a bounded in-memory cache,
 //! else by unwrapping the stored wrapped key with its root, else by creating
-//! and wrapping a new one (committed with a `DataKeyCreated` event before it
-//! is used). Root-key calls therefore happen per data key, never per record.
+//! and wrapping a new one (committed, with a `DataKeyCreated` event, by the
+//! transaction of the batch whose records it encrypts first; see
+//! `writers`). Root-key calls therefore happen per data key, never per
+//! record.
 //!
 //! New records are encrypted under a tenant's current *writer* key per
 //! layer, reserved in blocks ([`Keyring::reserve`]). A writer is retired
@@ -37,6 +39,7 @@ mod rewrap;
 mod writers;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,7 +47,8 @@ use thiserror::Error;
 
 use self::cache::Cached;
 pub use self::rewrap::REWRAP_STEP;
-use self::writers::Writer;
+pub use self::writers::{BatchId, NewDataKey};
+use self::writers::{Unsettled, Writer};
 use super::CryptoError;
 use super::data_key::{DataKey, DataKeyId};
 use super::root_key::{ManagedRootKeys, RootKey, RootKeyError, VaultRootKey, WRAP_ALGORITHM, WrapAlgorithm};
@@ -160,6 +164,10 @@ pub struct WriteKey {
     pub key: Arc<DataKey>,
     /// Records it may still encrypt under this reservation.
     pub granted: u64,
+    /// The key, if this reservation created it: the batch's transaction
+    /// must commit it ([`NewDataKey::join`]) before the records it encrypts
+    /// mean anything, then [`Keyring::settle`] the batch.
+    pub created: Option<NewDataKey>,
 }
 
 impl Default for CacheLimits {
@@ -179,6 +187,11 @@ pub struct Keyring {
     clock: SharedClock,
     cache: Mutex<HashMap<Vec<u8>, Cached>>,
     writers: Mutex<HashMap<(String, Layer), Writer>>,
+    /// Keys created by batches that have not committed yet.
+    unsettled: Mutex<Vec<Unsettled>>,
+    /// Woken whenever a batch's keys are settled.
+    settled: tokio::sync::Notify,
+    batches: AtomicU64,
     /// Serialises creation so two tasks never create the same key twice,
     /// and so a root change never misses a key created meanwhile.
     creating: tokio::sync::Mutex<()>,
@@ -214,6 +227,9 @@ impl Keyring {
             clock,
             cache: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
+            unsettled: Mutex::new(Vec::new()),
+            settled: tokio::sync::Notify::new(),
+            batches: AtomicU64::new(0),
             creating: tokio::sync::Mutex::new(()),
             rewrapping: tokio::sync::Mutex::new(()),
             vault_concurrency: VAULT_CONCURRENCY,
@@ -335,7 +351,26 @@ mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
 
-    fn keyring(dir: &std::path::Path, clock: &ManualClock, max_age: Duration) -> Keyring {
+    /// Reserves as a batch does, committing the key it created, if any.
+    pub(super) async fn reserve_committed(
+        keyring: &Keyring,
+        tenant: &str,
+        layer: Layer,
+        now_ms: i64,
+        wanted: u64,
+    ) -> WriteKey {
+        let batch = keyring.batch();
+        let mut lease = keyring.reserve(tenant, layer, now_ms, wanted, batch).await.unwrap();
+        if let Some(created) = lease.created.take() {
+            let mut txn = keyring.store.transaction();
+            created.join(&mut txn);
+            txn.commit(now_ms).unwrap();
+            keyring.settle(batch, true);
+        }
+        lease
+    }
+
+    pub(super) fn keyring(dir: &std::path::Path, clock: &ManualClock, max_age: Duration) -> Keyring {
         let store = Arc::new(Store::open(&dir.join("db")).unwrap());
         let managed = ManagedRootKeys::load_or_create(&dir.join("root-keys")).unwrap();
         let limits = CacheLimits { max_age, ..CacheLimits::default() };
@@ -347,7 +382,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(1_700_000_000_000);
         let keyring = keyring(dir.path(), &clock, Duration::from_secs(60));
-        let lease = keyring.reserve("a", Layer::Hot, clock.now_ms(), 10).await.unwrap();
+        let lease = reserve_committed(&keyring, "a", Layer::Hot, clock.now_ms(), 10).await;
         let (id, held) = (lease.id.clone(), Arc::downgrade(&lease.key));
         drop(lease);
         assert_eq!(keyring.cached_keys_of("a"), 1);
@@ -359,7 +394,7 @@ mod tests {
         assert_eq!(keyring.cached_keys_of("a"), 0);
         assert!(held.upgrade().is_none(), "no copy of the key is left in memory");
 
-        let again = keyring.reserve("a", Layer::Hot, clock.now_ms(), 10).await.unwrap();
+        let again = reserve_committed(&keyring, "a", Layer::Hot, clock.now_ms(), 10).await;
         assert_eq!(again.id, id, "the same writer goes on, its key unwrapped again");
     }
 
@@ -371,7 +406,7 @@ mod tests {
         let now = clock.now_ms();
         let mut held = Vec::new();
         for (tenant, layer) in [("a", Layer::Hot), ("a", Layer::Sealed), ("ab", Layer::Hot)] {
-            held.push(Arc::downgrade(&keyring.reserve(tenant, layer, now, 1).await.unwrap().key));
+            held.push(Arc::downgrade(&reserve_committed(&keyring, tenant, layer, now, 1).await.key));
         }
         assert_eq!((keyring.cached_keys_of("a"), keyring.cached_keys_of("ab")), (2, 1));
 

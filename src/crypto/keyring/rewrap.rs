@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
+use tokio::sync::MutexGuard;
 
 use super::{Keyring, KeyringError, RewrapSummary, TenantRoot, same_root};
 use crate::crypto::data_key::DataKeyId;
@@ -25,6 +26,13 @@ struct StoredKey {
     wrapped: WrappedDataKey,
 }
 
+/// A tenant's sealed data keys not under `target`, of `total`.
+struct Scan {
+    target: TenantRoot,
+    pending: Vec<StoredKey>,
+    total: u32,
+}
+
 /// A data key wrapped anew, ready to be stored.
 type Moved = (Vec<u8>, WrappedDataKey);
 
@@ -38,15 +46,9 @@ impl Keyring {
     pub async fn rewrap_to_current_root(&self, tenant: &str, now_ms: i64) -> Result<RewrapSummary, KeyringError> {
         let _one = self.rewrapping.lock().await;
         'newest: loop {
-            let (target, pending, total) = {
-                // Any key being created now is committed before this scan
-                // (creation holds the lock); later ones are created under
-                // the current root already.
-                let _creating = self.creating.lock().await;
-                let target = self.tenant_root(tenant)?;
-                let (pending, total) = self.not_under(tenant, &target)?;
-                (target, pending, total)
-            };
+            // Keys created after this scan are created under the current root already.
+            let (creating, Scan { target, pending, total }) = self.settled_scan(tenant, None).await?;
+            drop(creating);
             let target_ref = self.root_ref(&target)?;
             let mut rewrapped = total - pending.len() as u32;
             crate::telemetry::metrics::rewrap_pending(tenant, pending.len());
@@ -93,14 +95,45 @@ impl Keyring {
         let mut moved = self.rewrap_each(&pending, target).await?;
         // ...and only the few keys created meanwhile are moved while no
         // other can be, so none is missed when the root changes.
-        let _creating = self.creating.lock().await;
-        let (still_pending, total) = self.not_under(tenant, target)?;
+        let (_creating, Scan { pending: still_pending, total, .. }) = self.settled_scan(tenant, Some(target)).await?;
         let done: HashSet<Vec<u8>> = moved.iter().map(|(id, _)| id.clone()).collect();
         let created_meanwhile: Vec<StoredKey> = still_pending.into_iter().filter(|k| !done.contains(&k.id)).collect();
         moved.extend(self.rewrap_each(&created_meanwhile, target).await?);
         let rewrapped = moved.len() as u32;
         self.commit_rewrap(tenant, moved, progress(total, total, &target_ref), Some(closing), now_ms).await?;
         Ok(RewrapSummary { rewrapped, total })
+    }
+
+    /// Scans the tenant's sealed keys not under `target` (its current root
+    /// if `None`) once no batch holds an uncommitted sealed key of the
+    /// tenant under another root (the scan would miss it); key creation
+    /// stays held off until the returned guard is dropped.
+    async fn settled_scan(
+        &self,
+        tenant: &str,
+        target: Option<&TenantRoot>,
+    ) -> Result<(MutexGuard<'_, ()>, Scan), KeyringError> {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let creating = self.creating.lock().await;
+            let target = match target {
+                Some(target) => target.clone(),
+                None => self.tenant_root(tenant)?,
+            };
+            let target_ref = self.root_ref(&target)?;
+            let waits = {
+                let unsettled = self.unsettled.lock().expect("unsettled lock");
+                unsettled.iter().any(|u| u.of_other_root(tenant, Layer::Sealed, &target_ref))
+            };
+            if !waits {
+                let (pending, total) = self.not_under(tenant, &target)?;
+                return Ok((creating, Scan { target, pending, total }));
+            }
+            drop(creating);
+            settled.await;
+        }
     }
 
     /// Every key of `keys` rewrapped under `target`, or the first failure.

@@ -1,0 +1,109 @@
+//! Typed telemetry for the things that happen and must be both logged and
+//! counted: one struct per thing, whose [`Emit::emit`] writes its log line
+//! and moves its metrics together, so the two never drift apart (the shape
+//! of vector's internal events). Counters with no log line of their own
+//! stay plain functions in [`super::metrics`].
+
+use std::fmt::Display;
+
+use metrics::counter;
+use tracing::warn;
+
+use super::metrics::set_ingest_paused;
+
+/// Something that happened, told to the logs and the metrics at once.
+pub trait Emit {
+    /// Logs it and counts it.
+    fn emit(self);
+}
+
+/// The store refused a batch: consuming pauses until it is writable again.
+pub struct IngestPaused<'a> {
+    /// Why (a stable code).
+    pub code: &'static str,
+    /// The failure, without data.
+    pub error: &'a dyn Display,
+}
+
+impl Emit for IngestPaused<'_> {
+    fn emit(self) {
+        warn!(code = self.code, error = %self.error, "store rejected a batch; batch requeued, consuming paused");
+        set_ingest_paused(true);
+    }
+}
+
+/// The store took writes again and consuming resumed.
+pub struct IngestResumed;
+
+impl Emit for IngestResumed {
+    fn emit(self) {
+        tracing::info!("store writable again; consuming resumed");
+        set_ingest_paused(false);
+    }
+}
+
+/// A message was dead-lettered (and the broker confirmed it).
+pub struct MessageDeadLettered {
+    /// The rejection's code, as in the dead letter's header.
+    pub reason: &'static str,
+}
+
+impl Emit for MessageDeadLettered {
+    fn emit(self) {
+        warn!(reason = self.reason, "message dead-lettered");
+        counter!("keyseal_records_ingested_total", "result" => "dead_lettered").increment(1);
+        counter!("keyseal_dead_letters_total", "reason" => self.reason).increment(1);
+    }
+}
+
+/// A scrub found a record that fails verification; it is left in place.
+pub struct RecordFailedVerification<'a> {
+    /// Its tenant.
+    pub tenant: &'a str,
+    /// Its id.
+    pub record_id: &'a str,
+    /// `hot` or `sealed`.
+    pub layer: &'static str,
+    /// What is wrong (a scrub finding's name).
+    pub reason: &'static str,
+}
+
+impl Emit for RecordFailedVerification<'_> {
+    fn emit(self) {
+        let Self { tenant, record_id, layer, reason } = self;
+        warn!(tenant, record_id, layer, reason, "scrub: record failed verification (left in place)");
+        counter!("keyseal_corrupt_records_total", "layer" => layer).increment(1);
+    }
+}
+
+/// A seal sweep could not have a tenant's sealed data key and held the
+/// tenant's records back in `hot` for this sweep.
+pub struct TenantHeldBack<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Why (a hold reason's name).
+    pub reason: &'static str,
+    /// The failure, without data.
+    pub error: &'a dyn Display,
+}
+
+impl Emit for TenantHeldBack<'_> {
+    fn emit(self) {
+        warn!(tenant = self.tenant, reason = self.reason, error = %self.error, "no sealed data key; tenant held back for this sweep");
+        counter!("keyseal_seal_held_back_total", "reason" => self.reason).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::metrics::ingest_paused;
+
+    #[test]
+    fn pausing_and_resuming_move_the_paused_gauge() {
+        IngestPaused { code: "storage_unavailable", error: &"disk full" }.emit();
+        assert!(ingest_paused());
+        IngestResumed.emit();
+        assert!(!ingest_paused());
+    }
+}
