@@ -24,6 +24,7 @@ use futures_util::TryStreamExt;
 use zeroize::Zeroizing;
 
 use super::KeyUri;
+use super::pace::Pace;
 use crate::telemetry::metrics as m;
 
 /// The RSA-OAEP variants the vault is asked to unwrap with, in the vault's
@@ -111,6 +112,8 @@ pub struct VaultOptions {
     pub timeout: std::time::Duration,
     /// Longest a call keeps retrying throttled and transient answers.
     pub retry_budget: std::time::Duration,
+    /// Most calls a second keyseal makes to one vault.
+    pub calls_per_second: u32,
 }
 
 /// Errors building the vault client.
@@ -134,7 +137,15 @@ pub struct Vault {
     credential: Arc<dyn TokenCredential>,
     http: Arc<reqwest::Client>,
     options: VaultOptions,
-    clients: Mutex<HashMap<String, Arc<KeyClient>>>,
+    /// One client and one call schedule per vault URL.
+    clients: Mutex<HashMap<String, Endpoint>>,
+}
+
+/// What keyseal keeps per vault it calls.
+#[derive(Clone)]
+struct Endpoint {
+    client: Arc<KeyClient>,
+    pace: Arc<Pace>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -163,10 +174,18 @@ impl Vault {
         &self.options.trusted_hosts
     }
 
-    fn client(&self, uri: &KeyUri) -> Result<Arc<KeyClient>, VaultError> {
+    /// The client of `uri`'s vault, once this call's turn in the vault's
+    /// schedule has come.
+    async fn client(&self, uri: &KeyUri) -> Result<Arc<KeyClient>, VaultError> {
+        let endpoint = self.endpoint(uri)?;
+        endpoint.pace.turn().await;
+        Ok(endpoint.client)
+    }
+
+    fn endpoint(&self, uri: &KeyUri) -> Result<Endpoint, VaultError> {
         let mut clients = self.clients.lock().expect("clients lock");
-        if let Some(client) = clients.get(&uri.vault_url) {
-            return Ok(client.clone());
+        if let Some(endpoint) = clients.get(&uri.vault_url) {
+            return Ok(endpoint.clone());
         }
         // Azure hosts must match the challenge's resource; a trusted
         // self-hosted vault (127.0.0.1, localhost) never can. Decided by
@@ -185,13 +204,14 @@ impl Vault {
             KeyClient::new(&uri.vault_url, self.credential.clone(), Some(options))
                 .map_err(|e| VaultError::Invalid(e.to_string()))?,
         );
-        clients.insert(uri.vault_url.clone(), client.clone());
-        Ok(client)
+        let endpoint = Endpoint { client, pace: Arc::new(Pace::new(self.options.calls_per_second)) };
+        clients.insert(uri.vault_url.clone(), endpoint.clone());
+        Ok(endpoint)
     }
 
     /// Reads a key: `version` or, with `None`, the latest version.
     pub async fn get_key(&self, uri: &KeyUri, version: Option<&str>) -> Result<VaultKey, VaultError> {
-        let client = self.client(uri)?;
+        let client = self.client(uri).await?;
         let options = KeyClientGetKeyOptions { key_version: version.map(str::to_owned), ..Default::default() };
         let key = timed("get_key", async { client.get_key(&uri.name, Some(options)).await?.into_model() }).await?;
         let attributes = key.attributes.unwrap_or_default();
@@ -219,7 +239,7 @@ impl Vault {
     /// keyseal uses, whatever version a key URI names. `None` when no
     /// version is enabled.
     pub async fn latest_enabled_version(&self, uri: &KeyUri) -> Result<Option<String>, VaultError> {
-        let client = self.client(uri)?;
+        let client = self.client(uri).await?;
         timed("list_key_versions", async {
             let mut pager = client.list_key_properties_versions(&uri.name, None)?;
             let mut newest: Option<(i64, String)> = None;
@@ -260,7 +280,7 @@ impl Vault {
     /// Wraps `plain` (a data key) with RSA-OAEP-256 under `version`;
     /// returns the wrapping key's id and the wrapped bytes.
     pub async fn wrap(&self, uri: &KeyUri, version: &str, plain: &[u8]) -> Result<(String, Vec<u8>), VaultError> {
-        let client = self.client(uri)?;
+        let client = self.client(uri).await?;
         let parameters = KeyOperationParameters {
             algorithm: Some(EncryptionAlgorithm::RsaOaep256),
             value: Some(plain.to_vec()),
@@ -286,7 +306,7 @@ impl Vault {
         algorithm: KeyWrapAlgorithm,
         wrapped: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-        let client = self.client(uri)?;
+        let client = self.client(uri).await?;
         let algorithm = match algorithm {
             KeyWrapAlgorithm::RsaOaep256 => EncryptionAlgorithm::RsaOaep256,
             KeyWrapAlgorithm::RsaOaep => EncryptionAlgorithm::RsaOaep,

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod credential;
 pub mod key_uri;
+pub mod pace;
 pub mod validate;
 
 pub use client::{KeyWrapAlgorithm, Vault, VaultError, VaultKey, VaultOptions};

@@ -127,6 +127,7 @@ impl Vault {
             ca_cert: Some(self.emulator.cert_pem_path().to_path_buf()),
             timeout: Duration::from_secs(10),
             retry_budget: Duration::from_secs(45),
+            calls_per_second: 380,
         };
         let credential = credential(VaultCredentialKind::StaticToken, None).expect("static token");
         std::sync::Arc::new(keyseal::keyvault::Vault::new(credential, options).expect("vault client"))
