@@ -305,13 +305,19 @@ async fn every_tenant_of_a_vault_that_never_answers_is_locked_at_its_grace_plus_
         assert_eq!(p.state(), TenantState::LockedDown, "{tenant}");
         assert!(p.state_since_unix_ms <= latest_ms, "{tenant} locked at {}, after {latest_ms}", p.state_since_unix_ms);
     }
-    let locks: Vec<String> = store
-        .events_after(0, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .filter(|e| matches!(e.kind, Some(Kind::TenantLockedDown(_))))
-        .map(|e| e.tenant_id)
-        .collect();
+    // A commit is visible before its fsync ends; the event log serves
+    // durable events only, so wait for the last lockdown's fsync.
+    let locks = || -> Vec<String> {
+        store
+            .events_after(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|e| matches!(e.kind, Some(Kind::TenantLockedDown(_))))
+            .map(|e| e.tenant_id)
+            .collect()
+    };
+    wait_until("the lockdowns to be durable", WAIT, || async { locks().len() >= HUNG_TENANTS }).await;
+    let locks = locks();
     assert_eq!(locks.len(), HUNG_TENANTS, "one lockdown per tenant");
     assert_eq!(locks.iter().collect::<BTreeSet<_>>().len(), HUNG_TENANTS);
     let status = s.status("t199").await;
