@@ -160,6 +160,10 @@ async fn disable_fails_cleanly_when_the_customer_key_is_gone() {
     let (status, body) = s.disable("acme").await;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("customer_key_unusable")), "{body}");
     assert_eq!(s.status("acme").await["encryption"]["mode"], "customer_key", "nothing changed");
+    // Until a lockdown refuses reads, a read says why its key cannot be had.
+    let (status, body) = get_record(&s.base, "acme", &sealed[0].record_id).await;
+    let body: Value = serde_json::from_slice(&body).expect("a JSON error");
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("key_disabled")), "{body}");
     s.vault.patch("k", json!({"attributes": {"enabled": true}})).await;
     s.assert_readable(&sealed).await;
 }
