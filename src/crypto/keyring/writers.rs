@@ -172,8 +172,7 @@ impl Keyring {
         let Some(writer) = writers.get_mut(slot) else {
             return Lease::Missing;
         };
-        let creator =
-            self.unsettled.lock().expect("unsettled lock").iter().find(|u| u.id == writer.id_bytes).map(|u| u.batch);
+        let creator = self.creator_of(&writer.id_bytes);
         if creator.is_some_and(|creator| creator != batch) {
             return Lease::Unsettled;
         }
@@ -259,7 +258,12 @@ impl Keyring {
 
     /// Whether `id` is a key created by a batch that has not committed yet.
     pub(super) fn is_unsettled(&self, id: &[u8]) -> bool {
-        self.unsettled.lock().expect("unsettled lock").iter().any(|u| u.id == id)
+        self.creator_of(id).is_some()
+    }
+
+    /// The batch that created `id`, while it has not committed.
+    fn creator_of(&self, id: &[u8]) -> Option<BatchId> {
+        self.unsettled.lock().expect("unsettled lock").iter().find(|u| u.id == id).map(|u| u.batch)
     }
 }
 
