@@ -122,3 +122,40 @@ async fn a_roll_costs_at_most_two_vault_calls_per_data_key() {
     assert_eq!(sealed_bytes(&s), before, "zero records rewritten");
     s.assert_replay_equal().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_policy_firing_in_the_vault_rolls_data_keys_like_a_manual_rotate() {
+    let s = setup("roll-policy", RecoveryLevel::Recoverable, None, &FAST_PROBES).await;
+    let v1 = s.rsa_key("k").await;
+    assert_eq!(s.enable("acme", &s.vault.key_uri("k")).await.0, 200);
+    let records = s.publish("acme", "p-", 20).await;
+    s.clock.advance(2 * DAY + Duration::from_secs(1));
+    s.sweep().await;
+    assert_all_under(&s, "acme", &v1);
+    let before = sealed_bytes(&s);
+
+    // The customer's policy, not a call, makes the new version: 30 days on
+    // the vault's clock.
+    let policy = json!({
+        "lifetimeActions": [{"trigger": {"timeAfterCreate": "P30D"}, "action": {"type": "Rotate"}}],
+        "attributes": {"expiryTime": "P1Y"}
+    });
+    s.vault.ok(Method::PUT, "/keys/k/rotationpolicy", Some(policy)).await;
+    s.vault.emulator.advance_clock(31 * DAY);
+    let deadline = std::time::Instant::now() + WAIT;
+    let v2 = loop {
+        let latest = common::vault::version_of(&s.vault.ok(Method::GET, "/keys/k", None).await);
+        if latest != v1 {
+            break latest;
+        }
+        assert!(std::time::Instant::now() < deadline, "the rotation policy never fired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(s.vault.emulator.calls().get("rotate_key"), None, "no one called rotate");
+
+    wait_for_version(&s, "acme", &v2).await;
+    assert_all_under(&s, "acme", &v2);
+    assert_eq!(sealed_bytes(&s), before, "zero records rewritten");
+    s.worker.shard.keyring.forget_cached();
+    s.assert_readable(&records).await;
+}

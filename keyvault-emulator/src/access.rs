@@ -12,10 +12,9 @@ use subtle::ConstantTimeEq;
 
 use super::error::ServiceError;
 use super::routes::Route;
-use super::vault::KeyOperation;
 
 /// Key Vault's access-policy key permissions, as they are spelled there.
-pub const KEY_PERMISSIONS: [&str; 17] = [
+pub const KEY_PERMISSIONS: [&str; 20] = [
     "get",
     "list",
     "create",
@@ -33,6 +32,9 @@ pub const KEY_PERMISSIONS: [&str; 17] = [
     "purge",
     "backup",
     "restore",
+    "release",
+    "getrotationpolicy",
+    "setrotationpolicy",
 ];
 
 /// The canonical spelling of a key permission (matched case-insensitively).
@@ -44,17 +46,18 @@ pub(crate) fn permission(name: &str) -> Option<&'static str> {
 pub(crate) fn required_permission(route: &Route) -> &'static str {
     match route {
         Route::CreateKey { .. } => "create",
+        Route::ImportKey { .. } => "import",
+        Route::GetRotationPolicy { .. } => "getrotationpolicy",
+        Route::UpdateRotationPolicy { .. } => "setrotationpolicy",
+        Route::BackupKey { .. } => "backup",
+        Route::RestoreKey => "restore",
+        Route::ReleaseKey { .. } => "release",
         Route::GetKey { .. } | Route::GetDeletedKey { .. } => "get",
         Route::UpdateKey { .. } => "update",
         Route::DeleteKey { .. } => "delete",
         Route::ListKeys | Route::ListKeyVersions { .. } | Route::ListDeletedKeys => "list",
         Route::RotateKey { .. } => "rotate",
-        Route::Crypto { operation, .. } => match operation {
-            KeyOperation::Encrypt => "encrypt",
-            KeyOperation::Decrypt => "decrypt",
-            KeyOperation::WrapKey => "wrapKey",
-            KeyOperation::UnwrapKey => "unwrapKey",
-        },
+        Route::Crypto { operation, .. } => operation.key_op(),
         Route::RecoverDeletedKey { .. } => "recover",
         Route::PurgeDeletedKey { .. } => "purge",
     }

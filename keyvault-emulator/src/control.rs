@@ -9,6 +9,9 @@
 //! - `PUT /_emulator/identities/{name}` `{"token","permissions":[...]}` adds
 //!   or replaces an identity; `DELETE` removes it; `GET /_emulator/identities`
 //!   lists names and permissions (never tokens).
+//! - `POST /_emulator/clock` `{"advanceSeconds": n}` moves the vault's
+//!   clock forward (rotation policies, retention); `GET` returns
+//!   `{"now", "offsetSeconds"}`.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -30,6 +33,13 @@ pub(crate) const PREFIX: &str = "/_emulator/";
 struct IdentityBody {
     token: String,
     permissions: Vec<String>,
+}
+
+/// The body of `POST /_emulator/clock`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AdvanceBody {
+    advance_seconds: u32,
 }
 
 /// Serves one control request; `path` starts with [`PREFIX`].
@@ -75,9 +85,20 @@ pub(crate) fn handle(app: &App, method: &str, path: &str, body: &[u8]) -> Result
             }
             StatusCode::NO_CONTENT.into_response()
         }
+        ("GET", ["clock"]) => clock(app).into_response(),
+        ("POST", ["clock"]) => {
+            let advance: AdvanceBody = parse(body)?;
+            app.clock.advance(advance.advance_seconds);
+            tracing::info!(seconds = advance.advance_seconds, "key vault emulator clock moved forward");
+            clock(app).into_response()
+        }
         _ => return Err(ServiceError::unknown_operation(method, path)),
     };
     Ok(response)
+}
+
+fn clock(app: &App) -> Json<serde_json::Value> {
+    Json(json!({"now": app.clock.now(), "offsetSeconds": app.clock.offset()}))
 }
 
 fn fault_list(app: &App) -> Json<FaultList> {

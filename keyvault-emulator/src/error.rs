@@ -65,6 +65,18 @@ impl ServiceError {
         Self::new(StatusCode::NOT_FOUND, "NotFound", format!("No Key Vault operation matches {method} {path}."))
     }
 
+    /// 409 for a change that collides with the key's current state (a
+    /// restore onto a used name).
+    pub(crate) fn conflict(message: String) -> Self {
+        Self::new(StatusCode::CONFLICT, "Conflict", message)
+    }
+
+    /// 501 for a Key Vault operation the emulator knowingly does not
+    /// perform (key release, which needs an attestation service).
+    pub(crate) fn not_supported(message: &'static str) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, "NotSupported", message)
+    }
+
     /// 409 when a create names a key that is deleted but still recoverable.
     pub(crate) fn name_held_by_deleted_key(name: &str) -> Self {
         Self::new(

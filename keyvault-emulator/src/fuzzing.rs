@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request};
 use tower::ServiceExt;
 
-use super::{DEV_TOKEN, EmulatorArgs, EmulatorError, RecoveryLevel, server, store, vault};
+use super::{DEV_TOKEN, EmulatorArgs, EmulatorError, RecoveryLevel, Sku, backup, server, store, vault};
 
 /// An emulator without a listener, serving requests handed to it directly.
 pub struct FuzzVault {
@@ -27,6 +27,7 @@ impl FuzzVault {
             addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
             state_dir: state_dir.to_path_buf(),
             recovery_level: RecoveryLevel::Recoverable,
+            sku: Sku::Premium,
             recoverable_days: 90,
             throttle_rps: None,
             latency: std::time::Duration::ZERO,
@@ -36,8 +37,10 @@ impl FuzzVault {
         let policy = vault::DeletionPolicy::new(args.recovery_level, args.recoverable_days)?;
         store::create_state_dir(state_dir)?;
         let vault = vault::Vault::open(store::KeyStore::open(state_dir)?, policy).await?;
+        let backups = backup::BackupSealer::open(state_dir)?;
         // Hung faults end with this token; nothing here ever cancels it.
-        let app = Arc::new(server::App::new(vault, &args, args.addr, tokio_util::sync::CancellationToken::new()));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let app = Arc::new(server::App::new(vault, backups, &args, args.addr, cancel));
         Ok(Self { router: server::router(app) })
     }
 

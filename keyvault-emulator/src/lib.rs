@@ -6,9 +6,13 @@
 //! (including the SDK's empty-version `/keys/{name}//wrapkey` form), JSON
 //! field names, error bodies and status codes, the 401 bearer challenge the
 //! official SDKs need before they send a token, soft delete governed by the
-//! vault's recovery level, and real RSA-OAEP / RSA-OAEP-256 cryptography.
-//! State (keys, versions, attributes, deleted keys, the TLS certificate)
-//! lives in one directory and survives restarts.
+//! vault's recovery level, the tier (`--sku`) deciding on HSM keys, real
+//! RSA (`RSA1_5`, `RSA-OAEP`, `RSA-OAEP-256`, `RS*`, `PS*`) and ECDSA
+//! (P-256, P-256K, P-384, P-521) cryptography, import, backup and restore,
+//! and rotation policies the vault acts on by itself, on a clock tests can
+//! move forward. State (keys, versions, attributes, policies, deleted keys,
+//! the TLS certificate, the backup secret) lives in one directory and
+//! survives restarts.
 //!
 //! The parts, in the order a request meets them:
 //!
@@ -20,8 +24,9 @@
 //! - `control`: the owner's `/_emulator/` routes that set faults and
 //!   identities over HTTPS;
 //! - `handlers`: one function per operation, rendering `wire` shapes;
-//! - `vault`: keys, versions and their rules; `material` does the
-//!   cryptography and `store` the crash-safe persistence;
+//! - `vault`: keys, versions, rotation policies and their rules;
+//!   `material` does the cryptography, `store` the crash-safe persistence,
+//!   `backup` seals backup blobs and `clock` keeps the vault's time;
 //! - `error`: Key Vault's error responses; `calls`: per-operation counts.
 //!
 //! [`admin`] is the other side of the wire: the key owner's client (create,
@@ -32,7 +37,9 @@
 mod access;
 pub mod admin;
 mod auth;
+mod backup;
 mod calls;
+mod clock;
 mod control;
 mod error;
 mod faults;
@@ -91,6 +98,12 @@ pub struct EmulatorArgs {
     #[arg(long, value_enum, default_value_t = RecoveryLevel::Recoverable)]
     pub recovery_level: RecoveryLevel,
 
+    /// The vault's pricing tier: `premium` holds HSM-protected keys
+    /// (`RSA-HSM`, `EC-HSM`) and exportable keys with a release policy;
+    /// `standard` refuses them as Key Vault's standard tier does.
+    #[arg(long, env = "KEYSEAL_EMULATOR_SKU", value_enum, default_value_t = Sku::Premium)]
+    pub sku: Sku,
+
     /// Soft-delete retention in days (7 to 90), after which a deleted key is
     /// purged automatically.
     #[arg(long, default_value_t = 90)]
@@ -113,6 +126,17 @@ pub struct EmulatorArgs {
     /// `/_emulator/` routes that add faults and restricted identities.
     #[arg(long, env = "KEYSEAL_VAULT_TOKEN", default_value = DEV_TOKEN, hide_env_values = true)]
     pub token: String,
+}
+
+/// Key Vault's pricing tiers, which decide whether the vault holds
+/// HSM-protected keys. Tests of a caller that must refuse or accept HSM
+/// keys pick one.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sku {
+    /// Software-protected keys only.
+    Standard,
+    /// Software- and HSM-protected keys.
+    Premium,
 }
 
 /// Key Vault's `DeletionRecoveryLevel`: the vault-wide policy that decides
@@ -281,6 +305,15 @@ impl Emulator {
         self.app.faults.set(faults);
     }
 
+    /// Moves the vault's clock forward by `by` (whole seconds), so rotation
+    /// policies and soft-delete retention act as if that time had passed;
+    /// the effect shows within a second. Also `POST /_emulator/clock`
+    /// `{"advanceSeconds": n}`.
+    pub fn advance_clock(&self, by: Duration) {
+        let seconds = u32::try_from(by.as_secs()).expect("advance the clock by less than 136 years at a time");
+        self.app.clock.advance(seconds);
+    }
+
     /// Removes every injected fault (`DELETE /_emulator/faults`).
     pub fn clear_faults(&self) {
         self.app.faults.set(Vec::new());
@@ -343,15 +376,17 @@ pub async fn start(args: EmulatorArgs) -> Result<Emulator, EmulatorError> {
     store::create_state_dir(&args.state_dir)?;
     let tls_config = tls::server_config(&args.state_dir, &args.tls_names)?;
     let vault = vault::Vault::open(store::KeyStore::open(&args.state_dir)?, policy).await?;
+    let backups = backup::BackupSealer::open(&args.state_dir)?;
     let listener = tls::TlsListener::bind(args.addr, tls_config).await?;
     let addr = listener.local_addr();
     let cancel = CancellationToken::new();
-    let app = Arc::new(server::App::new(vault, &args, addr, cancel.clone()));
+    let app = Arc::new(server::App::new(vault, backups, &args, addr, cancel.clone()));
     let server = tokio::spawn(server::serve(listener, app.clone(), cancel.clone()));
     tracing::info!(
         vault_url = %format!("https://{addr}"),
         state_dir = %args.state_dir.display(),
         recovery_level = args.recovery_level.as_str(),
+        sku = ?args.sku,
         "key vault emulator listening"
     );
     Ok(Emulator { addr, cert_pem_path: tls::cert_pem_path(&args.state_dir), app, stop: cancel.drop_guard(), server })

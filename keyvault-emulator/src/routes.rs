@@ -11,12 +11,18 @@ use super::vault::KeyOperation;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Route {
     CreateKey { name: String },
+    ImportKey { name: String },
     GetKey { name: String, version: Option<String> },
     UpdateKey { name: String, version: Option<String> },
     DeleteKey { name: String },
     ListKeys,
     ListKeyVersions { name: String },
     RotateKey { name: String },
+    GetRotationPolicy { name: String },
+    UpdateRotationPolicy { name: String },
+    BackupKey { name: String },
+    RestoreKey,
+    ReleaseKey { name: String },
     Crypto { name: String, version: Option<String>, operation: KeyOperation },
     ListDeletedKeys,
     GetDeletedKey { name: String },
@@ -40,7 +46,13 @@ impl Route {
             ("GET", ["keys"] | ["keys", ""]) => Self::ListKeys,
             ("GET", ["deletedkeys"] | ["deletedkeys", ""]) => Self::ListDeletedKeys,
             ("POST", ["keys", _, "create"]) => Self::CreateKey { name: name()? },
+            ("PUT", ["keys", _] | ["keys", _, ""]) => Self::ImportKey { name: name()? },
             ("POST", ["keys", _, "rotate"]) => Self::RotateKey { name: name()? },
+            ("GET", ["keys", _, "rotationpolicy"]) => Self::GetRotationPolicy { name: name()? },
+            ("PUT", ["keys", _, "rotationpolicy"]) => Self::UpdateRotationPolicy { name: name()? },
+            ("POST", ["keys", _, "backup"]) => Self::BackupKey { name: name()? },
+            ("POST", ["keys", "restore"]) => Self::RestoreKey,
+            ("POST", ["keys", _, "release"] | ["keys", _, _, "release"]) => Self::ReleaseKey { name: name()? },
             ("GET", ["keys", _, "versions"] | ["keys", _, "versions", ""]) => Self::ListKeyVersions { name: name()? },
             ("GET", ["keys", _] | ["keys", _, ""]) => Self::GetKey { name: name()?, version: None },
             ("GET", ["keys", _, _] | ["keys", _, _, ""]) => Self::GetKey { name: name()?, version: version(2) },
@@ -70,6 +82,11 @@ impl Route {
     pub(crate) fn key_name(&self) -> Option<&str> {
         match self {
             Self::CreateKey { name }
+            | Self::ImportKey { name }
+            | Self::GetRotationPolicy { name }
+            | Self::UpdateRotationPolicy { name }
+            | Self::BackupKey { name }
+            | Self::ReleaseKey { name }
             | Self::GetKey { name, .. }
             | Self::UpdateKey { name, .. }
             | Self::DeleteKey { name }
@@ -79,7 +96,7 @@ impl Route {
             | Self::GetDeletedKey { name }
             | Self::RecoverDeletedKey { name }
             | Self::PurgeDeletedKey { name } => Some(name),
-            Self::ListKeys | Self::ListDeletedKeys => None,
+            Self::ListKeys | Self::ListDeletedKeys | Self::RestoreKey => None,
         }
     }
 
@@ -87,6 +104,12 @@ impl Route {
     pub(crate) fn operation(&self) -> &'static str {
         match self {
             Self::CreateKey { .. } => "create_key",
+            Self::ImportKey { .. } => "import_key",
+            Self::GetRotationPolicy { .. } => "get_rotation_policy",
+            Self::UpdateRotationPolicy { .. } => "update_rotation_policy",
+            Self::BackupKey { .. } => "backup_key",
+            Self::RestoreKey => "restore_key",
+            Self::ReleaseKey { .. } => "release_key",
             Self::GetKey { .. } => "get_key",
             Self::UpdateKey { .. } => "update_key",
             Self::DeleteKey { .. } => "delete_key",
@@ -154,6 +177,25 @@ mod tests {
     }
 
     #[test]
+    fn import_backup_restore_policy_and_signature_routes() {
+        assert_eq!(parse("PUT", "/keys/k1"), Route::ImportKey { name: name("k1") });
+        assert_eq!(parse("POST", "/keys/k1/backup"), Route::BackupKey { name: name("k1") });
+        assert_eq!(parse("POST", "/keys/restore"), Route::RestoreKey);
+        assert_eq!(parse("POST", "/keys/restore/create"), Route::CreateKey { name: name("restore") });
+        assert_eq!(parse("GET", "/keys/k1/rotationpolicy"), Route::GetRotationPolicy { name: name("k1") });
+        assert_eq!(parse("PUT", "/keys/k1/RotationPolicy"), Route::UpdateRotationPolicy { name: name("k1") });
+        assert_eq!(parse("POST", &format!("/keys/k1/{V}/release")), Route::ReleaseKey { name: name("k1") });
+        assert_eq!(
+            parse("POST", &format!("/keys/k1/{V}/sign")),
+            Route::Crypto { name: name("k1"), version: Some(V.to_owned()), operation: KeyOperation::Sign }
+        );
+        assert_eq!(
+            parse("POST", "/keys/k1//verify"),
+            Route::Crypto { name: name("k1"), version: None, operation: KeyOperation::Verify }
+        );
+    }
+
+    #[test]
     fn deleted_key_routes() {
         assert_eq!(parse("GET", "/deletedkeys"), Route::ListDeletedKeys);
         assert_eq!(parse("GET", "/deletedkeys/k1"), Route::GetDeletedKey { name: name("k1") });
@@ -165,8 +207,8 @@ mod tests {
     #[test]
     fn unknown_paths_and_bad_names_are_refused() {
         assert_eq!(Route::parse("GET", "/secrets/s1").unwrap_err().status, 404);
-        assert_eq!(Route::parse("POST", "/keys/k1/v/sign").unwrap_err().status, 404);
-        assert_eq!(Route::parse("PUT", "/keys/k1").unwrap_err().status, 404);
+        assert_eq!(Route::parse("POST", "/keys/k1/v/frobnicate").unwrap_err().status, 404);
+        assert_eq!(Route::parse("PUT", "/keys/k1/v1").unwrap_err().status, 404);
         assert_eq!(Route::parse("GET", "/keys/a.b").unwrap_err().status, 400);
         assert_eq!(Route::parse("GET", "/keys/..%2F").unwrap_err().status, 400);
     }

@@ -4,8 +4,8 @@
 //! request needs), throttling, the mandatory `api-version`, routing, the
 //! caller's access policy, injected faults, then its handler. Requests under
 //! `/_emulator/` are the owner's control routes and skip all but
-//! authentication. Alongside, a sweeper purges deleted keys whose retention
-//! ended.
+//! authentication. Alongside, housekeeping purges deleted keys whose
+//! retention ended and rotates keys whose rotation policy says so.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,23 +18,28 @@ use axum::http::{HeaderMap, Uri, header::HOST};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
-use super::EmulatorArgs;
 use super::access::Caller;
 use super::auth::BearerAuth;
+use super::backup::BackupSealer;
 use super::calls::{CallCounter, FAULTED, THROTTLED};
+use super::clock::Clock;
 use super::control;
 use super::error::ServiceError;
 use super::faults::Faults;
+use super::handlers::generate;
 use super::handlers::{self, RequestContext};
 use super::routes::Route;
 use super::throttle::{self, Throttle};
 use super::tls::TlsListener;
-use super::vault::{Vault, unix_now};
+use super::vault::Vault;
+use super::{EmulatorArgs, Sku};
 
 /// Request bodies are small JSON documents; anything bigger is refused.
 const MAX_BODY_BYTES: usize = 1 << 20;
-/// How often deleted keys past their retention are looked for.
-const PURGE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the vault looks for deleted keys past their retention and
+/// rotations its policies say are due. Both checks are scans of memory, and
+/// a test that moves the clock sees their effect within this.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything a request can touch.
 pub(crate) struct App {
@@ -42,6 +47,9 @@ pub(crate) struct App {
     pub(crate) calls: CallCounter,
     pub(crate) auth: BearerAuth,
     pub(crate) faults: Faults,
+    pub(crate) clock: Clock,
+    pub(crate) backups: BackupSealer,
+    pub(crate) sku: Sku,
     throttle: Option<Throttle>,
     latency: Duration,
     /// `host:port` for the rare request without a Host header.
@@ -50,12 +58,21 @@ pub(crate) struct App {
 
 impl App {
     /// `shutdown` is the server's: it also ends requests hanging on a fault.
-    pub(crate) fn new(vault: Vault, args: &EmulatorArgs, addr: SocketAddr, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(
+        vault: Vault,
+        backups: BackupSealer,
+        args: &EmulatorArgs,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             vault,
             calls: CallCounter::default(),
             auth: BearerAuth::new(args.token.clone()),
             faults: Faults::new(shutdown),
+            clock: Clock::default(),
+            backups,
+            sku: args.sku,
             throttle: args.throttle_rps.map(|rps| Throttle::new(rps, Instant::now())),
             latency: args.latency,
             listen_authority: addr.to_string(),
@@ -67,7 +84,7 @@ impl App {
 pub(crate) async fn serve(listener: TlsListener, app: Arc<App>, cancel: CancellationToken) {
     let router = router(app.clone());
     let server = axum::serve(listener, router).with_graceful_shutdown(cancel.clone().cancelled_owned());
-    let (served, ()) = tokio::join!(async { server.await }, sweep_deleted_keys(app, cancel));
+    let (served, ()) = tokio::join!(async { server.await }, housekeeping(app, cancel));
     if let Err(e) = served {
         tracing::error!(error = %e, "key vault emulator server stopped");
     }
@@ -79,21 +96,34 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new().fallback(handle_request).with_state(app)
 }
 
-/// Purges deleted keys whose scheduled purge date has passed, as Key Vault
-/// does by itself.
-async fn sweep_deleted_keys(app: Arc<App>, cancel: CancellationToken) {
-    let mut ticks = tokio::time::interval(PURGE_SWEEP_INTERVAL);
+/// What Key Vault does by itself, on the emulator's clock: purges deleted
+/// keys whose scheduled purge date has passed, and creates the versions
+/// rotation policies call for.
+async fn housekeeping(app: Arc<App>, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = ticks.tick() => {
-                match app.vault.purge_expired(unix_now()).await {
+                match app.vault.purge_expired(app.clock.now()).await {
                     Ok(0) => {}
                     Ok(purged) => tracing::info!(purged, "purged deleted keys past their retention"),
                     // Already logged where it failed; the next tick retries.
                     Err(_) => {}
                 }
+                rotate_due_keys(&app).await;
             }
+        }
+    }
+}
+
+/// Creates a new version of every key whose policy's `Rotate` action is due.
+async fn rotate_due_keys(app: &App) {
+    for (name, latest, spec) in app.vault.rotations_due(app.clock.now()).await {
+        // A failure is logged where it happened; the next tick retries.
+        let Ok(material) = generate(spec).await else { continue };
+        if let Ok(Some(view)) = app.vault.rotate_by_policy(&name, &latest, material, app.clock.now()).await {
+            tracing::info!(key = %name, version = %view.version.id, "rotated a key as its rotation policy asked");
         }
     }
 }

@@ -16,11 +16,14 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::EmulatorError;
 use super::material::KeyMaterial;
-use super::vault::{Deletion, KeyRecord, KeyVersion, VersionProps};
+use super::vault::{Deletion, KeyRecord, KeyVersion, RotationPolicy, VersionProps};
 
 /// Bumped when the document layout changes, so an old emulator refuses a
-/// newer state directory instead of misreading it.
-const FORMAT: u32 = 1;
+/// newer state directory instead of misreading it (or dropping what it does
+/// not know on its next write). 2 added rotation policies, `exportable` and
+/// release policies; a format 1 document reads as having none.
+const FORMAT: u32 = 2;
+const OLDEST_READABLE_FORMAT: u32 = 1;
 const KEYS_DIR: &str = "keys";
 const DOCUMENT_SUFFIX: &str = ".json";
 /// Temporary files start with this, so loading can tell them apart.
@@ -36,6 +39,8 @@ struct StoredKey {
     name: String,
     deleted: Option<Deletion>,
     versions: Vec<StoredVersion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rotation_policy: Option<RotationPolicy>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,7 +58,8 @@ impl Drop for StoredVersion {
     }
 }
 
-/// Serialises a key record, private keys included, for [`KeyStore::save`].
+/// Serialises a key record, private keys included, for [`KeyStore::save`]
+/// and for backups.
 pub(crate) fn encode(record: &KeyRecord) -> io::Result<Zeroizing<Vec<u8>>> {
     let versions = record
         .versions
@@ -67,14 +73,24 @@ pub(crate) fn encode(record: &KeyRecord) -> io::Result<Zeroizing<Vec<u8>>> {
             })
         })
         .collect::<io::Result<Vec<_>>>()?;
-    let document = StoredKey { format: FORMAT, name: record.name.clone(), deleted: record.deleted, versions };
+    let document = StoredKey {
+        format: FORMAT,
+        name: record.name.clone(),
+        deleted: record.deleted,
+        versions,
+        rotation_policy: record.rotation_policy.clone(),
+    };
     serde_json::to_vec_pretty(&document).map(Zeroizing::new).map_err(io::Error::other)
 }
 
-fn decode(bytes: &[u8]) -> Result<KeyRecord, String> {
+/// Reads a document [`encode`] wrote.
+pub(crate) fn decode(bytes: &[u8]) -> Result<KeyRecord, String> {
     let document: StoredKey = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if document.format != FORMAT {
-        return Err(format!("unsupported format {} (expected {FORMAT})", document.format));
+    if !(OLDEST_READABLE_FORMAT..=FORMAT).contains(&document.format) {
+        return Err(format!(
+            "unsupported format {} (this emulator reads {OLDEST_READABLE_FORMAT} to {FORMAT})",
+            document.format
+        ));
     }
     if document.versions.is_empty() {
         return Err("a key without versions".to_owned());
@@ -92,7 +108,12 @@ fn decode(bytes: &[u8]) -> Result<KeyRecord, String> {
             Ok(KeyVersion { id: stored.version.clone(), props: stored.props.clone(), material: Arc::new(material) })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    Ok(KeyRecord { name: document.name.clone(), versions, deleted: document.deleted })
+    Ok(KeyRecord {
+        name: document.name.clone(),
+        versions,
+        deleted: document.deleted,
+        rotation_policy: document.rotation_policy.clone(),
+    })
 }
 
 /// Creates the state directory (owner-only when new).
@@ -206,10 +227,11 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::material::{KeySpec, KeyType};
+    use crate::material::{Curve, KeySpec, KeyType};
+    use crate::vault::{ActionType, IsoDuration, LifetimeAction, Trigger};
 
     fn record(name: &str) -> KeyRecord {
-        let material = KeyMaterial::generate(KeySpec::EcP256).expect("generate");
+        let material = KeyMaterial::generate(KeySpec::Ec(Curve::P384)).expect("generate");
         KeyRecord {
             name: name.to_owned(),
             versions: vec![KeyVersion {
@@ -223,10 +245,21 @@ mod tests {
                     created: 1,
                     updated: 2,
                     tags: BTreeMap::from([("a".to_owned(), "b".to_owned())]),
+                    exportable: false,
+                    release_policy: None,
                 },
                 material: Arc::new(material),
             }],
             deleted: Some(Deletion { deleted_date: 3, scheduled_purge_date: 4 }),
+            rotation_policy: Some(RotationPolicy {
+                lifetime_actions: vec![LifetimeAction {
+                    trigger: Trigger::AfterCreate(IsoDuration::try_from("P2M".to_owned()).expect("duration")),
+                    action: ActionType::Rotate,
+                }],
+                expiry_time: None,
+                created: 6,
+                updated: 7,
+            }),
         }
     }
 
@@ -243,6 +276,7 @@ mod tests {
         let restored = &loaded[0];
         assert_eq!(restored.name, "Tenant-Key");
         assert_eq!(restored.deleted, original.deleted);
+        assert_eq!(restored.rotation_policy, original.rotation_policy);
         assert_eq!(restored.versions[0].props, original.versions[0].props);
         assert_eq!(restored.versions[0].material.public_jwk(), original.versions[0].material.public_jwk());
         assert!(!store.dir().join(".tenant-key.json.tmp").exists());
@@ -255,6 +289,28 @@ mod tests {
 
         store.remove("tenant-key").expect("remove");
         assert!(store.load().expect("load").is_empty());
+    }
+
+    #[test]
+    fn format_1_documents_still_load_and_newer_ones_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = KeyStore::open(dir.path()).expect("open");
+        let mut document: serde_json::Value =
+            serde_json::from_slice(&encode(&record("k")).expect("encode")).expect("json");
+        // What format 1 wrote: none of the fields format 2 added.
+        document["format"] = 1.into();
+        document.as_object_mut().expect("object").remove("rotation_policy");
+        for version in document["versions"].as_array_mut().expect("versions") {
+            version.as_object_mut().expect("object").remove("exportable");
+        }
+        store.save("k", &serde_json::to_vec(&document).expect("bytes")).expect("save");
+        let loaded = store.load().expect("a format 1 document loads");
+        assert_eq!(loaded[0].rotation_policy, None);
+        assert!(!loaded[0].versions[0].props.exportable);
+
+        document["format"] = (FORMAT + 1).into();
+        store.save("k", &serde_json::to_vec(&document).expect("bytes")).expect("save");
+        assert!(matches!(store.load(), Err(EmulatorError::CorruptState { .. })));
     }
 
     #[test]

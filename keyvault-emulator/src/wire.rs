@@ -11,8 +11,10 @@ use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 
+use zeroize::Zeroize;
+
 use super::material::PublicJwk;
-use super::vault::{DeletionPolicy, KeyView};
+use super::vault::{ActionType, DeletionPolicy, KeyView, ReleasePolicy, RotationPolicy, Trigger};
 
 /// Accepts base64url with or without padding, as Key Vault does.
 const URL_SAFE_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
@@ -41,6 +43,7 @@ pub(crate) struct Attributes {
     updated: i64,
     recovery_level: &'static str,
     recoverable_days: u32,
+    exportable: bool,
 }
 
 /// The `key` member: a JSON Web Key with public parts only.
@@ -60,13 +63,44 @@ enum PublicMembers {
     Ec { crv: &'static str, x: String, y: String },
 }
 
-/// `KeyBundle`: what create, get, update, rotate and recover return.
+/// `KeyBundle`: what create, import, get, update, rotate, recover and
+/// restore return.
 #[derive(Serialize)]
 pub(crate) struct KeyBundle {
     key: JsonWebKey,
     attributes: Attributes,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     tags: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    release_policy: Option<ReleasePolicyWire>,
+}
+
+/// `KeyReleasePolicy` on the wire.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ReleasePolicyWire {
+    #[serde(rename = "contentType", default = "default_policy_content_type")]
+    content_type: String,
+    /// base64url of the policy document.
+    data: Option<String>,
+    #[serde(default)]
+    immutable: bool,
+}
+
+fn default_policy_content_type() -> String {
+    "application/json; charset=utf-8".to_owned()
+}
+
+impl ReleasePolicyWire {
+    /// The stored policy; the document must be present and base64url.
+    pub(crate) fn into_policy(self) -> Result<ReleasePolicy, &'static str> {
+        let data = self.data.ok_or("release_policy.data is required")?;
+        from_base64url(&data).map_err(|_| "release_policy.data is not base64url")?;
+        Ok(ReleasePolicy { content_type: self.content_type, data, immutable: self.immutable })
+    }
+
+    fn from_policy(policy: &ReleasePolicy) -> Self {
+        Self { content_type: policy.content_type.clone(), data: Some(policy.data.clone()), immutable: policy.immutable }
+    }
 }
 
 /// `DeletedKeyBundle`: a key bundle plus its recovery data (absent when
@@ -119,6 +153,18 @@ impl<T> Page<T> {
     }
 }
 
+/// `KeyVerifyResult`.
+#[derive(Serialize)]
+pub(crate) struct KeyVerifyResult {
+    pub(crate) value: bool,
+}
+
+/// `BackupKeyResult`, and the body of a restore (`KeyRestoreParameters`).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct BackupBlob {
+    pub(crate) value: String,
+}
+
 /// `KeyOperationResult`: the versioned kid used and the output bytes.
 #[derive(Serialize)]
 pub(crate) struct KeyOperationResult {
@@ -126,12 +172,14 @@ pub(crate) struct KeyOperationResult {
     pub(crate) value: String,
 }
 
-/// `attributes` in create and update requests; read-only fields are ignored.
+/// `attributes` in create, import and update requests; read-only fields
+/// are ignored.
 #[derive(Deserialize, Default)]
 pub(crate) struct AttributesRequest {
     pub(crate) enabled: Option<bool>,
     pub(crate) nbf: Option<i64>,
     pub(crate) exp: Option<i64>,
+    pub(crate) exportable: Option<bool>,
 }
 
 /// `CreateKeyParameters`.
@@ -144,6 +192,50 @@ pub(crate) struct CreateKeyRequest {
     pub(crate) key_ops: Option<Vec<String>>,
     pub(crate) attributes: Option<AttributesRequest>,
     pub(crate) tags: Option<BTreeMap<String, String>>,
+    pub(crate) release_policy: Option<ReleasePolicyWire>,
+}
+
+/// `KeyImportParameters`.
+#[derive(Deserialize)]
+pub(crate) struct ImportKeyRequest {
+    pub(crate) key: ImportedJwk,
+    #[serde(rename = "Hsm")]
+    pub(crate) hsm: Option<bool>,
+    pub(crate) attributes: Option<AttributesRequest>,
+    pub(crate) tags: Option<BTreeMap<String, String>>,
+    pub(crate) release_policy: Option<ReleasePolicyWire>,
+}
+
+/// The JSON Web Key of an import, private members included (base64url).
+/// Wiped when dropped.
+#[derive(Deserialize)]
+pub(crate) struct ImportedJwk {
+    pub(crate) kty: Option<String>,
+    pub(crate) key_ops: Option<Vec<String>>,
+    pub(crate) n: Option<String>,
+    pub(crate) e: Option<String>,
+    pub(crate) d: Option<String>,
+    pub(crate) p: Option<String>,
+    pub(crate) q: Option<String>,
+    pub(crate) dp: Option<String>,
+    pub(crate) dq: Option<String>,
+    pub(crate) qi: Option<String>,
+    pub(crate) crv: Option<String>,
+    pub(crate) x: Option<String>,
+    pub(crate) y: Option<String>,
+    /// A symmetric key: Managed HSM only.
+    pub(crate) k: Option<String>,
+    /// An HSM key-transfer blob (BYOK from an on-premises HSM).
+    pub(crate) key_hsm: Option<String>,
+}
+
+impl Drop for ImportedJwk {
+    fn drop(&mut self) {
+        for secret in [&mut self.d, &mut self.p, &mut self.q, &mut self.dp, &mut self.dq, &mut self.qi, &mut self.k] {
+            secret.zeroize();
+        }
+        self.key_hsm.zeroize();
+    }
 }
 
 /// `KeyUpdateParameters`.
@@ -152,13 +244,67 @@ pub(crate) struct UpdateKeyRequest {
     pub(crate) key_ops: Option<Vec<String>>,
     pub(crate) attributes: Option<AttributesRequest>,
     pub(crate) tags: Option<BTreeMap<String, String>>,
+    pub(crate) release_policy: Option<ReleasePolicyWire>,
 }
 
-/// `KeyOperationsParameters` (wrap, unwrap, encrypt, decrypt).
+/// `KeyOperationsParameters` (wrap, unwrap, encrypt, decrypt) and
+/// `KeySignParameters` (sign: `value` is the digest).
 #[derive(Deserialize)]
 pub(crate) struct KeyOperationRequest {
     pub(crate) alg: String,
     pub(crate) value: String,
+}
+
+/// `KeyVerifyParameters`: `value` is the signature.
+#[derive(Deserialize)]
+pub(crate) struct KeyVerifyRequest {
+    pub(crate) alg: String,
+    pub(crate) digest: String,
+    pub(crate) value: String,
+}
+
+/// `KeyRotationPolicy`, as sent and as returned.
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RotationPolicyWire {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<String>,
+    #[serde(default)]
+    pub(crate) lifetime_actions: Option<Vec<LifetimeActionWire>>,
+    #[serde(default)]
+    pub(crate) attributes: Option<RotationAttributesWire>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct LifetimeActionWire {
+    pub(crate) trigger: TriggerWire,
+    pub(crate) action: ActionWire,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TriggerWire {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) time_after_create: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) time_before_expiry: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ActionWire {
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RotationAttributesWire {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) expiry_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) created: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) updated: Option<i64>,
 }
 
 /// Builds response shapes for one request: identifiers use the vault URL
@@ -188,6 +334,7 @@ impl Renderer<'_> {
             updated: props.updated,
             recovery_level: self.policy.level().as_str(),
             recoverable_days: self.policy.recoverable_days(),
+            exportable: props.exportable,
         }
     }
 
@@ -205,6 +352,48 @@ impl Renderer<'_> {
             },
             attributes: self.attributes(view),
             tags: view.version.props.tags.clone(),
+            release_policy: view.version.props.release_policy.as_ref().map(ReleasePolicyWire::from_policy),
+        }
+    }
+
+    /// A key's rotation policy; a key without one shows Key Vault's default
+    /// (notify 30 days before expiry), as Key Vault does.
+    pub(crate) fn rotation_policy(&self, name: &str, policy: Option<&RotationPolicy>) -> RotationPolicyWire {
+        let id = Some(format!("{}/keys/{name}/rotationpolicy", self.vault_url));
+        let Some(policy) = policy else {
+            let notify = LifetimeActionWire {
+                trigger: TriggerWire { time_before_expiry: Some("P30D".to_owned()), ..TriggerWire::default() },
+                action: ActionWire { kind: ActionType::Notify.as_str().to_owned() },
+            };
+            return RotationPolicyWire {
+                id,
+                lifetime_actions: Some(vec![notify]),
+                attributes: Some(RotationAttributesWire::default()),
+            };
+        };
+        let actions = policy
+            .lifetime_actions
+            .iter()
+            .map(|action| LifetimeActionWire {
+                trigger: match &action.trigger {
+                    Trigger::AfterCreate(after) => {
+                        TriggerWire { time_after_create: Some(after.as_str().to_owned()), ..TriggerWire::default() }
+                    }
+                    Trigger::BeforeExpiry(before) => {
+                        TriggerWire { time_before_expiry: Some(before.as_str().to_owned()), ..TriggerWire::default() }
+                    }
+                },
+                action: ActionWire { kind: action.action.as_str().to_owned() },
+            })
+            .collect();
+        RotationPolicyWire {
+            id,
+            lifetime_actions: Some(actions),
+            attributes: Some(RotationAttributesWire {
+                expiry_time: policy.expiry_time.as_ref().map(|expiry| expiry.as_str().to_owned()),
+                created: Some(policy.created),
+                updated: Some(policy.updated),
+            }),
         }
     }
 

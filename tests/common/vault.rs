@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keyvault_emulator::admin::KeyAdmin;
-use keyvault_emulator::{self as emulator, DEV_TOKEN, Emulator, EmulatorArgs, RecoveryLevel};
+use keyvault_emulator::{self as emulator, DEV_TOKEN, Emulator, EmulatorArgs, RecoveryLevel, Sku};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -18,6 +18,7 @@ pub fn args(state_dir: &Path, recovery_level: RecoveryLevel) -> EmulatorArgs {
         addr: "127.0.0.1:0".parse().expect("addr"),
         state_dir: state_dir.to_path_buf(),
         recovery_level,
+        sku: Sku::Premium,
         recoverable_days: 90,
         throttle_rps: None,
         latency: Duration::ZERO,
@@ -133,6 +134,22 @@ impl Vault {
         std::sync::Arc::new(keyseal::keyvault::Vault::new(credential, options).expect("vault client"))
     }
 
+    /// The official Rust `KeyClient` of this vault, trusting only its
+    /// certificate, with the owner's token: the client customers use.
+    pub fn sdk_client(&self) -> azure_security_keyvault_keys::KeyClient {
+        use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
+        use keyseal::keyvault::credential::{VaultCredentialKind, credential};
+        let pem = std::fs::read(self.emulator.cert_pem_path()).expect("emulator certificate");
+        let certificate = reqwest::Certificate::from_pem(&pem).expect("PEM certificate");
+        let http = reqwest::Client::builder().tls_certs_merge([certificate]).build().expect("HTTPS client");
+        // The emulator's challenge names vault.azure.net, which 127.0.0.1
+        // can never match, as for any self-hosted vault.
+        let mut options = KeyClientOptions { verify_challenge_resource: Some(false), ..KeyClientOptions::default() };
+        options.client_options.transport = Some(azure_core::http::Transport::new(std::sync::Arc::new(http)));
+        let credential = credential(VaultCredentialKind::StaticToken, None).expect("static token");
+        KeyClient::new(&self.emulator.vault_url(), credential, Some(options)).expect("key client")
+    }
+
     /// Worker flags that let it use this emulator as a vault.
     pub fn worker_flags(&self) -> Vec<String> {
         self.emulator.worker_flags()
@@ -147,4 +164,20 @@ impl Vault {
     pub async fn create(&self, name: &str, body: Value) -> String {
         self.admin.create(name, body).await.unwrap_or_else(|e| panic!("{e}"))
     }
+}
+
+/// Runs a Python script of the test suite to its end (killed after
+/// `timeout`); returns whether it succeeded and its output, for messages.
+pub async fn run_python(command: &mut tokio::process::Command, timeout: Duration) -> (bool, String) {
+    let output = tokio::time::timeout(timeout, command.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("the Python script did not finish within {timeout:?}"))
+        .expect("python3 runs");
+    let report = format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), report)
 }

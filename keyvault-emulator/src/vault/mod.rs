@@ -5,6 +5,7 @@
 //! it becomes visible, so a crash never shows a state the disk lacks.
 
 mod model;
+mod rotation;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,10 +14,11 @@ use tokio::sync::RwLock;
 
 use crate::EmulatorError;
 use crate::error::ServiceError;
-use crate::material::KeyMaterial;
+use crate::material::{KeyMaterial, KeySpec};
 use crate::store::{self, KeyStore};
 
 pub(crate) use self::model::*;
+pub(crate) use self::rotation::{ActionType, IsoDuration, LifetimeAction, RotationPolicy, Trigger};
 
 pub(crate) struct Vault {
     policy: DeletionPolicy,
@@ -41,7 +43,8 @@ impl Vault {
         &self.policy
     }
 
-    /// Adds a version to `name`, creating the key if it does not exist.
+    /// Adds a version to `name`, creating the key if it does not exist
+    /// (create and import).
     pub(crate) async fn create(
         &self,
         name: &str,
@@ -51,25 +54,11 @@ impl Vault {
     ) -> Result<KeyView, ServiceError> {
         let id = new_version_id()?;
         self.mutate(name, |record| {
-            let record =
-                record.get_or_insert_with(|| KeyRecord { name: name.to_owned(), versions: Vec::new(), deleted: None });
+            let record = record.get_or_insert_with(|| KeyRecord::new(name));
             if record.deleted.is_some() {
                 return Err(ServiceError::name_held_by_deleted_key(&record.name));
             }
-            let version = KeyVersion {
-                id,
-                props: VersionProps {
-                    kty: new.kty,
-                    key_ops: new.key_ops,
-                    enabled: new.enabled,
-                    nbf: new.nbf,
-                    exp: new.exp,
-                    created: now,
-                    updated: now,
-                    tags: new.tags,
-                },
-                material: Arc::new(material),
-            };
+            let version = KeyVersion { id, props: new.into_props(now), material: Arc::new(material) };
             record.versions.push(version.clone());
             Ok(record.view(&version))
         })
@@ -77,28 +66,120 @@ impl Vault {
     }
 
     /// Adds a new latest version with fresh material and the latest
-    /// version's type, operations and tags (`rotate`).
+    /// version's type, operations, tags and release settings (`rotate`);
+    /// its expiry follows the key's rotation policy.
     pub(crate) async fn rotate(&self, name: &str, material: KeyMaterial, now: i64) -> Result<KeyView, ServiceError> {
+        self.rotate_from(name, None, material, now).await
+    }
+
+    /// [`Vault::rotate`], but only while `expected_latest` (when given) is
+    /// still the latest version, so a policy rotation racing another
+    /// rotation does not add two versions.
+    async fn rotate_from(
+        &self,
+        name: &str,
+        expected_latest: Option<&str>,
+        material: KeyMaterial,
+        now: i64,
+    ) -> Result<KeyView, ServiceError> {
         let id = new_version_id()?;
         self.mutate(name, |record| {
             let record = live(record.as_mut(), name)?;
             let latest = record.latest().ok_or_else(|| ServiceError::key_not_found(name))?;
-            let version = KeyVersion {
-                id,
-                props: VersionProps {
-                    kty: latest.props.kty,
-                    key_ops: latest.props.key_ops.clone(),
-                    enabled: true,
-                    nbf: None,
-                    exp: None,
-                    created: now,
-                    updated: now,
-                    tags: latest.props.tags.clone(),
-                },
-                material: Arc::new(material),
+            if expected_latest.is_some_and(|expected| expected != latest.id) {
+                return Err(ServiceError::conflict(format!("Key {name} was rotated meanwhile.")));
+            }
+            let props = VersionProps {
+                enabled: true,
+                nbf: None,
+                exp: record.rotation_policy.as_ref().and_then(|policy| policy.expiry_for(now)),
+                created: now,
+                updated: now,
+                ..latest.props.clone()
             };
+            let version = KeyVersion { id, props, material: Arc::new(material) };
             record.versions.push(version.clone());
             Ok(record.view(&version))
+        })
+        .await
+    }
+
+    /// The keys whose rotation policy says a new version is due at `now`:
+    /// each with the latest version's id and the spec to generate.
+    pub(crate) async fn rotations_due(&self, now: i64) -> Vec<(String, String, KeySpec)> {
+        let keys = self.keys.read().await;
+        keys.values()
+            .filter(|record| record.deleted.is_none())
+            .filter_map(|record| {
+                let policy = record.rotation_policy.as_ref()?;
+                let latest = record.latest()?;
+                policy
+                    .rotation_due(latest, now)
+                    .then(|| (record.name.clone(), latest.id.clone(), latest.material.spec()))
+            })
+            .collect()
+    }
+
+    /// Rotates `name` as its policy asked, unless another rotation got
+    /// there first (then nothing happens).
+    pub(crate) async fn rotate_by_policy(
+        &self,
+        name: &str,
+        latest: &str,
+        material: KeyMaterial,
+        now: i64,
+    ) -> Result<Option<KeyView>, ServiceError> {
+        match self.rotate_from(name, Some(latest), material, now).await {
+            Ok(view) => Ok(Some(view)),
+            Err(e) if e.status == axum::http::StatusCode::CONFLICT => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The key's rotation policy, if one was set.
+    pub(crate) async fn rotation_policy(&self, name: &str) -> Result<Option<RotationPolicy>, ServiceError> {
+        let keys = self.keys.read().await;
+        Ok(live_ref(keys.get(&name.to_ascii_lowercase()), name)?.rotation_policy.clone())
+    }
+
+    /// Replaces the key's rotation policy (validated by the caller).
+    pub(crate) async fn set_rotation_policy(
+        &self,
+        name: &str,
+        lifetime_actions: Vec<LifetimeAction>,
+        expiry_time: Option<IsoDuration>,
+        now: i64,
+    ) -> Result<RotationPolicy, ServiceError> {
+        self.mutate(name, |record| {
+            let record = live(record.as_mut(), name)?;
+            let created = record.rotation_policy.as_ref().map_or(now, |policy| policy.created);
+            let policy = RotationPolicy { lifetime_actions, expiry_time, created, updated: now };
+            record.rotation_policy = Some(policy.clone());
+            Ok(policy)
+        })
+        .await
+    }
+
+    /// The whole record of a live key, private keys included, for a backup.
+    pub(crate) async fn backup(&self, name: &str) -> Result<KeyRecord, ServiceError> {
+        let keys = self.keys.read().await;
+        live_ref(keys.get(&name.to_ascii_lowercase()), name).cloned()
+    }
+
+    /// Brings back a backed-up key under its name, which must be free
+    /// (neither live nor soft-deleted), as Key Vault requires.
+    pub(crate) async fn restore(&self, mut record: KeyRecord) -> Result<KeyView, ServiceError> {
+        record.deleted = None;
+        let name = record.name.clone();
+        self.mutate(&name, |slot| {
+            if slot.is_some() {
+                return Err(ServiceError::conflict(format!(
+                    "Key {name} cannot be restored: a key or a deleted key with this name exists."
+                )));
+            }
+            let record = slot.insert(record);
+            let latest = record.latest().ok_or_else(|| ServiceError::key_not_found(&name))?;
+            Ok(record.view(latest))
         })
         .await
     }
@@ -170,6 +251,14 @@ impl Vault {
             }
             if let Some(tags) = change.tags {
                 props.tags = tags;
+            }
+            if let Some(policy) = change.release_policy {
+                if props.release_policy.as_ref().is_some_and(|old| old.immutable) {
+                    return Err(ServiceError::bad_parameter(
+                        "The key's release policy is immutable and cannot be changed.",
+                    ));
+                }
+                props.release_policy = Some(policy);
             }
             props.updated = now;
             Ok(record.view(&record.versions[index]))

@@ -5,22 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::rotation::RotationPolicy;
 use crate::error::ServiceError;
 use crate::material::{KeyMaterial, KeyType};
 use crate::{EmulatorError, RecoveryLevel};
 
 pub(crate) const SECONDS_PER_DAY: i64 = 86_400;
-
-/// Current time as Key Vault's timestamps: integer Unix seconds.
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
-}
 
 /// How deleting a key behaves in this vault.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +51,8 @@ pub(crate) enum KeyOperation {
     Decrypt,
     WrapKey,
     UnwrapKey,
+    Sign,
+    Verify,
 }
 
 impl KeyOperation {
@@ -68,6 +63,8 @@ impl KeyOperation {
             "decrypt" => Some(Self::Decrypt),
             "wrapkey" => Some(Self::WrapKey),
             "unwrapkey" => Some(Self::UnwrapKey),
+            "sign" => Some(Self::Sign),
+            "verify" => Some(Self::Verify),
             _ => None,
         }
     }
@@ -79,6 +76,8 @@ impl KeyOperation {
             Self::Decrypt => "decrypt",
             Self::WrapKey => "wrapkey",
             Self::UnwrapKey => "unwrapkey",
+            Self::Sign => "sign",
+            Self::Verify => "verify",
         }
     }
 
@@ -89,19 +88,17 @@ impl KeyOperation {
             Self::Decrypt => "decrypt",
             Self::WrapKey => "wrapKey",
             Self::UnwrapKey => "unwrapKey",
+            Self::Sign => "sign",
+            Self::Verify => "verify",
         }
     }
 
-    /// Whether the operation protects new data. Key Vault refuses those
-    /// outside the key's `nbf`..`exp` window but keeps decrypt and unwrap
-    /// working, so nobody is locked out of data already protected.
+    /// Whether the operation protects or vouches for new data. Key Vault
+    /// refuses those outside the key's `nbf`..`exp` window but keeps
+    /// decrypt, unwrap and verify working, so nobody is locked out of data
+    /// already protected.
     fn needs_validity_window(self) -> bool {
-        matches!(self, Self::Encrypt | Self::WrapKey)
-    }
-
-    /// Whether the operation turns data into ciphertext.
-    pub(crate) fn encrypts(self) -> bool {
-        matches!(self, Self::Encrypt | Self::WrapKey)
+        matches!(self, Self::Encrypt | Self::WrapKey | Self::Sign)
     }
 }
 
@@ -116,6 +113,22 @@ pub(crate) struct VersionProps {
     pub(crate) created: i64,
     pub(crate) updated: i64,
     pub(crate) tags: BTreeMap<String, String>,
+    /// Whether the private key may leave the vault by key release.
+    #[serde(default)]
+    pub(crate) exportable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) release_policy: Option<ReleasePolicy>,
+}
+
+/// A key's release policy: the rules an attestation must meet before
+/// Key Vault releases an exportable key. Kept as the caller sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ReleasePolicy {
+    pub(crate) content_type: String,
+    /// The policy document, base64url as on the wire.
+    pub(crate) data: String,
+    /// An immutable policy can never be replaced.
+    pub(crate) immutable: bool,
 }
 
 impl VersionProps {
@@ -165,6 +178,8 @@ pub(crate) struct KeyRecord {
     pub(crate) name: String,
     pub(crate) versions: Vec<KeyVersion>,
     pub(crate) deleted: Option<Deletion>,
+    /// When and how the key rotates itself; `None` until one is set.
+    pub(crate) rotation_policy: Option<RotationPolicy>,
 }
 
 impl KeyRecord {
@@ -178,6 +193,11 @@ impl KeyRecord {
             None => self.latest(),
             Some(id) => self.versions.iter().find(|v| v.id.eq_ignore_ascii_case(id)),
         }
+    }
+
+    /// An empty record for a key being created, imported or restored.
+    pub(crate) fn new(name: &str) -> Self {
+        Self { name: name.to_owned(), versions: Vec::new(), deleted: None, rotation_policy: None }
     }
 
     pub(crate) fn view(&self, version: &KeyVersion) -> KeyView {
@@ -194,7 +214,7 @@ pub(crate) struct KeyView {
     pub(crate) deletion: Option<Deletion>,
 }
 
-/// The attributes of a version being created.
+/// The attributes of a version being created or imported.
 #[derive(Debug, Clone)]
 pub(crate) struct NewVersion {
     pub(crate) kty: KeyType,
@@ -203,6 +223,26 @@ pub(crate) struct NewVersion {
     pub(crate) nbf: Option<i64>,
     pub(crate) exp: Option<i64>,
     pub(crate) tags: BTreeMap<String, String>,
+    pub(crate) exportable: bool,
+    pub(crate) release_policy: Option<ReleasePolicy>,
+}
+
+impl NewVersion {
+    /// The stored attributes of the version, created now.
+    pub(crate) fn into_props(self, now: i64) -> VersionProps {
+        VersionProps {
+            kty: self.kty,
+            key_ops: self.key_ops,
+            enabled: self.enabled,
+            nbf: self.nbf,
+            exp: self.exp,
+            created: now,
+            updated: now,
+            tags: self.tags,
+            exportable: self.exportable,
+            release_policy: self.release_policy,
+        }
+    }
 }
 
 /// A PATCH: only the fields that are `Some` change.
@@ -213,9 +253,9 @@ pub(crate) struct PropsChange {
     pub(crate) exp: Option<i64>,
     pub(crate) key_ops: Option<Vec<String>>,
     pub(crate) tags: Option<BTreeMap<String, String>>,
+    pub(crate) release_policy: Option<ReleasePolicy>,
 }
 
-/// All keys of the vault, in memory and on disk.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +270,8 @@ mod tests {
             created: 0,
             updated: 0,
             tags: BTreeMap::new(),
+            exportable: false,
+            release_policy: None,
         }
     }
 
@@ -262,6 +304,17 @@ mod tests {
         p.exp = Some(200);
         assert_eq!(p.check_usable(KeyOperation::WrapKey, 200).unwrap_err().inner_code, Some("KeyExpired"));
         assert!(p.check_usable(KeyOperation::UnwrapKey, 200).is_ok());
+    }
+
+    #[test]
+    fn signing_needs_the_validity_window_but_verifying_does_not() {
+        let mut p = props(&["sign", "verify"]);
+        p.exp = Some(200);
+        assert!(p.check_usable(KeyOperation::Sign, 199).is_ok());
+        assert_eq!(p.check_usable(KeyOperation::Sign, 200).unwrap_err().inner_code, Some("KeyExpired"));
+        assert!(p.check_usable(KeyOperation::Verify, 200).is_ok());
+        let refusal = props(&["verify"]).check_usable(KeyOperation::Sign, 10).unwrap_err();
+        assert_eq!(refusal.inner_code, Some("KeyOperationForbidden"));
     }
 
     #[test]

@@ -1,0 +1,113 @@
+//! RSA keys: generation, import from a JWK's private members, and the
+//! padding schemes behind encrypt/decrypt/wrap/unwrap (PKCS#1 v1.5, OAEP,
+//! OAEP-256) and sign/verify (PKCS#1 v1.5 and PSS over a caller's digest).
+
+use rsa::BoxedUint;
+use rsa::sha2::{Sha256, Sha384, Sha512};
+use rsa::traits::PublicKeyParts;
+use sha1::Sha1;
+use zeroize::Zeroizing;
+
+use super::MaterialError;
+use super::algorithms::{Digest, EncryptionAlgorithm, RsaPadding};
+
+/// RSA modulus sizes Key Vault offers.
+pub(crate) const RSA_KEY_SIZES: [usize; 3] = [2048, 3072, 4096];
+
+pub(crate) fn generate(bits: usize) -> Result<rsa::PrivateKey, MaterialError> {
+    Ok(rsa::PrivateKey::new(&mut getrandom::SysRng, bits)?)
+}
+
+/// The private members of an RSA JWK. `p` and `q` may be absent; the
+/// primes are then recovered from `n`, `e` and `d`.
+pub(crate) struct RsaComponents<'a> {
+    pub(crate) n: &'a [u8],
+    pub(crate) e: &'a [u8],
+    pub(crate) d: &'a [u8],
+    pub(crate) p: Option<&'a [u8]>,
+    pub(crate) q: Option<&'a [u8]>,
+}
+
+/// A key from its JWK members; checked for consistency, and refused
+/// unless its modulus is one of [`RSA_KEY_SIZES`].
+pub(crate) fn import(parts: &RsaComponents<'_>) -> Result<rsa::PrivateKey, MaterialError> {
+    let primes = match (parts.p, parts.q) {
+        (Some(p), Some(q)) => vec![uint(p)?, uint(q)?],
+        (None, None) => Vec::new(),
+        _ => return Err(MaterialError::InvalidKey("p and q must be given together")),
+    };
+    let key = rsa::PrivateKey::from_components(uint(parts.n)?, uint(parts.e)?, uint(parts.d)?, primes)
+        .map_err(|_| MaterialError::InvalidKey("the RSA members do not form a valid key"))?;
+    if !RSA_KEY_SIZES.contains(&(key.size() * 8)) {
+        return Err(MaterialError::InvalidKey("RSA keys must be 2048, 3072 or 4096 bits"));
+    }
+    Ok(key)
+}
+
+/// A big-endian JWK integer, leading zero bytes ignored.
+fn uint(bytes: &[u8]) -> Result<BoxedUint, MaterialError> {
+    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    let trimmed = &bytes[start..];
+    let bits = u32::try_from(trimmed.len().max(1) * 8).map_err(|_| MaterialError::InvalidKey("integer too long"))?;
+    BoxedUint::from_be_slice(trimmed, bits).map_err(|_| MaterialError::InvalidKey("malformed integer"))
+}
+
+pub(crate) fn encrypt(
+    key: &rsa::PrivateKey,
+    alg: EncryptionAlgorithm,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, MaterialError> {
+    let public = key.as_public_key();
+    Ok(match alg {
+        EncryptionAlgorithm::Rsa15 => public.pkcs1v15_encrypt(plaintext)?,
+        EncryptionAlgorithm::RsaOaep => public.oaep_encrypt::<Sha1>(plaintext)?,
+        EncryptionAlgorithm::RsaOaep256 => public.oaep_encrypt::<Sha256>(plaintext)?,
+    })
+}
+
+pub(crate) fn decrypt(
+    key: &rsa::PrivateKey,
+    alg: EncryptionAlgorithm,
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, MaterialError> {
+    Ok(Zeroizing::new(match alg {
+        EncryptionAlgorithm::Rsa15 => key.pkcs1v15_decrypt(ciphertext)?,
+        EncryptionAlgorithm::RsaOaep => key.oaep_decrypt::<Sha1>(ciphertext)?,
+        EncryptionAlgorithm::RsaOaep256 => key.oaep_decrypt::<Sha256>(ciphertext)?,
+    }))
+}
+
+pub(crate) fn sign(
+    key: &rsa::PrivateKey,
+    padding: RsaPadding,
+    digest: Digest,
+    hash: &[u8],
+) -> Result<Vec<u8>, MaterialError> {
+    Ok(match (padding, digest) {
+        (RsaPadding::Pkcs1v15, Digest::Sha256) => key.pkcs1v15_sign_prehash::<Sha256>(hash)?,
+        (RsaPadding::Pkcs1v15, Digest::Sha384) => key.pkcs1v15_sign_prehash::<Sha384>(hash)?,
+        (RsaPadding::Pkcs1v15, Digest::Sha512) => key.pkcs1v15_sign_prehash::<Sha512>(hash)?,
+        (RsaPadding::Pss, Digest::Sha256) => key.pss_sign_prehash::<Sha256>(hash)?,
+        (RsaPadding::Pss, Digest::Sha384) => key.pss_sign_prehash::<Sha384>(hash)?,
+        (RsaPadding::Pss, Digest::Sha512) => key.pss_sign_prehash::<Sha512>(hash)?,
+    })
+}
+
+pub(crate) fn verify(
+    key: &rsa::PrivateKey,
+    padding: RsaPadding,
+    digest: Digest,
+    hash: &[u8],
+    signature: &[u8],
+) -> bool {
+    let public = key.as_public_key();
+    match (padding, digest) {
+        (RsaPadding::Pkcs1v15, Digest::Sha256) => public.pkcs1v15_verify_prehash::<Sha256>(hash, signature),
+        (RsaPadding::Pkcs1v15, Digest::Sha384) => public.pkcs1v15_verify_prehash::<Sha384>(hash, signature),
+        (RsaPadding::Pkcs1v15, Digest::Sha512) => public.pkcs1v15_verify_prehash::<Sha512>(hash, signature),
+        (RsaPadding::Pss, Digest::Sha256) => public.pss_verify_prehash::<Sha256>(hash, signature),
+        (RsaPadding::Pss, Digest::Sha384) => public.pss_verify_prehash::<Sha384>(hash, signature),
+        (RsaPadding::Pss, Digest::Sha512) => public.pss_verify_prehash::<Sha512>(hash, signature),
+    }
+    .is_ok()
+}
