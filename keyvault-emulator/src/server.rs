@@ -119,11 +119,11 @@ async fn housekeeping(app: Arc<App>, cancel: CancellationToken) {
 
 /// Creates a new version of every key whose policy's `Rotate` action is due.
 async fn rotate_due_keys(app: &App) {
-    for (name, latest, spec) in app.vault.rotations_due(app.clock.now()).await {
+    for due in app.vault.rotations_due(app.clock.now()).await {
         // A failure is logged where it happened; the next tick retries.
-        let Ok(material) = generate(spec).await else { continue };
-        if let Ok(Some(view)) = app.vault.rotate_by_policy(&name, &latest, material, app.clock.now()).await {
-            tracing::info!(key = %name, version = %view.version.id, "rotated a key as its rotation policy asked");
+        let Ok(material) = generate(due.spec).await else { continue };
+        if let Ok(Some(view)) = app.vault.rotate_by_policy(&due.name, &due.latest, material, app.clock.now()).await {
+            tracing::info!(key = %due.name, version = %view.version.id, "rotated a key as its rotation policy asked");
         }
     }
 }

@@ -20,6 +20,15 @@ use crate::store::{self, KeyStore};
 pub(crate) use self::model::*;
 pub(crate) use self::rotation::{ActionType, IsoDuration, LifetimeAction, RotationPolicy, Trigger};
 
+/// A rotation a key's policy calls for: the key, the version that is
+/// latest now (the rotation is skipped if another one got there first),
+/// and what to generate.
+pub(crate) struct DueRotation {
+    pub(crate) name: String,
+    pub(crate) latest: String,
+    pub(crate) spec: KeySpec,
+}
+
 pub(crate) struct Vault {
     policy: DeletionPolicy,
     store: Arc<KeyStore>,
@@ -104,18 +113,19 @@ impl Vault {
         .await
     }
 
-    /// The keys whose rotation policy says a new version is due at `now`:
-    /// each with the latest version's id and the spec to generate.
-    pub(crate) async fn rotations_due(&self, now: i64) -> Vec<(String, String, KeySpec)> {
+    /// The keys whose rotation policy says a new version is due at `now`.
+    pub(crate) async fn rotations_due(&self, now: i64) -> Vec<DueRotation> {
         let keys = self.keys.read().await;
         keys.values()
             .filter(|record| record.deleted.is_none())
             .filter_map(|record| {
                 let policy = record.rotation_policy.as_ref()?;
                 let latest = record.latest()?;
-                policy
-                    .rotation_due(latest, now)
-                    .then(|| (record.name.clone(), latest.id.clone(), latest.material.spec()))
+                policy.rotation_due(latest, now).then(|| DueRotation {
+                    name: record.name.clone(),
+                    latest: latest.id.clone(),
+                    spec: latest.material.spec(),
+                })
             })
             .collect()
     }
