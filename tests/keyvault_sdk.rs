@@ -344,10 +344,11 @@ async fn premium_only_settings_are_kept_on_premium_and_refused_on_standard() {
     assert_eq!(status_of(client.create_key("software", software.try_into().expect("body"), None).await), 400);
 
     // Release needs an attestation service the emulator does not have:
-    // refused plainly, never faked.
+    // refused as Key Vault refuses an attestation it cannot verify, never faked.
     let (status, body) =
         vault.call(reqwest::Method::POST, "/keys/releasable//release", Some(serde_json::json!({"target": "x"}))).await;
-    assert_eq!((status.as_u16(), error_code(&body).0), (501, "NotSupported"));
+    assert_eq!((status.as_u16(), error_code(&body).0), (400, "BadParameter"));
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("attestation")), "{body}");
     vault.emulator.shutdown().await;
 
     let standard_dir = tempfile::tempdir().expect("tempdir");

@@ -71,12 +71,6 @@ impl ServiceError {
         Self::new(StatusCode::CONFLICT, "Conflict", message)
     }
 
-    /// 501 for a Key Vault operation the emulator knowingly does not
-    /// perform (key release, which needs an attestation service).
-    pub(crate) fn not_supported(message: &'static str) -> Self {
-        Self::new(StatusCode::NOT_IMPLEMENTED, "NotSupported", message)
-    }
-
     /// 409 when a create names a key that is deleted but still recoverable.
     pub(crate) fn name_held_by_deleted_key(name: &str) -> Self {
         Self::new(

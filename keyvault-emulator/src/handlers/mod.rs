@@ -82,8 +82,10 @@ pub(crate) async fn handle(
         Route::RestoreKey => Json(render.bundle(&lifecycle::restore(app, parse_body(body)?).await?)).into_response(),
         Route::ReleaseKey { name } => {
             vault.get(&name, None).await?;
-            return Err(ServiceError::not_supported(
-                "The emulator has no attestation service to verify a release request against, \
+            // Key Vault answers a release whose attestation it cannot verify
+            // with 400; here no attestation can ever be verified.
+            return Err(ServiceError::bad_parameter(
+                "The target's attestation cannot be verified: the emulator has no attestation service, \
                  so it never releases a key.",
             ));
         }
