@@ -186,6 +186,8 @@ async fn a_rotation_policy_creates_the_new_version_when_the_emulators_clock_reac
     let default = client.get_key_rotation_policy("rotating", None).await.expect("get").into_model().expect("policy");
     let action = &default.lifetime_actions.as_ref().expect("actions")[0];
     assert_eq!(action.action.as_ref().and_then(|a| a.type_prop), Some(KeyRotationPolicyAction::Notify));
+    // ... which can be PUT back as it came (get, change, update).
+    client.update_key_rotation_policy("rotating", default.try_into().expect("body"), None).await.expect("round trip");
 
     let policy = KeyRotationPolicy {
         lifetime_actions: Some(vec![LifetimeAction {
@@ -337,7 +339,12 @@ async fn premium_only_settings_are_kept_on_premium_and_refused_on_standard() {
         .await;
     assert_eq!(status_of(again), 400);
 
-    // Key Vault's pairing rules.
+    // Key Vault's pairing rules, on create and on update.
+    let plain =
+        create(&client, "plain", CreateKeyParameters { kty: Some(KeyType::RsaHsm), ..Default::default() }).await;
+    assert_eq!(plain.attributes.as_ref().and_then(|a| a.exportable), Some(false));
+    let policy_on_plain = update(release_policy(true, false)).try_into().expect("body");
+    assert_eq!(status_of(client.update_key_properties("plain", policy_on_plain, None).await), 400);
     let no_policy = client.create_key("no-policy", exportable_hsm(None).try_into().expect("body"), None).await;
     assert_eq!(status_of(no_policy), 400);
     let software = CreateKeyParameters { kty: Some(KeyType::Rsa), ..exportable_hsm(Some(release_policy(true, false))) };

@@ -10,7 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Default)]
 pub(crate) struct Clock {
     /// Seconds added to the system time; never negative, so the vault's
-    /// time never runs backwards.
+    /// time never runs backwards while it runs. Not persisted: a restart
+    /// returns to real time.
     offset: AtomicI64,
 }
 

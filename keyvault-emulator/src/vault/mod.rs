@@ -95,8 +95,14 @@ impl Vault {
         self.mutate(name, |record| {
             let record = live(record.as_mut(), name)?;
             let latest = record.latest().ok_or_else(|| ServiceError::key_not_found(name))?;
-            if expected_latest.is_some_and(|expected| expected != latest.id) {
-                return Err(ServiceError::conflict(format!("Key {name} was rotated meanwhile.")));
+            // The material was generated off the lock: the key must still
+            // be what it was generated for, and a policy rotation must
+            // still be due under the policy as it is now.
+            let moved = expected_latest.is_some_and(|expected| {
+                expected != latest.id || !record.rotation_policy.as_ref().is_some_and(|p| p.rotation_due(latest, now))
+            });
+            if moved || latest.material.spec() != material.spec() {
+                return Err(ServiceError::conflict(format!("Key {name} changed while it was being rotated; retry.")));
             }
             let props = VersionProps {
                 enabled: true,
@@ -263,6 +269,9 @@ impl Vault {
                 props.tags = tags;
             }
             if let Some(policy) = change.release_policy {
+                if !props.exportable {
+                    return Err(ServiceError::bad_parameter("Non-exportable keys must not have a release policy."));
+                }
                 if props.release_policy.as_ref().is_some_and(|old| old.immutable) {
                     return Err(ServiceError::bad_parameter(
                         "The key's release policy is immutable and cannot be changed.",
@@ -439,6 +448,63 @@ fn new_version_id() -> Result<String, ServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RecoveryLevel;
+    use crate::material::{Curve, KeyType};
+
+    async fn vault(dir: &std::path::Path) -> Vault {
+        let policy = DeletionPolicy::new(RecoveryLevel::Purgeable, 0).expect("policy");
+        Vault::open(KeyStore::open(dir).expect("store"), policy).await.expect("vault")
+    }
+
+    fn ec(curve: Curve) -> KeyMaterial {
+        KeyMaterial::generate(KeySpec::Ec(curve)).expect("generate")
+    }
+
+    fn new_ec() -> NewVersion {
+        NewVersion {
+            kty: KeyType::Ec,
+            key_ops: vec!["sign".to_owned()],
+            enabled: true,
+            nbf: None,
+            exp: None,
+            tags: BTreeMap::new(),
+            exportable: false,
+            release_policy: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotation_whose_material_no_longer_fits_the_key_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vault = vault(dir.path()).await;
+        vault.create("k", new_ec(), ec(Curve::P256), 0).await.expect("create");
+        // Generated for a P-256 key, but the key is P-384 by the time it lands.
+        vault.create("k", new_ec(), ec(Curve::P384), 1).await.expect("new version");
+        assert_eq!(vault.rotate("k", ec(Curve::P256), 2).await.unwrap_err().status, 409);
+        assert_eq!(vault.versions("k").await.expect("versions").len(), 2, "nothing stored");
+        assert!(vault.rotate("k", ec(Curve::P384), 3).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_policy_rotation_is_skipped_once_its_policy_no_longer_asks_for_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vault = vault(dir.path()).await;
+        let first = vault.create("k", new_ec(), ec(Curve::P256), 0).await.expect("create").version.id;
+        let after = IsoDuration::try_from("P30D".to_owned()).expect("duration");
+        let rotate = vec![LifetimeAction { trigger: Trigger::AfterCreate(after), action: ActionType::Rotate }];
+        vault.set_rotation_policy("k", rotate, None, 0).await.expect("policy");
+        let due_at = 31 * SECONDS_PER_DAY;
+        assert_eq!(vault.rotations_due(due_at).await.len(), 1);
+        let rotated = vault.rotate_by_policy("k", &first, ec(Curve::P256), due_at).await.expect("rotate");
+        let second = rotated.expect("due, so rotated").version.id;
+        // A second attempt for the same due rotation does nothing.
+        assert!(vault.rotate_by_policy("k", &first, ec(Curve::P256), due_at).await.expect("skip").is_none());
+        // The policy is dropped while a rotation's key is being generated.
+        vault.set_rotation_policy("k", Vec::new(), None, due_at).await.expect("policy");
+        let later = due_at + 31 * SECONDS_PER_DAY;
+        assert!(vault.rotate_by_policy("k", &second, ec(Curve::P256), later).await.expect("skip").is_none());
+        assert_eq!(vault.versions("k").await.expect("versions").len(), 2);
+    }
 
     #[test]
     fn version_ids_look_like_key_vault_ones() {

@@ -141,7 +141,7 @@ pub(crate) struct RotationPolicy {
 
 impl RotationPolicy {
     /// Key Vault's rules: at most one action of each type, each at least
-    /// 7 days from creation or expiry; a trigger before expiry needs an
+    /// 7 days from creation or expiry; rotating before expiry needs an
     /// expiry time, which is at least 28 days and leaves 7 days for any
     /// action; `Notify` fires only before expiry.
     pub(crate) fn validate(actions: &[LifetimeAction], expiry: Option<&IsoDuration>) -> Result<(), ServiceError> {
@@ -165,8 +165,11 @@ impl RotationPolicy {
                 (Trigger::AfterCreate(_), ActionType::Notify) => {
                     return bad("a Notify action can only be triggered by timeBeforeExpiry");
                 }
-                (Trigger::BeforeExpiry(_), _) if expiry.is_none() => {
-                    return bad("timeBeforeExpiry needs an expiryTime");
+                // Notify before expiry works on a version's own exp, so
+                // Key Vault's default policy (notify 30 days before expiry,
+                // no expiryTime) round-trips.
+                (Trigger::BeforeExpiry(_), ActionType::Rotate) if expiry.is_none() => {
+                    return bad("rotating by timeBeforeExpiry needs an expiryTime");
                 }
                 _ => {}
             }
@@ -229,7 +232,11 @@ mod tests {
         assert!(RotationPolicy::validate(std::slice::from_ref(&rotate_2m), None).is_ok());
         let notify = action(Trigger::BeforeExpiry(duration("P60D")), ActionType::Notify);
         assert!(RotationPolicy::validate(std::slice::from_ref(&notify), Some(&duration("P90D"))).is_ok());
-        assert!(RotationPolicy::validate(&[notify], None).is_err());
+        // Key Vault's default policy, as GET shows it, can be PUT back.
+        assert!(RotationPolicy::validate(&[notify], None).is_ok());
+        let rotate_before_expiry = action(Trigger::BeforeExpiry(duration("P30D")), ActionType::Rotate);
+        assert!(RotationPolicy::validate(std::slice::from_ref(&rotate_before_expiry), None).is_err());
+        assert!(RotationPolicy::validate(&[rotate_before_expiry], Some(&duration("P90D"))).is_ok());
         assert!(RotationPolicy::validate(&[], Some(&duration("P27D"))).is_err());
         let too_soon = action(Trigger::AfterCreate(duration("P6D")), ActionType::Rotate);
         assert!(RotationPolicy::validate(&[too_soon], None).is_err());
