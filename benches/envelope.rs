@@ -28,13 +28,13 @@ fn envelope(c: &mut Criterion) {
     // The managed root does its RSA work inline: its futures are ready at once.
     let dir = tempfile::tempdir().unwrap();
     let root = ManagedRootKeys::load_or_create(dir.path()).unwrap().current();
-    let wrap = || root.wrap(&key).now_or_never().expect("ready").unwrap();
+    let wrap = || root.wrap(&key, None).now_or_never().expect("ready").unwrap();
     let wrapped = wrap().wrapped;
     let mut group = c.benchmark_group("managed_root_3072");
     group.sample_size(20);
     group.bench_function("wrap", |b| b.iter(wrap));
     group.bench_function("unwrap", |b| {
-        b.iter(|| root.unwrap(&wrapped, WrapAlgorithm::RsaOaep256).now_or_never().expect("ready").unwrap())
+        b.iter(|| root.unwrap(&wrapped, WrapAlgorithm::RsaOaep256, None).now_or_never().expect("ready").unwrap())
     });
     group.finish();
 }

@@ -1,8 +1,9 @@
 //! End-to-end ingestion through RabbitMQ. Two figures, same run:
 //!
-//! - throughput: a pre-filled `keyseal.ingest` queue drained by the keyseal
-//!   worker (validate, encrypt, synced RocksDB batch, ack) against a bare
-//!   lapin consumer that only acks, with the same prefetch;
+//! - throughput: a pre-filled shard queue (its tenants placed, the steady
+//!   state) drained by the keyseal worker (validate, encrypt, synced RocksDB
+//!   batch, ack) against a bare lapin consumer that only acks, with the
+//!   same prefetch;
 //! - peak RSS (VmHWM) of a `keyseal run` child process while 1,000,000
 //!   records flow through it (`-- rss`);
 //! - peak RSS while a child drains 1,200 queued records of 1 MiB (`-- big`),
@@ -21,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use common::Vhost;
 use futures_util::StreamExt;
-use keyseal::broker::INGEST_QUEUE;
 use keyseal::broker::publish::{Publisher, synthetic};
 use keyseal::clock::SystemClock;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -29,6 +29,12 @@ use lapin::types::FieldTable;
 
 const PREFETCH: u16 = 1000;
 const TENANTS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
+
+/// Places the tenants (one shard, as the worker runs here) before the
+/// queue is filled, so every record goes straight to the shard's queue.
+async fn place(vhost: &Vhost) {
+    common::place(vhost, 1, &TENANTS.map(String::from)).await;
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -39,6 +45,7 @@ async fn prefill(vhost: &Vhost, count: usize) {
 }
 
 async fn prefill_sized(vhost: &Vhost, count: usize, size: usize) {
+    place(vhost).await;
     let publisher = Publisher::connect(&vhost.amqp_url()).await.unwrap();
     // Publish in pieces of about 20 MiB, so the producer's own memory stays small.
     let chunk = (20 << 20) / size.max(1);
@@ -61,7 +68,12 @@ async fn bare_consumer(vhost: &Vhost, count: usize) -> f64 {
     channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.unwrap();
     let started = Instant::now();
     let mut consumer = channel
-        .basic_consume(INGEST_QUEUE.into(), "bare".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            keyseal::broker::shard_queue(0).as_str().into(),
+            "bare".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     for n in 1..=count {
@@ -86,7 +98,7 @@ async fn keyseal_worker(vhost: &Vhost, count: usize) -> f64 {
     keyseal::crypto::root_key::ManagedRootKeys::load_or_create(&dir.path().join("root-keys")).unwrap();
     let started = Instant::now();
     let worker = keyseal::worker::Worker::start(settings, Arc::new(SystemClock)).await.unwrap();
-    let store = worker.shard.store.clone();
+    let store = worker.only().shard.store.clone();
     let stored = || TENANTS.iter().map(|t| store.tenant(t).map_or(0, |p| p.hot_records)).sum::<u64>();
     while stored() < count as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;

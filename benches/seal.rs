@@ -8,7 +8,9 @@
 //! older than `--max-dek-age`. Prints medians, the ratios and the vault
 //! calls per 1,000,000 records sealed.
 //!
-//! `cargo bench --bench seal` (KEYSEAL_BENCH_RECORDS, KEYSEAL_BENCH_RUNS to change the size).
+//! `cargo bench --bench seal` (KEYSEAL_BENCH_RECORDS, KEYSEAL_BENCH_RUNS to change the size);
+//! `-- profile <managed|customer|plain|reencrypt>` runs one phase once, for
+//! a profiler.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -173,7 +175,7 @@ async fn measure(phase: Phase, roots: &Path, count: usize) -> (f64, u64) {
             let (store, keyring) = populate(dir.path(), roots, count, &clock, None).await;
             sweep(&store, &keyring, &clock, count).await;
             clock.advance(keyring.rotation().max_age + Duration::from_secs(3600));
-            let progress = Progress::default();
+            let progress = Progress::new(keyseal::shard::ShardId(0));
             let tracker = progress.begin(SweepKind::Reencrypt, count as u64);
             let mut unpaced = Pacer::new(u32::MAX);
             let started = Instant::now();
@@ -190,6 +192,20 @@ fn main() {
     let runs = env_usize("KEYSEAL_BENCH_RUNS", 5);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let roots = tempfile::tempdir().unwrap();
+    // `-- profile <phase>`: that phase once and nothing else, to run under
+    // callgrind (BENCHMARKS.md says how).
+    if let Some(name) = std::env::args().skip_while(|a| a != "profile").nth(1) {
+        let phase = match name.as_str() {
+            "managed" => Phase::Managed,
+            "customer" => Phase::Customer,
+            "plain" => Phase::Plain,
+            "reencrypt" => Phase::Reencrypt,
+            other => panic!("no phase {other}: managed, customer, plain or reencrypt"),
+        };
+        let (rate, _) = runtime.block_on(measure(phase, roots.path(), count));
+        println!("{name}: {count} records at {rate:.0}/s");
+        return;
+    }
     let (mut managed, mut customer, mut plain, mut reencrypted) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut vault_calls = Vec::new();
     println!("seal sweep: {count} records of 1 KiB over 4 tenants, {runs} runs (phase order rotates)");

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use keyseal::clock::ManualClock;
 use keyseal::proto::store::StoredRecord;
 use keyseal::proto::v1::{Layer, RecordsStored, event::Kind};
+use keyseal::shard::{Shard, ShardId};
 use keyseal::storage::{Store, keys};
 
 const RECORDS_PER_COMMIT: usize = 250;
@@ -105,10 +107,13 @@ fn main() {
     let seconds = env_usize("KEYSEAL_BENCH_SECONDS", 10) as u64;
     let handle = keyseal::telemetry::metrics::handle();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+    let settings: keyseal::config::Settings =
+        keyseal::config::parse_flags(["--data-dir", dir.path().to_str().unwrap()]).unwrap();
+    let shard = Arc::new(Shard::open(ShardId(0), &settings, Arc::new(ManualClock::starting_now())).unwrap());
+    let store = shard.store.clone();
     let started = Instant::now();
     populate(&store, tenants);
-    keyseal::telemetry::gauges::refresh(&store, 2, Duration::from_secs(172_800)).unwrap();
+    keyseal::telemetry::gauges::refresh(&shard, Duration::from_secs(172_800)).unwrap();
     let render = handle.render();
     println!(
         "{tenants} tenants stored in {:.1} s; first /metrics {:.1} MiB; commits of {RECORDS_PER_COMMIT} records at {COMMITS_PER_SECOND}/s for {seconds} s",
@@ -120,14 +125,14 @@ fn main() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let viewer = {
-        let (store, stop, handle) = (store.clone(), stop.clone(), handle.clone());
+        let (shard, stop, handle) = (shard.clone(), stop.clone(), handle.clone());
         std::thread::spawn(move || {
             let mut longest = Duration::ZERO;
             while !stop.load(Ordering::Relaxed) {
                 let began = Instant::now();
-                let all = store.tenants();
+                let all = shard.store.tenants();
                 assert!(all.len() >= tenants);
-                keyseal::telemetry::gauges::refresh(&store, 3, Duration::from_secs(172_800)).unwrap();
+                keyseal::telemetry::gauges::refresh(&shard, Duration::from_secs(172_800)).unwrap();
                 let text = handle.render();
                 assert!(text.contains("keyseal_records_at_rest"));
                 longest = longest.max(began.elapsed());

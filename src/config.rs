@@ -3,6 +3,7 @@
 //! default. The file is applied by turning its keys into flags placed
 //! before the real ones, so clap stays the single parser and validator.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,15 +24,48 @@ pub struct Settings {
     /// RabbitMQ to consume from and publish events to.
     #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = crate::broker::DEFAULT_AMQP_URL)]
     pub amqp_url: String,
-    /// Shard data dir: the RocksDB and the managed root keys.
+    /// Data dir: the managed root keys and the shards' stores
+    /// (`shards/<i>/`; a one-shard deployment keeps its store in `db/`).
     #[arg(long, env = "KEYSEAL_DATA_DIR", default_value = "./keyseal-data")]
     pub data_dir: PathBuf,
+    /// Shards of the deployment: the same on every worker and fixed for the
+    /// deployment's life (the broker refuses a worker with another count).
+    #[arg(long, env = "KEYSEAL_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub shards: u32,
+    /// Owns exactly these shards (`0,3-5`) instead of balancing with the
+    /// other workers, e.g. a StatefulSet pod with its own volume.
+    #[arg(long, env = "KEYSEAL_OWN_SHARDS", value_parser = parse_own_shards)]
+    pub own_shards: Option<ShardList>,
+    /// AMQP heartbeat of the lease connection: a worker whose host is lost
+    /// loses its shards after two missed heartbeats.
+    #[arg(long, env = "KEYSEAL_AMQP_HEARTBEAT", default_value = "10s", value_parser = parse_heartbeat)]
+    pub amqp_heartbeat: Duration,
+    /// How often a worker compares its shards with its share, ceil(shards /
+    /// live workers), and takes free ones or hands some over.
+    #[arg(long, env = "KEYSEAL_REBALANCE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub rebalance_interval: Duration,
+    /// How long an admin request for a shard another worker owns waits for
+    /// that owner's answer.
+    #[arg(long, env = "KEYSEAL_FORWARD_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub forward_timeout: Duration,
     /// Admin API and /metrics address. Non-loopback needs KEYSEAL_ADMIN_TOKEN.
     #[arg(long, env = "KEYSEAL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
     /// Residence time after which records are sealed.
     #[arg(long, env = "KEYSEAL_SEAL_AFTER", default_value = "48h", value_parser = humantime::parse_duration)]
     pub seal_after: Duration,
+    /// How long before a tenant's key version expires (its `exp`) the prober
+    /// appends `KeyExpiring` (once per version) and the status shows a warning.
+    #[arg(long, env = "KEYSEAL_KEY_EXPIRY_WARNING", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub key_expiry_warning: Duration,
+    /// How long records are kept (by ingestion time) for tenants that set
+    /// no retention of their own; unset keeps them.
+    #[arg(long, env = "KEYSEAL_DEFAULT_RETENTION", value_parser = humantime::parse_duration)]
+    pub default_retention: Option<Duration>,
+    /// How long a deleted record's id is refused on ingest (dead-lettered
+    /// `record_deleted`), so a redelivery or a re-send does not bring it back.
+    #[arg(long, env = "KEYSEAL_TOMBSTONE_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub tombstone_ttl: Duration,
     /// How often the seal sweep runs.
     #[arg(long, env = "KEYSEAL_SWEEP_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
@@ -153,6 +187,24 @@ impl Settings {
             calls_per_second: self.vault_rate,
         }
     }
+}
+
+/// The shards of `--own-shards`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardList(pub BTreeSet<u32>);
+
+fn parse_own_shards(text: &str) -> Result<ShardList, String> {
+    crate::shards::placement::parse_shard_list(text).map(ShardList)
+}
+
+/// Parses `--amqp-heartbeat`: whole seconds from 1 s to 10 min (AMQP
+/// negotiates heartbeats in seconds; under 5 s risks false alarms).
+fn parse_heartbeat(text: &str) -> Result<Duration, String> {
+    let heartbeat = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if heartbeat.subsec_nanos() != 0 || !(1..=600).contains(&heartbeat.as_secs()) {
+        return Err("must be whole seconds from 1s to 10m".to_owned());
+    }
+    Ok(heartbeat)
 }
 
 /// Parses a byte size such as `64MiB`, `512 KiB` or `1048576`, at least 1 MiB
@@ -350,6 +402,22 @@ mod tests {
         assert_eq!(parse("1048576").unwrap(), 1 << 20);
         assert!(parse("512KiB").is_err(), "smaller than one record");
         assert!(parse("lots").is_err());
+    }
+
+    #[test]
+    fn shard_settings_parse_and_refuse_clearly() {
+        let settings: Settings =
+            parse_flags(["--shards", "8", "--own-shards", "0,3-5", "--amqp-heartbeat", "5s"]).unwrap();
+        assert_eq!((settings.shards, settings.amqp_heartbeat), (8, Duration::from_secs(5)));
+        assert_eq!(settings.own_shards, Some(ShardList(BTreeSet::from([0, 3, 4, 5]))));
+        let defaults: Settings = parse_flags(Vec::<String>::new()).unwrap();
+        assert_eq!(
+            (defaults.shards, defaults.own_shards, defaults.rebalance_interval),
+            (1, None, Duration::from_secs(10))
+        );
+        for refused in [["--shards", "0"], ["--own-shards", "2-1"], ["--amqp-heartbeat", "1500ms"]] {
+            assert!(parse_flags::<Settings, _, _>(refused).is_err(), "{refused:?} accepted");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::byok::EncryptionError;
 use crate::crypto::CryptoError;
 use crate::crypto::keyring::KeyringError;
 use crate::crypto::root_key::RootKeyError;
+use crate::erasure::ErasureError;
 use crate::ingest::dead_letter::DeadLetterError;
 use crate::keyvault::VaultError;
 use crate::keyvault::client::VaultSetupError;
@@ -44,13 +45,33 @@ pub trait Contained: Sized {
 impl ErrorCode for StoreError {
     fn code(&self) -> &'static str {
         match self {
-            Self::Rocks(_) | Self::SyncTask(_) => "storage_unavailable",
+            Self::Rocks(_) | Self::SyncTask(_) | Self::Options(_) => "storage_unavailable",
             Self::Corrupt { .. } => "storage_corrupt",
+            Self::TenantErased(_) => "tenant_erased",
         }
     }
 
     fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Corrupt { .. })
+        !matches!(self, Self::Corrupt { .. } | Self::TenantErased(_))
+    }
+}
+
+impl ErrorCode for ErasureError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownTenant => "tenant_not_found",
+            Self::AlreadyErased => "tenant_erased",
+            Self::Keyring(e) => e.code(),
+            Self::Store(e) => e.code(),
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::UnknownTenant | Self::AlreadyErased => false,
+            Self::Keyring(e) => e.is_retryable(),
+            Self::Store(e) => e.is_retryable(),
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! - [`broker`]: RabbitMQ connections, the fixed topology and
 //!   [`broker::publish`], the confirm-mode producer of `keyseal publish`.
-//! - [`ingest`]: consume `keyseal.ingest` in batches, [`ingest::validate`]
+//! - [`ingest`]: consume a shard's queue in batches, [`ingest::validate`]
 //!   each message, dead-letter rejects with a reason, ack after durability.
 //! - [`records`]: turn producer content into encrypted envelopes in `hot`
 //!   (deduplicating redeliveries) and read them back.
@@ -27,12 +27,17 @@
 //! - [`sweeps`]: the [`sweeps::Sweeper`] and its sweeps: [`sweeps::seal`]
 //!   moves records older than the seal age into `sealed`; re-encryption
 //!   off old data keys and the scrub that verifies every record.
+//! - [`erasure`]: erasing a tenant provably: its data keys shredded in
+//!   one batch, then its data removed from every file.
+//! - [`audit`]: the key-use audit: every root-key call is a `KeyUsed`
+//!   event, recorded without an fsync of its own.
 //! - [`events`]: event naming, the projection fold, the
 //!   [`events::outbox`] relay to `keyseal.events` and the replay check.
 //! - [`admin`]: the admin HTTP API and the status page.
 //! - [`telemetry`]: Prometheus metrics and the gauges derived from the store.
 //! - [`shard`]: the handle a shard's tasks share (store, keyring, clock);
-//!   [`worker`] opens it and wires the tasks together; [`config`],
+//!   [`shards`]: placement, leases, balancing and forwarding across the
+//!   workers of a deployment; [`worker`] wires a process together; [`config`],
 //!   [`clock`] and [`proto`] support them; [`error`] holds the one table
 //!   of error codes.
 //!
@@ -44,11 +49,13 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod audit;
 pub mod broker;
 pub mod byok;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod erasure;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -57,6 +64,7 @@ pub mod keyvault;
 pub mod proto;
 pub mod records;
 pub mod shard;
+pub mod shards;
 pub mod storage;
 pub mod sweeps;
 pub mod telemetry;

@@ -15,8 +15,8 @@ use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::envelope::{RecordIdentity, decode_content, encode_content};
 use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::error::Contained;
-use crate::proto::store::{RecordContent, TenantState};
-use crate::proto::v1::{IngestRecord, Layer, RecordsStored, event::Kind};
+use crate::proto::store::{RecordContent, RecordEntry, TenantState, Tombstone};
+use crate::proto::v1::{IngestRecord, KeyPurpose, Layer, RecordDeleted, RecordsStored, event::Kind};
 use crate::storage::{Located, Store, StoreError, keys};
 
 /// Failures storing or reading records. None of them carries plaintext.
@@ -48,6 +48,11 @@ pub enum Outcome {
     /// cannot be told. Must be dead-lettered: one tenant's unreadable key
     /// never stalls ingestion for everyone.
     Unverifiable,
+    /// Deleted, and its tombstone has not expired: must be dead-lettered,
+    /// so a redelivery or a re-send does not bring it back.
+    Deleted,
+    /// Its tenant was erased: must be dead-lettered, nothing of it is kept.
+    TenantErased,
 }
 
 /// Longest the dedupe check waits for a stored copy's data key. A healthy
@@ -82,12 +87,27 @@ pub async fn store_batch(
         .collect();
     let record_keys: Vec<Vec<u8>> = records.iter().map(|r| keys::record_key(&r.tenant_id, &r.record_id)).collect();
     let existing = store.find_records(&record_keys)?;
+    let tombstoned = store.tombstoned(&record_keys, now_ms)?;
 
     let mut outcomes = Vec::with_capacity(records.len());
     let mut first_in_batch: HashMap<&[u8], usize> = HashMap::new();
     // Data keys already found unreadable in this batch are not asked for again.
     let mut unreadable = HashSet::new();
+    // Looked up once per tenant of the batch, not per record.
+    let mut erased: HashMap<&str, bool> = HashMap::new();
     for (i, record) in records.iter().enumerate() {
+        let tenant = record.tenant_id.as_str();
+        if *erased
+            .entry(tenant)
+            .or_insert_with(|| store.tenant(tenant).is_some_and(|p| p.state() == TenantState::Erased))
+        {
+            outcomes.push(Outcome::TenantErased);
+            continue;
+        }
+        if existing[i].is_none() && tombstoned[i] {
+            outcomes.push(Outcome::Deleted);
+            continue;
+        }
         let earlier = match (&existing[i], first_in_batch.get(record_keys[i].as_slice())) {
             (Some(located), _) => Some(stored_copy(store, keyring, record, located, &mut unreadable).await?),
             (None, Some(&j)) => Some(Earlier::Content(contents[j].clone())),
@@ -126,6 +146,11 @@ pub async fn store_batch(
             let envelope = identity.seal(&lease.id, &lease.key, &contents[i], now_ms);
             txn.put_record(Layer::Hot, &record_keys[i], &envelope);
             txn.put_index(&keys::index_key(now_ms, &record_keys[i]));
+            let entry = RecordEntry {
+                observed_at_unix_ms: Some(records[i].observed_at_unix_ms),
+                size: Some(payload_lengths[i]),
+            };
+            txn.put_tenant_index(&keys::tenant_index_key(tenant, now_ms, &records[i].record_id), &entry);
             bytes += payload_lengths[i];
         }
         txn.event(tenant, Kind::RecordsStored(RecordsStored { count: indexes.len() as u32, bytes }));
@@ -163,7 +188,7 @@ async fn stored_copy(
     if locked || unreadable.contains(key_id) {
         return Ok(Earlier::Unreadable);
     }
-    let why = match tokio::time::timeout(DEDUPE_KEY_DEADLINE, keyring.key(key_id)).await {
+    let why = match tokio::time::timeout(DEDUPE_KEY_DEADLINE, keyring.key(key_id, KeyPurpose::Store)).await {
         Ok(Ok(key)) => {
             let identity =
                 RecordIdentity { tenant: &record.tenant_id, record_id: &record.record_id, layer: located.layer };
@@ -191,8 +216,42 @@ pub async fn read(
     let Some(located) = store.find_record(&keys::record_key(tenant, record_id))? else {
         return Ok(None);
     };
-    let key = keyring.key(&located.record.data_key_id).await?;
+    let key = keyring.key(&located.record.data_key_id, KeyPurpose::Read).await?;
     let identity = RecordIdentity { tenant, record_id, layer: located.layer };
     let content = identity.open(&key, &located.record)?;
     Ok(Some((located.layer, decode_content(&content)?)))
+}
+
+/// Deletes one record: its value, its index entries and, in the same
+/// durable batch, a `RecordDeleted` event and a tombstone that refuses a
+/// re-send of its id until `tombstone_ttl` has passed. Returns the layer it
+/// was in, or `None` when there is no such record. The data key it used
+/// stays while other records use it; the bytes leave the files on disk at
+/// the next compactions (tenant erasure is what proves they are gone).
+pub async fn delete(
+    store: &Store,
+    tenant: &str,
+    record_id: &str,
+    now_ms: i64,
+    tombstone_ttl: Duration,
+) -> Result<Option<Layer>, StoreError> {
+    let _moving = store.moving().await;
+    let record_key = keys::record_key(tenant, record_id);
+    let Some(located) = store.find_record(&record_key)? else {
+        return Ok(None);
+    };
+    let ingested_at = located.record.ingested_at_unix_ms;
+    let mut txn = store.transaction();
+    txn.delete_record(located.layer, &record_key);
+    if located.layer == Layer::Hot {
+        txn.delete_index(&keys::index_key(ingested_at, &record_key));
+    }
+    txn.delete_tenant_index(&keys::tenant_index_key(tenant, ingested_at, record_id));
+    let ttl_ms = i64::try_from(tombstone_ttl.as_millis()).unwrap_or(i64::MAX);
+    let tombstone = Tombstone { deleted_at_unix_ms: now_ms, expires_at_unix_ms: now_ms.saturating_add(ttl_ms) };
+    txn.put_tombstone(&record_key, &tombstone);
+    let deleted = RecordDeleted { record_id: record_id.to_owned(), layer: located.layer as i32 };
+    txn.event(tenant, Kind::RecordDeleted(deleted));
+    txn.commit_durable(now_ms).await?;
+    Ok(Some(located.layer))
 }

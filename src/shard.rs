@@ -4,7 +4,7 @@
 //! storage and crypto, so a process can open several shards side by side.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -26,6 +26,13 @@ impl fmt::Display for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
     }
+}
+
+/// Where shard `id`'s store lives in `data_dir`: `shards/<id>/`, or `db/`
+/// in a one-shard deployment (the layout from before shards, kept so such a
+/// data dir goes on working unchanged).
+pub fn store_dir(data_dir: &Path, id: ShardId, shards: u32) -> PathBuf {
+    if shards == 1 { data_dir.join("db") } else { data_dir.join("shards").join(id.to_string()) }
 }
 
 /// Why a shard could not be opened. Nothing was changed on disk.
@@ -73,9 +80,10 @@ impl Shard {
     /// tenants on the managed key work, and enabling a customer key says why not.
     pub fn open(id: ShardId, settings: &Settings, clock: SharedClock) -> Result<Self, OpenError> {
         let dir = settings.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| OpenError::DataDir { dir: dir.clone(), source })?;
-        let store =
-            Arc::new(Store::open(&dir.join("db")).map_err(|source| OpenError::Store { dir: dir.clone(), source })?);
+        let store_dir = store_dir(&dir, id, settings.shards);
+        let parent = store_dir.parent().unwrap_or(&dir).to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(|source| OpenError::DataDir { dir: parent, source })?;
+        let store = Arc::new(Store::open(&store_dir).map_err(|source| OpenError::Store { dir: store_dir, source })?);
         let expected = RootExpectation {
             fingerprints: store.managed_root_fingerprints()?,
             holds_data_keys: store.holds_data_keys()?,
@@ -97,7 +105,8 @@ impl Shard {
             settings.rotation_limits(),
             clock.clone(),
         )
-        .with_vault_concurrency(settings.vault_concurrency);
+        .with_vault_concurrency(settings.vault_concurrency)
+        .for_shard(id);
         Ok(Self { id, store, keyring, clock })
     }
 

@@ -1,40 +1,33 @@
-//! Wiring of one shard's worker: opens the [`Shard`], then runs the ingest
-//! consumer, the sweeper's schedules, the outbox relay, the prober, the
-//! key-cache eviction, the lockdown tick, the rewrapper and the admin API
-//! as tasks that all stop on one cancellation token. Each task owns its
-//! state; the admin API gets read-only views of it. Nothing here is
-//! process-global, so a process can run several shards.
+//! Wiring of a worker process: the admin API, the intake forwarder and the
+//! [`Balancer`], which takes the worker's shards (leases first, then the
+//! store) and runs each as a [`RunningShard`]. Everything stops on one
+//! cancellation token; nothing here is process-global but the metrics
+//! recorder, so a process (or a test) can run several workers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::admin::api::{self, AdminState};
-use crate::byok::rewrapper::{self, RewrapRequests};
 use crate::clock::SharedClock;
 use crate::config::Settings;
-use crate::events::outbox;
-use crate::health::lockdown;
-use crate::health::prober::Prober;
-use crate::ingest::consumer::{self, Readiness};
-use crate::shard::{Shard, ShardId};
-use crate::sweeps::Sweeper;
+use crate::ingest::consumer::Readiness;
+use crate::shard::ShardId;
+use crate::shards::balance::Balancer;
+use crate::shards::forward::Forwarder;
+use crate::shards::intake;
+use crate::shards::leases::LeaseError;
+use crate::shards::owned::OwnedShards;
+use crate::shards::running::RunningShard;
 use crate::telemetry::metrics as m;
 
 /// A running worker.
 pub struct Worker {
-    /// The shard it runs (tests use it to inspect the store and keyring).
-    pub shard: Arc<Shard>,
-    /// Its prober (tests run probe rounds and read probe times through it).
-    pub prober: Arc<Prober>,
-    /// Its sweeper.
-    pub sweeper: Arc<Sweeper>,
-    /// Whether its consumer is consuming.
-    pub ready: Readiness,
+    /// The shards it owns right now.
+    pub owned: Arc<OwnedShards>,
     /// Where the admin API listens.
     pub http_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -42,48 +35,93 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Opens the shard and starts its tasks.
+    /// Starts the worker. When the broker answers, the first balance round
+    /// runs before this returns, so a lone worker owns every shard (or its
+    /// `--own-shards`) on return, and a shard it cannot open fails the
+    /// start; otherwise the balancer keeps trying.
     pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
         // Install the recorder first so every counter counts from the start.
         m::handle();
         m::set_ingest_paused(false);
+        m::shards_owned(0);
+        m::shard_counters();
+        if let Some(pinned) = &settings.own_shards {
+            if let Some(outside) = pinned.0.iter().find(|&&i| i >= settings.shards) {
+                anyhow::bail!(
+                    "--own-shards names shard {outside}, but the deployment has {} (0 to {})",
+                    settings.shards,
+                    settings.shards - 1
+                );
+            }
+        }
         let settings = Arc::new(settings);
-        let shard = Arc::new(Shard::open(ShardId(0), &settings, clock)?);
         let listener = api::bind(&settings).await?;
         let http_addr = listener.local_addr()?;
-        info!(%http_addr, data_dir = %settings.data_dir.display(), "keyseal worker starting");
+        let owned = Arc::new(OwnedShards::new(settings.shards, worker_name(http_addr)));
+        info!(%http_addr, data_dir = %settings.data_dir.display(), shards = settings.shards, "keyseal worker starting");
 
+        let (leased, intake_ready) = (Readiness::default(), Readiness::default());
+        let forwarder =
+            Arc::new(Forwarder::new(&settings.amqp_url, settings.admin_token.clone(), settings.forward_timeout));
+        let admin = AdminState {
+            owned: owned.clone(),
+            settings: settings.clone(),
+            clock: clock.clone(),
+            leased: leased.clone(),
+            intake: intake_ready.clone(),
+            forwarder: forwarder.clone(),
+        };
+        let router = api::router(admin.clone());
+        let balancer = Arc::new(Balancer::new(settings.clone(), clock, owned.clone(), leased, router.clone()));
+        let leases = match balancer.connect().await {
+            Ok(leases) => match balancer.round(&leases).await {
+                // A shard that cannot be opened at start (its root key gone,
+                // its store damaged) stops the start with the reason; later
+                // rounds only log it.
+                Ok(refused) if !refused.is_empty() => {
+                    balancer.give_up(leases).await;
+                    let (id, e) = refused.into_iter().next().expect("not empty");
+                    return Err(anyhow::Error::new(e).context(format!("shard {id} cannot be opened")));
+                }
+                Ok(_) => Some(leases),
+                Err(e) => {
+                    warn!(error = %e, "taking this worker's first shards failed; the next round tries again");
+                    Some(leases)
+                }
+            },
+            Err(e @ LeaseError::ShardCount(_)) => return Err(e.into()),
+            Err(e) => {
+                warn!(error = %e, "the broker does not answer yet; shards are taken once it does");
+                None
+            }
+        };
         let shutdown = CancellationToken::new();
-        let (rewraps, inbox) = rewrapper::channel();
-        let prober = Arc::new(Prober::new(shard.clone(), settings.clone(), rewraps.clone()));
-        let sweeper = Arc::new(Sweeper::new(shard.clone(), settings.clone()));
-        let ready = Readiness::default();
         let mut tasks = JoinSet::new();
-        let stop = shutdown.clone();
-        let (sh, se, r) = (shard.clone(), settings.clone(), ready.clone());
-        tasks.spawn(async move { consumer::run(&sh, &se, &r, stop).await });
-        let (sh, se, stop) = (shard.clone(), settings.clone(), shutdown.clone());
-        tasks.spawn(async move { outbox::run(&sh.store, &se.amqp_url, stop).await });
-        let (sw, stop) = (sweeper.clone(), shutdown.clone());
-        tasks.spawn(async move { sw.seal_on_schedule(stop).await });
-        let (sw, stop) = (sweeper.clone(), shutdown.clone());
-        tasks.spawn(async move { sw.maintain_on_schedule(stop).await });
-        let (p, stop) = (prober.clone(), shutdown.clone());
-        tasks.spawn(async move { p.run(stop).await });
-        let (sh, ttl, stop) = (shard.clone(), settings.dek_cache_ttl, shutdown.clone());
-        tasks.spawn(async move { evict_keys_on_schedule(&sh, ttl, stop).await });
-        let (sh, grace, stop) = (shard.clone(), settings.lockdown_after, shutdown.clone());
-        tasks.spawn(async move { lockdown::run(&sh, grace, stop).await });
-        let (sh, stop) = (shard.clone(), shutdown.clone());
-        tasks.spawn(async move { rewrapper::run(&sh, inbox, stop).await });
-        let admin = admin_state(&shard, &settings, &sweeper, rewraps, &ready, &prober);
+        let (b, stop) = (balancer.clone(), shutdown.clone());
+        tasks.spawn(async move { b.run(leases, stop).await });
+        let (se, r, stop) = (settings.clone(), intake_ready, shutdown.clone());
+        tasks.spawn(async move { intake::run(&se.amqp_url, se.shards, &r, stop).await });
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = api::serve(listener, admin, stop).await {
+            if let Err(e) = api::serve(listener, router, stop).await {
                 error!(error = %e, "admin API stopped");
             }
+            forwarder.close().await;
         });
-        Ok(Self { shard, prober, sweeper, ready, http_addr, shutdown, tasks })
+        Ok(Self { owned, http_addr, shutdown, tasks })
+    }
+
+    /// Owned shard `id`, if this worker owns it.
+    pub fn shard(&self, id: ShardId) -> Option<Arc<RunningShard>> {
+        self.owned.get(id)
+    }
+
+    /// The one shard of a one-shard deployment (tests and the demo).
+    /// Panics unless the worker owns exactly one shard.
+    pub fn only(&self) -> Arc<RunningShard> {
+        let all = self.owned.all();
+        assert_eq!(all.len(), 1, "the worker owns {} shards, not one", all.len());
+        all[0].1.running.clone()
     }
 
     /// Runs until Ctrl-C or SIGTERM, then stops cleanly.
@@ -94,49 +132,23 @@ impl Worker {
         Ok(())
     }
 
-    /// Stops every task and waits for them (unacked messages return to the queue).
+    /// Hands every shard over (each acks its last batch and closes its
+    /// store; unacked messages return to their queue), gives the leases
+    /// back and stops every task.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
 }
 
-/// The admin API's view of the worker's tasks.
-fn admin_state(
-    shard: &Arc<Shard>,
-    settings: &Arc<Settings>,
-    sweeper: &Arc<Sweeper>,
-    rewraps: RewrapRequests,
-    ready: &Readiness,
-    prober: &Prober,
-) -> AdminState {
-    AdminState {
-        shard: shard.clone(),
-        settings: settings.clone(),
-        sweeper: sweeper.clone(),
-        rewraps,
-        ready: ready.clone(),
-        last_probes: prober.last_probes(),
-    }
-}
-
-/// Checks for unwrapped keys past `--dek-cache-ttl` ten times per TTL (at
-/// least every 30 s, at most every 100 ms), so none is held longer than
-/// 1.1 × the TTL, or the TTL plus 30 s.
-async fn evict_keys_on_schedule(shard: &Shard, ttl: Duration, shutdown: CancellationToken) {
-    let every = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(30));
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let dropped = shard.keyring.evict_expired();
-        if dropped > 0 {
-            tracing::debug!(dropped, "unwrapped data keys past the cache age dropped");
-        }
-    }
+/// How this worker is shown as a shard's owner: `host:pid/http-addr`.
+fn worker_name(http_addr: SocketAddr) -> String {
+    let mut host = [0u8; 256];
+    // SAFETY: gethostname(2) writes at most `len` bytes into the buffer.
+    let named = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0;
+    let end = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+    let host = if named { String::from_utf8_lossy(&host[..end]).into_owned() } else { "unknown-host".to_owned() };
+    format!("{host}:{}/{http_addr}", std::process::id())
 }
 
 async fn shutdown_signal() {

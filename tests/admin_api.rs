@@ -113,6 +113,11 @@ async fn malformed_requests_get_4xx_json_errors_and_the_worker_keeps_serving() {
         (http.delete(format!("{base}/v1/tenants/%FF/encryption")).send().await.unwrap(), 400, "invalid_path"),
         (put_to("%80", b"{}".to_vec()).await.unwrap(), 400, "invalid_path"),
         (http.post(format!("{base}/v1/tenants/acme")).send().await.unwrap(), 405, "method_not_allowed"),
+        // `?shard=` must name a shard of the deployment (this one has one).
+        (http.post(format!("{base}/v1/sweeps?shard=1")).send().await.unwrap(), 400, "invalid_query"),
+        (http.post(format!("{base}/v1/admin/replay?shard=7")).send().await.unwrap(), 400, "invalid_query"),
+        (http.get(format!("{base}/v1/shards?shard=1")).send().await.unwrap(), 400, "invalid_query"),
+        (http.get(format!("{base}/v1/shards?shard=x")).send().await.unwrap(), 400, "invalid_query"),
     ];
     for (response, status, code) in cases {
         assert_eq!(error_of(response).await, (status, code.to_owned()));

@@ -140,7 +140,7 @@ async fn after_disable_the_customer_key_can_be_deleted_and_everything_stays_read
 
     let (status, _) = s.vault.call(Method::DELETE, "/keys/k", None).await;
     assert_eq!(status, 200);
-    s.worker.shard.keyring.forget_cached();
+    s.worker.only().shard.keyring.forget_cached();
     s.assert_readable(&sealed).await;
     s.assert_readable(&hot).await;
     let (status, body) = s.disable("acme").await;
@@ -156,7 +156,7 @@ async fn disable_fails_cleanly_when_the_customer_key_is_gone() {
     s.clock.advance(HOURS_49);
     s.sweep().await;
     s.vault.patch("k", json!({"attributes": {"enabled": false}})).await;
-    s.worker.shard.keyring.forget_cached();
+    s.worker.only().shard.keyring.forget_cached();
     let (status, body) = s.disable("acme").await;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("customer_key_unusable")), "{body}");
     assert_eq!(s.status("acme").await["encryption"]["mode"], "customer_key", "nothing changed");
@@ -200,7 +200,7 @@ async fn throttled_vault_calls_are_retried_until_they_succeed() {
     let (status, body) = s.enable("acme", &s.vault.key_uri("k")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.sweep().await["seal"]["sealed"], 10);
-    s.worker.shard.keyring.forget_cached();
+    s.worker.only().shard.keyring.forget_cached();
     s.assert_readable(&records).await;
     let calls = s.vault.emulator.calls();
     assert!(calls.get("throttled").copied().unwrap_or(0) > 0, "the vault did throttle: {calls:?}");

@@ -12,42 +12,18 @@ use std::time::{Duration, Instant};
 use common::byok::{Setup, setup};
 use common::*;
 use keyseal::broker::publish::{Publisher, record_properties, synthetic};
-use keyseal::broker::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ERROR_HEADER};
+use keyseal::broker::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE};
 use keyseal::clock::SystemClock;
 use keyseal::proto::v1::IngestRecord;
 use keyseal::worker::Worker;
 use keyvault_emulator::RecoveryLevel;
 use lapin::Channel;
-use lapin::message::BasicGetMessage;
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use prost::Message;
 
 const WAIT: Duration = Duration::from_secs(30);
 const HOURS_49: Duration = Duration::from_secs(49 * 3600);
-
-/// The next message in the dead-letter queue, taken off it, within `timeout`.
-async fn next_dead_letter(channel: &Channel, timeout: Duration) -> Option<BasicGetMessage> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = channel.basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions { no_ack: true }).await.unwrap();
-        if got.is_some() || Instant::now() >= deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn header<'a>(message: &'a BasicGetMessage, name: &str) -> Option<&'a AMQPValue> {
-    message.delivery.properties.headers().as_ref()?.inner().get(name)
-}
-
-fn reason(message: &BasicGetMessage) -> String {
-    match header(message, ERROR_HEADER) {
-        Some(AMQPValue::LongString(reason)) => reason.to_string(),
-        other => panic!("dead letter without {ERROR_HEADER}: {other:?}"),
-    }
-}
 
 async fn test_channel(vhost: &Vhost) -> (lapin::Connection, Channel) {
     let connection = keyseal::broker::connect(&vhost.amqp_url(), "test").await.unwrap();
@@ -57,7 +33,7 @@ async fn test_channel(vhost: &Vhost) -> (lapin::Connection, Channel) {
 
 async fn consuming_worker(vhost: &Vhost, dir: &std::path::Path) -> Worker {
     let worker = start_worker(vhost, dir, Arc::new(SystemClock), &[]).await;
-    let ready = worker.ready.clone();
+    let ready = worker.only().ready.clone();
     wait_until("the worker to consume", WAIT, || {
         let ready = ready.clone();
         async move { ready.is_ready() }

@@ -1,9 +1,12 @@
 //! The deployment files checked against the code they deploy: the compose
 //! stack (`docker-compose.yml`), the image (`Dockerfile`), Prometheus
-//! (`deploy/prometheus.yml`), Grafana's provisioning and the dashboard
-//! (`dashboards/keyseal.json`). Docker itself is not needed: the files are
-//! parsed, and what they claim about keyseal (settings, flags, metric names)
-//! is checked against the real `keyseal` binary and a running worker.
+//! (`deploy/prometheus.yml`), Grafana's provisioning, the dashboard
+//! (`dashboards/keyseal.json`) and the Kubernetes manifests
+//! (`deploy/k8s/*.yaml`). Docker and a cluster are not needed: the files are
+//! parsed, the manifests validated against the Kubernetes schemas (the PyPI
+//! tool kubernetes-validate), and what they claim about keyseal (settings,
+//! flags, metric names) is checked against the real `keyseal` binary and a
+//! running worker.
 
 mod common;
 
@@ -16,9 +19,10 @@ use std::time::{Duration, Instant};
 use common::vault::{Vault, args};
 use common::*;
 use keyseal::broker::publish::synthetic;
-use keyseal::clock::ManualClock;
+use keyseal::clock::{Clock, ManualClock};
 use keyseal::proto::v1::IngestRecord;
 use keyvault_emulator::RecoveryLevel;
+use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use serde_yaml_ng::Value as Yaml;
 
@@ -38,19 +42,44 @@ fn yaml(relative: &str) -> Yaml {
     serde_yaml_ng::from_str(&read(relative)).unwrap_or_else(|e| panic!("{relative} is not valid YAML: {e}"))
 }
 
+/// Every document of a multi-document YAML file (`---` separated), empty
+/// ones left out.
+fn yaml_documents(relative: &str) -> Vec<Yaml> {
+    let text = read(relative);
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|document| Yaml::deserialize(document).unwrap_or_else(|e| panic!("{relative} is not valid YAML: {e}")))
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+/// docker-compose.yml with its merge keys (`<<: *keyseal-worker`) applied,
+/// as compose applies them.
 fn compose() -> Yaml {
-    yaml("docker-compose.yml")
+    let mut compose = yaml("docker-compose.yml");
+    compose.apply_merge().unwrap_or_else(|e| panic!("docker-compose.yml: a merge key (`<<:`) does not apply: {e}"));
+    compose
 }
 
 fn dashboard() -> Json {
     serde_json::from_str(&read("dashboards/keyseal.json")).expect("dashboards/keyseal.json is valid JSON")
 }
 
-/// The five services the stack is made of.
-const SERVICES: [&str; 5] = ["rabbitmq", "keyvault-emulator", "worker", "prometheus", "grafana"];
+/// The six services the stack is made of.
+const SERVICES: [&str; 6] = ["rabbitmq", "keyvault-emulator", "worker", "worker-2", "prometheus", "grafana"];
 
 fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
     compose["services"].get(name).unwrap_or_else(|| panic!("docker-compose.yml has no service `{name}`"))
+}
+
+/// The services that run a worker (`command: ["run", ...]`), by name.
+fn worker_services(compose: &Yaml) -> Vec<(String, &Yaml)> {
+    compose["services"]
+        .as_mapping()
+        .expect("docker-compose.yml has services")
+        .iter()
+        .filter(|(_, svc)| str_list(&svc["command"]).first().map(String::as_str) == Some("run"))
+        .map(|(name, svc)| (scalar(name), svc))
+        .collect()
 }
 
 fn str_list(value: &Yaml) -> Vec<String> {
@@ -160,6 +189,41 @@ fn env_names(help: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Settings read from the environment only, never from a flag (config.rs,
+/// `#[arg(skip = std::env::var(..))]`), so help never names them: the admin
+/// API's bearer token and the token `--vault-credential static-token` sends.
+const ENV_ONLY: [&str; 2] = ["KEYSEAL_ADMIN_TOKEN", "KEYSEAL_VAULT_TOKEN"];
+
+/// `KEYSEAL_*` names in a text: `$KEYSEAL_X`, `${KEYSEAL_X:-...}` and bare
+/// names alike (not `MY_KEYSEAL_X`, not the bare prefix `KEYSEAL_`).
+fn keyseal_names(text: &str) -> BTreeSet<String> {
+    const PREFIX: &str = "KEYSEAL_";
+    text.match_indices(PREFIX)
+        .filter(|(at, _)| !text[..*at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|name| name.len() > PREFIX.len())
+        .collect()
+}
+
+/// Every string in a YAML value, mapping keys included (comments are not
+/// part of the value).
+fn yaml_strings(value: &Yaml) -> Vec<String> {
+    match value {
+        Yaml::String(s) => vec![s.clone()],
+        Yaml::Sequence(items) => items.iter().flat_map(yaml_strings).collect(),
+        Yaml::Mapping(map) => {
+            map.iter().flat_map(|(k, v)| yaml_strings(k).into_iter().chain(yaml_strings(v))).collect()
+        }
+        Yaml::Tagged(tagged) => yaml_strings(&tagged.value),
+        _ => Vec::new(),
+    }
+}
+
 /// Long flags an option list in help defines (`--name <VALUE>` headers).
 fn long_flags(help: &str) -> BTreeSet<String> {
     help.lines()
@@ -185,17 +249,18 @@ fn help_block<'a>(help: &'a str, name: &str) -> Option<&'a str> {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn compose_has_the_five_services_with_ports_healthchecks_and_restart_policies() {
+fn compose_has_the_six_services_with_ports_healthchecks_and_restart_policies() {
     let compose = compose();
     let services = compose["services"].as_mapping().expect("docker-compose.yml has services");
     let names: BTreeSet<String> = services.keys().map(scalar).collect();
     let expected: BTreeSet<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
     assert_eq!(names, expected, "the stack's services");
 
-    let expected_ports: [(&str, &[u16]); 5] = [
+    let expected_ports: [(&str, &[u16]); 6] = [
         ("rabbitmq", &[5672, 15672]),
         ("keyvault-emulator", &[8443]),
         ("worker", &[8080]),
+        ("worker-2", &[8081]),
         ("prometheus", &[9090]),
         ("grafana", &[3000]),
     ];
@@ -234,6 +299,7 @@ fn compose_has_the_five_services_with_ports_healthchecks_and_restart_policies() 
         ("rabbitmq", "/var/lib/rabbitmq"),
         ("keyvault-emulator", "/var/lib/keyvault-emulator"),
         ("worker", "/var/lib/keyseal"),
+        ("worker-2", "/var/lib/keyseal"),
         ("prometheus", "/prometheus"),
         ("grafana", "/var/lib/grafana"),
     ] {
@@ -245,9 +311,11 @@ fn compose_has_the_five_services_with_ports_healthchecks_and_restart_policies() 
         );
     }
 
-    // The worker's health check asks the worker itself.
-    let worker_check = str_list(&service(&compose, "worker")["healthcheck"]["test"]).join(" ");
-    assert!(worker_check.contains("/healthz") && worker_check.contains("8080"), "{worker_check}");
+    // A worker's health check asks the worker itself.
+    for (name, worker) in worker_services(&compose) {
+        let worker_check = str_list(&worker["healthcheck"]["test"]).join(" ");
+        assert!(worker_check.contains("/healthz") && worker_check.contains("8080"), "{name}: {worker_check}");
+    }
     // guest/guest must work from the worker's container.
     let rabbit = environment(service(&compose, "rabbitmq"));
     assert!(
@@ -267,37 +335,54 @@ fn compose_keyseal_variables_are_settings_the_binary_has() {
     assert!(run_env.contains("KEYSEAL_AMQP_URL") && run_env.len() >= 10, "run --help names its env: {run_env:?}");
     assert!(emulator_env.contains("KEYSEAL_EMULATOR_STATE_DIR"), "{emulator_env:?}");
 
-    let worker = environment(service(&compose, "worker"));
-    for required in [
-        "KEYSEAL_AMQP_URL",
-        "KEYSEAL_DATA_DIR",
-        "KEYSEAL_HTTP_ADDR",
-        "KEYSEAL_ADMIN_TOKEN",
-        "KEYSEAL_TRUSTED_VAULT_HOST",
-        "KEYSEAL_VAULT_CA_CERT",
-        "KEYSEAL_VAULT_CREDENTIAL",
-        "KEYSEAL_LOG_FORMAT",
-    ] {
-        assert!(worker.contains_key(required), "the worker sets {required}");
-    }
-    for (name, value) in &worker {
-        assert!(name.starts_with("KEYSEAL_"), "the worker's environment holds keyseal settings only, not {name}");
-        // KEYSEAL_ADMIN_TOKEN is read from the environment only (config.rs,
-        // `#[arg(skip = std::env::var(..))]`), so it never shows in help;
-        // `admin_token_is_read_from_the_environment` proves it is real.
-        if name == "KEYSEAL_ADMIN_TOKEN" {
-            continue;
+    let workers = worker_services(&compose);
+    assert!(!workers.is_empty(), "docker-compose.yml runs a worker");
+    for (service_name, svc) in &workers {
+        let worker = environment(svc);
+        for required in [
+            "KEYSEAL_AMQP_URL",
+            "KEYSEAL_DATA_DIR",
+            "KEYSEAL_HTTP_ADDR",
+            "KEYSEAL_SHARDS",
+            "KEYSEAL_ADMIN_TOKEN",
+            "KEYSEAL_TRUSTED_VAULT_HOST",
+            "KEYSEAL_VAULT_CA_CERT",
+            "KEYSEAL_VAULT_CREDENTIAL",
+            "KEYSEAL_LOG_FORMAT",
+        ] {
+            assert!(worker.contains_key(required), "{service_name} sets {required}");
         }
-        assert!(run_env.contains(name), "{name} is not a setting of `keyseal run` (it knows {run_env:?})");
-        // A value of an enumerated setting must be one clap accepts.
-        let block = help_block(&run_help, name).expect("the setting's help");
-        if block.contains("Possible values:") {
-            assert!(block.contains(&format!("- {value}:")), "{name}={value} is not one of its values:\n{block}");
+        for (name, value) in &worker {
+            assert!(
+                name.starts_with("KEYSEAL_"),
+                "{service_name}'s environment holds keyseal settings only, not {name}"
+            );
+            // KEYSEAL_ADMIN_TOKEN is read from the environment only (see
+            // ENV_ONLY), so it never shows in help;
+            // `admin_token_is_read_from_the_environment` proves it is real.
+            if ENV_ONLY.contains(&name.as_str()) {
+                continue;
+            }
+            assert!(
+                run_env.contains(name),
+                "{service_name}: {name} is not a setting of `keyseal run` (it knows {run_env:?})"
+            );
+            // A value of an enumerated setting must be one clap accepts.
+            let block = help_block(&run_help, name).expect("the setting's help");
+            if block.contains("Possible values:") {
+                assert!(
+                    block.contains(&format!("- {value}:")),
+                    "{service_name}: {name}={value} is not one of its values:\n{block}"
+                );
+            }
         }
+        assert_eq!(worker["KEYSEAL_VAULT_CREDENTIAL"], "static-token", "{service_name}");
+        assert_eq!(worker["KEYSEAL_LOG_FORMAT"], "json", "{service_name}");
+        assert!(
+            worker["KEYSEAL_ADMIN_TOKEN"].starts_with("${KEYSEAL_ADMIN_TOKEN"),
+            "{service_name}: the token comes from the caller"
+        );
     }
-    assert_eq!(worker["KEYSEAL_VAULT_CREDENTIAL"], "static-token");
-    assert_eq!(worker["KEYSEAL_LOG_FORMAT"], "json");
-    assert!(worker["KEYSEAL_ADMIN_TOKEN"].starts_with("${KEYSEAL_ADMIN_TOKEN"), "the token comes from the caller");
 
     let emulator = environment(service(&compose, "keyvault-emulator"));
     for name in emulator.keys().filter(|n| n.starts_with("KEYSEAL_")) {
@@ -329,7 +414,7 @@ fn admin_token_is_read_from_the_environment() {
 fn compose_commands_use_flags_the_binary_has() {
     let compose = compose();
     let mut checked = 0;
-    for name in ["worker", "keyvault-emulator"] {
+    for name in ["worker", "worker-2", "keyvault-emulator"] {
         let svc = service(&compose, name);
         assert!(svc.get("build").is_some(), "{name} is built from the Dockerfile");
         let command = str_list(&svc["command"]);
@@ -344,6 +429,60 @@ fn compose_commands_use_flags_the_binary_has() {
     }
     assert_eq!(str_list(&service(&compose, "worker")["command"]), ["run"]);
     assert!(checked >= 2, "the emulator's command sets --addr and --state-dir");
+}
+
+/// Two workers of one deployment: the same shard count, broker and token,
+/// and one data volume, so either can take over any shard of the other.
+#[test]
+fn compose_runs_two_workers_of_one_deployment() {
+    let compose = compose();
+    let workers = worker_services(&compose);
+    let names: Vec<&str> = workers.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(workers.len(), 2, "two worker services (command `run`): {names:?}");
+    assert!(names.contains(&"worker"), "one is `worker`, the name the docs and tests use: {names:?}");
+
+    for setting in ["KEYSEAL_SHARDS", "KEYSEAL_AMQP_URL", "KEYSEAL_ADMIN_TOKEN"] {
+        let values: BTreeSet<String> = workers
+            .iter()
+            .map(|(name, svc)| {
+                environment(svc).get(setting).cloned().unwrap_or_else(|| panic!("{name} sets {setting}"))
+            })
+            .collect();
+        assert_eq!(values.len(), 1, "every worker has the same {setting}: {values:?}");
+    }
+    let first = environment(workers[0].1);
+    let shards = &first["KEYSEAL_SHARDS"];
+    let shards: u32 = shards.parse().unwrap_or_else(|_| panic!("KEYSEAL_SHARDS={shards} is a number"));
+    assert!(shards >= 2, "the two workers share more than one shard, not {shards}");
+
+    // One named volume at every worker's data dir, writable.
+    let declared: BTreeSet<String> =
+        compose["volumes"].as_mapping().map(|m| m.keys().map(scalar).collect()).unwrap_or_default();
+    let data_volumes: BTreeSet<String> = workers
+        .iter()
+        .map(|(name, svc)| {
+            let data_dir = environment(svc).get("KEYSEAL_DATA_DIR").cloned().expect("KEYSEAL_DATA_DIR");
+            let (volume, _, read_only) = mounts(svc)
+                .into_iter()
+                .find(|(_, target, _)| *target == data_dir)
+                .unwrap_or_else(|| panic!("{name} mounts a volume at its data dir {data_dir}"));
+            assert!(declared.contains(&volume) && !read_only, "{name}: {volume} is a writable named volume");
+            volume
+        })
+        .collect();
+    assert_eq!(data_volumes.len(), 1, "the workers share one data volume: {data_volumes:?}");
+
+    // Each on its own host port (8080 and 8081).
+    let mut published = BTreeSet::new();
+    for (name, svc) in &workers {
+        for port in published_ports(svc) {
+            assert!(published.insert(port), "{name} publishes host port {port}, which another worker publishes too");
+        }
+    }
+    assert!(
+        published.is_superset(&BTreeSet::from([8080u16, 8081])),
+        "the workers publish 8080 and 8081: {published:?}"
+    );
 }
 
 #[test]
@@ -748,13 +887,18 @@ async fn dashboard_queries_only_metrics_a_running_worker_exports() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
     let flags = vault.worker_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // Probes soon, so the key's expiry gauge is set.
+    flags.extend(["--probe-interval", "200ms"]);
     let worker = start_worker(&vhost, dir.path(), Arc::new(clock.clone()), &flags).await;
     let base = base_url(&worker);
     let http = reqwest::Client::new();
 
-    // A customer key, so the vault is called (get_key, wrapkey, unwrapkey).
-    vault.create("deploy-key", json!({"kty": "RSA", "key_size": 2048, "key_ops": ["wrapKey", "unwrapKey"]})).await;
+    // A customer key that expires, so the vault is called (get_key,
+    // wrapkey, unwrapkey) and the expiry is watched.
+    let exp = clock.now_ms() / 1000 + 90 * 86_400;
+    let key = json!({"kty": "RSA", "key_size": 2048, "key_ops": ["wrapKey", "unwrapKey"], "attributes": {"exp": exp}});
+    vault.create("deploy-key", key).await;
     let response = http
         .put(format!("{base}/v1/tenants/acme/encryption"))
         .json(&json!({"keyUri": vault.key_uri("deploy-key")}))
@@ -781,6 +925,8 @@ async fn dashboard_queries_only_metrics_a_running_worker_exports() {
     assert_eq!(sweep["seal"]["sealed"], 20, "{sweep}");
     let scrub: Json = http.post(format!("{base}/v1/sweeps?kind=scrub")).send().await.unwrap().json().await.unwrap();
     assert_eq!(scrub["scrub"]["verified"], 20, "{scrub}");
+    let deleted = http.delete(format!("{base}/v1/tenants/acme/records/d-0")).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let (exported, missing) = loop {
@@ -835,6 +981,17 @@ fn prometheus_scrapes_the_worker() {
     // compose: `worker` is the service, Prometheus reads this file.
     let compose = compose();
     assert_eq!(port_of(&environment(service(&compose, "worker"))["KEYSEAL_HTTP_ADDR"]), 8080);
+    // The same job scrapes every worker of the stack.
+    let targets: BTreeSet<String> =
+        job["static_configs"].as_sequence().into_iter().flatten().flat_map(|c| str_list(&c["targets"])).collect();
+    for (name, svc) in worker_services(&compose) {
+        let target = format!("{name}:{}", port_of(&environment(svc)["KEYSEAL_HTTP_ADDR"]));
+        assert!(
+            targets.contains(&target),
+            "job {} scrapes {target}: {targets:?}",
+            job["job_name"].as_str().unwrap_or("?")
+        );
+    }
     let mounted = mounts(service(&compose, "prometheus"));
     assert!(
         mounted.iter().any(
@@ -859,4 +1016,411 @@ fn prometheus_scrapes_the_worker() {
     );
     let credentials_dir = Path::new(credentials_file).parent().unwrap().to_str().unwrap();
     assert!(str_list(&prometheus["tmpfs"]).iter().any(|t| t == credentials_dir), "{credentials_dir} is a tmpfs");
+}
+
+// ---------------------------------------------------------------------------
+// (5) Kubernetes (deploy/k8s/)
+// ---------------------------------------------------------------------------
+
+/// The Kubernetes release the manifests are validated against: a recent
+/// one, not the newest, so they also suit clusters a few releases behind.
+const KUBERNETES_VERSION: &str = "1.35.0";
+
+/// The validator, as .ci/run installs it (it ships the schemas of
+/// Kubernetes 1.25 to 1.37).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// The manifests, `deploy/k8s/*.yaml`, repository-relative and sorted.
+fn k8s_manifests() -> Vec<String> {
+    let dir = repo_path("deploy/k8s");
+    let mut paths: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("listing deploy/k8s").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".yaml") || name.ends_with(".yml"))
+        .map(|name| format!("deploy/k8s/{name}"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "deploy/k8s holds manifests");
+    paths
+}
+
+/// Every object of every manifest.
+fn k8s_objects() -> Vec<Yaml> {
+    k8s_manifests().iter().flat_map(|path| yaml_documents(path.as_str())).collect()
+}
+
+fn k8s_object<'a>(objects: &'a [Yaml], kind: &str, name: &str) -> &'a Yaml {
+    objects
+        .iter()
+        .find(|o| o["kind"].as_str() == Some(kind) && o["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("deploy/k8s has no {kind} {name}"))
+}
+
+/// The one StatefulSet: the workers.
+fn k8s_statefulset(objects: &[Yaml]) -> &Yaml {
+    let mut found = objects.iter().filter(|o| o["kind"].as_str() == Some("StatefulSet"));
+    let statefulset = found.next().expect("deploy/k8s has a StatefulSet");
+    assert!(found.next().is_none(), "deploy/k8s has one StatefulSet");
+    statefulset
+}
+
+/// The `keyseal` container of a pod spec (its only container).
+fn k8s_keyseal_container(pod: &Yaml) -> &Yaml {
+    let containers = pod["containers"].as_sequence().expect("the pod has containers");
+    assert_eq!(containers.len(), 1, "the pod runs keyseal alone");
+    &containers[0]
+}
+
+/// A container's `env` entries by name.
+fn k8s_env(container: &Yaml) -> BTreeMap<String, &Yaml> {
+    container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|entry| (entry["name"].as_str().expect("an env entry has a name").to_owned(), entry))
+        .collect()
+}
+
+/// The plain `value` of env entry `name`.
+fn k8s_env_value(env: &BTreeMap<String, &Yaml>, name: &str) -> String {
+    env.get(name)
+        .and_then(|entry| entry["value"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("the container sets {name} to a value"))
+}
+
+/// `(volume, mountPath)` of a container's volume mounts.
+fn k8s_mounts(container: &Yaml) -> Vec<(String, String)> {
+    container["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|mount| (scalar(&mount["name"]), scalar(&mount["mountPath"])))
+        .collect()
+}
+
+/// The script of a container that runs `bash -c SCRIPT`.
+fn k8s_script(container: &Yaml) -> String {
+    let name = container["name"].as_str().unwrap_or("?");
+    assert_eq!(str_list(&container["command"]), ["bash", "-c"], "{name} runs a bash script");
+    let mut args = str_list(&container["args"]);
+    assert_eq!(args.len(), 1, "{name}: the script is its one argument");
+    args.remove(0)
+}
+
+fn bash(script: &str, env: &BTreeMap<String, String>) -> std::process::Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env)
+        .output()
+        .expect("running bash")
+}
+
+/// Every manifest passes `kubernetes-validate --strict` (unknown fields are
+/// errors, so a misspelt or misplaced field fails too) for
+/// [`KUBERNETES_VERSION`], and every object was checked against a schema.
+#[test]
+fn k8s_manifests_match_the_kubernetes_schemas() {
+    let install = format!("pip install {KUBERNETES_VALIDATE}");
+    match Command::new("python3").args(["-m", "kubernetes_validate", "--version"]).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            panic!("kubernetes-validate is not installed ({}): {install}", String::from_utf8_lossy(&out.stderr).trim())
+        }
+        Err(e) => panic!("cannot run python3 ({e}); the test needs it with kubernetes-validate: {install}"),
+    }
+    let paths = k8s_manifests();
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .args(&paths)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running kubernetes-validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = format!(
+        "python3 -m kubernetes_validate --strict --kubernetes-version {KUBERNETES_VERSION} {}\n{stdout}{}",
+        paths.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the manifests do not validate:\n{report}");
+    // A kind or apiVersion without a schema is only a WARN, exit status 0.
+    let other: Vec<&str> = stdout.lines().filter(|line| !line.starts_with("INFO ")).collect();
+    assert!(other.is_empty(), "kubernetes-validate did not pass everything: {other:?}\n{report}");
+    for path in &paths {
+        let objects = yaml_documents(path).len();
+        let prefix = format!("INFO {path} passed for resource ");
+        let passed = stdout.lines().filter(|line| line.starts_with(&prefix)).count();
+        assert_eq!(passed, objects, "every object of {path} was validated\n{report}");
+    }
+}
+
+/// Every `KEYSEAL_*` name the manifests and compose use (values, commands,
+/// keys; not comments) is a setting of `keyseal run`, or one read only
+/// from the environment, or, in compose, one of the emulator's.
+#[test]
+fn deployment_files_name_only_settings_keyseal_has() {
+    let run_env = env_names(&help(&["run"]));
+    let emulator_env = env_names(&help(&["keyvault-emulator"]));
+    assert!(run_env.contains("KEYSEAL_SHARDS") && run_env.contains("KEYSEAL_OWN_SHARDS"), "{run_env:?}");
+    // The environment-only ones are real: config.rs reads them.
+    let config = read("src/config.rs");
+    for name in ENV_ONLY {
+        assert!(config.contains(&format!("std::env::var(\"{name}\")")), "src/config.rs reads {name}");
+    }
+    let known = |name: &str| run_env.contains(name) || ENV_ONLY.contains(&name);
+
+    let mut used = BTreeSet::new();
+    for path in k8s_manifests() {
+        for object in yaml_documents(&path) {
+            for name in yaml_strings(&object).iter().flat_map(|s| keyseal_names(s.as_str())) {
+                assert!(
+                    known(name.as_str()),
+                    "{path}: {name} is not a setting of `keyseal run` (it knows {run_env:?})"
+                );
+                used.insert(name);
+            }
+        }
+    }
+    for needed in ["KEYSEAL_SHARDS", "KEYSEAL_DATA_DIR", "KEYSEAL_HTTP_ADDR", "KEYSEAL_ADMIN_TOKEN"] {
+        assert!(used.contains(needed), "the manifests set {needed}: {used:?}");
+    }
+
+    for name in yaml_strings(&compose()).iter().flat_map(|s| keyseal_names(s.as_str())) {
+        assert!(
+            known(name.as_str()) || emulator_env.contains(&name),
+            "docker-compose.yml: {name} is not a setting of `keyseal run` ({run_env:?}) or `keyseal keyvault-emulator` ({emulator_env:?})"
+        );
+    }
+}
+
+#[test]
+fn keyseal_names_are_read_from_text() {
+    let names = keyseal_names(
+        "exec 3<>x; ${KEYSEAL_ADMIN_TOKEN:-change-me} \"$$KEYSEAL_SHARDS\" MY_KEYSEAL_NOT KEYSEAL_* KEYSEAL_V2_X",
+    );
+    let expected: BTreeSet<String> =
+        ["KEYSEAL_ADMIN_TOKEN", "KEYSEAL_SHARDS", "KEYSEAL_V2_X"].iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(names, expected);
+}
+
+/// The StatefulSet: a headless Service, a ClusterIP Service for the admin
+/// API, a PodDisruptionBudget, probes on the worker's port, and the shard
+/// scheme: run with pod i's hostname, the container's command pins pod i to
+/// shards of its own, every shard to exactly one of `replicas` pods, and a
+/// pod beyond them refuses to start, as does one with the template's token.
+#[test]
+fn k8s_statefulset_pins_every_shard_to_one_pod() {
+    let objects = k8s_objects();
+    let statefulset = k8s_statefulset(&objects);
+    let name = statefulset["metadata"]["name"].as_str().expect("the StatefulSet's name");
+    let spec = &statefulset["spec"];
+    let labels = &spec["template"]["metadata"]["labels"];
+    let pod = &spec["template"]["spec"];
+    assert_eq!(&spec["selector"]["matchLabels"], labels, "the selector is the pods' labels");
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_u64().is_some_and(|seconds| seconds >= 30),
+        "terminationGracePeriodSeconds >= 30, time to hand the shards over"
+    );
+    assert!(
+        spec["volumeClaimTemplates"].as_sequence().is_some_and(|claims| !claims.is_empty()),
+        "a PersistentVolumeClaim per pod"
+    );
+
+    let headless = k8s_object(&objects, "Service", spec["serviceName"].as_str().expect("spec.serviceName"));
+    assert_eq!(headless["spec"]["clusterIP"].as_str(), Some("None"), "the governing Service is headless");
+    assert_eq!(&headless["spec"]["selector"], labels);
+    let admin = objects
+        .iter()
+        .find(|o| o["kind"].as_str() == Some("Service") && o["spec"]["clusterIP"].as_str() != Some("None"))
+        .expect("a ClusterIP Service for the admin API");
+    assert!(matches!(admin["spec"]["type"].as_str(), None | Some("ClusterIP")), "{admin:?}");
+    assert_eq!(&admin["spec"]["selector"], labels);
+    assert!(
+        admin["spec"]["ports"].as_sequence().into_iter().flatten().any(|p| p["port"].as_u64() == Some(8080)),
+        "the admin API on port 8080: {admin:?}"
+    );
+    let budget =
+        objects.iter().find(|o| o["kind"].as_str() == Some("PodDisruptionBudget")).expect("a PodDisruptionBudget");
+    assert_eq!(budget["spec"]["maxUnavailable"].as_u64(), Some(1));
+    assert_eq!(&budget["spec"]["selector"]["matchLabels"], labels);
+
+    let container = k8s_keyseal_container(pod);
+    let env = k8s_env(container);
+    let port = port_of(&k8s_env_value(&env, "KEYSEAL_HTTP_ADDR"));
+    let port_name = container["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["containerPort"].as_u64() == Some(u64::from(port)))
+        .unwrap_or_else(|| panic!("the container declares port {port}"))["name"]
+        .as_str();
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{probe}");
+        let asked = &get["port"];
+        assert!(
+            asked.as_u64() == Some(u64::from(port)) || (asked.as_str().is_some() && asked.as_str() == port_name),
+            "{probe} asks the worker's port {port}: {asked:?}"
+        );
+    }
+    // The token and the broker's URL come from Secrets the manifests define.
+    for (variable, entry) in &env {
+        let secret = &entry["valueFrom"]["secretKeyRef"];
+        if secret.is_null() {
+            continue;
+        }
+        let object = k8s_object(&objects, "Secret", secret["name"].as_str().expect("secretKeyRef.name"));
+        let key = secret["key"].as_str().expect("secretKeyRef.key");
+        assert!(
+            object["stringData"].get(key).is_some() || object["data"].get(key).is_some(),
+            "{variable}: the Secret has key {key}"
+        );
+    }
+    let token = &env.get("KEYSEAL_ADMIN_TOKEN").expect("KEYSEAL_ADMIN_TOKEN")["valueFrom"]["secretKeyRef"];
+    let token_secret = k8s_object(&objects, "Secret", token["name"].as_str().expect("the token's Secret"));
+    let template_token = token_secret["stringData"][token["key"].as_str().expect("the token's key")]
+        .as_str()
+        .expect("the template's token")
+        .to_owned();
+
+    // `exec keyseal run` with flags it has, --own-shards among them.
+    let script = k8s_script(container);
+    let run_flags = long_flags(&help(&["run"]));
+    let run_line = script
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("exec keyseal run"))
+        .expect("the script execs keyseal run");
+    for flag in run_line.split_whitespace().filter(|w| w.starts_with("--")) {
+        let flag = flag.split('=').next().unwrap();
+        assert!(run_flags.contains(flag), "`keyseal run` has no {flag}");
+    }
+    assert!(run_line.contains("--own-shards"), "every pod pins its shards: {run_line}");
+
+    // The scheme, run: each pod of `replicas` prints its keyseal command.
+    let shards: u32 = k8s_env_value(&env, "KEYSEAL_SHARDS").parse().expect("KEYSEAL_SHARDS is a number");
+    let replicas = spec["replicas"].as_u64().expect("spec.replicas");
+    let shown = script.replace("exec keyseal run", "echo keyseal run");
+    let mut variables: BTreeMap<String, String> = env
+        .iter()
+        .filter_map(|(variable, entry)| entry["value"].as_str().map(|v| (variable.clone(), v.to_owned())))
+        .collect();
+    variables.insert("KEYSEAL_ADMIN_TOKEN".into(), "a-real-token".into());
+    let mut owner = BTreeMap::new();
+    for ordinal in 0..replicas {
+        variables.insert("HOSTNAME".into(), format!("{name}-{ordinal}"));
+        let out = bash(&shown, &variables);
+        assert!(out.status.success(), "pod {ordinal}: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let list = stdout
+            .trim()
+            .strip_prefix("keyseal run --own-shards ")
+            .unwrap_or_else(|| panic!("pod {ordinal} runs {stdout}"));
+        let pinned = keyseal::shards::placement::parse_shard_list(list)
+            .unwrap_or_else(|e| panic!("pod {ordinal}: --own-shards {list}: {e}"));
+        assert!(!pinned.is_empty(), "pod {ordinal} owns shards");
+        for shard in pinned {
+            let before = owner.insert(shard, ordinal);
+            assert!(before.is_none(), "shard {shard} is pinned to pod {before:?} and pod {ordinal}");
+        }
+    }
+    assert_eq!(
+        owner.keys().copied().collect::<Vec<u32>>(),
+        (0..shards).collect::<Vec<u32>>(),
+        "the {replicas} pods own each of the {shards} shards: {owner:?}"
+    );
+    variables.insert("HOSTNAME".into(), format!("{name}-{replicas}"));
+    assert!(!bash(&shown, &variables).status.success(), "pod {replicas}, one more than replicas, has no shards");
+    variables.insert("HOSTNAME".into(), format!("{name}-0"));
+    variables.insert("KEYSEAL_ADMIN_TOKEN".into(), template_token);
+    assert!(!bash(&shown, &variables).status.success(), "a pod refuses the token of secrets.yaml's template");
+}
+
+/// keyseal refuses its root key from a Secret volume (symlinks into
+/// `..data/`); the StatefulSet's init container copies it into
+/// `<data-dir>/root-keys/`, where keyseal reads it, and stops the pod when
+/// the Secret's key changed.
+#[test]
+fn k8s_init_container_puts_the_root_key_where_keyseal_reads_it() {
+    use keyseal::crypto::root_key::ManagedRootKeys;
+    use std::os::unix::fs::PermissionsExt;
+
+    let objects = k8s_objects();
+    let pod = &k8s_statefulset(&objects)["spec"]["template"]["spec"];
+    let container = k8s_keyseal_container(pod);
+    let data_dir = k8s_env_value(&k8s_env(container), "KEYSEAL_DATA_DIR");
+    let volume = pod["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["secret"]["secretName"].is_string())
+        .expect("a Secret volume with the root key");
+    let (volume_name, secret_name) = (scalar(&volume["name"]), scalar(&volume["secret"]["secretName"]));
+    assert!(
+        k8s_object(&objects, "Secret", &secret_name)["stringData"].get("managed-v1.pem").is_some(),
+        "Secret {secret_name} (template) holds managed-v1.pem"
+    );
+    assert!(
+        k8s_mounts(container).iter().all(|(mounted, _)| *mounted != volume_name),
+        "keyseal itself cannot use the Secret volume"
+    );
+    let init = pod["initContainers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|c| k8s_mounts(c).iter().any(|(mounted, _)| *mounted == volume_name))
+        .expect("an init container mounts the root key's Secret");
+    let init_mounts = k8s_mounts(init);
+    let (_, secret_dir) = init_mounts.iter().find(|(mounted, _)| *mounted == volume_name).unwrap();
+    let keyseal_data = k8s_mounts(container).into_iter().find(|(_, path)| *path == data_dir);
+    let (data_volume, _) = keyseal_data.unwrap_or_else(|| panic!("keyseal's {data_dir} is a volume"));
+    assert!(
+        init_mounts.iter().any(|(mounted, path)| *mounted == data_volume && *path == data_dir),
+        "the init container mounts the data volume at {data_dir} too: {init_mounts:?}"
+    );
+
+    // The init container's script, on a Secret volume laid out as the
+    // kubelet does it and a data dir, both in a temp dir.
+    let script = k8s_script(init);
+    assert!(script.contains(secret_dir.as_str()) && script.contains(&data_dir), "{script}");
+    let scratch = tempfile::tempdir().unwrap();
+    let generated = scratch.path().join("generated");
+    let root = ManagedRootKeys::load_or_create(&generated).expect("a new root key");
+    let secret = scratch.path().join("secret");
+    let timestamped = "..2026_01_01_00_00_00.000000001";
+    std::fs::create_dir_all(secret.join(timestamped)).unwrap();
+    std::fs::copy(generated.join("managed-v1.pem"), secret.join(timestamped).join("managed-v1.pem")).unwrap();
+    std::os::unix::fs::symlink(timestamped, secret.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/managed-v1.pem", secret.join("managed-v1.pem")).unwrap();
+    match ManagedRootKeys::load_or_create(&secret) {
+        Ok(_) => panic!("keyseal read a root key through a symlink"),
+        Err(e) => assert!(e.to_string().contains("symlink"), "{e}"),
+    }
+
+    let data = scratch.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let local = script
+        .replace(secret_dir.as_str(), secret.to_str().unwrap())
+        .replace(data_dir.as_str(), data.to_str().unwrap());
+    let no_env = BTreeMap::new();
+    for start in ["first", "second"] {
+        let out = bash(&local, &no_env);
+        assert!(out.status.success(), "{start} start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let keys = data.join("root-keys");
+    let mode = |path: &Path| std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(keys.as_path()), 0o700, "root-keys/ is 0700");
+    assert_eq!(mode(keys.join("managed-v1.pem").as_path()), 0o600, "its keys are 0600 regular files");
+    let copied = ManagedRootKeys::load_or_create(&keys).unwrap_or_else(|e| panic!("keyseal reads the copy: {e}"));
+    assert_eq!(copied.fingerprints(), root.fingerprints(), "the Secret's key, not a new one");
+
+    // A version never changes: a different key in the Secret stops the pod.
+    let changed = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+    std::fs::write(secret.join(timestamped).join("managed-v1.pem"), changed).unwrap();
+    let out = bash(&local, &no_env);
+    assert!(!out.status.success(), "a changed key in the Secret must stop the pod");
+    assert_eq!(copied.fingerprints(), ManagedRootKeys::load_or_create(&keys).unwrap().fingerprints());
 }

@@ -149,7 +149,8 @@ async fn hostile_key_uris_are_refused_without_a_single_connection() {
 
     // A stored key id is parsed with the same check before any unwrap: a
     // hostile one is an error, never a request.
-    let shard = &worker.shard;
+    let running = worker.only();
+    let shard = &running.shard;
     let stored_kids = [
         "https://127.0.0.1?.vault.azure.net/keys/k/v1".to_owned(),
         "https://127.0.0.1#.vault.azure.net/keys/k/v1".to_owned(),
@@ -170,7 +171,9 @@ async fn hostile_key_uris_are_refused_without_a_single_connection() {
         };
         txn.put_data_key(&id, &wrapped);
         txn.commit(shard.now_ms()).unwrap();
-        let unwrapped = tokio::time::timeout(Duration::from_secs(5), shard.keyring.key(&id)).await;
+        let unwrapped =
+            tokio::time::timeout(Duration::from_secs(5), shard.keyring.key(&id, keyseal::proto::v1::KeyPurpose::Read))
+                .await;
         assert!(matches!(unwrapped, Ok(Err(KeyringError::KeyUri(_)))), "{kid:?} -> {unwrapped:?}");
     }
     bait.assert_untouched().await;

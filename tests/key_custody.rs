@@ -41,7 +41,8 @@ async fn two_tenants_sealed_and_cached(name: &str, extra: &[&str]) -> (Setup, Ve
     assert_eq!(s.sweep().await["seal"]["sealed"], 20);
     s.assert_readable(&acme).await;
     s.assert_readable(&other).await;
-    let keyring = &s.worker.shard.keyring;
+    let running = s.worker.only();
+    let keyring = &running.shard.keyring;
     assert!(keyring.cached_keys_of("acme") > 0 && keyring.cached_keys_of("other") > 0);
     (s, acme, other)
 }
@@ -88,7 +89,8 @@ async fn a_worker_refuses_to_start_without_the_root_key_its_store_was_written_un
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_down_tenant_loses_its_unwrapped_keys_and_no_one_else_does() {
     let (s, _, other) = two_tenants_sealed_and_cached("custody-lockdown", &["--probe-interval", "100ms"]).await;
-    let keyring = &s.worker.shard.keyring;
+    let running = s.worker.only();
+    let keyring = &running.shard.keyring;
     let others = keyring.cached_keys_of("other");
 
     s.vault.patch("acme-key", json!({"attributes": {"enabled": false}})).await;
@@ -103,7 +105,8 @@ async fn a_locked_down_tenant_loses_its_unwrapped_keys_and_no_one_else_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_byok_drops_that_tenants_unwrapped_keys_only() {
     let (s, acme, _) = two_tenants_sealed_and_cached("custody-disable", &[]).await;
-    let keyring = &s.worker.shard.keyring;
+    let running = s.worker.only();
+    let keyring = &running.shard.keyring;
     let others = keyring.cached_keys_of("other");
 
     let (status, body) = s.disable("acme").await;
@@ -122,7 +125,8 @@ async fn writer_keys_are_dropped_at_the_cache_age_and_the_writer_goes_on() {
     let base = base_url(&worker);
     publish_confirmed(&vhost, &synthetic("acme", "a-", 10, 100, 1)).await;
     wait_for_records(&base, "acme", 10, WAIT).await;
-    let keyring = &worker.shard.keyring;
+    let running = worker.only();
+    let keyring = &running.shard.keyring;
     assert_eq!(keyring.cached_keys_of("acme"), 1, "the hot writer's key");
 
     clock.advance(Duration::from_secs(61));
@@ -130,7 +134,7 @@ async fn writer_keys_are_dropped_at_the_cache_age_and_the_writer_goes_on() {
         .await;
     publish_confirmed(&vhost, &synthetic("acme", "b-", 10, 100, 1)).await;
     wait_for_records(&base, "acme", 20, WAIT).await;
-    assert_eq!(worker.shard.store.data_keys_of("acme").unwrap().len(), 1, "the same writer, unwrapped again");
+    assert_eq!(worker.only().shard.store.data_keys_of("acme").unwrap().len(), 1, "the same writer, unwrapped again");
     worker.stop().await;
 }
 
@@ -169,6 +173,6 @@ async fn a_data_key_wrapped_with_rsa_oaep_sha1_by_a_customer_key_unwraps() {
         RotationLimits::default(),
         Arc::new(SystemClock),
     );
-    let key = keyring.key(&id).await.expect("an RSA-OAEP wrapped key unwraps");
+    let key = keyring.key(&id, keyseal::proto::v1::KeyPurpose::Read).await.expect("an RSA-OAEP wrapped key unwraps");
     assert_eq!(key.expose_for_wrapping(), plain.as_slice());
 }

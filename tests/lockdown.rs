@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::byok::{Setup, WAIT, setup, setup_with};
+use common::byok::{WAIT, setup, setup_with, wait_for_state};
 use common::vault::{Vault, args};
 use common::*;
 use futures_util::StreamExt;
@@ -22,18 +22,6 @@ use serde_json::{Value, json};
 
 const FAST_PROBES: [&str; 2] = ["--probe-interval", "100ms"];
 const GRACE_PASSED: Duration = Duration::from_secs(51 * 60);
-
-async fn wait_for_state(s: &Setup, tenant: &str, state: &str, reason: Option<&str>) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let status = s.status(tenant).await;
-        if status["state"] == state && status["keyHealth"]["reason"].as_str() == reason {
-            return status;
-        }
-        assert!(std::time::Instant::now() < deadline, "{tenant} never became {state} ({reason:?}): {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
@@ -257,7 +245,7 @@ async fn every_tenant_of_a_vault_that_never_answers_is_locked_at_its_grace_plus_
             }
         })
         .await;
-    let store = s.worker.shard.store.clone();
+    let store = s.worker.only().shard.store.clone();
     let byok = || store.tenants_where(|p| !p.key_uri.is_empty());
     assert_eq!(byok().len(), HUNG_TENANTS);
     assert!(byok().iter().all(|(_, p)| p.state() == TenantState::Active));
@@ -450,6 +438,7 @@ async fn a_probe_answered_after_the_key_changed_is_discarded() {
     assert!(status["encryption"]["keyUri"].as_str().unwrap().contains("/keys/new"), "{status}");
     let unavailable = s
         .worker
+        .only()
         .shard
         .store
         .events_after(0, usize::MAX)
@@ -478,7 +467,7 @@ async fn a_tenant_that_disables_its_key_is_no_longer_probed_nor_remembered() {
     let (status, body) = s.disable("leaves").await;
     assert_eq!(status, 200, "{body}");
     wait_until("the disabled tenant forgotten", WAIT, || async {
-        s.worker.prober.last_probes().last("leaves").is_none()
+        s.worker.only().prober.last_probes().last("leaves").is_none()
     })
     .await;
     assert_eq!(s.status("leaves").await["keyHealth"]["lastProbe"], Value::Null);

@@ -49,8 +49,8 @@ async fn metrics_report_what_happened() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let text = loop {
         let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-        let dead = metric(&text, "keyseal_dead_letters_total{reason=\"malformed_protobuf\"}");
-        let lag = metric(&text, "keyseal_outbox_lag_events");
+        let dead = metric(&text, "keyseal_dead_letters_total{reason=\"malformed_protobuf\",shard=\"0\"}");
+        let lag = metric(&text, "keyseal_outbox_lag_events{shard=\"0\"}");
         if dead == Some(1.0) && lag == Some(0.0) {
             break text;
         }
@@ -58,24 +58,36 @@ async fn metrics_report_what_happened() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
-    assert_eq!(metric(&text, "keyseal_records_ingested_total{result=\"stored\"}"), Some(200.0), "stored == published");
-    assert_eq!(metric(&text, "keyseal_records_ingested_total{result=\"dead_lettered\"}"), Some(1.0));
-    assert_eq!(metric(&text, "keyseal_records_sealed_total"), Some(200.0));
+    assert_eq!(
+        metric(&text, "keyseal_records_ingested_total{result=\"stored\",shard=\"0\"}"),
+        Some(200.0),
+        "stored == published"
+    );
+    assert_eq!(metric(&text, "keyseal_records_ingested_total{result=\"dead_lettered\",shard=\"0\"}"), Some(1.0));
+    assert_eq!(metric(&text, "keyseal_records_sealed_total{shard=\"0\"}"), Some(200.0));
     assert_eq!(metric(&text, "keyseal_records{tenant=\"alpha\",layer=\"sealed\"}"), Some(120.0));
     assert_eq!(metric(&text, "keyseal_records{tenant=\"beta\",layer=\"hot\"}"), Some(0.0));
-    assert_eq!(metric(&text, "keyseal_seal_lag_seconds"), Some(0.0));
-    assert_eq!(metric(&text, "keyseal_tenants{state=\"active\"}"), Some(2.0));
+    assert_eq!(metric(&text, "keyseal_seal_lag_seconds{shard=\"0\"}"), Some(0.0));
+    assert_eq!(metric(&text, "keyseal_tenants{state=\"active\",shard=\"0\"}"), Some(2.0));
+    assert_eq!(metric(&text, "keyseal_records_at_rest{layer=\"sealed\",shard=\"0\"}"), Some(200.0));
+    assert_eq!(metric(&text, "keyseal_shards_owned"), Some(1.0));
     assert_eq!(metric(&text, "keyseal_ingest_paused"), Some(0.0));
-    assert!(metric(&text, "keyseal_events_published_total").unwrap() >= 4.0);
-    assert!(metric(&text, "keyseal_batch_commit_seconds_count").unwrap() >= 1.0);
+    assert!(metric(&text, "keyseal_events_published_total{shard=\"0\"}").unwrap() >= 4.0);
+    assert!(metric(&text, "keyseal_batch_commit_seconds_count{shard=\"0\"}").unwrap() >= 1.0);
     assert!(metric(&text, "keyseal_data_key_cache_total{result=\"hit\"}").unwrap() > 0.0);
-    assert!(metric(&text, "keyseal_root_key_operations_total").unwrap() >= 4.0, "hot and sealed keys of 2 tenants");
+    let wraps = |purpose: &str| {
+        let name = format!(
+            "keyseal_root_key_operations_total{{root_kind=\"managed\",operation=\"wrap\",purpose=\"{purpose}\",outcome=\"ok\"}}"
+        );
+        metric(&text, &name).unwrap_or(0.0)
+    };
+    assert!(wraps("store") >= 2.0 && wraps("seal") >= 2.0, "hot and sealed keys of 2 tenants:\n{text}");
     assert_eq!(
-        metric(&text, "keyseal_sweep_records_total{sweep=\"scrub\"}"),
+        metric(&text, "keyseal_sweep_records_total{sweep=\"scrub\",shard=\"0\"}"),
         Some(200.0),
         "the scrub read every record"
     );
-    assert_eq!(metric(&text, "keyseal_sweep_progress_ratio{sweep=\"scrub\"}"), Some(1.0), "and finished");
+    assert_eq!(metric(&text, "keyseal_sweep_progress_ratio{sweep=\"scrub\",shard=\"0\"}"), Some(1.0), "and finished");
     for family in [
         "keyseal_records_ingested_total",
         "keyseal_batch_commit_seconds",

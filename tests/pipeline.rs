@@ -14,6 +14,7 @@ use keyseal::broker::publish::{Publisher, record_properties, synthetic};
 use keyseal::broker::{DEAD_LETTER_QUEUE, ERROR_HEADER, EVENTS_EXCHANGE};
 use keyseal::clock::{ManualClock, SystemClock};
 use keyseal::proto::v1::{Event, IngestRecord, event::Kind};
+use keyseal::shards::placement::shard_of;
 use keyseal::storage::{CF_HOT, Store, keys};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -85,7 +86,7 @@ async fn no_plaintext_reaches_the_disk() {
     clock.advance(Duration::from_secs(49 * 3600));
     reqwest::Client::new().post(format!("{base}/v1/sweeps")).send().await.unwrap();
     assert_eq!(counts(&base, "canary").await, Some((0, 20)));
-    worker.shard.store.flush().unwrap();
+    worker.only().shard.store.flush().unwrap();
     worker.stop().await;
 
     assert_eq!(files_containing(dir.path(), marker), Vec::<std::path::PathBuf>::new());
@@ -153,8 +154,13 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_good_input_is_stored() {
 
     let good1 = ingest("acme", "good-1", b"first");
     let good2 = ingest("acme", "good-2", b"second");
+    // The tenant's first record takes the placement hop through the intake;
+    // once placed, later records go straight to its shard and can overtake
+    // it. Order across that hop is not promised, so "first" is stored
+    // before its conflicting re-send is published.
+    publish_confirmed(&vhost, std::slice::from_ref(&good1)).await;
+    wait_for_records(&base, "acme", 1, WAIT).await;
     let messages: Vec<(String, Vec<u8>, Option<&str>)> = vec![
-        ("acme".into(), good1.encode_to_vec(), None),
         ("acme".into(), b"\xff\xfe not protobuf".to_vec(), Some("malformed_protobuf")),
         ("Bad_Tenant".into(), ingest("Bad_Tenant", "x", b"p").encode_to_vec(), Some("invalid_tenant_id")),
         ("acme".into(), ingest("acme", "", b"p").encode_to_vec(), Some("invalid_record_id")),
@@ -237,7 +243,10 @@ async fn swapped_ciphertexts_fail_integrity_instead_of_returning_wrong_plaintext
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_of_a_publish_and_seal_run_arrive_once_per_sequence() {
+/// Two shards in one worker: each event names its tenant's shard (in the
+/// body and the `x-keyseal-shard` header), and each shard's sequences
+/// arrive once each, with none missing.
+async fn events_of_a_publish_and_seal_run_arrive_once_per_shard_and_sequence() {
     let vhost = Vhost::new("events");
     let connection = keyseal::broker::connect(&vhost.amqp_url(), "test").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
@@ -260,16 +269,18 @@ async fn events_of_a_publish_and_seal_run_arrive_once_per_sequence() {
 
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let worker = start_worker(&vhost, dir.path(), Arc::new(clock.clone()), &[]).await;
+    let worker = start_worker(&vhost, dir.path(), Arc::new(clock.clone()), &["--shards", "2"]).await;
     let base = base_url(&worker);
-    let records: Vec<_> = ["red", "blue"].iter().flat_map(|t| synthetic(t, "e-", 25, 100, 1)).collect();
+    // One tenant on each shard.
+    let [red, blue] = [0, 1].map(|shard| (0..).map(|i| format!("t-{i}")).find(|t| shard_of(t, 2).0 == shard).unwrap());
+    let records: Vec<_> = [&red, &blue].iter().flat_map(|t| synthetic(t, "e-", 25, 100, 1)).collect();
     publish_confirmed(&vhost, &records).await;
-    wait_for_records(&base, "red", 25, WAIT).await;
-    wait_for_records(&base, "blue", 25, WAIT).await;
+    wait_for_records(&base, &red, 25, WAIT).await;
+    wait_for_records(&base, &blue, 25, WAIT).await;
     clock.advance(Duration::from_secs(49 * 3600));
     reqwest::Client::new().post(format!("{base}/v1/sweeps")).send().await.unwrap();
 
-    let mut sequences = BTreeSet::new();
+    let mut sequences = [BTreeSet::new(), BTreeSet::new()];
     let (mut stored, mut sealed) = (BTreeMap::<String, u32>::new(), BTreeMap::<String, u32>::new());
     let deadline = tokio::time::Instant::now() + WAIT;
     while sealed.values().sum::<u32>() < 50 {
@@ -277,7 +288,11 @@ async fn events_of_a_publish_and_seal_run_arrive_once_per_sequence() {
             tokio::time::timeout_at(deadline, events.next()).await.expect("events keep arriving").unwrap().unwrap();
         delivery.ack(BasicAckOptions::default()).await.unwrap();
         let event = Event::decode(delivery.data.as_slice()).unwrap();
-        assert!(sequences.insert(event.sequence), "sequence {} seen twice", event.sequence);
+        assert_eq!(event.shard, shard_of(&event.tenant_id, 2).0, "{} names its shard", event.tenant_id);
+        let header = delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-keyseal-shard").cloned());
+        assert_eq!(header, Some(AMQPValue::LongUInt(event.shard)));
+        let (shard, sequence) = (event.shard, event.sequence);
+        assert!(sequences[shard as usize].insert(sequence), "shard {shard} sequence {sequence} seen twice");
         let kind = event.kind.clone().unwrap();
         assert_eq!(
             delivery.routing_key.as_str(),
@@ -289,12 +304,15 @@ async fn events_of_a_publish_and_seal_run_arrive_once_per_sequence() {
             _ => {}
         }
     }
-    assert_eq!(stored, BTreeMap::from([("blue".into(), 25), ("red".into(), 25)]));
-    assert_eq!(sealed, BTreeMap::from([("blue".into(), 25), ("red".into(), 25)]));
-    assert_eq!(
-        sequences.iter().copied().collect::<Vec<_>>(),
-        (1..=*sequences.last().unwrap()).collect::<Vec<_>>(),
-        "no sequence missing"
-    );
+    assert_eq!(stored, BTreeMap::from([(blue.clone(), 25), (red.clone(), 25)]));
+    assert_eq!(sealed, BTreeMap::from([(blue, 25), (red, 25)]));
+    for (shard, seen) in sequences.iter().enumerate() {
+        let last = *seen.last().expect("every shard relayed events");
+        assert_eq!(
+            seen.iter().copied().collect::<Vec<_>>(),
+            (1..=last).collect::<Vec<_>>(),
+            "shard {shard}: none missing"
+        );
+    }
     worker.stop().await;
 }

@@ -11,7 +11,8 @@ use common::{Vhost, publish_confirmed, wait_for_records, wait_until};
 use keyseal::broker::publish::synthetic;
 use keyseal::clock::SystemClock;
 
-/// The prefetch count RabbitMQ holds for the vhost's consumers of `keyseal.ingest`.
+/// The prefetch count RabbitMQ holds for the vhost's consumers of the one
+/// shard's queue (the intake queue `keyseal.ingest` has its own consumer).
 fn broker_prefetch(vhost: &Vhost) -> Vec<u16> {
     let out = std::process::Command::new("rabbitmqctl")
         .args(["-q", "list_consumers", "-p", &vhost.name, "queue_name", "prefetch_count", "--no-table-headers"])
@@ -21,7 +22,7 @@ fn broker_prefetch(vhost: &Vhost) -> Vec<u16> {
         .lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
-            (fields.next()? == "keyseal.ingest").then(|| fields.next()?.parse().ok())?
+            (fields.next()? == keyseal::broker::shard_queue(0)).then(|| fields.next()?.parse().ok())?
         })
         .collect()
 }

@@ -19,7 +19,8 @@ const FAST_PROBES: [&str; 2] = ["--probe-interval", "100ms"];
 
 /// Every sealed record's stored bytes, by key.
 fn sealed_bytes(s: &Setup) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let db = s.worker.shard.store.raw();
+    let running = s.worker.only();
+    let db = running.shard.store.raw();
     db.iterator_cf(db.cf_handle(CF_SEALED).unwrap(), rocksdb::IteratorMode::Start)
         .map(|item| {
             let (k, v) = item.unwrap();
@@ -80,7 +81,7 @@ async fn rotate_and_new_versions_roll_data_keys_without_rewriting_records() {
     assert_all_under(&s, "acme", &v3);
     assert_eq!(sealed_bytes(&s), before, "zero records rewritten");
 
-    s.worker.shard.keyring.forget_cached();
+    s.worker.only().shard.keyring.forget_cached();
     s.assert_readable(&records).await;
     s.assert_replay_equal().await;
 }
@@ -108,11 +109,11 @@ async fn a_roll_costs_at_most_two_vault_calls_per_data_key() {
     let before = sealed_bytes(&s);
 
     let v2 = common::vault::version_of(&s.vault.ok(Method::POST, "/keys/k/rotate", None).await);
-    s.worker.shard.keyring.forget_cached();
+    s.worker.only().shard.keyring.forget_cached();
     let calls_before = s.vault.emulator.calls();
     // A plain round (no canary): the count below is the roll's rewrap alone,
     // which the rewrapper task runs once the round has appended KeyRolled.
-    let summary = s.worker.prober.probe_round(false).await.unwrap();
+    let summary = s.worker.only().prober.probe_round(false).await.unwrap();
     assert!(summary.events >= 1);
     wait_for_version(&s, "acme", &v2).await;
     let calls_after = s.vault.emulator.calls();
@@ -156,6 +157,6 @@ async fn a_rotation_policy_firing_in_the_vault_rolls_data_keys_like_a_manual_rot
     wait_for_version(&s, "acme", &v2).await;
     assert_all_under(&s, "acme", &v2);
     assert_eq!(sealed_bytes(&s), before, "zero records rewritten");
-    s.worker.shard.keyring.forget_cached();
+    s.worker.only().shard.keyring.forget_cached();
     s.assert_readable(&records).await;
 }

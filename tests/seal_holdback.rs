@@ -74,7 +74,7 @@ async fn one_tenants_failing_wrap_holds_only_that_tenant(name: &str, status: u16
     assert_eq!(summary["seal"]["tenants"], json!({"tenant-a": 20}), "{summary}");
     assert_eq!(summary["seal"]["heldBackReasons"], json!({}), "{summary}");
     assert_eq!(s.status("tenant-a").await["records"], json!({"hot": 0, "sealed": 20}));
-    s.worker.shard.keyring.forget_cached();
+    s.worker.only().shard.keyring.forget_cached();
     s.assert_readable(&a_records).await;
     s.assert_readable(&others).await;
 }

@@ -22,7 +22,8 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Records per data key id in a column family.
 fn records_per_key(s: &Setup, cf: &str) -> BTreeMap<Vec<u8>, usize> {
-    let db = s.worker.shard.store.raw();
+    let running = s.worker.only();
+    let db = running.shard.store.raw();
     let mut per_key = BTreeMap::new();
     for item in db.iterator_cf(db.cf_handle(cf).unwrap(), rocksdb::IteratorMode::Start) {
         let (_, value) = item.unwrap();
@@ -67,8 +68,8 @@ async fn reencryption_moves_records_off_old_keys_at_the_configured_rate() {
     s.clock.advance(SEAL);
     assert_eq!(s.sweep().await["seal"]["sealed"], 1500);
     let old_keys: BTreeSet<Vec<u8>> = records_per_key(&s, CF_SEALED).into_keys().collect();
-    let keys_before = s.worker.shard.store.data_keys_of("acme").unwrap().len()
-        + s.worker.shard.store.data_keys_of("byok").unwrap().len();
+    let keys_before = s.worker.only().shard.store.data_keys_of("acme").unwrap().len()
+        + s.worker.only().shard.store.data_keys_of("byok").unwrap().len();
 
     // Nothing is old enough yet: the sweep reads no record.
     assert_eq!(post_sweep(&s, "reencrypt").await["reencrypt"]["scanned"], 0);
@@ -91,11 +92,11 @@ async fn reencryption_moves_records_off_old_keys_at_the_configured_rate() {
     let new_keys: BTreeSet<Vec<u8>> = records_per_key(&s, CF_SEALED).into_keys().collect();
     assert!(new_keys.is_disjoint(&old_keys), "every record is on a fresh data key");
     // The old hot and sealed keys are gone (each tenant keeps its one fresh sealed key).
-    let keys_after = s.worker.shard.store.data_keys_of("acme").unwrap().len()
-        + s.worker.shard.store.data_keys_of("byok").unwrap().len();
+    let keys_after = s.worker.only().shard.store.data_keys_of("acme").unwrap().len()
+        + s.worker.only().shard.store.data_keys_of("byok").unwrap().len();
     assert_eq!(summary["retiredDataKeys"].as_u64().unwrap() as usize, keys_before, "{summary}");
     assert_eq!(keys_after, new_keys.len());
-    s.worker.shard.keyring.forget_cached();
+    s.worker.only().shard.keyring.forget_cached();
     s.assert_readable(&records).await;
 
     // Resumable and idempotent: a second run finds nothing left to move.
@@ -113,7 +114,8 @@ async fn scrub_reports_exactly_the_record_with_a_flipped_bit_and_deletes_nothing
     assert_eq!(post_sweep(&s, "scrub").await["scrub"]["corruptCount"], 0);
 
     let victim = &records[137];
-    let db = s.worker.shard.store.raw();
+    let running = s.worker.only();
+    let db = running.shard.store.raw();
     let sealed = db.cf_handle(CF_SEALED).unwrap();
     let key = keys::record_key("acme", &victim.record_id);
     let mut stored = StoredRecord::decode(db.get_cf(sealed, &key).unwrap().unwrap().as_slice()).unwrap();
@@ -148,7 +150,7 @@ async fn scrub_reports_exactly_the_record_with_a_flipped_bit_and_deletes_nothing
     assert!(String::from_utf8_lossy(&cli.stderr).contains("1 records failed verification"));
 
     // Reported as an event and a metric (once per scrub).
-    let events = s.worker.shard.store.events_after(0, usize::MAX).unwrap();
+    let events = s.worker.only().shard.store.events_after(0, usize::MAX).unwrap();
     let reported: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.kind {
@@ -174,7 +176,8 @@ async fn scrub_reports_exactly_the_record_with_a_flipped_bit_and_deletes_nothing
 async fn a_damaged_hot_record_stays_in_hot_and_does_not_stop_sealing() {
     let s = setup("seal-damaged", RecoveryLevel::Recoverable, None, &[]).await;
     let records = s.publish("acme", "r-", 50).await;
-    let db = s.worker.shard.store.raw();
+    let running = s.worker.only();
+    let db = running.shard.store.raw();
     let hot = db.cf_handle(CF_HOT).unwrap();
     let key = keys::record_key("acme", &records[3].record_id);
     let mut stored = StoredRecord::decode(db.get_cf(hot, &key).unwrap().unwrap().as_slice()).unwrap();

@@ -5,7 +5,7 @@
 //! and every rule it checks (`nbf`, `exp`, purge dates, policies) reads it.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Default)]
 pub(crate) struct Clock {
@@ -25,6 +25,14 @@ impl Clock {
     pub(crate) fn advance(&self, seconds: u32) -> i64 {
         self.offset.fetch_add(i64::from(seconds), Ordering::Relaxed);
         self.now()
+    }
+
+    /// Now to the sub-second, for the audit log's `time`: the system time
+    /// plus the offset.
+    pub(crate) fn system_time(&self) -> SystemTime {
+        let offset = Duration::from_secs(u64::try_from(self.offset()).unwrap_or(0));
+        let now = SystemTime::now();
+        now.checked_add(offset).unwrap_or(now)
     }
 
     /// How far ahead of the system time the clock runs.
@@ -50,5 +58,7 @@ mod tests {
         let after = clock.advance(90 * 86_400);
         assert!(after - before >= 90 * 86_400 && after - before <= 90 * 86_400 + 2);
         assert_eq!(clock.offset(), 90 * 86_400);
+        let ahead = clock.system_time().duration_since(SystemTime::now()).expect("ahead of the system time");
+        assert!(ahead.as_secs() >= 90 * 86_400 - 1 && ahead.as_secs() <= 90 * 86_400);
     }
 }

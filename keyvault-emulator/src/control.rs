@@ -2,7 +2,7 @@
 //! compose file can inject faults and add restricted identities over HTTPS
 //! while the vault runs. They are not Key Vault routes: only the owner's
 //! token (`--token`) may call them, they need no `api-version`, and they
-//! are neither throttled, faulted nor counted.
+//! are neither throttled, faulted, counted nor audited.
 //!
 //! - `PUT /_emulator/faults` `{"faults":[{"key","operation","status"}|{"key","operation","hang":true}]}`
 //!   replaces the faults; `GET` returns them; `DELETE` clears them.
@@ -12,13 +12,16 @@
 //! - `POST /_emulator/clock` `{"advanceSeconds": n}` moves the vault's
 //!   clock forward (rotation policies, retention); `GET` returns
 //!   `{"now", "offsetSeconds"}`.
+//! - `GET /_emulator/audit` returns the audit log, oldest entry first, as
+//!   `{"value":[AuditEvent...]}`.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::audit::AuditEvent;
 use super::error::ServiceError;
 use super::faults::{FaultList, FaultSpec};
 use super::handlers::parse_body as parse;
@@ -40,6 +43,12 @@ struct IdentityBody {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct AdvanceBody {
     advance_seconds: u32,
+}
+
+/// The body of `GET /_emulator/audit`: Key Vault's list shape.
+#[derive(Serialize)]
+struct AuditList {
+    value: Vec<AuditEvent>,
 }
 
 /// Serves one control request; `path` starts with [`PREFIX`].
@@ -92,6 +101,7 @@ pub(crate) fn handle(app: &App, method: &str, path: &str, body: &[u8]) -> Result
             tracing::info!(seconds = advance.advance_seconds, "key vault emulator clock moved forward");
             clock(app).into_response()
         }
+        ("GET", ["audit"]) => Json(AuditList { value: app.audit.snapshot() }).into_response(),
         _ => return Err(ServiceError::unknown_operation(method, path)),
     };
     Ok(response)

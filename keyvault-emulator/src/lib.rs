@@ -20,9 +20,12 @@
 //!   TLS listener;
 //! - `server`: the request pipeline (latency, `auth`, `throttle`,
 //!   `api-version`, `access` policies, `faults`) and the background tasks;
+//! - `audit`: Key Vault's `AuditEvent` log, one [`AuditEvent`] per
+//!   authenticated request, and the `x-ms-client-request-id` echo and
+//!   `x-ms-request-id` every answer carries;
 //! - `routes`: which Key Vault operation a method and path name;
 //! - `control`: the owner's `/_emulator/` routes that set faults and
-//!   identities over HTTPS;
+//!   identities and read the audit log over HTTPS;
 //! - `handlers`: one function per operation, rendering `wire` shapes;
 //! - `vault`: keys, versions, rotation policies and their rules;
 //!   `material` does the cryptography, `store` the crash-safe persistence,
@@ -36,6 +39,7 @@
 
 mod access;
 pub mod admin;
+mod audit;
 mod auth;
 mod backup;
 mod calls;
@@ -66,6 +70,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use access::KEY_PERMISSIONS;
+pub use audit::AuditEvent;
 pub use faults::{Fault, FaultAction};
 
 /// The bearer token the emulator accepts when none is configured, so local
@@ -238,7 +243,8 @@ pub enum EmulatorError {
 
 /// A running emulator. It exists so an embedding process (a test, `keyseal
 /// demo`) can learn where the vault listens and which certificate to trust,
-/// read its call counts, and stop it. Dropping it stops the server too.
+/// read its call counts and audit log, and stop it. Dropping it stops the
+/// server too.
 pub struct Emulator {
     addr: SocketAddr,
     cert_pem_path: PathBuf,
@@ -296,6 +302,17 @@ impl Emulator {
     /// not counted.
     pub fn calls(&self) -> BTreeMap<String, u64> {
         self.app.calls.snapshot()
+    }
+
+    /// The audit log, oldest entry first: one [`AuditEvent`] per Key Vault
+    /// request that passed authentication (refused by an access policy,
+    /// answered by a fault or an error, or throttled with 429 included),
+    /// the newest 100,000 kept, so a test can match its client's own record
+    /// of key use with what the vault saw, by `correlation_id` (the
+    /// request's `x-ms-client-request-id`). `/_emulator/` requests are not
+    /// logged. Also `GET /_emulator/audit`.
+    pub fn audit_log(&self) -> Vec<AuditEvent> {
+        self.app.audit.snapshot()
     }
 
     /// Replaces the injected faults (see [`Fault`]); an empty list removes

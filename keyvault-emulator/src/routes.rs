@@ -100,6 +100,17 @@ impl Route {
         }
     }
 
+    /// The key version the operation names, if any (`None` for the latest
+    /// or for an operation on the whole key).
+    pub(crate) fn key_version(&self) -> Option<&str> {
+        match self {
+            Self::GetKey { version, .. } | Self::UpdateKey { version, .. } | Self::Crypto { version, .. } => {
+                version.as_deref()
+            }
+            _ => None,
+        }
+    }
+
     /// The operation's name in call counts.
     pub(crate) fn operation(&self) -> &'static str {
         match self {

@@ -2,10 +2,13 @@
 //! meets, in order: the configured latency, bearer authentication (401 +
 //! challenge before the body is looked at, as the SDKs' first tokenless
 //! request needs), throttling, the mandatory `api-version`, routing, the
-//! caller's access policy, injected faults, then its handler. Requests under
-//! `/_emulator/` are the owner's control routes and skip all but
-//! authentication. Alongside, housekeeping purges deleted keys whose
-//! retention ended and rotates keys whose rotation policy says so.
+//! caller's access policy, injected faults, then its handler. Every request
+//! that passes authentication is written to the `audit` log once answered,
+//! and every answer carries Key Vault's `x-ms-request-id` (and the client's
+//! `x-ms-client-request-id`, echoed). Requests under `/_emulator/` are the
+//! owner's control routes and skip all but authentication. Alongside,
+//! housekeeping purges deleted keys whose retention ended and rotates keys
+//! whose rotation policy says so.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,12 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Uri, header::HOST};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
 use super::access::Caller;
+use super::audit::{self, AuditEvent, AuditLog};
 use super::auth::BearerAuth;
 use super::backup::BackupSealer;
 use super::calls::{CallCounter, FAULTED, THROTTLED};
@@ -45,6 +51,7 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct App {
     pub(crate) vault: Vault,
     pub(crate) calls: CallCounter,
+    pub(crate) audit: AuditLog,
     pub(crate) auth: BearerAuth,
     pub(crate) faults: Faults,
     pub(crate) clock: Clock,
@@ -68,6 +75,7 @@ impl App {
         Self {
             vault,
             calls: CallCounter::default(),
+            audit: AuditLog::default(),
             auth: BearerAuth::new(args.token.clone()),
             faults: Faults::new(shutdown),
             clock: Clock::default(),
@@ -158,29 +166,81 @@ async fn control_request(app: &App, request: Request) -> Response {
     outcome.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// A Key Vault request.
+/// A Key Vault request: answered, audited once authenticated, and tagged
+/// with the request-id headers whatever the answer.
 async fn vault_request(app: &App, request: Request) -> Response {
     if !app.latency.is_zero() {
         tokio::time::sleep(app.latency).await;
     }
-    let caller = match app.auth.check(request.headers()) {
-        Ok(caller) => caller,
-        Err(refusal) => return refusal.into_response(),
+    let client_request_id = audit::client_request_id(request.headers()).map(str::to_owned);
+    let mut response = match app.auth.check(request.headers()) {
+        Ok(caller) => audited(app, &caller, request, client_request_id.as_deref()).await,
+        Err(refusal) => refusal.into_response(),
     };
-    if let Some(throttle) = &app.throttle {
-        if let Err(wait) = throttle.admit(Instant::now()) {
-            app.calls.record(THROTTLED);
-            return throttle::too_many_requests(wait);
-        }
-    }
-    process(app, &caller, request).await.unwrap_or_else(IntoResponse::into_response)
+    audit::tag_response(&mut response, client_request_id.as_deref());
+    response
 }
 
-/// Everything after authentication and throttling.
-async fn process(app: &App, caller: &Caller, request: Request) -> Result<Response, ServiceError> {
+/// An authenticated request, throttled or processed, then written to the
+/// audit log with its outcome. A request whose client goes away before
+/// the answer (one hanging on a fault, say) is not logged.
+async fn audited(app: &App, caller: &Caller, request: Request, client_request_id: Option<&str>) -> Response {
+    let started = Instant::now();
+    let time = audit::rfc3339(app.clock.system_time());
     let (parts, body) = request.into_parts();
+    let route = Route::parse(parts.method.as_str(), parts.uri.path());
+    let operation_name =
+        route.as_ref().map_or(audit::UNKNOWN_OPERATION, |route| audit::operation_name(route.operation()));
+    let id = route.as_ref().ok().and_then(|route| key_identifier(route, &parts, &app.listen_authority));
+    let id = id.unwrap_or_default();
+    let throttled = app.throttle.as_ref().and_then(|throttle| throttle.admit(Instant::now()).err());
+    let response = match throttled {
+        Some(wait) => {
+            app.calls.record(THROTTLED);
+            throttle::too_many_requests(wait)
+        }
+        None => process(app, caller, parts, body, route).await.unwrap_or_else(IntoResponse::into_response),
+    };
+    let caller_identity = match caller {
+        Caller::Owner => "owner".to_owned(),
+        Caller::Identity { name, .. } => name.clone(),
+    };
+    app.audit.record(AuditEvent {
+        time,
+        operation_name: operation_name.to_owned(),
+        result_signature: audit::result_signature(response.status()),
+        http_status_code: response.status().as_u16(),
+        id,
+        caller_identity,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        correlation_id: client_request_id.unwrap_or_default().to_owned(),
+    });
+    response
+}
+
+/// `https://{host}/keys/{name}[/{version}]` for a route that names a key;
+/// the listen address stands in for a Host header that is not valid.
+fn key_identifier(route: &Route, parts: &Parts, listen_authority: &str) -> Option<String> {
+    let name = route.key_name()?;
+    let vault = vault_url(&parts.headers, &parts.uri, listen_authority)
+        .unwrap_or_else(|_| format!("https://{listen_authority}"));
+    Some(match route.key_version() {
+        Some(version) => format!("{vault}/keys/{name}/{version}"),
+        None => format!("{vault}/keys/{name}"),
+    })
+}
+
+/// Everything after authentication and throttling; `route` is what the
+/// method and path parsed to, refused only after the `api-version` check.
+async fn process(
+    app: &App,
+    caller: &Caller,
+    parts: Parts,
+    body: Body,
+    route: Result<Route, ServiceError>,
+) -> Result<Response, ServiceError> {
     let query = query_parameters(&parts.uri)?;
-    let route = Route::parse(parts.method.as_str(), parts.uri.path())?;
+    let route = route?;
     app.calls.record(route.operation());
     let vault_url = vault_url(&parts.headers, &parts.uri, &app.listen_authority)?;
     caller.authorize(&route, vault_url.trim_start_matches("https://"))?;
@@ -193,7 +253,7 @@ async fn process(app: &App, caller: &Caller, request: Request) -> Result<Respons
     handlers::handle(app, &ctx, route, &body).await
 }
 
-async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ServiceError> {
+async fn read_body(body: Body) -> Result<axum::body::Bytes, ServiceError> {
     axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| ServiceError::bad_parameter("The request body is unreadable or larger than 1 MiB."))
@@ -232,7 +292,161 @@ fn vault_url(headers: &HeaderMap, uri: &Uri, fallback: &str) -> Result<String, S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::{CLIENT_REQUEST_ID, REQUEST_ID};
+    use crate::{Fault, FaultAction, RecoveryLevel, backup, store, vault};
     use axum::http::HeaderValue;
+    use axum::http::header::AUTHORIZATION;
+    use serde_json::{Value, json};
+    use std::num::NonZeroU32;
+    use std::path::Path;
+    use tower::ServiceExt;
+
+    const OWNER: &str = "owner-token";
+
+    /// A vault in `dir` behind the real router, without TLS or sockets.
+    async fn app(dir: &Path, throttle_rps: Option<u32>) -> Arc<App> {
+        let args = EmulatorArgs {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            state_dir: dir.to_path_buf(),
+            recovery_level: RecoveryLevel::Recoverable,
+            sku: Sku::Premium,
+            recoverable_days: 90,
+            throttle_rps: throttle_rps.and_then(NonZeroU32::new),
+            latency: Duration::ZERO,
+            tls_names: Vec::new(),
+            token: OWNER.to_owned(),
+        };
+        let policy = vault::DeletionPolicy::new(args.recovery_level, args.recoverable_days).expect("policy");
+        store::create_state_dir(dir).expect("state dir");
+        let vault = Vault::open(store::KeyStore::open(dir).expect("store"), policy).await.expect("vault");
+        let backups = backup::BackupSealer::open(dir).expect("backup secret");
+        Arc::new(App::new(vault, backups, &args, args.addr, CancellationToken::new()))
+    }
+
+    /// Sends one request as `token` with `x-ms-client-request-id` values
+    /// `client_ids`; the response's headers and JSON body.
+    async fn send(
+        app: &Arc<App>,
+        (method, path): (&str, &str),
+        token: Option<&str>,
+        client_ids: &[&[u8]],
+        body: Value,
+    ) -> (HeaderMap, Value) {
+        let mut request = axum::http::Request::builder().method(method).uri(path).header(HOST, "localhost:8443");
+        if let Some(token) = token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for id in client_ids {
+            request = request.header(CLIENT_REQUEST_ID, HeaderValue::from_bytes(id).expect("header value"));
+        }
+        let request = request.body(Body::from(body.to_string())).expect("request");
+        let response = router(app.clone()).oneshot(request).await.expect("infallible");
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        (headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// `(operationName, httpStatusCode, resultSignature, callerIdentity, correlationId)` of every entry.
+    fn summary(app: &App) -> Vec<(String, u16, String, String, String)> {
+        let entries = app.audit.snapshot();
+        entries
+            .into_iter()
+            .map(|e| (e.operation_name, e.http_status_code, e.result_signature, e.caller_identity, e.correlation_id))
+            .collect()
+    }
+
+    fn entry(op: &str, status: u16, signature: &str, caller: &str, id: &str) -> (String, u16, String, String, String) {
+        (op.to_owned(), status, signature.to_owned(), caller.to_owned(), id.to_owned())
+    }
+
+    #[tokio::test]
+    async fn every_authenticated_request_is_audited_under_its_client_request_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = app(dir.path(), None).await;
+        app.auth.policies.set("reader", "reader-token", &["get"]).expect("identity");
+        let ec = json!({"kty": "EC", "crv": "P-256"});
+        let create = ("POST", "/keys/k1/create?api-version=7.5");
+        let (headers, created) = send(&app, create, Some(OWNER), &[b"req-1"], ec).await;
+        assert_eq!(headers[CLIENT_REQUEST_ID], "req-1", "echoed");
+        assert_eq!(headers[REQUEST_ID].len(), 36);
+        let kid = created["key"]["kid"].as_str().expect("kid").to_owned();
+        let version = kid.rsplit('/').next().expect("version").to_owned();
+
+        let get = format!("/keys/k1/{version}?api-version=7.5");
+        send(&app, ("GET", &get), Some("reader-token"), &[b"req-2"], Value::Null).await;
+        let sign = ("POST", "/keys/k1//sign?api-version=7.5");
+        send(&app, sign, Some("reader-token"), &[b"req-3"], json!({})).await;
+        let (headers, _) = send(&app, ("GET", "/keys"), Some(OWNER), &[], Value::Null).await;
+        assert!(headers.get(CLIENT_REQUEST_ID).is_none() && headers.contains_key(REQUEST_ID));
+        send(&app, ("GET", "/secrets/s?api-version=7.5"), Some(OWNER), &[b"req-5"], Value::Null).await;
+        // Not authenticated: answered with the headers, but not logged.
+        let (headers, _) = send(&app, ("GET", "/keys?api-version=7.5"), None, &[b"req-6"], Value::Null).await;
+        assert_eq!(headers[CLIENT_REQUEST_ID], "req-6");
+        assert!(headers.contains_key(REQUEST_ID));
+
+        assert_eq!(
+            summary(&app),
+            [
+                entry("KeyCreate", 200, "OK", "owner", "req-1"),
+                entry("KeyGet", 200, "OK", "reader", "req-2"),
+                entry("KeySign", 403, "Forbidden", "reader", "req-3"),
+                entry("KeyList", 400, "BadRequest", "owner", ""),
+                entry("Unknown", 404, "NotFound", "owner", "req-5"),
+            ]
+        );
+        let entries = app.audit.snapshot();
+        assert_eq!(entries[0].id, "https://localhost:8443/keys/k1");
+        assert_eq!(entries[1].id, kid, "the versioned key identifier");
+        assert_eq!(entries[3].id, "", "a list names no key");
+        assert!(entries[0].time.ends_with('Z') && entries[0].time.len() == 24, "{}", entries[0].time);
+
+        // The control route shows the same log and is not logged itself.
+        let (headers, shown) = send(&app, ("GET", "/_emulator/audit"), Some(OWNER), &[], Value::Null).await;
+        assert!(!headers.contains_key(REQUEST_ID), "not a Key Vault request");
+        assert_eq!(shown["value"][2]["operationName"], "KeySign");
+        assert_eq!(shown["value"][2]["correlationId"], "req-3");
+        assert_eq!(shown["value"][2]["httpStatusCode"], 403);
+        assert_eq!(shown["value"][1]["id"], kid);
+        assert_eq!(serde_json::from_value::<Vec<AuditEvent>>(shown["value"].clone()).expect("entries"), entries);
+        let (_, refused) = send(&app, ("GET", "/_emulator/audit"), Some("reader-token"), &[], Value::Null).await;
+        assert_eq!(refused["error"]["innererror"]["code"], "ForbiddenByPolicy", "owner only");
+        assert_eq!(app.audit.snapshot().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn hostile_client_request_ids_are_neither_logged_nor_echoed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = app(dir.path(), None).await;
+        let long = [b'x'; 129];
+        let hostile: [&[&[u8]]; 4] = [&[&long], &[b"a\tb"], &[b"caf\xc3\xa9"], &[b"one", b"two"]];
+        for ids in hostile {
+            let (headers, _) = send(&app, ("GET", "/keys?api-version=7.5"), Some(OWNER), ids, Value::Null).await;
+            assert!(headers.get(CLIENT_REQUEST_ID).is_none(), "{ids:?} echoed");
+            assert!(headers.contains_key(REQUEST_ID));
+        }
+        let logged: Vec<String> = app.audit.snapshot().into_iter().map(|e| e.correlation_id).collect();
+        assert_eq!(logged, ["", "", "", ""]);
+    }
+
+    #[tokio::test]
+    async fn faulted_and_throttled_requests_are_audited() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = app(dir.path(), Some(1)).await;
+        let unavailable = FaultAction::Status(503);
+        app.faults.set(vec![Fault { key: None, operation: Some("get_key".to_owned()), action: unavailable }]);
+        let get = ("GET", "/keys/k1?api-version=7.5");
+        send(&app, get, Some(OWNER), &[b"first"], Value::Null).await;
+        let (headers, _) = send(&app, get, Some(OWNER), &[b"second"], Value::Null).await;
+        assert_eq!(headers[CLIENT_REQUEST_ID], "second");
+        assert_eq!(
+            summary(&app),
+            [
+                entry("KeyGet", 503, "ServiceUnavailable", "owner", "first"),
+                entry("KeyGet", 429, "TooManyRequests", "owner", "second"),
+            ]
+        );
+        assert!(app.audit.snapshot().iter().all(|e| e.id == "https://localhost:8443/keys/k1"));
+    }
 
     #[test]
     fn api_version_is_required() {

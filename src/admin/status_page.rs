@@ -1,9 +1,10 @@
 //! The status page, `GET /`: one small server-rendered HTML page that an
 //! operator can leave open in a browser. It shows each tenant's state, key
-//! health, hot and sealed counts and seal lag, and the worker's totals; it
+//! health, hot and sealed counts and seal lag, the worker's totals, and
+//! every shard of the deployment with its owner and tenant count; it
 //! refreshes itself, needs no scripts and loads no external assets.
 //!
-//! [`snapshot`] reads what the page shows from a shard and its consumer's readiness;
+//! [`snapshot`] reads what the page shows from the owned shards;
 //! [`render`] turns a [`Snapshot`] into HTML, purely, escaping every string
 //! it did not write itself. The page never shows payloads, key material or
 //! key URIs: only what `/metrics` already exposes, plus key health reasons,
@@ -11,13 +12,14 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::shards_api::ShardLine;
 use crate::clock::rfc3339;
 use crate::config::Settings;
-use crate::events::projection::state_name;
+use crate::events::projection::{TENANT_STATES, state_name};
 use crate::health::policy::KeyHealthView;
-use crate::ingest::consumer::Readiness;
 use crate::proto::store::{TenantProjection, TenantState};
 use crate::shard::Shard;
 use crate::storage::{StoreError, keys};
@@ -35,14 +37,20 @@ pub const OVERDUE_SCAN_LIMIT: usize = 10_000;
 pub struct Snapshot {
     /// When the snapshot was taken (Unix ms, the worker's clock).
     pub taken_at_ms: i64,
-    /// Whether the ingest consumer is connected to RabbitMQ and consuming.
+    /// Whether the worker holds its leases and every owned shard consumes.
     pub amqp_ready: bool,
     /// The worker's `--seal-after`.
     pub seal_after: Duration,
     /// How far past the seal age the oldest record in `hot` is (what
     /// `/metrics` reports as `keyseal_seal_lag_seconds`).
     pub seal_lag: Duration,
-    /// Every known tenant, sorted by id.
+    /// The shards this worker owns.
+    pub shards: Vec<u32>,
+    /// The deployment's shard count.
+    pub shard_count: u32,
+    /// Every shard of the deployment: its owner, since when, its tenants.
+    pub deployment: Vec<ShardLine>,
+    /// Every known tenant of the owned shards, sorted by id.
     pub tenants: Vec<TenantRow>,
 }
 
@@ -60,9 +68,40 @@ pub struct TenantRow {
     pub seal_lag: Option<Duration>,
 }
 
-/// Reads what the page shows from `shard` now.
-pub fn snapshot(shard: &Shard, ready: &Readiness, settings: &Settings) -> Result<Snapshot, StoreError> {
-    let now_ms = shard.now_ms();
+/// Reads what the page shows from the worker's owned `shards` now, with
+/// the `deployment`'s shard lines (asked of their owners beforehand).
+pub fn snapshot(
+    shards: &[Arc<Shard>],
+    deployment: Vec<ShardLine>,
+    now_ms: i64,
+    amqp_ready: bool,
+    settings: &Settings,
+) -> Result<Snapshot, StoreError> {
+    let mut tenants = Vec::new();
+    let mut seal_lag = Duration::ZERO;
+    for shard in shards {
+        seal_lag = seal_lag.max(shard_rows(shard, now_ms, settings, &mut tenants)?);
+    }
+    tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    Ok(Snapshot {
+        taken_at_ms: now_ms,
+        amqp_ready,
+        seal_after: settings.seal_after,
+        seal_lag,
+        shards: shards.iter().map(|shard| shard.id.0).collect(),
+        shard_count: deployment.len() as u32,
+        deployment,
+        tenants,
+    })
+}
+
+/// Adds the rows of `shard`'s tenants to `rows` and returns the shard's seal lag.
+fn shard_rows(
+    shard: &Shard,
+    now_ms: i64,
+    settings: &Settings,
+    rows: &mut Vec<TenantRow>,
+) -> Result<Duration, StoreError> {
     let seal_after = settings.seal_after;
     // A tenant's seal lag needs its oldest record in `hot`, but the time
     // index is ordered by time, not by tenant. Reading only the overdue part
@@ -71,7 +110,7 @@ pub fn snapshot(shard: &Shard, ready: &Readiness, settings: &Settings) -> Result
     // of every active tenant. Only a tenant whose sealing is held back piles
     // up a backlog there, so the read stops after OVERDUE_SCAN_LIMIT entries
     // and a tenant it did not reach shows its lag as not measured. The
-    // worker-wide lag is exact either way: it is the first entry's.
+    // shard-wide lag is exact either way: it is the first entry's.
     let cutoff_ms = sealing::seal_cutoff_ms(now_ms, seal_after);
     let overdue = shard.store.ingested_before(None, cutoff_ms, OVERDUE_SCAN_LIMIT)?;
     let read_all_overdue = overdue.len() < OVERDUE_SCAN_LIMIT;
@@ -82,26 +121,15 @@ pub fn snapshot(shard: &Shard, ready: &Readiness, settings: &Settings) -> Result
         }
     }
     let lag = |ingested_at_ms| sealing::seal_lag(now_ms, seal_after, ingested_at_ms);
-    let tenants = shard
-        .store
-        .tenants()
-        .into_iter()
-        .map(|(tenant, projection)| {
-            let seal_lag = match oldest_overdue.get(tenant.as_str()) {
-                Some(&ingested_at_ms) => Some(lag(ingested_at_ms)),
-                None if read_all_overdue || projection.hot_records == 0 => Some(Duration::ZERO),
-                None => None,
-            };
-            TenantRow { health: KeyHealthView::of(&projection, settings.lockdown_after), tenant, projection, seal_lag }
-        })
-        .collect();
-    Ok(Snapshot {
-        taken_at_ms: now_ms,
-        amqp_ready: ready.is_ready(),
-        seal_after,
-        seal_lag: overdue.first().map_or(Duration::ZERO, |entry| lag(entry.ingested_at_ms)),
-        tenants,
-    })
+    rows.extend(shard.store.tenants().into_iter().map(|(tenant, projection)| {
+        let seal_lag = match oldest_overdue.get(tenant.as_str()) {
+            Some(&ingested_at_ms) => Some(lag(ingested_at_ms)),
+            None if read_all_overdue || projection.hot_records == 0 => Some(Duration::ZERO),
+            None => None,
+        };
+        TenantRow { health: KeyHealthView::of(&projection, settings.lockdown_after), tenant, projection, seal_lag }
+    }));
+    Ok(overdue.first().map_or(Duration::ZERO, |entry| lag(entry.ingested_at_ms)))
 }
 
 /// The page for `snapshot`, as a complete HTML document.
@@ -130,6 +158,7 @@ time{white-space:nowrap}
 .state-active{background:#dcfce7;color:#14532d}
 .state-degraded{background:#fef3c7;color:#78350f}
 .state-locked_down{background:#fee2e2;color:#7f1d1d}
+.state-erased{background:#e5e7eb;color:#374151}
 .ok{color:#15803d}
 .bad,.health-unavailable{color:#b91c1c;font-weight:600}
 .late{color:#b45309;font-weight:600}
@@ -159,6 +188,7 @@ fn write_page(out: &mut String, s: &Snapshot) -> fmt::Result {
         Time(s.taken_at_ms)
     )?;
     write_summary(out, s)?;
+    write_shards(out, s)?;
     write_tenants(out, &s.tenants)?;
     out.push_str("</main>\n</body>\n</html>\n");
     Ok(())
@@ -166,7 +196,7 @@ fn write_page(out: &mut String, s: &Snapshot) -> fmt::Result {
 
 fn write_summary(out: &mut String, s: &Snapshot) -> fmt::Result {
     let (amqp_class, amqp_text) = if s.amqp_ready { ("ok", "consuming") } else { ("bad", "not consuming") };
-    let per_state = [TenantState::Active, TenantState::Degraded, TenantState::LockedDown]
+    let per_state = TENANT_STATES
         .map(|state| {
             let count = s.tenants.iter().filter(|t| t.projection.state() == state).count();
             format!("{count} {}", state_label(state))
@@ -183,13 +213,62 @@ fn write_summary(out: &mut String, s: &Snapshot) -> fmt::Result {
 <div><dt>Tenants</dt><dd>{} <small>({per_state})</small></dd></div>
 <div><dt>Records</dt><dd>{hot} hot, {sealed} sealed</dd></div>
 <div><dt>Seal lag</dt><dd>{} <small>(records seal after {})</small></dd></div>
+<div><dt>Shards owned</dt><dd>{} <small>(of {})</small></dd></div>
 </dl>
 </section>
 ",
         s.tenants.len(),
         Lag(Some(s.seal_lag)),
         humantime::format_duration(s.seal_after),
+        ShardList(&s.shards),
+        s.shard_count,
     )
+}
+
+/// Shard ids as `0, 3, 4`, or `none`.
+struct ShardList<'a>(&'a [u32]);
+
+impl fmt::Display for ShardList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let ids: Vec<String> = self.0.iter().map(u32::to_string).collect();
+        f.write_str(&ids.join(", "))
+    }
+}
+
+/// The deployment's shards, one row each; this worker's are marked.
+fn write_shards(out: &mut String, s: &Snapshot) -> fmt::Result {
+    out.push_str(
+        "<section aria-labelledby=\"shards\">
+<h2 id=\"shards\">Shards</h2>
+<table>
+<thead><tr><th scope=\"col\" class=\"num\">Shard</th><th scope=\"col\">Owner</th><th scope=\"col\">Since</th>\
+<th scope=\"col\" class=\"num\">Tenants</th></tr></thead>
+<tbody>
+",
+    );
+    for line in &s.deployment {
+        write!(out, "<tr data-shard=\"{}\">\n<th scope=\"row\" class=\"num\">{}</th>\n", line.shard, line.shard)?;
+        match &line.owner {
+            Some(owner) if s.shards.contains(&line.shard) => {
+                writeln!(out, "<td>{} <small>(this worker)</small></td>", Escaped(owner))?
+            }
+            Some(owner) => writeln!(out, "<td>{}</td>", Escaped(owner))?,
+            None => out.push_str("<td class=\"bad\">no owner</td>\n"),
+        }
+        match &line.since {
+            Some(since) => writeln!(out, "<td><time datetime=\"{0}\">{0}</time></td>", Escaped(since))?,
+            None => out.push_str("<td>–</td>\n"),
+        }
+        match line.tenants {
+            Some(tenants) => write!(out, "<td class=\"num\">{tenants}</td>\n</tr>\n")?,
+            None => out.push_str("<td class=\"num\">–</td>\n</tr>\n"),
+        }
+    }
+    out.push_str("</tbody>\n</table>\n</section>\n");
+    Ok(())
 }
 
 fn write_tenants(out: &mut String, tenants: &[TenantRow]) -> fmt::Result {
@@ -250,6 +329,9 @@ fn write_tenant(out: &mut String, row: &TenantRow) -> fmt::Result {
     }
     if let Some(at) = health.lockdown_at_ms {
         write!(out, "<br><strong>locks down at {}</strong>", Time(at))?;
+    }
+    if let Some(at) = health.expiring_at_ms {
+        write!(out, "<br><strong class=\"late\" data-expiring>key expires {}</strong>", Time(at))?;
     }
     write!(
         out,
@@ -335,6 +417,16 @@ mod tests {
             amqp_ready: true,
             seal_after: Duration::from_secs(48 * 3600),
             seal_lag: Duration::from_secs(90),
+            shards: vec![0, 3],
+            shard_count: 4,
+            deployment: (0..4)
+                .map(|shard| ShardLine {
+                    shard,
+                    owner: (shard != 2).then(|| if shard % 3 == 0 { "here:1" } else { "<b>there</b>:2" }.to_owned()),
+                    since: (shard != 2).then(|| "2026-12-07T01:00:00.000Z".to_owned()),
+                    tenants: (shard != 2).then_some(u64::from(shard) * 10),
+                })
+                .collect(),
             tenants,
         })
     }
@@ -377,7 +469,7 @@ mod tests {
         let beta = row_of(&html, "beta");
         assert!(beta.contains("data-state=\"active\"") && beta.contains(">active</span>"), "{beta}");
         assert!(beta.contains("managed key") && beta.contains(">healthy</span>"), "{beta}");
-        assert!(html.contains("<dd>2 <small>(1 active, 0 degraded, 1 locked down)</small></dd>"), "{html}");
+        assert!(html.contains("<dd>2 <small>(1 active, 0 degraded, 1 locked down, 0 erased)</small></dd>"), "{html}");
         assert!(html.contains("9 hot, 3 sealed"), "totals");
         assert!(html.contains(">1m 30s<"), "the worker's seal lag");
     }
@@ -394,6 +486,20 @@ mod tests {
             acme.contains("locks down at <time datetime=\"1970-01-01T00:50:01.000Z\">1970-01-01 00:50:01 UTC</time>"),
             "{acme}"
         );
+    }
+
+    #[test]
+    fn a_key_expiring_soon_shows_a_warning_until_the_version_changes() {
+        let mut p = locked_down("");
+        p.set_state(TenantState::Active);
+        p.expiry_warned_version = "v1".into();
+        p.key_expires_at_unix_ms = 86_400_000;
+        let warned = page(vec![row("acme", p.clone(), Some(Duration::ZERO))]);
+        let acme = row_of(&warned, "acme");
+        assert!(acme.contains(">key expires <time datetime=\"1970-01-02T00:00:00.000Z\">"), "{acme}");
+        p.key_version = "v2".into();
+        let rolled = page(vec![row("acme", p, Some(Duration::ZERO))]);
+        assert!(!rolled.contains("key expires"), "the warning was about v1: {rolled}");
     }
 
     #[test]
@@ -418,10 +524,32 @@ mod tests {
     }
 
     #[test]
+    fn the_page_shows_which_shards_the_worker_owns() {
+        let html = page(Vec::new());
+        assert!(html.contains("<dt>Shards owned</dt><dd>0, 3 <small>(of 4)</small></dd>"), "{html}");
+        assert_eq!(ShardList(&[]).to_string(), "none");
+    }
+
+    #[test]
+    fn the_page_shows_every_shard_s_owner_and_tenant_count() {
+        let html = page(Vec::new());
+        let row = |shard: u32| {
+            let start = html.find(&format!("<tr data-shard=\"{shard}\">")).expect("the shard's row");
+            &html[start..start + html[start..].find("</tr>").expect("the row ends")]
+        };
+        assert!(row(0).contains("<td>here:1 <small>(this worker)</small></td>"), "{}", row(0));
+        assert!(row(1).contains("<td>&lt;b&gt;there&lt;/b&gt;:2</td>"), "an owner's name is escaped: {}", row(1));
+        assert!(row(1).contains("<td class=\"num\">10</td>") && !row(1).contains("this worker"), "{}", row(1));
+        assert!(row(2).contains("no owner"), "{}", row(2));
+        assert!(row(3).contains("(this worker)") && row(3).contains("2026-12-07T01:00:00.000Z"), "{}", row(3));
+    }
+
+    #[test]
     fn a_worker_without_tenants_says_so() {
         let html = page(Vec::new());
         assert!(html.contains("No tenants yet"), "{html}");
-        assert!(!html.contains("<table"));
-        assert!(html.contains("<dd>0 <small>(0 active, 0 degraded, 0 locked down)</small></dd>"), "{html}");
+        let tenants = &html[html.find("<h2 id=\"tenants\">").expect("the tenants section")..];
+        assert!(!tenants.contains("<table"), "no empty tenant table: {tenants}");
+        assert!(html.contains("<dd>0 <small>(0 active, 0 degraded, 0 locked down, 0 erased)</small></dd>"), "{html}");
     }
 }

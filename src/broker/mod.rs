@@ -6,7 +6,8 @@ pub mod publish;
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -15,8 +16,21 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Topic exchange producers publish `IngestRecord`s to (routing key = tenant).
 pub const INGEST_EXCHANGE: &str = "keyseal.ingest";
-/// Quorum queue the worker consumes, bound to [`INGEST_EXCHANGE`] with `#`.
+/// The intake: quorum queue every worker consumes, where messages of
+/// tenants not yet placed on a shard arrive (through [`UNPLACED_EXCHANGE`]).
+/// It was bound to [`INGEST_EXCHANGE`] with `#` while keyseal had one queue.
 pub const INGEST_QUEUE: &str = "keyseal.ingest";
+/// Direct exchange with one binding per placed tenant (binding key = tenant
+/// id) to its shard queue; [`INGEST_EXCHANGE`] hands it every message.
+pub const ROUTE_EXCHANGE: &str = "keyseal.route";
+/// Fanout exchange: the alternate exchange of [`ROUTE_EXCHANGE`], so a
+/// tenant with no binding yet lands in the intake [`INGEST_QUEUE`].
+pub const UNPLACED_EXCHANGE: &str = "keyseal.unplaced";
+/// Queue every worker consumes and nobody publishes to: its consumer count
+/// is the number of live workers, and its `x-max-length` argument holds the
+/// deployment's shard count (RabbitMQ refuses a redeclaration with another
+/// value, so a worker started with a different `--shards` cannot join).
+pub const WORKERS_QUEUE: &str = "keyseal.workers";
 /// Dead-letter exchange of the ingest queue.
 pub const DEAD_LETTER_EXCHANGE: &str = "keyseal.ingest.dlx";
 /// Where rejected messages rest, with their reason in [`ERROR_HEADER`].
@@ -29,6 +43,17 @@ pub const ERROR_HEADER: &str = "x-keyseal-error";
 pub const ERROR_DETAIL_HEADER: &str = "x-keyseal-error-detail";
 /// Content type of every protobuf body keyseal sends or expects.
 pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
+
+/// The ingest queue of shard `shard`.
+pub fn shard_queue(shard: u32) -> String {
+    format!("keyseal.ingest.shard-{shard}")
+}
+
+/// The lease queue of shard `shard`: whoever holds it (declared exclusive)
+/// owns the shard.
+pub fn lease_queue(shard: u32) -> String {
+    format!("keyseal.shard-{shard}.owner")
+}
 
 /// Opens a connection named after its role (visible in the management UI).
 pub async fn connect(url: &str, role: &str) -> lapin::Result<Connection> {
@@ -51,25 +76,109 @@ pub async fn close_channel(channel: &Channel, reason: &str) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
 }
 
-/// Declares the whole fixed topology. Idempotent, so every role declares it
-/// and none depends on another having started first.
+/// Declares the fixed topology every role relies on: the exchanges, the
+/// dead-letter queue and the intake, and the route from `keyseal.ingest`
+/// through `keyseal.route` (unplaced tenants fall through to the intake).
+/// Idempotent, so every role declares it and none depends on another having
+/// started first. Removes the one-queue layout's `#` binding of the intake
+/// (its backlog then drains through placement).
 pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
-    let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     for exchange in [INGEST_EXCHANGE, DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE] {
-        channel.exchange_declare(exchange.into(), ExchangeKind::Topic, durable_exchange, FieldTable::default()).await?;
+        channel.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
     }
-    let mut quorum = FieldTable::default();
-    quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    channel.queue_declare(DEAD_LETTER_QUEUE.into(), QueueDeclareOptions::durable(), quorum.clone()).await?;
-    let mut ingest = quorum;
-    ingest.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()));
-    channel.queue_declare(INGEST_QUEUE.into(), QueueDeclareOptions::durable(), ingest).await?;
-    for (queue, exchange) in [(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE), (INGEST_QUEUE, INGEST_EXCHANGE)] {
+    channel.exchange_declare(UNPLACED_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
+    let mut route = FieldTable::default();
+    route.insert("alternate-exchange".into(), AMQPValue::LongString(UNPLACED_EXCHANGE.into()));
+    channel.exchange_declare(ROUTE_EXCHANGE.into(), ExchangeKind::Direct, durable, route).await?;
+    channel.queue_declare(DEAD_LETTER_QUEUE.into(), QueueDeclareOptions::durable(), quorum()).await?;
+    channel.queue_declare(INGEST_QUEUE.into(), QueueDeclareOptions::durable(), dead_lettering(quorum())).await?;
+    let no_args = FieldTable::default;
+    channel
+        .queue_bind(
+            DEAD_LETTER_QUEUE.into(),
+            DEAD_LETTER_EXCHANGE.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        )
+        .await?;
+    channel
+        .queue_bind(INGEST_QUEUE.into(), UNPLACED_EXCHANGE.into(), "".into(), QueueBindOptions::default(), no_args())
+        .await?;
+    channel
+        .exchange_bind(
+            ROUTE_EXCHANGE.into(),
+            INGEST_EXCHANGE.into(),
+            "#".into(),
+            ExchangeBindOptions::default(),
+            no_args(),
+        )
+        .await?;
+    channel.queue_unbind(INGEST_QUEUE.into(), INGEST_EXCHANGE.into(), "#".into(), no_args()).await
+}
+
+/// Declares the shard queues of a deployment of `shards` shards and the
+/// workers queue that records the count. [`ShardCountError::Mismatch`]
+/// when the deployment on this broker has another count.
+pub async fn declare_shard_queues(connection: &Connection, shards: u32) -> Result<(), ShardCountError> {
+    // A refused declaration closes its channel: give it one of its own.
+    let check = connection.create_channel().await?;
+    let mut workers = FieldTable::default();
+    workers.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::from(shards)));
+    match check.queue_declare(WORKERS_QUEUE.into(), QueueDeclareOptions::durable(), workers).await {
+        Ok(_) => close_channel(&check, "declared").await,
+        Err(e) if is_soft_error(&e, AMQPSoftError::PRECONDITIONFAILED) => {
+            return Err(ShardCountError::Mismatch { shards, broker: e.to_string() });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let channel = connection.create_channel().await?;
+    let mut queue = dead_lettering(quorum());
+    queue.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    for shard in 0..shards {
         channel
-            .queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_declare(shard_queue(shard).as_str().into(), QueueDeclareOptions::durable(), queue.clone())
             .await?;
     }
+    close_channel(&channel, "declared").await;
     Ok(())
+}
+
+/// Why the shard queues could not be declared.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardCountError {
+    /// The broker already holds a deployment with another shard count.
+    #[error(
+        "this worker runs with --shards {shards}, but the deployment on this broker was created with another shard count, \
+         kept as the x-max-length of queue {WORKERS_QUEUE} (the broker said: {broker}); the shard count is fixed for a \
+         deployment's life: start every worker with the deployment's count"
+    )]
+    Mismatch {
+        /// This worker's count.
+        shards: u32,
+        /// The broker's refusal, which names both counts.
+        broker: String,
+    },
+    /// The broker failed otherwise.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// Whether `error` is the broker's soft (channel) error `kind`.
+pub fn is_soft_error(error: &lapin::Error, kind: AMQPSoftError) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if *e.kind() == AMQPErrorKind::Soft(kind))
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args
+}
+
+fn dead_lettering(mut args: FieldTable) -> FieldTable {
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()));
+    args
 }
 
 /// Exponential reconnect backoff: 100 ms doubling to a 10 s ceiling.

@@ -9,11 +9,14 @@ pub mod rewrapper;
 use tracing::{info, warn};
 
 use self::rewrapper::RewrapRequests;
+use crate::audit::KeyUse;
 use crate::crypto::keyring::{RewrapSummary, TenantRoot};
 use crate::error::Contained;
+use crate::health::canary;
+use crate::keyvault::KeyUri;
 use crate::keyvault::validate::{KeyRefusal, validate};
 use crate::proto::store::TenantState;
-use crate::proto::v1::{EncryptionDisabled, EncryptionEnabled, event::Kind};
+use crate::proto::v1::{EncryptionDisabled, EncryptionEnabled, KeyPurpose, event::Kind};
 use crate::shard::Shard;
 use crate::storage::StoreError;
 use crate::sweeps::Sweeper;
@@ -58,7 +61,9 @@ pub async fn enable(
     let _exclusive = sweeper.exclusive().await;
     let vault = shard.keyring.vault().map_err(|e| EncryptionError::VaultNotConfigured(e.to_string()))?;
     let now_ms = shard.now_ms();
-    let (uri, key) = validate(vault, key_uri, now_ms / 1000).await?;
+    let usage = KeyUse { store: &shard.store, tenant, data_key_id: b"", purpose: KeyPurpose::Validate };
+    let canary = async |uri: &KeyUri, version: &str| canary::round_trip(vault, uri, version, usage).await;
+    let (uri, key) = validate(vault, key_uri, now_ms / 1000, canary).await?;
     let mut txn = shard.store.transaction();
     txn.event(
         tenant,

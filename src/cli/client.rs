@@ -1,5 +1,5 @@
-//! The admin API client behind `keyseal tenant`, `keyseal get` and
-//! `keyseal sweep`: it finds the server with `--server`/`KEYSEAL_SERVER`
+//! The admin API client behind `keyseal tenant`, `keyseal get`,
+//! `keyseal records` and `keyseal sweep`: it finds the server with `--server`/`KEYSEAL_SERVER`
 //! and sends `KEYSEAL_ADMIN_TOKEN` when set.
 //!
 //! Requests go out over hyper's HTTP/1.1 connection (TLS by rustls with the
@@ -103,6 +103,32 @@ impl AdminClient {
         self.send(Method::GET, &format!("/v1/tenants/{}/records/{}", encode(tenant), encode(record_id))).await
     }
 
+    /// One page of `GET /v1/tenants/{tenant}/{listing}` (`records` or
+    /// `audit`); `query` holds any of `from`, `to`, `after` and `limit`.
+    pub async fn page(
+        &self,
+        tenant: &str,
+        listing: &str,
+        query: &[(&str, &str)],
+    ) -> Result<serde_json::Value, ClientError> {
+        let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish();
+        let body = self.send(Method::GET, &format!("/v1/tenants/{}/{listing}?{query}", encode(tenant))).await?;
+        Ok(serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// `DELETE /v1/tenants/{tenant}?confirm={confirm}`: erase the tenant.
+    pub async fn erase(&self, tenant: &str, confirm: &str) -> Result<serde_json::Value, ClientError> {
+        let confirm = url::form_urlencoded::Serializer::new(String::new()).append_pair("confirm", confirm).finish();
+        let body = self.send(Method::DELETE, &format!("/v1/tenants/{}?{confirm}", encode(tenant))).await?;
+        Ok(serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// `DELETE /v1/tenants/{tenant}/records/{record_id}`.
+    pub async fn delete_record(&self, tenant: &str, record_id: &str) -> Result<(), ClientError> {
+        self.send(Method::DELETE, &format!("/v1/tenants/{}/records/{}", encode(tenant), encode(record_id))).await?;
+        Ok(())
+    }
+
     /// `PUT /v1/tenants/{tenant}/encryption`: enable the tenant's own key.
     pub async fn enable(&self, tenant: &str, key_uri: &str) -> Result<serde_json::Value, ClientError> {
         let path = format!("/v1/tenants/{}/encryption", encode(tenant));
@@ -113,6 +139,25 @@ impl AdminClient {
     /// `DELETE /v1/tenants/{tenant}/encryption`: back to managed keys.
     pub async fn disable(&self, tenant: &str) -> Result<serde_json::Value, ClientError> {
         let body = self.send(Method::DELETE, &format!("/v1/tenants/{}/encryption", encode(tenant))).await?;
+        Ok(serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// `GET /v1/tenants/{tenant}/retention`.
+    pub async fn retention(&self, tenant: &str) -> Result<serde_json::Value, ClientError> {
+        let body = self.send(Method::GET, &format!("/v1/tenants/{}/retention", encode(tenant))).await?;
+        Ok(serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// `PUT /v1/tenants/{tenant}/retention`: `max_age` (humantime), or `None` for the default.
+    pub async fn set_retention(&self, tenant: &str, max_age: Option<&str>) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/v1/tenants/{}/retention", encode(tenant));
+        let body = self.send_json(Method::PUT, &path, Some(serde_json::json!({"maxAge": max_age}))).await?;
+        Ok(serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// `GET /v1/shards`: each shard's owner, since when and its tenant count.
+    pub async fn shards(&self) -> Result<serde_json::Value, ClientError> {
+        let body = self.send(Method::GET, "/v1/shards").await?;
         Ok(serde_json::from_slice(&body).unwrap_or_default())
     }
 
@@ -133,7 +178,12 @@ impl AdminClient {
     pub async fn sweep_progress(&self) -> Result<Option<keyseal::sweeps::ProgressSnapshot>, ClientError> {
         let body = self.send(Method::GET, "/v1/sweeps/progress").await?;
         let progress: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        Ok(serde_json::from_value(progress["running"].clone()).ok())
+        // Several shards answer one entry each: show the first running one.
+        let running = match progress["shards"].as_array() {
+            Some(shards) => shards.iter().map(|s| s["running"].clone()).find(|r| !r.is_null()).unwrap_or_default(),
+            None => progress["running"].clone(),
+        };
+        Ok(serde_json::from_value(running).ok())
     }
 }
 

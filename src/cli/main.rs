@@ -51,14 +51,27 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// A tenant's records: list their metadata, delete one.
+    Records {
+        #[command(subcommand)]
+        command: RecordsCommand,
+    },
     /// Run a sweep now (seal by default) and print its summary.
     Sweep {
         /// Re-encrypt sealed records whose data key is older than --max-dek-age.
-        #[arg(long, conflicts_with = "scrub")]
+        #[arg(long, conflicts_with_all = ["scrub", "retention"])]
         reencrypt: bool,
+        /// Delete records older than their tenant's retention and retire the data keys they leave unused.
+        #[arg(long, conflicts_with = "scrub")]
+        retention: bool,
         /// Decrypt and verify every record; exits 1 if any is corrupt.
         #[arg(long)]
         scrub: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show each shard's owner, since when, and its tenant count, and the live workers.
+    Shards {
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -97,6 +110,61 @@ enum TenantCommand {
     Disable {
         /// Tenant id.
         tenant: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Erase the tenant for good: its data keys destroyed, then its records removed from every file.
+    Erase {
+        /// Tenant id.
+        tenant: String,
+        /// The tenant id again, to confirm.
+        #[arg(long)]
+        confirm: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print every use of a root key for the tenant's data keys as JSON lines, oldest first.
+    Audit {
+        /// Tenant id.
+        tenant: String,
+        #[command(flatten)]
+        filters: PageArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show how long the tenant's records are kept, or set it.
+    Retention {
+        /// Tenant id.
+        tenant: String,
+        /// Keep records this long by ingestion time (humantime: 400d, 12h).
+        #[arg(long, conflicts_with = "default")]
+        max_age: Option<String>,
+        /// Drop the tenant's own retention: the worker's --default-retention applies.
+        #[arg(long)]
+        default: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RecordsCommand {
+    /// Print a tenant's record metadata (never payloads) as JSON lines, in ingestion order, page after page.
+    List {
+        /// Tenant id.
+        tenant: String,
+        /// `--from`/`--to` are ingestion times.
+        #[command(flatten)]
+        filters: PageArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete one record; a re-send of its id is dead-lettered until the worker's --tombstone-ttl passes.
+    Delete {
+        /// Tenant id.
+        tenant: String,
+        /// Record id.
+        record_id: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -151,7 +219,7 @@ struct PublishArgs {
 }
 
 /// What the long-running commands log unless `KEYSEAL_LOG` says otherwise.
-const WORKER_LOG: &str = "info,lapin=warn";
+const WORKER_LOG: &str = "info,lapin=warn,lapin::returned_messages=error";
 
 fn main() -> std::process::ExitCode {
     let args = match config::with_config_file(std::env::args_os().collect(), "run") {
@@ -197,12 +265,46 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 print_json(&server.client().enable(&tenant, &key_uri).await?)
             }
             TenantCommand::Disable { tenant, server } => print_json(&server.client().disable(&tenant).await?),
+            TenantCommand::Erase { tenant, confirm, server } => {
+                print_json(&server.client().erase(&tenant, &confirm).await?)
+            }
+            TenantCommand::Audit { tenant, filters, server } => {
+                print_pages(&server.client(), &tenant, Listing::Audit, filters).await
+            }
+            TenantCommand::Retention { tenant, max_age, default, server } => {
+                let client = server.client();
+                let answer = match (max_age, default) {
+                    (Some(age), _) => client.set_retention(&tenant, Some(&age)).await?,
+                    (None, true) => client.set_retention(&tenant, None).await?,
+                    (None, false) => client.retention(&tenant).await?,
+                };
+                print_json(&answer)
+            }
         },
         Command::Get { tenant, record_id, server } => {
             let payload = server.client().record(&tenant, &record_id).await?;
             std::io::stdout().write_all(&payload).context("writing the payload to stdout")
         }
-        Command::Sweep { reencrypt, scrub, server } => sweep_command(&server.client(), reencrypt, scrub).await,
+        Command::Records { command } => match command {
+            RecordsCommand::List { tenant, filters, server } => {
+                print_pages(&server.client(), &tenant, Listing::Records, filters).await
+            }
+            RecordsCommand::Delete { tenant, record_id, server } => {
+                server.client().delete_record(&tenant, &record_id).await?;
+                eprintln!("deleted {tenant}/{record_id}");
+                Ok(())
+            }
+        },
+        Command::Shards { server } => print_json(&server.client().shards().await?),
+        Command::Sweep { reencrypt, retention, scrub, server } => {
+            let kind = match (reencrypt, retention, scrub) {
+                (true, _, _) => "reencrypt",
+                (_, true, _) => "retention",
+                (_, _, true) => "scrub",
+                _ => "seal",
+            };
+            sweep_command(&server.client(), kind).await
+        }
         Command::Admin { command: AdminCommand::Replay { server } } => {
             let report = server.client().replay().await?;
             print_json(&report)?;
@@ -223,14 +325,76 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `--from/--to/--after/--limit` of the paged listings.
+#[derive(Debug, Args)]
+struct PageArgs {
+    /// Earliest time included (RFC 3339).
+    #[arg(long)]
+    from: Option<String>,
+    /// First time excluded (RFC 3339).
+    #[arg(long)]
+    to: Option<String>,
+    /// Start after this cursor (a page's `next`).
+    #[arg(long)]
+    after: Option<String>,
+    /// Print at most this many.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+/// The paged listings of a tenant: the path under `/v1/tenants/{t}/` and
+/// the field of a page that holds its entries.
+#[derive(Debug, Clone, Copy)]
+enum Listing {
+    Records,
+    Audit,
+}
+
+impl Listing {
+    fn path_and_field(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Records => ("records", "records"),
+            Self::Audit => ("audit", "entries"),
+        }
+    }
+}
+
+/// Prints a tenant's listing as JSON lines, following `next` until it or
+/// `--limit` ends.
+async fn print_pages(client: &AdminClient, tenant: &str, listing: Listing, filters: PageArgs) -> anyhow::Result<()> {
+    const PAGE: usize = keyseal::admin::paging::MAX_PAGE;
+    let (path, field) = listing.path_and_field();
+    let mut after = filters.after;
+    let mut left = filters.limit.unwrap_or(usize::MAX);
+    let mut out = std::io::stdout().lock();
+    while left > 0 {
+        let page_size = left.min(PAGE).to_string();
+        let mut query = vec![("limit", page_size.as_str())];
+        for (name, value) in [("from", &filters.from), ("to", &filters.to), ("after", &after)] {
+            if let Some(value) = value {
+                query.push((name, value.as_str()));
+            }
+        }
+        let page = client.page(tenant, path, &query).await?;
+        let entries = page[field].as_array().cloned().unwrap_or_default();
+        for entry in &entries {
+            writeln!(out, "{entry}").context("writing to stdout")?;
+        }
+        left = left.saturating_sub(entries.len());
+        match page["next"].as_str() {
+            Some(next) if !entries.is_empty() => after = Some(next.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
 /// Runs a sweep through the admin API; for the long ones, shows a progress
 /// bar (on stderr, when it is a terminal) fed by `GET /v1/sweeps/progress`.
-async fn sweep_command(client: &AdminClient, reencrypt: bool, scrub: bool) -> anyhow::Result<()> {
-    let kind = match (reencrypt, scrub) {
-        (true, _) => "reencrypt",
-        (_, true) => "scrub",
-        _ => return print_json(&client.sweep("seal").await?),
-    };
+async fn sweep_command(client: &AdminClient, kind: &'static str) -> anyhow::Result<()> {
+    if kind == "seal" {
+        return print_json(&client.sweep(kind).await?);
+    }
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})")
             .expect("a valid template")
@@ -252,16 +416,28 @@ async fn sweep_command(client: &AdminClient, reencrypt: bool, scrub: bool) -> an
     };
     bar.finish_and_clear();
     print_json(&summary)?;
-    let report = &summary[kind];
+    // One shard answers with its report; several with one each under "shards".
+    let reports: Vec<&serde_json::Value> = match summary["shards"].as_array() {
+        Some(shards) => shards.iter().map(|shard| &shard[kind]).collect(),
+        None => vec![&summary[kind]],
+    };
+    let total = |field: &str| reports.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum::<u64>();
     match kind {
         "scrub" => {
-            let corrupt = report["corruptCount"].as_u64().unwrap_or(0);
-            eprintln!("scrub: {} records verified, {corrupt} corrupt", report["verified"]);
+            let corrupt = total("corruptCount");
+            eprintln!("scrub: {} records verified, {corrupt} corrupt", total("verified"));
             anyhow::ensure!(corrupt == 0, "{corrupt} records failed verification (left in place; see the list above)");
         }
+        "retention" => eprintln!(
+            "retention: {} records expired, {} data keys left without records retired",
+            total("expired"),
+            total("retiredDataKeys")
+        ),
         _ => eprintln!(
             "reencrypt: {} records moved to fresh data keys ({} bytes), {} old data keys retired",
-            report["reencrypted"], report["bytes"], report["retiredDataKeys"]
+            total("reencrypted"),
+            total("bytes"),
+            total("retiredDataKeys")
         ),
     }
     Ok(())

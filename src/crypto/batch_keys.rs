@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use super::keyring::{BatchId, Keyring, KeyringError, NewDataKey, WriteKey};
-use crate::proto::v1::Layer;
+use crate::proto::v1::{KeyPurpose, Layer};
 use crate::storage::Transaction;
 
 /// Hands out the key each record of a batch is encrypted with.
@@ -16,6 +16,7 @@ pub struct BatchKeys<'a> {
     keyring: &'a Keyring,
     batch: BatchId,
     layer: Layer,
+    purpose: KeyPurpose,
     now_ms: i64,
     /// Records per tenant not yet handed a key.
     wanted: HashMap<String, u64>,
@@ -24,16 +25,28 @@ pub struct BatchKeys<'a> {
 }
 
 impl<'a> BatchKeys<'a> {
-    /// Keys for a batch writing `wanted` records per tenant into `layer` at `now_ms`.
+    /// Keys for a batch writing `wanted` records per tenant into `layer` at
+    /// `now_ms`: storing new records (hot) or sealing (sealed), as the
+    /// audit says of the root-key calls it needs.
     pub fn new(keyring: &'a Keyring, layer: Layer, now_ms: i64, wanted: HashMap<String, u64>) -> Self {
-        Self { keyring, batch: keyring.batch(), layer, now_ms, wanted, leases: HashMap::new(), created: Vec::new() }
+        let purpose = if layer == Layer::Sealed { KeyPurpose::Seal } else { KeyPurpose::Store };
+        let (leases, created) = (HashMap::new(), Vec::new());
+        Self { keyring, batch: keyring.batch(), layer, purpose, now_ms, wanted, leases, created }
+    }
+
+    /// The same keys, audited as used for `purpose` (re-encryption writes
+    /// sealed records too).
+    pub fn for_purpose(mut self, purpose: KeyPurpose) -> Self {
+        self.purpose = purpose;
+        self
     }
 
     /// The key for the next record of `tenant`.
     pub async fn next(&mut self, tenant: &str) -> Result<&WriteKey, KeyringError> {
         let still_wanted = self.wanted.get(tenant).copied().unwrap_or(1);
         if self.leases.get(tenant).is_none_or(|lease| lease.granted == 0) {
-            let mut lease = self.keyring.reserve(tenant, self.layer, self.now_ms, still_wanted, self.batch).await?;
+            let mut lease =
+                self.keyring.reserve(tenant, self.layer, self.now_ms, still_wanted, self.batch, self.purpose).await?;
             self.created.extend(lease.created.take());
             self.leases.insert(tenant.to_owned(), lease);
         }
@@ -102,6 +115,7 @@ mod tests {
     use crate::clock::{Clock, ManualClock};
     use crate::crypto::keyring::{CacheLimits, RotationLimits};
     use crate::crypto::root_key::ManagedRootKeys;
+    use crate::proto::v1::event::Kind;
     use crate::storage::Store;
 
     /// A keyring whose keys take two records each, and its store.
@@ -137,7 +151,11 @@ mod tests {
         for id in distinct {
             assert!(store.wrapped_data_key(id).unwrap().is_some());
         }
-        assert_eq!(store.events_after(0, 10).unwrap().len(), 3, "one DataKeyCreated per key");
+        let events = store.events_after(0, 100).unwrap();
+        let created = events.iter().filter(|e| matches!(e.kind, Some(Kind::DataKeyCreated(_)))).count();
+        assert_eq!(created, 3, "one DataKeyCreated per key");
+        let wraps = events.iter().filter(|e| matches!(e.kind, Some(Kind::KeyUsed(_)))).count();
+        assert_eq!(wraps, 3, "each key's wrap audited, with the batch");
     }
 
     #[tokio::test]

@@ -63,6 +63,17 @@ impl DataKeyId {
     }
 }
 
+/// How an operator reads a data key id (the audit shows it):
+/// `<layer>/<UTC day>/<generation>`, e.g. `sealed/2026-12-06/0`; the
+/// tenant is the audit's own.
+impl std::fmt::Display for DataKeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let layer = if self.layer == Layer::Sealed { "sealed" } else { "hot" };
+        let day = chrono::DateTime::from_timestamp(i64::from(self.bucket) * 86_400, 0).unwrap_or_default();
+        write!(f, "{layer}/{}/{}", day.format("%Y-%m-%d"), self.generation)
+    }
+}
+
 /// An unwrapped AES-256-GCM data key. The raw bytes (kept for wrapping and
 /// rewrapping) and the expanded cipher are both zeroized on drop.
 pub struct DataKey {

@@ -1,8 +1,10 @@
 //! Domain events: naming (the `<event_kind>` of routing keys), the
 //! [`projection`] fold of events into tenant state, the
-//! [`outbox`] relay that publishes the log to `keyseal.events`, and the
-//! [`replay`] check of the projections against the log.
+//! [`outbox`] relay that publishes the log to `keyseal.events`, the
+//! [`audit_flush`] that commits key-use audit entries on a quiet shard, and
+//! the [`replay`] check of the projections against the log.
 
+pub mod audit_flush;
 pub mod outbox;
 pub mod projection;
 pub mod replay;
@@ -25,6 +27,13 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::RecordsReencrypted(_) => "records_reencrypted",
         Kind::DataKeyRetired(_) => "data_key_retired",
         Kind::CorruptionDetected(_) => "corruption_detected",
+        Kind::RecordDeleted(_) => "record_deleted",
+        Kind::KeyExpiring(_) => "key_expiring",
+        Kind::RetentionSet(_) => "retention_set",
+        Kind::RecordsExpired(_) => "records_expired",
+        Kind::KeyUsed(_) => "key_used",
+        Kind::TenantErased(_) => "tenant_erased",
+        Kind::TenantErasureCompleted(_) => "tenant_erasure_completed",
     }
 }
 
@@ -46,6 +55,7 @@ mod tests {
             time_unix_ms: 0,
             tenant_id: "acme".into(),
             kind: Some(Kind::KeyHealth(KeyHealth::default())),
+            ..Event::default()
         };
         assert_eq!(routing_key(&event), "tenant.acme.key_health");
     }

@@ -15,6 +15,7 @@ use tracing::warn;
 
 use super::{kind_name, routing_key};
 use crate::broker::{self, Backoff, EVENTS_EXCHANGE, PROTOBUF_CONTENT_TYPE};
+use crate::shard::ShardId;
 use crate::storage::{Store, StoreError};
 use crate::telemetry::metrics as m;
 
@@ -33,11 +34,12 @@ enum RelayError {
     Store(#[from] StoreError),
 }
 
-/// Relays until `shutdown`, reconnecting with backoff.
-pub async fn run(store: &Store, amqp_url: &str, shutdown: CancellationToken) {
+/// Relays shard `shard`'s log until `shutdown`, reconnecting with backoff.
+/// Each event goes out with its shard (consumers dedupe on shard and sequence).
+pub async fn run(store: &Store, shard: ShardId, amqp_url: &str, shutdown: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
-        match relay(store, amqp_url, &shutdown, &mut backoff).await {
+        match relay(store, shard, amqp_url, &shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(e) => warn!(error = %e, "event relay interrupted; retrying"),
         }
@@ -50,6 +52,7 @@ pub async fn run(store: &Store, amqp_url: &str, shutdown: CancellationToken) {
 
 async fn relay(
     store: &Store,
+    shard: ShardId,
     amqp_url: &str,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
@@ -61,8 +64,8 @@ async fn relay(
     backoff.reset();
     loop {
         let watermark = store.published_watermark()?;
-        m::outbox_lag(store.last_sequence().saturating_sub(watermark));
-        let events = store.events_after(watermark, BATCH)?;
+        m::outbox_lag(shard, store.last_sequence().saturating_sub(watermark));
+        let mut events = store.events_after(watermark, BATCH)?;
         let Some(last) = events.last().map(|e| e.sequence) else {
             tokio::select! {
                 () = shutdown.cancelled() => {
@@ -76,10 +79,12 @@ async fn relay(
             continue;
         };
         let mut confirms = Vec::with_capacity(events.len());
-        for event in &events {
+        for event in &mut events {
+            event.shard = shard.0;
             let kind = event.kind.as_ref().map_or("unknown", kind_name);
             let mut headers = FieldTable::default();
             headers.insert("x-keyseal-sequence".into(), AMQPValue::LongLongInt(event.sequence as i64));
+            headers.insert("x-keyseal-shard".into(), AMQPValue::LongUInt(shard.0));
             let properties = BasicProperties::default()
                 .with_content_type(PROTOBUF_CONTENT_TYPE.into())
                 .with_delivery_mode(2)
@@ -104,6 +109,6 @@ async fn relay(
             }
         }
         store.set_published_watermark(last).await?;
-        m::events_published(events.len() as u64);
+        m::events_published(shard, events.len() as u64);
     }
 }

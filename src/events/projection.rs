@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use crate::proto::store::{TenantProjection, TenantState};
 use crate::proto::v1::key_health::Status;
 use crate::proto::v1::root_key_ref::Root;
-use crate::proto::v1::{Event, event::Kind};
+use crate::proto::v1::{Event, Layer, event::Kind};
 
 /// Folds an event log from the start into every tenant's projection.
 pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> BTreeMap<String, TenantProjection> {
@@ -32,6 +32,15 @@ pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> BTreeMap<Strin
 pub fn apply(projection: &mut TenantProjection, event: &Kind, at_ms: i64) {
     match event {
         Kind::RecordsStored(stored) => projection.hot_records += u64::from(stored.count),
+        Kind::RecordDeleted(deleted) => match deleted.layer() {
+            Layer::Sealed => projection.sealed_records = projection.sealed_records.saturating_sub(1),
+            Layer::Hot | Layer::Unspecified => projection.hot_records = projection.hot_records.saturating_sub(1),
+        },
+        Kind::RecordsExpired(expired) => {
+            projection.hot_records = projection.hot_records.saturating_sub(u64::from(expired.hot));
+            projection.sealed_records = projection.sealed_records.saturating_sub(u64::from(expired.sealed));
+        }
+        Kind::RetentionSet(set) => projection.retention_max_age_ms = set.max_age_ms,
         Kind::RecordsSealed(sealed) => {
             let count = u64::from(sealed.count);
             projection.hot_records = projection.hot_records.saturating_sub(count);
@@ -41,11 +50,13 @@ pub fn apply(projection: &mut TenantProjection, event: &Kind, at_ms: i64) {
             projection.key_uri.clone_from(&enabled.key_uri);
             projection.key_version.clone_from(&enabled.key_version);
             projection.rewrap_pending = true;
+            projection.key_expires_at_unix_ms = 0;
         }
         Kind::EncryptionDisabled(_) => {
             projection.key_uri.clear();
             projection.key_version.clear();
             projection.rewrap_pending = false;
+            projection.key_expires_at_unix_ms = 0;
             // Tenants on the managed key are never degraded or locked.
             set_state(projection, TenantState::Active, at_ms);
             projection.health_reason.clear();
@@ -71,8 +82,10 @@ pub fn apply(projection: &mut TenantProjection, event: &Kind, at_ms: i64) {
                 projection.health_reason.clear();
                 projection.degraded_since_unix_ms = 0;
             }
-            // A locked-down tenant waits for TenantRestored (appended with this event).
-            (Status::Healthy | Status::Unspecified, TenantState::Active | TenantState::LockedDown) => {}
+            // A locked-down tenant waits for TenantRestored (appended with
+            // this event); an erased one has no key left to be healthy.
+            (Status::Healthy | Status::Unspecified, TenantState::Active | TenantState::LockedDown)
+            | (_, TenantState::Erased) => {}
         },
         Kind::TenantLockedDown(locked) => {
             set_state(projection, TenantState::LockedDown, at_ms);
@@ -97,14 +110,34 @@ pub fn apply(projection: &mut TenantProjection, event: &Kind, at_ms: i64) {
         Kind::KeyRolled(rolled) => {
             projection.key_version.clone_from(&rolled.to_version);
             projection.rewrap_pending = true;
+            // A warning stands for the version it was about.
+            projection.key_expires_at_unix_ms = 0;
         }
-        // Data keys and integrity findings are not part of the tenant's state.
+        Kind::KeyExpiring(expiring) => {
+            projection.expiry_warned_version.clone_from(&expiring.key_version);
+            projection.key_expires_at_unix_ms = expiring.expires_at_unix_ms;
+        }
+        Kind::TenantErased(_) => {
+            // Nothing of the tenant is left to count, use or protect; what
+            // stays is that it was erased (and its retention, which no
+            // longer matters).
+            let retention_max_age_ms = projection.retention_max_age_ms;
+            *projection = TenantProjection { retention_max_age_ms, erasure_pending: true, ..Default::default() };
+            set_state(projection, TenantState::Erased, at_ms);
+        }
+        Kind::TenantErasureCompleted(_) => projection.erasure_pending = false,
+        // Data keys, key uses and integrity findings are not part of the tenant's state.
         Kind::DataKeyCreated(_)
         | Kind::RecordsReencrypted(_)
         | Kind::DataKeyRetired(_)
-        | Kind::CorruptionDetected(_) => {}
+        | Kind::CorruptionDetected(_)
+        | Kind::KeyUsed(_) => {}
     }
 }
+
+/// Every tenant state, for gauges and views that show each.
+pub const TENANT_STATES: [TenantState; 4] =
+    [TenantState::Active, TenantState::Degraded, TenantState::LockedDown, TenantState::Erased];
 
 fn set_state(projection: &mut TenantProjection, state: TenantState, at_ms: i64) {
     if projection.state() != state {
@@ -119,13 +152,14 @@ pub fn state_name(state: TenantState) -> &'static str {
         TenantState::Active => "active",
         TenantState::Degraded => "degraded",
         TenantState::LockedDown => "locked_down",
+        TenantState::Erased => "erased",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::v1::{RecordsSealed, RecordsStored};
+    use crate::proto::v1::{RecordDeleted, RecordsSealed, RecordsStored};
 
     #[test]
     fn stored_then_sealed_moves_counts() {
@@ -133,6 +167,15 @@ mod tests {
         apply(&mut p, &Kind::RecordsStored(RecordsStored { count: 5, bytes: 50 }), 1);
         apply(&mut p, &Kind::RecordsSealed(RecordsSealed { count: 3, oldest_ingested_at_unix_ms: 0 }), 2);
         assert_eq!((p.hot_records, p.sealed_records), (2, 3));
+    }
+
+    #[test]
+    fn a_deletion_counts_in_the_layer_it_left() {
+        let mut p = TenantProjection { hot_records: 2, sealed_records: 3, ..TenantProjection::default() };
+        let deleted = |layer: Layer| Kind::RecordDeleted(RecordDeleted { record_id: "r".into(), layer: layer as i32 });
+        apply(&mut p, &deleted(Layer::Sealed), 1);
+        apply(&mut p, &deleted(Layer::Hot), 2);
+        assert_eq!((p.hot_records, p.sealed_records), (1, 2));
     }
 }
 

@@ -4,8 +4,10 @@
 //! a change of health or reason; `TenantLockedDown` once the grace since the
 //! first failed probe began has passed, decided by [`lockdown_due`] on every
 //! tick of the clock whether or not a probe answered; `TenantRestored` with
-//! the first healthy probe after a lockdown. Throttling alone decides
-//! nothing, and a probe of a key the tenant no longer uses decides nothing.
+//! the first healthy probe after a lockdown; `KeyExpiring` once per key
+//! version, when a probe finds it expires within `--key-expiry-warning`
+//! ([`expiry_warning`]). Throttling alone decides nothing, and a probe of a
+//! key the tenant no longer uses decides nothing.
 
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use crate::events::projection;
 use crate::keyvault::validate::KeyRefusal;
 use crate::proto::store::{TenantProjection, TenantState};
 use crate::proto::v1::key_health::Status;
-use crate::proto::v1::{KeyHealth, KeyRolled, TenantLockedDown, TenantRestored, event::Kind};
+use crate::proto::v1::{KeyExpiring, KeyHealth, KeyRolled, TenantLockedDown, TenantRestored, event::Kind};
 
 /// What one probe of a tenant's key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub enum Probe {
     Healthy {
         /// Newest enabled version seen (empty for the managed key).
         version: String,
+        /// When that version expires (its `exp`, Unix ms), if it does.
+        expires_at_ms: Option<i64>,
     },
     /// The key cannot be used, for one of DESIGN.md's reasons.
     Unavailable(HealthReason),
@@ -110,16 +114,13 @@ pub fn decide(
     now_ms: i64,
     lockdown_after: Duration,
 ) -> Vec<Kind> {
-    if current.key_uri.is_empty()
-        || current.key_uri != observation.key_uri
-        || current.key_version != observation.key_version
-    {
+    if !is_about_current_key(current, observation) {
         return Vec::new();
     }
     let mut events = Vec::new();
     match &observation.probe {
         Probe::Inconclusive => {}
-        Probe::Healthy { version } => {
+        Probe::Healthy { version, .. } => {
             // A new newest enabled version: roll to it (data keys are
             // rewrapped after the event, records are not touched).
             if !version.is_empty() && *version != current.key_version {
@@ -158,6 +159,34 @@ pub fn decide(
     events
 }
 
+/// Whether `observation` is about the key the tenant uses now (not one it
+/// disabled, or replaced, while the probe ran).
+fn is_about_current_key(current: &TenantProjection, observation: &Observation) -> bool {
+    !current.key_uri.is_empty()
+        && current.key_uri == observation.key_uri
+        && current.key_version == observation.key_version
+}
+
+/// `KeyExpiring` if `observation` found the newest version of the tenant's
+/// key healthy but expiring within `warning` of `now_ms`, and no warning
+/// was appended for that version yet. Decided on the projection before
+/// [`decide`]'s events, so a version rolled to in the same probe is warned
+/// about at once.
+pub fn expiry_warning(
+    current: &TenantProjection,
+    observation: &Observation,
+    now_ms: i64,
+    warning: Duration,
+) -> Option<Kind> {
+    let Probe::Healthy { version, expires_at_ms: Some(expires_at) } = &observation.probe else {
+        return None;
+    };
+    let version = if version.is_empty() { &current.key_version } else { version };
+    let within = *expires_at <= now_ms.saturating_add(i64::try_from(warning.as_millis()).unwrap_or(i64::MAX));
+    (is_about_current_key(current, observation) && within && current.expiry_warned_version != *version)
+        .then(|| Kind::KeyExpiring(KeyExpiring { key_version: version.clone(), expires_at_unix_ms: *expires_at }))
+}
+
 /// `TenantLockedDown` if the tenant is degraded and its grace has passed at
 /// `now_ms`: the time-driven transition, decided from the projection and
 /// the time alone. The event carries what the fold needs, so replay never
@@ -188,6 +217,8 @@ pub struct KeyHealthView {
     /// While degraded: when the tenant will be locked down unless the key
     /// comes back.
     pub lockdown_at_ms: Option<i64>,
+    /// When the version in use expires, once a `KeyExpiring` warned of it.
+    pub expiring_at_ms: Option<i64>,
 }
 
 impl KeyHealthView {
@@ -201,7 +232,10 @@ impl KeyHealthView {
             _ => None,
         };
         let lockdown_at_ms = (state == TenantState::Degraded).then(|| lockdown_at(projection, lockdown_after));
-        Self { reason, since_ms, lockdown_at_ms }
+        let warned =
+            projection.key_expires_at_unix_ms > 0 && projection.expiry_warned_version == projection.key_version;
+        let expiring_at_ms = warned.then_some(projection.key_expires_at_unix_ms);
+        Self { reason, since_ms, lockdown_at_ms, expiring_at_ms }
     }
 
     /// `healthy` or `unavailable`, the API's `keyHealth.status`.
@@ -239,17 +273,45 @@ mod tests {
     }
 
     #[test]
+    fn an_expiring_version_is_warned_of_once_and_a_version_rolled_to_afresh() {
+        const DAY: i64 = 86_400_000;
+        let warning = Duration::from_secs(30 * 86_400);
+        let expiring = |version: &str, at: i64| Probe::Healthy { version: version.into(), expires_at_ms: Some(at) };
+        let step = |p: &mut TenantProjection, probe: Probe, now: i64| {
+            let observation = of(p, probe, now);
+            let mut events = decide(p, &observation, now, GRACE);
+            events.extend(expiry_warning(p, &observation, now, warning));
+            apply_all(p, &events, now)
+        };
+        let mut p = byok("v1");
+        assert!(step(&mut p, expiring("v1", 40 * DAY), 0).is_empty(), "40 days out: no warning yet");
+        assert_eq!(step(&mut p, expiring("v1", 40 * DAY), 10 * DAY), ["key_expiring"], "30 days out");
+        assert!(step(&mut p, expiring("v1", 40 * DAY), 11 * DAY).is_empty(), "once per version");
+        assert_eq!(KeyHealthView::of(&p, GRACE).expiring_at_ms, Some(40 * DAY));
+        assert_eq!(step(&mut p, expiring("v2", 35 * DAY), 12 * DAY), ["key_rolled", "key_expiring"]);
+        assert_eq!(KeyHealthView::of(&p, GRACE).expiring_at_ms, Some(35 * DAY));
+        assert_eq!(
+            step(&mut p, expiring("v3", 400 * DAY), 13 * DAY),
+            ["key_rolled"],
+            "a fresh version is not warned of"
+        );
+        assert_eq!(KeyHealthView::of(&p, GRACE).expiring_at_ms, None, "and the warning is gone");
+        let never = Probe::Healthy { version: "v3".into(), expires_at_ms: None };
+        assert!(step(&mut p, never, 14 * DAY).is_empty(), "a key without exp never warns");
+    }
+
+    #[test]
     fn a_new_version_rolls_once() {
         let mut p = byok("v1");
-        assert!(run(&mut p, Probe::Healthy { version: "v1".into() }, 0).is_empty());
-        assert_eq!(run(&mut p, Probe::Healthy { version: "v2".into() }, 1), ["key_rolled"]);
+        assert!(run(&mut p, Probe::Healthy { version: "v1".into(), expires_at_ms: None }, 0).is_empty());
+        assert_eq!(run(&mut p, Probe::Healthy { version: "v2".into(), expires_at_ms: None }, 1), ["key_rolled"]);
         assert_eq!((p.key_version.as_str(), p.rewrap_pending), ("v2", true));
-        assert!(run(&mut p, Probe::Healthy { version: "v2".into() }, 2).is_empty());
+        assert!(run(&mut p, Probe::Healthy { version: "v2".into(), expires_at_ms: None }, 2).is_empty());
     }
 
     #[test]
     fn a_broken_key_degrades_then_locks_after_the_grace_then_restores() {
-        let healthy = || Probe::Healthy { version: "v1".into() };
+        let healthy = || Probe::Healthy { version: "v1".into(), expires_at_ms: None };
         let mut p = byok("v1");
         assert!(run(&mut p, healthy(), 0).is_empty(), "healthy stays silent");
         assert_eq!(run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), 1_000), ["key_health"]);
@@ -271,7 +333,7 @@ mod tests {
     fn recovery_within_the_grace_never_locks() {
         let mut p = byok("v1");
         run(&mut p, Probe::Unavailable(HealthReason::VaultUnreachable), 0);
-        assert_eq!(run(&mut p, Probe::Healthy { version: "v1".into() }, 10), ["key_health"]);
+        assert_eq!(run(&mut p, Probe::Healthy { version: "v1".into(), expires_at_ms: None }, 10), ["key_health"]);
         assert!(
             run(&mut p, Probe::Unavailable(HealthReason::VaultUnreachable), GRACE.as_millis() as i64 + 5)
                 .contains(&"key_health")
@@ -283,7 +345,10 @@ mod tests {
     fn the_key_health_view_names_the_reason_and_the_deadline_only_while_it_matters() {
         let mut p = byok("v1");
         let view = |p: &TenantProjection| KeyHealthView::of(p, GRACE);
-        assert_eq!(view(&p), KeyHealthView { reason: None, since_ms: None, lockdown_at_ms: None });
+        assert_eq!(
+            view(&p),
+            KeyHealthView { reason: None, since_ms: None, lockdown_at_ms: None, expiring_at_ms: None }
+        );
         run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), 1_000);
         let degraded = view(&p);
         assert_eq!((degraded.status(), degraded.reason.as_deref()), ("unavailable", Some("key_disabled")));
@@ -291,8 +356,11 @@ mod tests {
         run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), 1_000 + GRACE.as_millis() as i64);
         assert_eq!(view(&p).lockdown_at_ms, None, "locked down: no deadline left");
         assert_eq!(view(&p).since_ms, Some(1_000), "unavailable since the first failed probe");
-        run(&mut p, Probe::Healthy { version: "v1".into() }, 9_000_000);
-        assert_eq!(view(&p), KeyHealthView { reason: None, since_ms: Some(9_000_000), lockdown_at_ms: None });
+        run(&mut p, Probe::Healthy { version: "v1".into(), expires_at_ms: None }, 9_000_000);
+        assert_eq!(
+            view(&p),
+            KeyHealthView { reason: None, since_ms: Some(9_000_000), lockdown_at_ms: None, expiring_at_ms: None }
+        );
     }
 
     #[test]
@@ -338,7 +406,7 @@ mod tests {
     fn a_result_about_a_key_the_tenant_no_longer_uses_is_discarded() {
         let began = byok("v1");
         let failed = of(&began, Probe::Unavailable(HealthReason::KeyNotFound), 0);
-        let rolled = of(&began, Probe::Healthy { version: "v0".into() }, 0);
+        let rolled = of(&began, Probe::Healthy { version: "v0".into(), expires_at_ms: None }, 0);
         let other_key = TenantProjection { key_uri: "w".into(), ..byok("v1") };
         assert!(decide(&other_key, &failed, 10, GRACE).is_empty(), "enabled again with another key URI");
         let other_version = byok("v2");

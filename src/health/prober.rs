@@ -20,17 +20,20 @@ use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::canary;
 use super::lockdown::LOCKDOWN_TICK;
 use super::policy::{self, HealthReason, Observation, Probe};
+use crate::audit::KeyUse;
 use crate::byok::rewrapper::RewrapRequests;
 use crate::config::Settings;
-use crate::crypto::data_key::DataKey;
 use crate::events::kind_name;
 use crate::keyvault::validate::{KeyRefusal, check_key};
-use crate::keyvault::{KeyUri, KeyWrapAlgorithm, VaultError};
+use crate::keyvault::{KeyUri, VaultError};
+use crate::proto::v1::KeyPurpose;
 use crate::proto::v1::event::Kind;
 use crate::shard::Shard;
 use crate::storage::StoreError;
+use crate::telemetry::metrics as m;
 
 /// Probes holding a slot at once: the load one round puts on vaults.
 pub const PROBE_CONCURRENCY: usize = 32;
@@ -41,19 +44,33 @@ pub const PROBE_CONCURRENCY: usize = 32;
 /// at once and no tenant waits long for its turn.
 pub const PROBE_PATIENCE: Duration = Duration::from_secs(1);
 
-/// When each tenant was last probed (Unix ms); not event-sourced, as a probe
-/// that changes nothing appends nothing.
+/// When each tenant was last probed (Unix ms) and when the key version it
+/// found expires; not event-sourced, as a probe that changes nothing
+/// appends nothing.
 #[derive(Debug, Default)]
-pub struct ProbeTimes(Mutex<HashMap<String, i64>>);
+pub struct ProbeTimes(Mutex<HashMap<String, LastProbe>>);
+
+/// What the last probe of a tenant left to show.
+#[derive(Debug, Clone, Copy)]
+struct LastProbe {
+    at_ms: i64,
+    /// The `exp` of the newest enabled version, when it was read.
+    key_expires_at_ms: Option<i64>,
+}
 
 impl ProbeTimes {
     /// Last probe of `tenant`, if any.
     pub fn last(&self, tenant: &str) -> Option<i64> {
-        self.0.lock().expect("probe times lock").get(tenant).copied()
+        self.0.lock().expect("probe times lock").get(tenant).map(|last| last.at_ms)
     }
 
-    fn record(&self, tenant: &str, at_ms: i64) {
-        self.0.lock().expect("probe times lock").insert(tenant.to_owned(), at_ms);
+    /// When the key version the last probe of `tenant` found expires, if it does.
+    pub fn key_expires_at(&self, tenant: &str) -> Option<i64> {
+        self.0.lock().expect("probe times lock").get(tenant).and_then(|last| last.key_expires_at_ms)
+    }
+
+    fn record(&self, tenant: &str, at_ms: i64, key_expires_at_ms: Option<i64>) {
+        self.0.lock().expect("probe times lock").insert(tenant.to_owned(), LastProbe { at_ms, key_expires_at_ms });
     }
 
     /// Forgets every tenant but `probed`, the tenants a round probes: one
@@ -221,7 +238,7 @@ impl Prober {
             let began_at_ms = self.shard.clock.now_ms();
             let probe = tokio::time::timeout(
                 self.settings.probe_timeout,
-                self.probe(&current.key_uri, &current.key_version, canary),
+                self.probe(&tenant, &current.key_uri, &current.key_version, canary),
             )
             .await
             .unwrap_or(Probe::Unavailable(HealthReason::VaultUnreachable));
@@ -236,14 +253,23 @@ impl Prober {
     /// rewrapper. Returns how many events were appended.
     async fn record(&self, tenant: &str, observation: &Observation) -> Result<usize, StoreError> {
         let now_ms = self.shard.clock.now_ms();
-        self.times.record(tenant, now_ms);
-        let lockdown_after = self.settings.lockdown_after;
+        let expires_at = match observation.probe {
+            Probe::Healthy { expires_at_ms, .. } => expires_at_ms,
+            Probe::Unavailable(_) | Probe::Inconclusive => None,
+        };
+        self.times.record(tenant, now_ms, expires_at);
+        if let Some(expires_at) = expires_at {
+            m::key_expires_in(tenant, (expires_at - now_ms) as f64 / 1000.0);
+        }
+        let (lockdown_after, warning) = (self.settings.lockdown_after, self.settings.key_expiry_warning);
         let appended = self
             .shard
             .store
             .transaction()
             .commit_decided(&[tenant.to_owned()], now_ms, |current| {
-                policy::decide(current, observation, now_ms, lockdown_after)
+                let mut events = policy::decide(current, observation, now_ms, lockdown_after);
+                events.extend(policy::expiry_warning(current, observation, now_ms, warning));
+                events
             })
             .await?;
         for (_, event) in &appended {
@@ -259,7 +285,7 @@ impl Prober {
         Ok(appended.len())
     }
 
-    async fn probe(&self, key_uri: &str, version: &str, canary: bool) -> Probe {
+    async fn probe(&self, tenant: &str, key_uri: &str, version: &str, canary: bool) -> Probe {
         let Ok(vault) = self.shard.keyring.vault() else {
             return Probe::Unavailable(HealthReason::VaultUnreachable);
         };
@@ -277,21 +303,14 @@ impl Prober {
             return Probe::Unavailable(HealthReason::from(&refusal));
         }
         if canary {
-            let data_key = DataKey::generate();
-            let round_trip = match vault.wrap(&uri, version, data_key.expose_for_wrapping()).await {
-                Ok((_, wrapped)) => vault.unwrap(&uri, version, KeyWrapAlgorithm::RsaOaep256, &wrapped).await.and_then(
-                    // What comes back must be a data key, as a stored key's would.
-                    |raw| DataKey::from_slice(&raw).map(drop).map_err(|e| VaultError::Invalid(e.to_string())),
-                ),
-                Err(e) => Err(e),
-            };
-            match round_trip {
+            let usage = KeyUse { store: &self.shard.store, tenant, data_key_id: b"", purpose: KeyPurpose::Canary };
+            match canary::round_trip(vault, &uri, version, usage).await {
                 Ok(()) => {}
                 Err(VaultError::Throttled) => return Probe::Inconclusive,
                 Err(e) => return Probe::Unavailable(HealthReason::from(&KeyRefusal::from(e))),
             }
         }
-        Probe::Healthy { version: key.version }
+        Probe::Healthy { version: key.version, expires_at_ms: key.expires.map(|exp| exp.saturating_mul(1000)) }
     }
 }
 

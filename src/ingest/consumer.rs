@@ -1,6 +1,7 @@
-//! The ingest consumer. One session = one connection, one consuming channel
-//! (prefetch window) and one confirm-mode channel for dead letters. A batch
-//! is acked with `multiple` only after its records are durable in RocksDB
+//! The ingest consumer of one shard's queue (`keyseal.ingest.shard-<i>`).
+//! One session = one connection, one consuming channel (prefetch window)
+//! and one confirm-mode channel for dead letters. A batch is acked with
+//! `multiple` only after its records are durable in RocksDB
 //! and its rejects are confirmed in the dead-letter queue. Any broker error
 //! ends the session and a new one starts after a backoff; unacked messages
 //! come back as redeliveries, which the store recognises as duplicates.
@@ -30,11 +31,11 @@ use tracing::{info, warn};
 use super::dead_letter::{self, DeadLetterError};
 use super::prefetch::PrefetchWindow;
 use super::validate::{Rejection, validate};
-use crate::broker::{self, Backoff, INGEST_QUEUE};
+use crate::broker::{self, Backoff};
 use crate::config::Settings;
 use crate::error::ErrorCode;
 use crate::records::{self, Outcome, RecordError};
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardId};
 use crate::storage::StoreError;
 use crate::telemetry::happenings::{Emit, IngestPaused, IngestResumed, MessageDeadLettered};
 use crate::telemetry::metrics as m;
@@ -65,7 +66,8 @@ impl Readiness {
         self.0.load(Ordering::SeqCst)
     }
 
-    fn set(&self, ready: bool) {
+    /// Set by the task whose consuming it tells.
+    pub(crate) fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::SeqCst);
     }
 }
@@ -127,6 +129,7 @@ async fn consume(
     let mut window = PrefetchWindow::new(settings.prefetch, settings.prefetch_bytes);
     let mut pending: Option<Pending> = None;
     let mut subscription = 0u64;
+    let queue = broker::shard_queue(ingest.shard.id.0);
     loop {
         subscription += 1;
         // Deliveries of an earlier subscription stay unacked on this
@@ -135,7 +138,7 @@ async fn consume(
         let tag = format!("keyseal-ingest-{subscription}");
         let mut consumer = channel
             .basic_consume(
-                INGEST_QUEUE.into(),
+                queue.as_str().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -143,7 +146,7 @@ async fn consume(
             .await?;
         ingest.ready.set(true);
         backoff.reset();
-        info!(queue = INGEST_QUEUE, prefetch = window.current(), "consuming");
+        info!(%queue, prefetch = window.current(), "consuming");
         let mut resubscribing = false;
         loop {
             // Wait for the next delivery; meanwhile finish the batch whose
@@ -224,6 +227,7 @@ async fn fill_batch(
 
 /// A batch written to the store and waiting for its WAL fsync before ack.
 struct Written {
+    shard: ShardId,
     batch: Vec<Delivery>,
     last_tag: u64,
     rejected: Vec<(usize, Rejection)>,
@@ -261,9 +265,9 @@ impl Written {
         }
         channel.basic_ack(self.last_tag, BasicAckOptions { multiple: true }).await?;
         for (_, rejection) in &self.rejected {
-            MessageDeadLettered { reason: rejection.code() }.emit();
+            MessageDeadLettered { reason: rejection.code(), shard: Some(self.shard) }.emit();
         }
-        m::batch_committed(self.stored, self.duplicates, self.started.elapsed());
+        m::batch_committed(self.shard, self.stored, self.duplicates, self.started.elapsed());
         Ok(())
     }
 }
@@ -294,6 +298,8 @@ async fn write(ingest: &Ingest<'_>, mut batch: Vec<Delivery>) -> Result<Written,
             Outcome::Duplicate => duplicates += 1,
             Outcome::Conflict => rejected.push((i, Rejection::ConflictingDuplicate)),
             Outcome::Unverifiable => rejected.push((i, Rejection::DuplicateUnverifiable)),
+            Outcome::Deleted => rejected.push((i, Rejection::RecordDeleted)),
+            Outcome::TenantErased => rejected.push((i, Rejection::TenantErased)),
         }
     }
     // Until the ack only the rejects' bodies are needed (to dead-letter
@@ -305,7 +311,7 @@ async fn write(ingest: &Ingest<'_>, mut batch: Vec<Delivery>) -> Result<Written,
             delivery.data = Vec::new();
         }
     }
-    Ok(Written { batch, last_tag, rejected, stored, duplicates, started })
+    Ok(Written { shard: ingest.shard.id, batch, last_tag, rejected, stored, duplicates, started })
 }
 
 async fn wait_until_writable(ingest: &Ingest<'_>, shutdown: &CancellationToken) {

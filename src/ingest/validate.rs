@@ -55,6 +55,12 @@ pub enum Rejection {
     /// down), so whether it is a duplicate cannot be told.
     #[error("duplicate_unverifiable: record id already stored; its stored copy cannot be decrypted now to compare")]
     DuplicateUnverifiable,
+    /// The record id was deleted and its tombstone has not expired.
+    #[error("record_deleted: this record id was deleted; it is refused until its tombstone expires (--tombstone-ttl)")]
+    RecordDeleted,
+    /// The tenant was erased (`DELETE /v1/tenants/{t}`): nothing of it is stored again.
+    #[error("tenant_erased: the tenant was erased; its records are no longer accepted")]
+    TenantErased,
 }
 
 impl Rejection {
@@ -71,6 +77,8 @@ impl Rejection {
             Self::AttributesTooLarge(_) => "attributes_too_large",
             Self::ConflictingDuplicate => "conflicting_duplicate",
             Self::DuplicateUnverifiable => "duplicate_unverifiable",
+            Self::RecordDeleted => "record_deleted",
+            Self::TenantErased => "tenant_erased",
         }
     }
 }

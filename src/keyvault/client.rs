@@ -15,9 +15,11 @@ use std::time::Instant;
 
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
-use azure_core::http::{ExponentialRetryOptions, RetryOptions, Transport};
+use azure_core::http::request::options::ClientRequestId;
+use azure_core::http::{ClientMethodOptions, ExponentialRetryOptions, RetryOptions, Transport};
 use azure_security_keyvault_keys::models::{
-    EncryptionAlgorithm, KeyClientGetKeyOptions, KeyClientWrapKeyOptions, KeyOperationParameters,
+    EncryptionAlgorithm, KeyClientGetKeyOptions, KeyClientUnwrapKeyOptions, KeyClientWrapKeyOptions,
+    KeyOperationParameters,
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use futures_util::TryStreamExt;
@@ -278,8 +280,16 @@ impl Vault {
     }
 
     /// Wraps `plain` (a data key) with RSA-OAEP-256 under `version`;
-    /// returns the wrapping key's id and the wrapped bytes.
-    pub async fn wrap(&self, uri: &KeyUri, version: &str, plain: &[u8]) -> Result<(String, Vec<u8>), VaultError> {
+    /// returns the wrapping key's id and the wrapped bytes. `request_id`,
+    /// when given, is sent as `x-ms-client-request-id` (else the SDK makes
+    /// one up): the audit records it to match the vault's own log.
+    pub async fn wrap(
+        &self,
+        uri: &KeyUri,
+        version: &str,
+        plain: &[u8],
+        request_id: Option<&str>,
+    ) -> Result<(String, Vec<u8>), VaultError> {
         let client = self.client(uri).await?;
         let parameters = KeyOperationParameters {
             algorithm: Some(EncryptionAlgorithm::RsaOaep256),
@@ -287,7 +297,10 @@ impl Vault {
             ..Default::default()
         };
         let result = timed("wrapkey", async {
-            let options = KeyClientWrapKeyOptions { key_version: Some(version.to_owned()), ..Default::default() };
+            let options = KeyClientWrapKeyOptions {
+                key_version: Some(version.to_owned()),
+                method_options: method_options(request_id),
+            };
             client.wrap_key(&uri.name, parameters.try_into()?, Some(options)).await?.into_model()
         })
         .await?;
@@ -298,13 +311,14 @@ impl Vault {
 
     /// Unwraps bytes wrapped by `version` with `algorithm` (as stored with
     /// them: keys wrapped with RSA-OAEP, SHA-1, stay readable). The result
-    /// is zeroized when dropped.
+    /// is zeroized when dropped. `request_id` as for [`Vault::wrap`].
     pub async fn unwrap(
         &self,
         uri: &KeyUri,
         version: &str,
         algorithm: KeyWrapAlgorithm,
         wrapped: &[u8],
+        request_id: Option<&str>,
     ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         let client = self.client(uri).await?;
         let algorithm = match algorithm {
@@ -314,11 +328,22 @@ impl Vault {
         let parameters =
             KeyOperationParameters { algorithm: Some(algorithm), value: Some(wrapped.to_vec()), ..Default::default() };
         let result = timed("unwrapkey", async {
-            client.unwrap_key(&uri.name, version, parameters.try_into()?, None).await?.into_model()
+            let options = KeyClientUnwrapKeyOptions { method_options: method_options(request_id) };
+            client.unwrap_key(&uri.name, version, parameters.try_into()?, Some(options)).await?.into_model()
         })
         .await?;
         Ok(Zeroizing::new(result.result.ok_or_else(|| VaultError::Invalid("no unwrapped key".into()))?))
     }
+}
+
+/// Call options sending `request_id` as `x-ms-client-request-id` (kept
+/// across the SDK's retries of the call).
+fn method_options(request_id: Option<&str>) -> ClientMethodOptions<'static> {
+    let mut options = ClientMethodOptions::default();
+    if let Some(id) = request_id {
+        options.context.insert(ClientRequestId::new(id.to_owned()));
+    }
+    options
 }
 
 fn read_ca(path: &Path) -> Result<reqwest::Certificate, VaultSetupError> {

@@ -4,9 +4,7 @@
 //! permitted operations, a real wrap/unwrap of a canary, and purge
 //! protection. Each refusal has its own stable code and says what to fix.
 
-use zeroize::Zeroizing;
-
-use super::client::{KeyWrapAlgorithm, Vault, VaultError, VaultKey};
+use super::client::{Vault, VaultError, VaultKey};
 use super::key_uri::{KeyUri, KeyUriError};
 
 /// Smallest RSA modulus accepted.
@@ -124,25 +122,21 @@ pub fn check_recovery_level(level: Option<&str>) -> Result<(), KeyRefusal> {
     }
 }
 
-/// Runs every check against the vault; returns the parsed URI and the
-/// latest enabled version of the key, which keyseal will use.
-pub async fn validate(vault: &Vault, key_uri: &str, now_unix_s: i64) -> Result<(KeyUri, VaultKey), KeyRefusal> {
+/// Runs every check against the vault, with `canary` as the real wrap
+/// and unwrap of a throwaway key (the caller's, which audits it); returns
+/// the parsed URI and the latest enabled version of the key, which keyseal
+/// will use.
+pub async fn validate(
+    vault: &Vault,
+    key_uri: &str,
+    now_unix_s: i64,
+    canary: impl AsyncFnOnce(&KeyUri, &str) -> Result<(), VaultError>,
+) -> Result<(KeyUri, VaultKey), KeyRefusal> {
     let uri = KeyUri::parse(key_uri, vault.trusted_hosts())?;
     // The newest enabled version is used whatever version the URI names.
     let key = vault.newest_enabled_key(&uri).await?;
     check_key(&key, now_unix_s)?;
-    // A canary the size of a data key, random like one, thrown away after.
-    let mut canary = Zeroizing::new([0u8; 32]);
-    getrandom::fill(canary.as_mut_slice()).map_err(|e| KeyRefusal::CanaryFailed(format!("no random canary: {e}")))?;
-    let (_, wrapped) =
-        vault.wrap(&uri, &key.version, canary.as_slice()).await.map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
-    let back = vault
-        .unwrap(&uri, &key.version, KeyWrapAlgorithm::RsaOaep256, &wrapped)
-        .await
-        .map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(back.as_slice(), canary.as_slice())) {
-        return Err(KeyRefusal::CanaryFailed("the unwrapped canary differs".into()));
-    }
+    canary(&uri, &key.version).await.map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
     check_recovery_level(key.recovery_level.as_deref())?;
     Ok((uri, key))
 }

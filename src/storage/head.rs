@@ -35,7 +35,7 @@ pub(super) struct Head {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TenantCensus {
     /// Tenants per state, indexed by `TenantState as usize`.
-    pub by_state: [usize; 3],
+    pub by_state: [usize; 4],
     /// Records in `hot`, all tenants.
     pub hot_records: u64,
     /// Records in `sealed`, all tenants.

@@ -42,6 +42,43 @@ pub fn split_index_key(key: &[u8]) -> Option<(i64, &[u8])> {
     Some((u64::from_be_bytes(time.try_into().ok()?) as i64, record))
 }
 
+/// Key of a tenant's listing index: `record_key(tenant, "") | ingested_at
+/// (big-endian u64) | record_id`, so a tenant's records list in ingestion
+/// order (ties by record id).
+pub fn tenant_index_key(tenant: &str, ingested_at_ms: i64, record_id: &str) -> Vec<u8> {
+    tenant_time_key(tenant, ingested_at_ms, record_id.as_bytes())
+}
+
+/// Key of a per-tenant, time-ordered index (`by_tenant`, `audit`):
+/// `record_key(tenant, "") | time (big-endian u64) | tie_break`.
+pub fn tenant_time_key(tenant: &str, time_ms: i64, tie_break: &[u8]) -> Vec<u8> {
+    let mut key = tenant_prefix(tenant);
+    key.extend_from_slice(&(time_ms.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(tie_break);
+    key
+}
+
+/// The first key after every key that starts with `prefix` (for range
+/// deletes and compactions of one tenant's keys); `None` when no key
+/// follows (a prefix of only 0xff bytes).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Splits what follows a tenant's prefix in a listing index key into
+/// (ingested_at_ms, record_id): also the shape of a listing cursor.
+pub fn split_tenant_index_suffix(suffix: &[u8]) -> Option<(i64, &str)> {
+    let (time, record_id) = suffix.split_at_checked(8)?;
+    Some((u64::from_be_bytes(time.try_into().ok()?) as i64, std::str::from_utf8(record_id).ok()?))
+}
+
 /// Key of an event: its sequence, big-endian so the log iterates in order.
 pub fn event_key(sequence: u64) -> [u8; 8] {
     sequence.to_be_bytes()
@@ -71,6 +108,27 @@ mod tests {
         assert_eq!(split_record_key(&key), Some(("acme", "r-1/x")));
         assert!(key.starts_with(&tenant_prefix("acme")));
         assert!(!record_key("acme2", "x").starts_with(&tenant_prefix("acme")));
+    }
+
+    #[test]
+    fn tenant_index_keys_order_by_time_within_the_tenant_and_split_back() {
+        let early = tenant_index_key("acme", 5, "zz");
+        let late = tenant_index_key("acme", 300, "aa");
+        assert!(early < late);
+        assert!(late.starts_with(&tenant_prefix("acme")));
+        let suffix = &late[tenant_prefix("acme").len()..];
+        assert_eq!(split_tenant_index_suffix(suffix), Some((300, "aa")));
+        assert_eq!(split_tenant_index_suffix(b"short"), None);
+    }
+
+    #[test]
+    fn a_prefix_end_follows_every_key_of_the_prefix_and_nothing_else() {
+        let prefix = tenant_prefix("acme");
+        let end = prefix_end(&prefix).unwrap();
+        assert!(record_key("acme", "\u{10ffff}zzz").as_slice() < end.as_slice());
+        assert!(end.as_slice() <= record_key("acmf", "").as_slice());
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
     }
 
     #[test]

@@ -7,34 +7,45 @@
 //! [`keys`] (key layouts), `head` (the in-memory head of the log and the
 //! projections), `transaction` (the write path), `event_log` (reading the
 //! log, WAL syncs), `outbox_watermark`, `records` and `data_keys` (reads),
-//! and [`pager`] (cursor scans page by page).
+//! `listing` (a tenant's records in ingestion order), `audit` (the key-use
+//! audit), `erasure` (removing an erased tenant for good), `tombstones`
+//! (deleted record ids) and [`pager`] (cursor scans page by page).
 
+mod audit;
 mod data_keys;
+mod erasure;
 mod event_log;
 mod head;
 pub mod keys;
+mod listing;
 mod outbox_watermark;
 pub mod pager;
 mod records;
 mod schema;
+mod tombstones;
 mod transaction;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 use thiserror::Error;
 use tokio::sync::Notify;
 
+pub use self::audit::{AuditEntry, AuditRange};
+pub use self::erasure::Removed;
 use self::head::Head;
 pub use self::head::TenantCensus;
+pub use self::listing::{Listed, ListingRange, TimeRange};
 pub use self::records::{IndexEntry, RawRecord};
-pub use self::schema::{CF_BY_TIME, CF_DEKS, CF_EVENTS, CF_HOT, CF_PROJECTIONS, CF_SEALED};
+pub use self::schema::{
+    CF_AUDIT, CF_BY_TENANT, CF_BY_TIME, CF_DEKS, CF_EVENTS, CF_HOT, CF_PROJECTIONS, CF_SEALED, CF_TOMBSTONES,
+};
 use self::schema::{CHECKPOINT_KEY, COLUMN_FAMILIES, decode_sequence};
 pub use self::transaction::Transaction;
 use crate::proto::store::StoredRecord;
-use crate::proto::v1::Layer;
+use crate::proto::v1::{KeyUsed, Layer};
 
 /// Storage failures. A caller that gets one must not acknowledge the input
 /// that led to it.
@@ -56,6 +67,14 @@ pub enum StoreError {
     /// The blocking thread that syncs the WAL did not finish (the runtime is shutting down).
     #[error("the WAL sync task failed: {0}")]
     SyncTask(String),
+    /// A change for a tenant that was erased meanwhile: nothing of it is
+    /// written (the whole batch is refused; retried, its records are
+    /// dead-lettered `tenant_erased`).
+    #[error("tenant {0} was erased")]
+    TenantErased(String),
+    /// RocksDB refused an option change.
+    #[error("rocksdb options: {0}")]
+    Options(String),
 }
 
 /// What a successful commit appended to the log.
@@ -87,6 +106,19 @@ pub struct Store {
     /// publishes past it, so a crash can never un-happen a published event.
     durable_sequence: AtomicU64,
     appended: Notify,
+    /// Held by whoever reads records and then moves, rewrites or deletes
+    /// them on the strength of what it read (seal and re-encryption
+    /// batches, deletes, the tombstone purge), so that none of them acts on
+    /// a record another has just changed: a sealed copy never brings back
+    /// a record deleted meanwhile. Ingest does not take it: it only writes
+    /// records that do not exist.
+    moves: tokio::sync::Mutex<()>,
+    /// Whether `tombstones` may hold anything: false until a record is
+    /// deleted, so a deployment that never deletes pays no tombstone lookup
+    /// on ingest.
+    tombstones_exist: AtomicBool,
+    /// Key-use audit entries waiting for the next commit (see `audit`).
+    pending_audit: Mutex<Vec<(String, KeyUsed)>>,
 }
 
 impl Store {
@@ -127,11 +159,22 @@ impl Store {
             head: RwLock::new(Head { next_sequence: 1, ..Head::default() }),
             durable_sequence: AtomicU64::new(0),
             appended: Notify::new(),
+            moves: tokio::sync::Mutex::new(()),
+            tombstones_exist: AtomicBool::new(false),
+            pending_audit: Mutex::new(Vec::new()),
         };
         let head = store.load_head()?;
         store.durable_sequence.store(head.next_sequence - 1, Ordering::SeqCst);
         *store.head.write().expect("head lock") = head;
+        store.build_tenant_index()?;
+        store.note_tombstones()?;
         Ok(store)
+    }
+
+    /// Waits for the record move in progress (see `moves`) and holds the
+    /// next back while the guard lives.
+    pub async fn moving(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.moves.lock().await
     }
 
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {

@@ -9,10 +9,12 @@ use std::sync::MutexGuard;
 use prost::Message;
 use rocksdb::WriteBatch;
 
-use super::schema::{CF_BY_TIME, CF_DEKS, CF_EVENTS, CF_PROJECTIONS, CHECKPOINT_KEY, layer_cf};
+use super::schema::{
+    CF_BY_TENANT, CF_BY_TIME, CF_DEKS, CF_EVENTS, CF_PROJECTIONS, CF_TOMBSTONES, CHECKPOINT_KEY, layer_cf,
+};
 use super::{Receipt, Store, StoreError, keys};
 use crate::events::projection;
-use crate::proto::store::{StoredRecord, TenantProjection, WrappedDataKey};
+use crate::proto::store::{RecordEntry, StoredRecord, TenantProjection, TenantState, Tombstone, WrappedDataKey};
 use crate::proto::v1::{Event, Layer, event::Kind};
 
 impl Store {
@@ -48,6 +50,27 @@ impl Transaction<'_> {
     /// Removes an ingestion-time index entry.
     pub fn delete_index(&mut self, index_key: &[u8]) {
         self.batch.delete_cf(self.store.cf(CF_BY_TIME), index_key);
+    }
+
+    /// Adds a record to its tenant's listing index.
+    pub fn put_tenant_index(&mut self, tenant_index_key: &[u8], entry: &RecordEntry) {
+        self.batch.put_cf(self.store.cf(CF_BY_TENANT), tenant_index_key, entry.encode_to_vec());
+    }
+
+    /// Removes a record from its tenant's listing index.
+    pub fn delete_tenant_index(&mut self, tenant_index_key: &[u8]) {
+        self.batch.delete_cf(self.store.cf(CF_BY_TENANT), tenant_index_key);
+    }
+
+    /// Marks a record id deleted, so ingest refuses it until `tombstone` expires.
+    pub fn put_tombstone(&mut self, record_key: &[u8], tombstone: &Tombstone) {
+        self.store.tombstone_written();
+        self.batch.put_cf(self.store.cf(CF_TOMBSTONES), record_key, tombstone.encode_to_vec());
+    }
+
+    /// Forgets an expired tombstone.
+    pub fn delete_tombstone(&mut self, record_key: &[u8]) {
+        self.batch.delete_cf(self.store.cf(CF_TOMBSTONES), record_key);
     }
 
     /// Stores a wrapped data key.
@@ -140,13 +163,62 @@ impl Transaction<'_> {
     /// meanwhile. The write is not synced: callers sync after releasing the lock.
     fn write_locked(mut self, _writer: &MutexGuard<'_, ()>, now_ms: i64) -> Result<Receipt, StoreError> {
         let store = self.store;
-        let mut sequence = store.head().next_sequence;
+        // Key-use audit entries ride on whatever commits next; should this
+        // write fail, they wait for the one after.
+        let audit = store.take_pending_audit();
+        self.events.extend(audit.iter().map(|(tenant, used)| (tenant.clone(), Kind::KeyUsed(used.clone()))));
+        let sequence = store.head().next_sequence;
+        let (last_sequence, touched) = match self.append_events(sequence, now_ms) {
+            Ok(appended) => appended,
+            Err(e) => {
+                store.requeue_audit(audit);
+                return Err(e);
+            }
+        };
+        if let Err(e) = store.db.write(self.batch) {
+            store.requeue_audit(audit);
+            return Err(e.into());
+        }
+        let mut head = store.head.write().expect("head lock");
+        head.next_sequence = last_sequence + 1;
+        for (tenant, projection) in touched {
+            head.census.add(&projection);
+            if let Some(old) = head.tenants.insert(tenant.clone(), projection) {
+                head.census.remove(&old);
+            }
+            head.changed.insert(tenant);
+        }
+        Ok(Receipt { last_sequence })
+    }
+
+    /// Puts the events into the batch from `sequence` on, with the
+    /// projections they change and the checkpoint; returns the last
+    /// sequence (`sequence − 1` when there are none) and the projections.
+    /// Refuses every event of an erased tenant but the end of its erasure
+    /// and its key-use audit: a batch that raced the erasure must not
+    /// store anything of it again.
+    fn append_events(
+        &mut self,
+        mut sequence: u64,
+        now_ms: i64,
+    ) -> Result<(u64, HashMap<String, TenantProjection>), StoreError> {
+        let store = self.store;
         let mut touched: HashMap<String, TenantProjection> = HashMap::new();
         let appended_any = !self.events.is_empty();
         for (tenant, kind) in self.events.drain(..) {
             let projection = touched.entry(tenant.clone()).or_insert_with(|| store.tenant(&tenant).unwrap_or_default());
+            if projection.state() == TenantState::Erased
+                && !matches!(kind, Kind::KeyUsed(_) | Kind::TenantErasureCompleted(_))
+            {
+                return Err(StoreError::TenantErased(tenant));
+            }
             projection::apply(projection, &kind, now_ms);
-            let event = Event { sequence, time_unix_ms: now_ms, tenant_id: tenant, kind: Some(kind) };
+            if let Kind::KeyUsed(used) = &kind {
+                store.index_audit(&mut self.batch, &tenant, now_ms, sequence, used);
+            }
+            // The log is the shard's own: `shard` is set when the relay publishes.
+            let event =
+                Event { sequence, time_unix_ms: now_ms, tenant_id: tenant, kind: Some(kind), ..Event::default() };
             self.batch.put_cf(store.cf(CF_EVENTS), keys::event_key(sequence), event.encode_to_vec());
             sequence += 1;
         }
@@ -157,16 +229,6 @@ impl Transaction<'_> {
         if appended_any {
             self.batch.put_cf(store.cf(CF_PROJECTIONS), CHECKPOINT_KEY, last_sequence.to_be_bytes());
         }
-        store.db.write(self.batch)?;
-        let mut head = store.head.write().expect("head lock");
-        head.next_sequence = sequence;
-        for (tenant, projection) in touched {
-            head.census.add(&projection);
-            if let Some(old) = head.tenants.insert(tenant.clone(), projection) {
-                head.census.remove(&old);
-            }
-            head.changed.insert(tenant);
-        }
-        Ok(Receipt { last_sequence })
+        Ok((last_sequence, touched))
     }
 }

@@ -2,12 +2,14 @@
 //! [`seal`] moves records past the seal age into `sealed` every
 //! `--sweep-interval`; on `--reencrypt-schedule`, [`reencrypt`] moves sealed
 //! records off data keys older than `--max-dek-age` and retires those keys,
-//! and [`scrub`] decrypts and verifies every record. The maintenance sweeps
+//! [`retention`] deletes records older than their tenant's retention, and
+//! [`scrub`] decrypts and verifies every record. The maintenance sweeps
 //! are paced to `--sweep-rate` records per second by a [`Pacer`] and
 //! publish where they stand through [`Progress`] (for
 //! `GET /v1/sweeps/progress`, the CLI's progress bar and metrics).
 
 pub mod reencrypt;
+pub mod retention;
 pub mod scrub;
 pub mod seal;
 mod sweeper;
@@ -19,6 +21,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+
+use crate::shard::ShardId;
 
 /// The maintenance sweeps (the seal sweep runs on its own interval).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,12 +99,18 @@ pub struct ProgressSnapshot {
 }
 
 /// The progress of the maintenance sweep running now (at most one runs).
-#[derive(Default)]
 pub struct Progress {
+    /// Whose sweeps, for the metrics' `shard` label.
+    shard: ShardId,
     current: Mutex<Option<(ProgressSnapshot, Instant)>>,
 }
 
 impl Progress {
+    /// No sweep running yet on `shard`.
+    pub fn new(shard: ShardId) -> Self {
+        Self { shard, current: Mutex::new(None) }
+    }
+
     /// Where the running sweep stands, if one runs.
     pub fn snapshot(&self) -> Option<ProgressSnapshot> {
         self.current.lock().expect("progress lock").map(|(mut snapshot, started)| {
@@ -114,7 +124,7 @@ impl Progress {
     pub fn begin(&self, sweep: SweepKind, total: u64) -> Tracker<'_> {
         let snapshot = ProgressSnapshot { sweep, done: 0, total, elapsed_ms: 0 };
         *self.current.lock().expect("progress lock") = Some((snapshot, Instant::now()));
-        crate::telemetry::metrics::sweep_progress(sweep.name(), 0, 0.0);
+        crate::telemetry::metrics::sweep_progress(self.shard, sweep.name(), 0, 0.0);
         Tracker { progress: self, sweep }
     }
 }
@@ -134,7 +144,7 @@ impl Tracker<'_> {
             // Records arriving meanwhile can push done past the estimate.
             snapshot.total = snapshot.total.max(snapshot.done);
             let ratio = snapshot.done as f64 / snapshot.total.max(1) as f64;
-            crate::telemetry::metrics::sweep_progress(self.sweep.name(), records as u64, ratio);
+            crate::telemetry::metrics::sweep_progress(self.progress.shard, self.sweep.name(), records as u64, ratio);
         }
     }
 }
@@ -142,7 +152,7 @@ impl Tracker<'_> {
 impl Drop for Tracker<'_> {
     fn drop(&mut self) {
         *self.progress.current.lock().expect("progress lock") = None;
-        crate::telemetry::metrics::sweep_progress(self.sweep.name(), 0, 1.0);
+        crate::telemetry::metrics::sweep_progress(self.progress.shard, self.sweep.name(), 0, 1.0);
     }
 }
 
@@ -177,7 +187,7 @@ mod tests {
 
     #[test]
     fn progress_shows_only_while_a_sweep_runs() {
-        let progress = Progress::default();
+        let progress = Progress::new(ShardId(0));
         assert!(progress.snapshot().is_none());
         let tracker = progress.begin(SweepKind::Scrub, 10);
         tracker.advance(4);

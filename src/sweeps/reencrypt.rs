@@ -21,7 +21,7 @@ use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::error::Contained;
 use crate::proto::store::{StoredRecord, TenantState};
-use crate::proto::v1::{Layer, RecordsReencrypted, event::Kind};
+use crate::proto::v1::{KeyPurpose, Layer, RecordsReencrypted, event::Kind};
 use crate::records::RecordError;
 use crate::storage::pager::{Pager, RecordsOf};
 use crate::storage::{RawRecord, Store, keys};
@@ -114,7 +114,10 @@ impl TenantSweep<'_> {
     async fn run(&mut self, pacer: &mut Pacer, tracker: &Tracker<'_>) -> Result<(), RecordError> {
         let mut pages =
             Pager::new(self.store, RecordsOf { layer: Layer::Sealed, tenant: self.tenant }, pacer.step_size());
-        while let Some(page) = pages.next_page()? {
+        loop {
+            // From reading the page to committing its re-encryption.
+            let moving = self.store.moving().await;
+            let Some(page) = pages.next_page()? else { break };
             let mut due = Vec::new();
             for RawRecord { key, value } in &page {
                 match StoredRecord::decode(value.as_slice()) {
@@ -129,6 +132,7 @@ impl TenantSweep<'_> {
             }
             self.summary.scanned += page.len() as u64;
             let moved = self.reencrypt(&due).await?;
+            drop(moving);
             tracker.advance(page.len());
             pacer.admit(moved).await;
         }
@@ -143,7 +147,7 @@ impl TenantSweep<'_> {
         }
         let now_ms = self.clock.now_ms();
         let wanted = HashMap::from([(self.tenant.to_owned(), due.len() as u64)]);
-        let mut fresh = BatchKeys::new(self.keyring, Layer::Sealed, now_ms, wanted);
+        let mut fresh = BatchKeys::new(self.keyring, Layer::Sealed, now_ms, wanted).for_purpose(KeyPurpose::Reencrypt);
         let mut old_keys: HashMap<&[u8], Arc<DataKey>> = HashMap::new();
         let mut txn = self.store.transaction();
         let (mut count, mut bytes) = (0u32, 0u64);
@@ -155,7 +159,7 @@ impl TenantSweep<'_> {
             let identity = RecordIdentity { tenant: self.tenant, record_id, layer: Layer::Sealed };
             let old = match old_keys.get(record.data_key_id.as_slice()) {
                 Some(key) => key.clone(),
-                None => match self.keyring.key(&record.data_key_id).await {
+                None => match self.keyring.key(&record.data_key_id, KeyPurpose::Reencrypt).await {
                     Ok(key) => {
                         old_keys.insert(&record.data_key_id, key.clone());
                         key

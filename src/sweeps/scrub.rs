@@ -16,7 +16,7 @@ use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::error::Contained;
 use crate::proto::store::{StoredRecord, TenantState};
-use crate::proto::v1::{CorruptionDetected, Layer, event::Kind};
+use crate::proto::v1::{CorruptionDetected, KeyPurpose, Layer, event::Kind};
 use crate::storage::pager::{Pager, RecordsOf};
 use crate::storage::{RawRecord, Store, StoreError, keys};
 use crate::telemetry::happenings::{Emit, RecordFailedVerification};
@@ -193,7 +193,7 @@ async fn verify(
         return Ok(Err(Finding::Undecodable));
     };
     if !keys_seen.contains_key(&record.data_key_id) {
-        let key = match keyring.key(&record.data_key_id).await {
+        let key = match keyring.key(&record.data_key_id, KeyPurpose::Scrub).await {
             Ok(key) => Ok(key),
             Err(KeyringError::UnknownDataKey) => Err(Finding::DataKeyMissing),
             Err(KeyringError::Crypto(_)) => Err(Finding::DataKeyCorrupt),

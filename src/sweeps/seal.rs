@@ -29,7 +29,7 @@ use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::error::Contained;
 use crate::keyvault::VaultError;
 use crate::proto::store::{TenantProjection, TenantState};
-use crate::proto::v1::{Layer, RecordsSealed, event::Kind};
+use crate::proto::v1::{KeyPurpose, Layer, RecordsSealed, event::Kind};
 use crate::records::RecordError;
 use crate::storage::pager::{IngestedBefore, Pager};
 use crate::storage::{IndexEntry, Store, keys};
@@ -191,6 +191,7 @@ pub async fn seal_due(
             }
             _ => true,
         });
+        let _moving = store.moving().await;
         seal_batch(store, keyring, &due, clock.now_ms(), &mut summary).await?;
     }
     Ok(summary)
@@ -237,7 +238,7 @@ async fn seal_batch(
         // Each data key is looked up once per batch, not once per record.
         let hot_key = match hot_keys.get(&located.record.data_key_id) {
             Some(key) => Ok(key.clone()),
-            None => match keyring.key(&located.record.data_key_id).await {
+            None => match keyring.key(&located.record.data_key_id, KeyPurpose::Seal).await {
                 Ok(key) => {
                     hot_keys.insert(located.record.data_key_id.clone(), key.clone());
                     Ok(key)

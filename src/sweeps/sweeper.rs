@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::reencrypt::{self, ReencryptSummary};
+use super::retention::{self, RetentionSummary};
 use super::scrub::{self, ScrubSummary};
 use super::seal::{self, SealSummary};
 use super::{Pacer, Progress, SweepKind, next_run};
@@ -37,11 +38,11 @@ impl Sweeper {
     pub fn new(shard: Arc<Shard>, settings: Arc<Settings>) -> Self {
         m::seal_hold_reasons(seal::HoldReason::ALL.map(seal::HoldReason::as_str));
         Self {
+            progress: Progress::new(shard.id),
             shard,
             settings,
             seal: tokio::sync::Mutex::new(()),
             maintenance: tokio::sync::Mutex::new(()),
-            progress: Progress::default(),
         }
     }
 
@@ -50,8 +51,8 @@ impl Sweeper {
         &self.progress
     }
 
-    /// Runs a seal sweep now (waiting for one in progress to finish first).
-    /// Which tenants seal is [`seal::plan`]'s decision, from the projections
+    /// Runs a seal sweep now (waiting for one in progress to finish first),
+    /// then purges expired tombstones. Which tenants seal is [`seal::plan`]'s decision, from the projections
     /// alone; a tenant whose key fails during the sweep is held back in its
     /// batch while the others seal.
     pub async fn seal(&self) -> Result<SealSummary, RecordError> {
@@ -60,8 +61,15 @@ impl Sweeper {
         let hold = seal::plan(&shard.store.tenants());
         let summary =
             seal::seal_due(&shard.store, &shard.keyring, shard.clock.as_ref(), self.settings.seal_after, &hold).await?;
-        m::sealed(summary.sealed);
-        gauges::refresh(&shard.store, shard.now_ms(), self.settings.seal_after)?;
+        m::sealed(self.shard.id, summary.sealed);
+        let purged = {
+            let _moving = shard.store.moving().await;
+            shard.store.purge_expired_tombstones(shard.now_ms())?
+        };
+        if purged > 0 {
+            info!(purged, "expired tombstones purged");
+        }
+        gauges::refresh(shard, self.settings.seal_after)?;
         Ok(summary)
     }
 
@@ -79,6 +87,20 @@ impl Sweeper {
                 retired_data_keys = summary.retired_data_keys,
                 "re-encryption sweep done"
             );
+        }
+        Ok(summary)
+    }
+
+    /// Runs a retention sweep now (after the maintenance sweep in
+    /// progress), paced to `--sweep-rate`.
+    pub async fn retention(&self) -> Result<RetentionSummary, RecordError> {
+        let _one_at_a_time = self.maintenance.lock().await;
+        let shard = &self.shard;
+        let mut pacer = Pacer::new(self.settings.sweep_rate);
+        let default = self.settings.default_retention;
+        let summary = retention::run(&shard.store, &shard.keyring, shard.clock.as_ref(), default, &mut pacer).await?;
+        if summary.expired > 0 {
+            info!(expired = summary.expired, retired_data_keys = summary.retired_data_keys, "retention sweep done");
         }
         Ok(summary)
     }
@@ -122,7 +144,7 @@ impl Sweeper {
         }
     }
 
-    /// Runs the re-encryption sweep, then the scrub, at each time
+    /// Runs the retention sweep, the re-encryption sweep, then the scrub, at each time
     /// `--reencrypt-schedule` names. It wakes at least every minute to
     /// compare the schedule with the shard clock, so clock jumps are honoured.
     pub async fn maintain_on_schedule(&self, shutdown: CancellationToken) {
@@ -150,6 +172,9 @@ impl Sweeper {
     }
 
     async fn maintain(&self) {
+        if let Err(e) = self.retention().await {
+            error!(error = %e, "retention sweep failed; it resumes at the next scheduled run");
+        }
         if let Err(e) = self.reencrypt().await {
             error!(error = %e, "re-encryption sweep failed; it resumes at the next scheduled run");
         }

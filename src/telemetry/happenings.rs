@@ -10,6 +10,7 @@ use metrics::counter;
 use tracing::warn;
 
 use super::metrics::set_ingest_paused;
+use crate::shard::ShardId;
 
 /// Something that happened, told to the logs and the metrics at once.
 pub trait Emit {
@@ -46,13 +47,17 @@ impl Emit for IngestResumed {
 pub struct MessageDeadLettered {
     /// The rejection's code, as in the dead letter's header.
     pub reason: &'static str,
+    /// The shard whose consumer refused it; `None` for the intake, which
+    /// refuses what no shard can take.
+    pub shard: Option<ShardId>,
 }
 
 impl Emit for MessageDeadLettered {
     fn emit(self) {
-        warn!(reason = self.reason, "message dead-lettered");
-        counter!("keyseal_records_ingested_total", "result" => "dead_lettered").increment(1);
-        counter!("keyseal_dead_letters_total", "reason" => self.reason).increment(1);
+        let shard = self.shard.map_or_else(|| "intake".to_owned(), |shard| shard.to_string());
+        warn!(reason = self.reason, shard, "message dead-lettered");
+        counter!("keyseal_records_ingested_total", "result" => "dead_lettered", "shard" => shard.clone()).increment(1);
+        counter!("keyseal_dead_letters_total", "reason" => self.reason, "shard" => shard).increment(1);
     }
 }
 

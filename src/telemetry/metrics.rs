@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
+
+use crate::shard::ShardId;
 
 /// How long a gauge series may go without an update before `/metrics`
 /// drops it. Per-tenant series are set when a tenant's projection changes,
@@ -30,6 +32,12 @@ pub fn handle() -> PrometheusHandle {
                 .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT))
                 .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
                 .expect("static buckets are valid")
+                // An erasure rewrites files: seconds to minutes.
+                .set_buckets_for_metric(
+                    Matcher::Full("keyseal_erasure_seconds".into()),
+                    &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0],
+                )
+                .expect("static buckets are valid")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             describe();
@@ -38,8 +46,11 @@ pub fn handle() -> PrometheusHandle {
             for layer in ["hot", "sealed"] {
                 counter!("keyseal_corrupt_records_total", "layer" => layer).absolute(0);
             }
-            counter!("keyseal_rewrap_data_keys_total").absolute(0);
             counter!("keyseal_data_keys_retired_total").absolute(0);
+            counter!("keyseal_tenants_erased_total").absolute(0);
+            counter!("keyseal_audit_dropped_total").absolute(0);
+            // Registered, so it renders (empty) before the first erasure.
+            drop(histogram!("keyseal_erasure_seconds"));
             handle
         })
         .clone()
@@ -90,9 +101,30 @@ fn describe() {
         "Events appended but not yet confirmed on keyseal.events."
     );
     describe_counter!("keyseal_data_key_cache_total", Unit::Count, "Data-key lookups by result: hit, miss.");
-    describe_counter!("keyseal_root_key_operations_total", Unit::Count, "Root-key wrap and unwrap operations.");
+    describe_counter!(
+        "keyseal_root_key_operations_total",
+        Unit::Count,
+        "Root-key wrap and unwrap calls (each one a KeyUsed audit entry), by root_kind, operation, purpose, outcome."
+    );
+    describe_counter!("keyseal_tenants_erased_total", Unit::Count, "Tenants erased on request.");
+    describe_histogram!(
+        "keyseal_erasure_seconds",
+        Unit::Seconds,
+        "How long an erasure took, from shredding the keys to the last file rolled."
+    );
+    describe_counter!(
+        "keyseal_audit_dropped_total",
+        Unit::Count,
+        "Key-use audit entries dropped because commits kept failing while more than 100,000 waited."
+    );
     describe_gauge!("keyseal_tenants", Unit::Count, "Tenants by lockdown state (active, degraded, locked_down).");
     describe_gauge!("keyseal_key_healthy", Unit::Count, "1 while a BYOK tenant's key is healthy, 0 while unavailable.");
+    describe_counter!("keyseal_records_deleted_total", Unit::Count, "Records deleted, by cause (request, retention).");
+    describe_gauge!(
+        "keyseal_key_expires_in_seconds",
+        Unit::Seconds,
+        "Seconds until the version of its key a BYOK tenant uses expires (its exp), as the last probe read it."
+    );
     describe_counter!(
         "keyseal_vault_requests_total",
         Unit::Count,
@@ -137,10 +169,11 @@ fn describe() {
 
 /// One ingest batch was made durable and acked (its dead letters count
 /// themselves: [`super::happenings::MessageDeadLettered`]).
-pub fn batch_committed(stored: u64, duplicates: u64, took: Duration) {
-    counter!("keyseal_records_ingested_total", "result" => "stored").increment(stored);
-    counter!("keyseal_records_ingested_total", "result" => "duplicate").increment(duplicates);
-    histogram!("keyseal_batch_commit_seconds").record(took.as_secs_f64());
+pub fn batch_committed(shard: ShardId, stored: u64, duplicates: u64, took: Duration) {
+    let shard = shard.to_string();
+    counter!("keyseal_records_ingested_total", "result" => "stored", "shard" => shard.clone()).increment(stored);
+    counter!("keyseal_records_ingested_total", "result" => "duplicate", "shard" => shard.clone()).increment(duplicates);
+    histogram!("keyseal_batch_commit_seconds", "shard" => shard).record(took.as_secs_f64());
 }
 
 /// Sets `keyseal_ingest_paused` (see [`super::happenings::IngestPaused`]).
@@ -162,14 +195,15 @@ pub fn refresh_process_gauges() {
 }
 
 /// Records at rest in the shard, per layer.
-pub fn records_at_rest(hot: u64, sealed: u64) {
-    gauge!("keyseal_records_at_rest", "layer" => "hot").set(hot as f64);
-    gauge!("keyseal_records_at_rest", "layer" => "sealed").set(sealed as f64);
+pub fn records_at_rest(shard: ShardId, hot: u64, sealed: u64) {
+    let shard = shard.to_string();
+    gauge!("keyseal_records_at_rest", "layer" => "hot", "shard" => shard.clone()).set(hot as f64);
+    gauge!("keyseal_records_at_rest", "layer" => "sealed", "shard" => shard).set(sealed as f64);
 }
 
-/// A seal sweep moved `count` records.
-pub fn sealed(count: u64) {
-    counter!("keyseal_records_sealed_total").increment(count);
+/// A seal sweep of `shard` moved `count` records.
+pub fn sealed(shard: ShardId, count: u64) {
+    counter!("keyseal_records_sealed_total", "shard" => shard.to_string()).increment(count);
 }
 
 /// Starts `keyseal_seal_held_back_total` at 0 for each of `reasons`, so
@@ -187,19 +221,19 @@ pub fn tenant_records(tenant: &str, hot: u64, sealed: u64) {
     gauge!("keyseal_records", "tenant" => tenant.to_owned(), "layer" => "sealed").set(sealed as f64);
 }
 
-/// Seal lag, in seconds past the seal age.
-pub fn seal_lag(seconds: f64) {
-    gauge!("keyseal_seal_lag_seconds").set(seconds.max(0.0));
+/// Seal lag of a shard, in seconds past the seal age.
+pub fn seal_lag(shard: ShardId, seconds: f64) {
+    gauge!("keyseal_seal_lag_seconds", "shard" => shard.to_string()).set(seconds.max(0.0));
 }
 
-/// Events confirmed by the broker.
-pub fn events_published(count: u64) {
-    counter!("keyseal_events_published_total").increment(count);
+/// Events of `shard` confirmed by the broker.
+pub fn events_published(shard: ShardId, count: u64) {
+    counter!("keyseal_events_published_total", "shard" => shard.to_string()).increment(count);
 }
 
-/// Events not yet confirmed.
-pub fn outbox_lag(events: u64) {
-    gauge!("keyseal_outbox_lag_events").set(events as f64);
+/// Events of a shard not yet confirmed.
+pub fn outbox_lag(shard: ShardId, events: u64) {
+    gauge!("keyseal_outbox_lag_events", "shard" => shard.to_string()).set(events as f64);
 }
 
 /// A data-key lookup was served from memory (`hit`) or not.
@@ -207,9 +241,30 @@ pub fn data_key_lookup(hit: bool) {
     counter!("keyseal_data_key_cache_total", "result" => if hit { "hit" } else { "miss" }).increment(1);
 }
 
-/// A root key wrapped or unwrapped a data key.
-pub fn root_key_operation() {
-    counter!("keyseal_root_key_operations_total").increment(1);
+/// A root key wrapped or unwrapped a data key (or failed to): the
+/// counting side of its audit entry.
+pub fn key_used(used: &crate::proto::v1::KeyUsed) {
+    let root = used.root.as_ref().map_or("managed", crate::audit::root_kind);
+    let outcome = if used.outcome == "ok" { "ok" } else { "error" };
+    counter!(
+        "keyseal_root_key_operations_total",
+        "root_kind" => root,
+        "operation" => crate::audit::operation_name(used.operation()),
+        "purpose" => crate::audit::purpose_name(used.purpose()),
+        "outcome" => outcome,
+    )
+    .increment(1);
+}
+
+/// A tenant was erased (keys shredded, data removed) in `took`.
+pub fn tenant_erased(took: Duration) {
+    counter!("keyseal_tenants_erased_total").increment(1);
+    histogram!("keyseal_erasure_seconds").record(took.as_secs_f64());
+}
+
+/// Audit entries were dropped (see `keyseal_audit_dropped_total`).
+pub fn audit_dropped(entries: u64) {
+    counter!("keyseal_audit_dropped_total").increment(entries);
 }
 
 /// One Key Vault request finished.
@@ -218,9 +273,49 @@ pub fn vault_request(operation: &'static str, outcome: &'static str, took: Durat
     histogram!("keyseal_vault_request_seconds", "operation" => operation).record(took.as_secs_f64());
 }
 
-/// How many tenants are in `state`.
-pub fn tenants_in_state(state: &'static str, count: usize) {
-    gauge!("keyseal_tenants", "state" => state).set(count as f64);
+/// How many tenants of a shard are in `state`.
+pub fn tenants_in_state(shard: ShardId, state: &'static str, count: usize) {
+    gauge!("keyseal_tenants", "state" => state, "shard" => shard.to_string()).set(count as f64);
+}
+
+/// How many shards this worker owns.
+pub fn shards_owned(count: usize) {
+    gauge!("keyseal_shards_owned").set(count as f64);
+}
+
+/// Starts the shard counters at 0 (every cause), so their series exist
+/// before the first handover.
+pub fn shard_counters() {
+    for cause in ["rebalance", "shutdown", "lease_lost"] {
+        counter!("keyseal_shard_handovers_total", "cause" => cause).absolute(0);
+    }
+    counter!("keyseal_intake_forwarded_total").absolute(0);
+}
+
+/// Starts the per-shard counters of rare events of `shard` at 0, when
+/// this worker starts running it.
+pub fn shard_started(shard: ShardId) {
+    counter!("keyseal_rewrap_data_keys_total", "shard" => shard.to_string()).absolute(0);
+}
+
+/// This worker handed a shard over (`rebalance`, `shutdown`) or lost it (`lease_lost`).
+pub fn shard_handover(cause: &'static str) {
+    counter!("keyseal_shard_handovers_total", "cause" => cause).increment(1);
+}
+
+/// Records deleted, by `cause` (`request`, `retention`).
+pub fn records_deleted(cause: &'static str, count: u64) {
+    counter!("keyseal_records_deleted_total", "cause" => cause).increment(count);
+}
+
+/// Intake messages forwarded to their shard's queue.
+pub fn intake_forwarded(count: u64) {
+    counter!("keyseal_intake_forwarded_total").increment(count);
+}
+
+/// Seconds until the key version a BYOK tenant uses expires (negative once past).
+pub fn key_expires_in(tenant: &str, seconds: f64) {
+    gauge!("keyseal_key_expires_in_seconds", "tenant" => tenant.to_owned()).set(seconds);
 }
 
 /// Whether a BYOK tenant's key is healthy.
@@ -228,9 +323,9 @@ pub fn key_health(tenant: &str, healthy: bool) {
     gauge!("keyseal_key_healthy", "tenant" => tenant.to_owned()).set(if healthy { 1.0 } else { 0.0 });
 }
 
-/// A sealed data key was wrapped anew.
-pub fn data_key_rewrapped() {
-    counter!("keyseal_rewrap_data_keys_total").increment(1);
+/// A sealed data key of `shard` was wrapped anew.
+pub fn data_key_rewrapped(shard: ShardId) {
+    counter!("keyseal_rewrap_data_keys_total", "shard" => shard.to_string()).increment(1);
 }
 
 /// Sealed data keys of `tenant` the running rewrap has still to move.
@@ -238,10 +333,11 @@ pub fn rewrap_pending(tenant: &str, keys: usize) {
     gauge!("keyseal_rewrap_pending_data_keys", "tenant" => tenant.to_owned()).set(keys as f64);
 }
 
-/// A maintenance sweep handled `records` more records and stands at `ratio`.
-pub fn sweep_progress(sweep: &'static str, records: u64, ratio: f64) {
-    counter!("keyseal_sweep_records_total", "sweep" => sweep).increment(records);
-    gauge!("keyseal_sweep_progress_ratio", "sweep" => sweep).set(ratio.clamp(0.0, 1.0));
+/// A maintenance sweep of `shard` handled `records` more records and stands at `ratio`.
+pub fn sweep_progress(shard: ShardId, sweep: &'static str, records: u64, ratio: f64) {
+    let shard = shard.to_string();
+    counter!("keyseal_sweep_records_total", "sweep" => sweep, "shard" => shard.clone()).increment(records);
+    gauge!("keyseal_sweep_progress_ratio", "sweep" => sweep, "shard" => shard).set(ratio.clamp(0.0, 1.0));
 }
 
 /// Data keys were retired.

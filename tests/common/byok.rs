@@ -102,6 +102,7 @@ impl Setup {
     /// Roots of the tenant's sealed data keys, as stored.
     pub fn sealed_roots(&self, tenant: &str) -> Vec<Root> {
         self.worker
+            .only()
             .shard
             .store
             .data_keys_of(tenant)
@@ -125,5 +126,18 @@ impl Setup {
 
     pub async fn rsa_key(&self, name: &str) -> String {
         self.vault.admin.create_rsa(name).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// Waits until `tenant` is in `state` with key-health `reason`; returns its status.
+pub async fn wait_for_state(s: &Setup, tenant: &str, state: &str, reason: Option<&str>) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = s.status(tenant).await;
+        if status["state"] == state && status["keyHealth"]["reason"].as_str() == reason {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{tenant} never became {state} ({reason:?}): {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod byok;
+pub mod fleet;
 pub mod vault;
 
 use std::future::Future;
@@ -14,10 +15,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keyseal::broker::publish::Publisher;
+use keyseal::broker::{DEAD_LETTER_QUEUE, ERROR_HEADER};
 use keyseal::clock::SharedClock;
 use keyseal::config::Settings;
 use keyseal::proto::v1::IngestRecord;
 use keyseal::worker::Worker;
+use lapin::Channel;
+use lapin::message::BasicGetMessage;
+use lapin::options::BasicGetOptions;
+use lapin::types::AMQPValue;
 
 /// A throwaway vhost, deleted on drop.
 pub struct Vhost {
@@ -164,10 +170,108 @@ pub async fn get_record(base: &str, tenant: &str, record_id: &str) -> (u16, Vec<
     (status, response.bytes().await.unwrap().to_vec())
 }
 
+/// Declares a deployment of `shards` shards on `vhost` and places
+/// `tenants` on their shards, as the intake would on their first message:
+/// for benchmarks of the steady state, where every tenant is placed.
+pub async fn place(vhost: &Vhost, shards: u32, tenants: &[String]) {
+    use keyseal::broker::{self, ROUTE_EXCHANGE, shard_queue};
+    let connection = broker::connect(&vhost.amqp_url(), "placement").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    broker::declare_topology(&channel).await.unwrap();
+    broker::declare_shard_queues(&connection, shards).await.unwrap();
+    for tenant in tenants {
+        let queue = shard_queue(keyseal::shards::placement::shard_of(tenant, shards).0);
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                ROUTE_EXCHANGE.into(),
+                tenant.as_str().into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    broker::close(&connection, "placed").await;
+}
+
 /// Publishes (republishing what the broker nacks, as a producer must) and
 /// asserts every record was confirmed.
 pub async fn publish_confirmed(vhost: &Vhost, records: &[IngestRecord]) {
     let publisher = Publisher::connect(&vhost.amqp_url()).await.expect("publisher connects");
     let unconfirmed = publisher.publish_until_confirmed(records, 500, 3).await.expect("publish");
     assert_eq!(unconfirmed, 0, "every record confirmed");
+}
+
+/// The next message in the dead-letter queue, taken off it, within `timeout`.
+pub async fn next_dead_letter(channel: &Channel, timeout: Duration) -> Option<BasicGetMessage> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = channel.basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions { no_ack: true }).await.unwrap();
+        if got.is_some() || Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A header of a message got from a queue.
+pub fn header<'a>(message: &'a BasicGetMessage, name: &str) -> Option<&'a AMQPValue> {
+    message.delivery.properties.headers().as_ref()?.inner().get(name)
+}
+
+/// The reason a dead letter carries.
+pub fn reason(message: &BasicGetMessage) -> String {
+    match header(message, ERROR_HEADER) {
+        Some(AMQPValue::LongString(reason)) => reason.to_string(),
+        other => panic!("dead letter without {ERROR_HEADER}: {other:?}"),
+    }
+}
+
+/// Every file under `dir`, at any depth, with its bytes (a file deleted
+/// meanwhile, as RocksDB retires files, is left out): what a test or
+/// benchmark searches for traces of erased data.
+pub fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("a readable dir") {
+            let path = entry.expect("a dir entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files.push((path, bytes));
+            }
+        }
+    }
+    files
+}
+
+/// The sum of every sample of the Prometheus metric `name` in `text` whose
+/// labels include all of `labels`, or `None` when no sample matches. Summing
+/// across the other labels (a worker reports per shard) keeps tests from
+/// depending on which labels a series carries or their order.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut matched = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
+            None => (series, ""),
+        };
+        let has = |&(key, want): &(&str, &str)| {
+            let quoted = format!("\"{want}\"");
+            series_labels.split(',').any(|pair| pair.split_once('=') == Some((key, quoted.as_str())))
+        };
+        if series_name == name && labels.iter().all(has) {
+            *matched.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
+        }
+    }
+    matched
+}
+
+/// [`metric_sum`] of the worker at `base`'s `/metrics`.
+pub async fn scrape_sum(base: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
+    metric_sum(&text, name, labels)
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{Keyring, KeyringError};
 use crate::crypto::data_key::DataKey;
+use crate::proto::v1::KeyPurpose;
 use crate::storage::keys;
 
 /// An unwrapped key in the cache.
@@ -114,11 +115,11 @@ impl Keyring {
         cache.insert(id.to_vec(), Cached { key: key.clone(), loaded_ms: self.clock.now_ms(), uses: 1 });
     }
 
-    pub(super) async fn load(&self, id: &[u8]) -> Result<Option<Arc<DataKey>>, KeyringError> {
+    pub(super) async fn load(&self, id: &[u8], purpose: KeyPurpose) -> Result<Option<Arc<DataKey>>, KeyringError> {
         let Some(wrapped) = self.store.wrapped_data_key(id)? else {
             return Ok(None);
         };
-        let key = Arc::new(self.unwrap(&wrapped).await?);
+        let key = Arc::new(self.unwrap(id, &wrapped, purpose).await?);
         self.remember(id, &key);
         Ok(Some(key))
     }

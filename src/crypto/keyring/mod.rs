@@ -52,11 +52,14 @@ use self::writers::{Unsettled, Writer};
 use super::CryptoError;
 use super::data_key::{DataKey, DataKeyId};
 use super::root_key::{ManagedRootKeys, RootKey, RootKeyError, VaultRootKey, WRAP_ALGORITHM, WrapAlgorithm};
+use crate::audit::KeyUse;
 use crate::clock::SharedClock;
 use crate::keyvault::key_uri::KeyUriError;
 use crate::keyvault::{KeyUri, Vault, VaultError};
 use crate::proto::store::WrappedDataKey;
-use crate::proto::v1::{Layer, RootKeyRef, root_key_ref::Root};
+use crate::proto::v1::key_used::Operation;
+use crate::proto::v1::{KeyPurpose, Layer, RootKeyRef, root_key_ref::Root};
+use crate::shard::ShardId;
 use crate::storage::{Store, StoreError};
 
 /// Failures getting a usable data key.
@@ -199,6 +202,8 @@ pub struct Keyring {
     rewrapping: tokio::sync::Mutex<()>,
     /// Most root-key calls one rewrap keeps in flight.
     vault_concurrency: usize,
+    /// The shard whose keys these are (the metrics' `shard` label).
+    shard: ShardId,
 }
 
 /// Root-key calls a rewrap keeps in flight unless told otherwise: enough to
@@ -234,7 +239,13 @@ impl Keyring {
             creating: tokio::sync::Mutex::new(()),
             rewrapping: tokio::sync::Mutex::new(()),
             vault_concurrency: VAULT_CONCURRENCY,
+            shard: ShardId::default(),
         }
+    }
+
+    /// The same keyring, labelled as shard `shard`'s in metrics.
+    pub fn for_shard(self, shard: ShardId) -> Self {
+        Self { shard, ..self }
     }
 
     /// The same keyring keeping at most `calls` root-key calls of a rewrap
@@ -248,12 +259,13 @@ impl Keyring {
         self.rotation
     }
 
-    /// The data key with id `id`, from memory or unwrapped from the store.
-    pub async fn key(&self, id: &[u8]) -> Result<Arc<DataKey>, KeyringError> {
+    /// The data key with id `id`, from memory or unwrapped from the store
+    /// (a root-key call, audited as done for `purpose`).
+    pub async fn key(&self, id: &[u8], purpose: KeyPurpose) -> Result<Arc<DataKey>, KeyringError> {
         if let Some(key) = self.cached(id) {
             return Ok(key);
         }
-        self.load(id).await?.ok_or(KeyringError::UnknownDataKey)
+        self.load(id, purpose).await?.ok_or(KeyringError::UnknownDataKey)
     }
 
     /// The vault client, or why there is none.
@@ -315,15 +327,24 @@ impl Keyring {
         Ok(self.root_key(root)?.reference())
     }
 
-    /// `key` wrapped by `root`, as it is stored.
+    /// `key` (data key `id`) wrapped by `root`, as it is stored; the call
+    /// is audited as done for `purpose`.
     async fn wrap(
         &self,
         root: &TenantRoot,
         key: &DataKey,
+        id: &[u8],
         created_at_unix_ms: i64,
+        purpose: KeyPurpose,
     ) -> Result<WrappedDataKey, KeyringError> {
-        crate::telemetry::metrics::root_key_operation();
-        let wrapped = self.root_key(root)?.wrap(key).await?;
+        let root_key = self.root_key(root)?;
+        let tenant = DataKeyId::from_bytes(id)?.tenant;
+        let usage = KeyUse { store: &self.store, tenant: &tenant, data_key_id: id, purpose };
+        let wrapped = usage
+            .run(&root_key.reference(), Operation::Wrap, |request| async move {
+                root_key.wrap(key, request.as_deref()).await
+            })
+            .await?;
         Ok(WrappedDataKey {
             wrapped_by: Some(wrapped.wrapped_by),
             algorithm: WRAP_ALGORITHM.into(),
@@ -333,10 +354,17 @@ impl Keyring {
         })
     }
 
-    async fn unwrap(&self, wrapped: &WrappedDataKey) -> Result<DataKey, KeyringError> {
-        crate::telemetry::metrics::root_key_operation();
+    /// Data key `id` unwrapped from its stored form; audited as done for `purpose`.
+    async fn unwrap(&self, id: &[u8], wrapped: &WrappedDataKey, purpose: KeyPurpose) -> Result<DataKey, KeyringError> {
         let algorithm = WrapAlgorithm::parse(&wrapped.algorithm)?;
-        Ok(self.stored_root(wrapped)?.unwrap(&wrapped.wrapped, algorithm).await?)
+        let root_key = self.stored_root(wrapped)?;
+        let tenant = DataKeyId::from_bytes(id)?.tenant;
+        let usage = KeyUse { store: &self.store, tenant: &tenant, data_key_id: id, purpose };
+        Ok(usage
+            .run(&root_key.reference(), Operation::Unwrap, |request| async move {
+                root_key.unwrap(&wrapped.wrapped, algorithm, request.as_deref()).await
+            })
+            .await?)
     }
 }
 
@@ -361,7 +389,7 @@ mod tests {
         wanted: u64,
     ) -> WriteKey {
         let batch = keyring.batch();
-        let mut lease = keyring.reserve(tenant, layer, now_ms, wanted, batch).await.unwrap();
+        let mut lease = keyring.reserve(tenant, layer, now_ms, wanted, batch, KeyPurpose::Store).await.unwrap();
         if let Some(created) = lease.created.take() {
             let mut txn = keyring.store.transaction();
             created.join(&mut txn);

@@ -1,5 +1,6 @@
 //! Retirement: deleting data keys no record uses any more, which
-//! crypto-shreds whatever they ever encrypted.
+//! crypto-shreds whatever they ever encrypted; and shredding every key of
+//! a tenant that is erased.
 
 use std::collections::HashSet;
 
@@ -40,5 +41,34 @@ impl Keyring {
             cache.remove(*id);
         }
         Ok(retiring.len())
+    }
+}
+
+impl Keyring {
+    /// Crypto-shreds every data key of `tenant` in one durable batch with
+    /// the event `erased` makes of how many there were, then drops the
+    /// unwrapped copies and writers it has in memory: from the commit on,
+    /// nothing of the tenant can be decrypted. No rewrap or retirement runs
+    /// meanwhile (it could write a key back); a batch that created a key for
+    /// the tenant and commits later is refused by the store, which takes no
+    /// event for an erased tenant.
+    pub async fn shred(
+        &self,
+        tenant: &str,
+        now_ms: i64,
+        erased: impl FnOnce(u32) -> Kind,
+    ) -> Result<u32, KeyringError> {
+        let _one = self.rewrapping.lock().await;
+        let _creating = self.creating.lock().await;
+        let ids: Vec<Vec<u8>> = self.store.data_keys_of(tenant)?.into_iter().map(|(id, _)| id).collect();
+        let destroyed = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        let mut txn = self.store.transaction();
+        for id in &ids {
+            txn.delete_data_key(id);
+        }
+        txn.event(tenant, erased(destroyed));
+        txn.commit_durable(now_ms).await?;
+        self.forget_tenant(tenant);
+        Ok(destroyed)
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::MutexGuard;
 use super::{Keyring, KeyringError, RewrapSummary, TenantRoot, same_root};
 use crate::crypto::data_key::DataKeyId;
 use crate::proto::store::WrappedDataKey;
-use crate::proto::v1::{Layer, RewrapProgress, RootKeyRef, event::Kind};
+use crate::proto::v1::{KeyPurpose, Layer, RewrapProgress, RootKeyRef, event::Kind};
 
 /// Sealed data keys rewrapped per committed step of a rewrap: each step is
 /// one write batch with a `RewrapProgress` event, so a crash loses at most
@@ -185,10 +185,10 @@ impl Keyring {
     ) -> Result<WrappedDataKey, KeyringError> {
         let key = match self.cached(id) {
             Some(key) => key,
-            None => Arc::new(self.unwrap(wrapped).await?),
+            None => Arc::new(self.unwrap(id, wrapped, KeyPurpose::Rewrap).await?),
         };
-        let rewrapped = self.wrap(target, &key, wrapped.created_at_unix_ms).await?;
-        crate::telemetry::metrics::data_key_rewrapped();
+        let rewrapped = self.wrap(target, &key, id, wrapped.created_at_unix_ms, KeyPurpose::Rewrap).await?;
+        crate::telemetry::metrics::data_key_rewrapped(self.shard);
         Ok(rewrapped)
     }
 

@@ -102,7 +102,8 @@ impl RootKey for ManagedRootKey {
     }
 
     // RSA runs inline, as it always has: there is nothing to wait for.
-    fn wrap<'a>(&'a self, key: &'a DataKey) -> BoxFuture<'a, Result<Wrapped, RootKeyError>> {
+    /// No request id: nothing leaves the process.
+    fn wrap<'a>(&'a self, key: &'a DataKey, _: Option<&'a str>) -> BoxFuture<'a, Result<Wrapped, RootKeyError>> {
         Box::pin(future::ready(self.wrap_now(key).map_err(RootKeyError::from)))
     }
 
@@ -110,6 +111,7 @@ impl RootKey for ManagedRootKey {
         &'a self,
         wrapped: &'a [u8],
         algorithm: WrapAlgorithm,
+        _: Option<&'a str>,
     ) -> BoxFuture<'a, Result<DataKey, RootKeyError>> {
         Box::pin(future::ready(self.unwrap_now(wrapped, algorithm).map_err(RootKeyError::from)))
     }
@@ -166,7 +168,13 @@ impl ManagedRootKeys {
             });
         }
         if versions.is_empty() {
-            versions.insert(1, Arc::new(create_version(&dir.join(file_name(1)))?));
+            let path = dir.join(file_name(1));
+            let created = match create_version(&path) {
+                // Another worker sharing the data dir created it first.
+                Err(_) if path.exists() => read_version(&path)?,
+                created => created?,
+            };
+            versions.insert(1, Arc::new(created));
         }
         Ok(Self { versions })
     }
@@ -259,16 +267,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = ManagedRootKeys::load_or_create(dir.path()).unwrap();
         let dek = DataKey::generate();
-        let wrap = keys.current().wrap(&dek).await.unwrap();
+        let wrap = keys.current().wrap(&dek, None).await.unwrap();
         assert_eq!(wrap.wrapped_by, RootKeyRef { root: Some(Root::ManagedVersion(1)) });
         assert_eq!(wrap.fingerprint.len(), 32);
 
         let reloaded = ManagedRootKeys::load_or_create(dir.path()).unwrap();
         assert_eq!(reloaded.fingerprints(), keys.fingerprints());
         let root = reloaded.version(1, &wrap.fingerprint).unwrap();
-        let back = root.unwrap(&wrap.wrapped, WrapAlgorithm::RsaOaep256).await.unwrap();
+        let back = root.unwrap(&wrap.wrapped, WrapAlgorithm::RsaOaep256, None).await.unwrap();
         assert_eq!(back.expose_for_wrapping(), dek.expose_for_wrapping());
-        let old_style = reloaded.version(1, "").unwrap().unwrap(&wrap.wrapped, WrapAlgorithm::RsaOaep256).await;
+        let old_style = reloaded.version(1, "").unwrap().unwrap(&wrap.wrapped, WrapAlgorithm::RsaOaep256, None).await;
         assert_eq!(
             old_style.unwrap().expose_for_wrapping(),
             dek.expose_for_wrapping(),
@@ -288,9 +296,9 @@ mod tests {
         let wrapped = keys.versions[&1].public.oaep_encrypt::<Sha1>(dek.expose_for_wrapping()).unwrap();
         let algorithm = WrapAlgorithm::parse("RSA-OAEP").unwrap();
         let root = keys.version(1, "").unwrap();
-        let back = root.unwrap(&wrapped, algorithm).await.unwrap();
+        let back = root.unwrap(&wrapped, algorithm, None).await.unwrap();
         assert_eq!(back.expose_for_wrapping(), dek.expose_for_wrapping());
-        assert!(root.unwrap(&wrapped, WrapAlgorithm::RsaOaep256).await.is_err(), "the algorithm matters");
+        assert!(root.unwrap(&wrapped, WrapAlgorithm::RsaOaep256, None).await.is_err(), "the algorithm matters");
         assert!(WrapAlgorithm::parse("RSA1_5").is_err());
     }
 
@@ -299,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = ManagedRootKeys::load_or_create(dir.path()).unwrap();
         let other = ManagedRootKeys::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
-        let wrap = other.current().wrap(&DataKey::generate()).await.unwrap();
+        let wrap = other.current().wrap(&DataKey::generate(), None).await.unwrap();
         let error = keys.version(1, &wrap.fingerprint).unwrap_err();
         assert!(matches!(error, CryptoError::UnknownRootFingerprint { .. }), "{error}");
         assert!(error.to_string().contains(&wrap.fingerprint), "{error}");
@@ -311,20 +319,20 @@ mod tests {
         let keys = ManagedRootKeys::load_or_create(dir.path()).unwrap();
         let root: Box<dyn RootKey> = Box::new(keys.current());
         let dek = DataKey::generate();
-        let wrapped = root.wrap(&dek).await.unwrap();
+        let wrapped = root.wrap(&dek, None).await.unwrap();
         assert_eq!(wrapped.wrapped_by, root.reference());
         assert_eq!(wrapped.fingerprint, root.fingerprint());
         assert_eq!(root.fingerprint(), keys.fingerprints()[&1]);
         assert_ne!(wrapped.wrapped.as_slice(), dek.expose_for_wrapping(), "wrapped, not copied");
 
-        let back = root.unwrap(&wrapped.wrapped, WrapAlgorithm::RsaOaep256).await.unwrap();
+        let back = root.unwrap(&wrapped.wrapped, WrapAlgorithm::RsaOaep256, None).await.unwrap();
         assert_eq!(back.expose_for_wrapping(), dek.expose_for_wrapping());
-        let again = root.wrap(&dek).await.unwrap();
+        let again = root.wrap(&dek, None).await.unwrap();
         assert_ne!(again.wrapped, wrapped.wrapped, "OAEP is randomised");
 
         let mut tampered = wrapped.wrapped.clone();
         tampered[0] ^= 1;
-        let error = root.unwrap(&tampered, WrapAlgorithm::RsaOaep256).await.unwrap_err();
+        let error = root.unwrap(&tampered, WrapAlgorithm::RsaOaep256, None).await.unwrap_err();
         assert!(matches!(error, RootKeyError::Crypto(CryptoError::Integrity { .. })), "{error}");
     }
 
@@ -332,7 +340,7 @@ mod tests {
     async fn through_the_trait_a_wrong_fingerprint_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let keys = ManagedRootKeys::load_or_create(dir.path()).unwrap();
-        let wrapped = keys.current().wrap(&DataKey::generate()).await.unwrap();
+        let wrapped = keys.current().wrap(&DataKey::generate(), None).await.unwrap();
         let Some(Root::ManagedVersion(version)) = wrapped.wrapped_by.root else { panic!("a managed root") };
         assert_eq!(keys.version(version, &wrapped.fingerprint).unwrap().fingerprint(), wrapped.fingerprint);
 
@@ -351,18 +359,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = ManagedRootKeys::load_or_create(dir.path()).unwrap();
         let dek = DataKey::generate();
-        let by_first = first.current().wrap(&dek).await.unwrap();
+        let by_first = first.current().wrap(&dek, None).await.unwrap();
         create_version(&dir.path().join(file_name(2))).unwrap();
 
         let keys = ManagedRootKeys::load_or_create(dir.path()).unwrap();
         assert_eq!(keys.current().version(), 2);
-        let by_second = keys.current().wrap(&dek).await.unwrap();
+        let by_second = keys.current().wrap(&dek, None).await.unwrap();
         assert_eq!(by_second.wrapped_by, RootKeyRef { root: Some(Root::ManagedVersion(2)) });
         assert_ne!(by_second.fingerprint, by_first.fingerprint);
         for wrapped in [&by_first, &by_second] {
             let Some(Root::ManagedVersion(version)) = wrapped.wrapped_by.root else { panic!("a managed root") };
             let root = keys.version(version, &wrapped.fingerprint).unwrap();
-            let back = root.unwrap(&wrapped.wrapped, WrapAlgorithm::RsaOaep256).await.unwrap();
+            let back = root.unwrap(&wrapped.wrapped, WrapAlgorithm::RsaOaep256, None).await.unwrap();
             assert_eq!(back.expose_for_wrapping(), dek.expose_for_wrapping(), "v{version}");
         }
         assert!(keys.version(2, &by_first.fingerprint).is_err(), "v1's fingerprint is not v2's");

@@ -106,15 +106,22 @@ pub trait RootKey: Send + Sync {
     /// (a vault key id with its version).
     fn fingerprint(&self) -> &str;
 
-    /// Wraps `key` with [`WRAP_ALGORITHM`].
-    fn wrap<'a>(&'a self, key: &'a DataKey) -> BoxFuture<'a, Result<Wrapped, RootKeyError>>;
+    /// Wraps `key` with [`WRAP_ALGORITHM`]. A root in a vault sends
+    /// `request_id` as the call's `x-ms-client-request-id`, so the audit
+    /// entry of the call matches the vault's own log.
+    fn wrap<'a>(
+        &'a self,
+        key: &'a DataKey,
+        request_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Wrapped, RootKeyError>>;
 
     /// Unwraps a data key this root wrapped with `algorithm`. The unwrapped
     /// bytes exist only inside the returned [`DataKey`] (zeroized on drop)
-    /// and in zeroized buffers on the way there.
+    /// and in zeroized buffers on the way there. `request_id` as for `wrap`.
     fn unwrap<'a>(
         &'a self,
         wrapped: &'a [u8],
         algorithm: WrapAlgorithm,
+        request_id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<DataKey, RootKeyError>>;
 }

@@ -88,9 +88,12 @@ pub fn read_key_file(path: &Path) -> Result<Zeroizing<String>, CryptoError> {
 /// removed and the directory fsynced.
 pub fn write_new_key_file(path: &Path, contents: &[u8]) -> Result<(), CryptoError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("pem.tmp");
-    // A crash between create and link leaves a temp file behind; removing
-    // a name never follows a symlink.
+    // One temp name per process, so workers starting together on one data
+    // dir never write the same temp file; the first link wins and the
+    // others read its key. A crash between create and link leaves a temp
+    // file behind (never read as a key); removing a name never follows a
+    // symlink.
+    let tmp = path.with_extension(format!("pem.{}.tmp", std::process::id()));
     match fs::remove_file(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(file_error(&tmp)(e)),
         _ => {}

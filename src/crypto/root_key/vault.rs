@@ -51,9 +51,13 @@ impl RootKey for VaultRootKey {
         ""
     }
 
-    fn wrap<'a>(&'a self, key: &'a DataKey) -> BoxFuture<'a, Result<Wrapped, RootKeyError>> {
+    fn wrap<'a>(
+        &'a self,
+        key: &'a DataKey,
+        request_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Wrapped, RootKeyError>> {
         Box::pin(async move {
-            let (_, wrapped) = self.vault.wrap(&self.uri, &self.version, key.expose_for_wrapping()).await?;
+            let (_, wrapped) = self.vault.wrap(&self.uri, &self.version, key.expose_for_wrapping(), request_id).await?;
             Ok(Wrapped { wrapped_by: self.reference(), fingerprint: String::new(), wrapped })
         })
     }
@@ -62,6 +66,7 @@ impl RootKey for VaultRootKey {
         &'a self,
         wrapped: &'a [u8],
         algorithm: WrapAlgorithm,
+        request_id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<DataKey, RootKeyError>> {
         let algorithm = match algorithm {
             WrapAlgorithm::RsaOaep256 => KeyWrapAlgorithm::RsaOaep256,
@@ -69,7 +74,7 @@ impl RootKey for VaultRootKey {
         };
         Box::pin(async move {
             // Zeroized when dropped, right after the copy into the key.
-            let raw = self.vault.unwrap(&self.uri, &self.version, algorithm, wrapped).await?;
+            let raw = self.vault.unwrap(&self.uri, &self.version, algorithm, wrapped, request_id).await?;
             // Not 32 bytes: the vault's answer is wrong, not the stored key.
             Ok(DataKey::from_slice(&raw).map_err(|e| VaultError::Invalid(e.to_string()))?)
         })
