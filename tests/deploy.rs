@@ -779,6 +779,39 @@ fn dashboard_metrics() -> BTreeSet<String> {
     dashboard_queries(&dashboard()).iter().flat_map(|q| metric_names(q)).collect()
 }
 
+/// The selectors of metric `name` (histogram suffixes included) in PromQL
+/// `expr` that do not filter by `shard=~"$shard"`.
+fn selectors_without_shard(expr: &str, name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (at, _) in expr.match_indices(name) {
+        let rest = &expr[at + name.len()..];
+        let rest = ["_bucket", "_sum", "_count"].iter().find_map(|suffix| rest.strip_prefix(suffix)).unwrap_or(rest);
+        let before = expr[..at].chars().next_back();
+        let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+        if before.is_some_and(is_word) || rest.starts_with(is_word) {
+            continue; // part of another metric's name
+        }
+        let labels = rest.strip_prefix('{').and_then(|r| r.split_once('}')).map(|(labels, _)| labels);
+        if !labels.is_some_and(|labels| labels.contains("shard=~\"$shard\"")) {
+            found.push(format!("{name} in {expr}"));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_selector_without_the_shard_filter_is_found() {
+    let name = "keyseal_records_sealed_total";
+    assert!(
+        selectors_without_shard(r#"sum(rate(keyseal_records_sealed_total{shard=~"$shard"}[1m]))"#, name).is_empty()
+    );
+    assert_eq!(selectors_without_shard(r#"rate(keyseal_records_sealed_total{instance="a"}[1m])"#, name).len(), 1);
+    assert_eq!(selectors_without_shard("rate(keyseal_records_sealed_total[1m])", name).len(), 1);
+    assert!(selectors_without_shard("keyseal_tenants_erased_total", "keyseal_tenants").is_empty());
+    let histogram = r#"rate(keyseal_batch_commit_seconds_bucket{instance="a"}[1m])"#;
+    assert_eq!(selectors_without_shard(histogram, "keyseal_batch_commit_seconds").len(), 1);
+}
+
 /// Names of the metrics in Prometheus text (`# TYPE name type` lines).
 fn exported_metrics(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -943,6 +976,21 @@ async fn dashboard_queries_only_metrics_a_running_worker_exports() {
         missing.is_empty(),
         "the dashboard queries metrics the worker does not export: {missing:?} (it exports {exported:?})"
     );
+    // Every panel that reads a per-shard series filters it by the shard
+    // variable, so choosing a shard narrows the whole dashboard.
+    let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let per_shard: BTreeSet<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("shard=\""))
+        .flat_map(|l| metric_names(l.split(['{', ' ']).next().unwrap_or_default()))
+        .collect();
+    assert!(per_shard.len() >= 8, "the worker's per-shard series: {per_shard:?}");
+    let unfiltered: Vec<String> = dashboard_queries(&dashboard())
+        .iter()
+        .filter(|q| !q.starts_with("label_values("))
+        .flat_map(|q| per_shard.iter().flat_map(move |name| selectors_without_shard(q, name)))
+        .collect();
+    assert!(unfiltered.is_empty(), "per-shard selectors without shard=~\"$shard\": {unfiltered:#?}");
     worker.stop().await;
     vault.emulator.shutdown().await;
 }
