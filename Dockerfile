@@ -18,6 +18,11 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 
+# .cargo/config.toml builds for x86-64-v2 with PCLMULQDQ on x86_64 (any x86
+# server since 2010), so RocksDB computes its CRC32C checksums in hardware.
+# The image then needs such a CPU; to build for an older one, delete that
+# file from the build context.
+
 # The registry and target dirs are BuildKit cache mounts, so a rebuild after a
 # source change does not recompile RocksDB. A cache mount is gone after its
 # RUN, so the binary is copied out in the same step. The release profile keeps

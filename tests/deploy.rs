@@ -705,7 +705,7 @@ fn dockerignore_keeps_build_output_and_state_out_of_the_context() {
         assert!(patterns.contains(needed), ".dockerignore lists {needed}: {patterns:?}");
     }
     // What the build needs must not be ignored.
-    for kept in ["src", "proto", "Cargo.toml", "Cargo.lock", "build.rs", "benches", "keyvault-emulator"] {
+    for kept in ["src", "proto", "Cargo.toml", "Cargo.lock", "build.rs", "benches", "keyvault-emulator", ".cargo"] {
         assert!(!patterns.contains(kept), ".dockerignore must keep {kept}");
     }
 }
