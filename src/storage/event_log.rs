@@ -45,13 +45,23 @@ impl Store {
     /// [`Store::sync`] for async tasks: the fsync runs on a blocking thread,
     /// so no async worker thread waits on the disk.
     pub async fn sync_async(&self) -> Result<(), StoreError> {
+        self.start_sync().await
+    }
+
+    /// Starts a WAL fsync on a blocking thread at once, covering every
+    /// write committed so far; the returned future ends when it is done.
+    /// Unlike [`Store::sync_async`], the fsync runs whether or not the
+    /// future is polled, so a caller can prepare its next step meanwhile
+    /// (see [`super::step_commits`]).
+    pub fn start_sync(&self) -> impl Future<Output = Result<(), StoreError>> + Send + '_ {
         let covered = self.last_sequence();
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush_wal(true))
-            .await
-            .map_err(|e| StoreError::SyncTask(e.to_string()))??;
-        self.mark_durable(covered);
-        Ok(())
+        let fsync = tokio::task::spawn_blocking(move || db.flush_wal(true));
+        async move {
+            fsync.await.map_err(|e| StoreError::SyncTask(e.to_string()))??;
+            self.mark_durable(covered);
+            Ok(())
+        }
     }
 
     pub(super) fn mark_durable(&self, sequence: u64) {

@@ -9,7 +9,8 @@
 //! log, WAL syncs), `outbox_watermark`, `records` and `data_keys` (reads),
 //! `listing` (a tenant's records in ingestion order), `audit` (the key-use
 //! audit), `erasure` (removing an erased tenant for good), `tombstones`
-//! (deleted record ids) and [`pager`] (cursor scans page by page).
+//! (deleted record ids), [`pager`] (cursor scans page by page) and
+//! `step_commits` (a sweep's steps, one behind their fsync).
 
 mod audit;
 mod data_keys;
@@ -22,6 +23,7 @@ mod outbox_watermark;
 pub mod pager;
 mod records;
 mod schema;
+mod step_commits;
 mod tombstones;
 mod transaction;
 
@@ -43,6 +45,7 @@ pub use self::schema::{
     CF_AUDIT, CF_BY_TENANT, CF_BY_TIME, CF_DEKS, CF_EVENTS, CF_HOT, CF_PROJECTIONS, CF_SEALED, CF_TOMBSTONES,
 };
 use self::schema::{CHECKPOINT_KEY, COLUMN_FAMILIES, decode_sequence};
+pub use self::step_commits::StepCommits;
 pub use self::transaction::Transaction;
 use crate::proto::store::StoredRecord;
 use crate::proto::v1::{KeyUsed, Layer};

@@ -24,7 +24,7 @@ use crate::proto::store::{StoredRecord, TenantState};
 use crate::proto::v1::{KeyPurpose, Layer, RecordsReencrypted, event::Kind};
 use crate::records::RecordError;
 use crate::storage::pager::{Pager, RecordsOf};
-use crate::storage::{RawRecord, Store, keys};
+use crate::storage::{RawRecord, StepCommits, Store, keys};
 
 /// How long past `--max-dek-age` a key waits before it may be retired:
 /// longer than any batch that reserved it just before it aged out takes
@@ -110,10 +110,11 @@ struct TenantSweep<'a> {
     summary: &'a mut ReencryptSummary,
 }
 
-impl TenantSweep<'_> {
+impl<'a> TenantSweep<'a> {
     async fn run(&mut self, pacer: &mut Pacer, tracker: &Tracker<'_>) -> Result<(), RecordError> {
         let mut pages =
             Pager::new(self.store, RecordsOf { layer: Layer::Sealed, tenant: self.tenant }, pacer.step_size());
+        let mut steps = StepCommits::new(self.store);
         loop {
             // From reading the page to committing its re-encryption.
             let moving = self.store.moving().await;
@@ -131,17 +132,24 @@ impl TenantSweep<'_> {
                 }
             }
             self.summary.scanned += page.len() as u64;
-            let moved = self.reencrypt(&due).await?;
+            let moved = self.reencrypt(&mut steps, &due).await?;
             drop(moving);
             tracker.advance(page.len());
             pacer.admit(moved).await;
         }
+        // Keys are retired only once the records moved off them are durable.
+        steps.durable().await?;
         self.note_hot_keys_in_use()?;
         self.retire().await
     }
 
-    /// Re-encrypts `due` under the tenant's writer key in one atomic write.
-    async fn reencrypt(&mut self, due: &[(&[u8], StoredRecord)]) -> Result<usize, RecordError> {
+    /// Re-encrypts `due` under the tenant's writer key in one atomic write,
+    /// committed while the previous step's fsync may still run.
+    async fn reencrypt(
+        &mut self,
+        steps: &mut StepCommits<'a>,
+        due: &[(&[u8], StoredRecord)],
+    ) -> Result<usize, RecordError> {
         if due.is_empty() {
             return Ok(0);
         }
@@ -188,7 +196,7 @@ impl TenantSweep<'_> {
                 self.tenant,
                 Kind::RecordsReencrypted(RecordsReencrypted { count, layer: Layer::Sealed as i32, bytes }),
             );
-            txn.commit_durable(now_ms).await?;
+            steps.commit(txn, now_ms).await?;
             new_keys.committed();
         }
         self.summary.reencrypted += u64::from(count);

@@ -2,7 +2,8 @@
 //! from `hot` to `sealed`, re-encrypted under the tenant's sealed data key.
 //! Each batch is one atomic write: put sealed, delete hot, delete the index
 //! entry and append `RecordsSealed` per tenant, so a crash mid-sweep leaves
-//! every record in exactly one layer.
+//! every record in exactly one layer. A batch's fsync runs while the next
+//! one is read and re-encrypted; the sweep returns once all are durable.
 //!
 //! Which tenants seal is decided first, from the projections alone
 //! ([`plan`]): a tenant that is not active is held back without a vault
@@ -32,7 +33,7 @@ use crate::proto::store::{TenantProjection, TenantState};
 use crate::proto::v1::{KeyPurpose, Layer, RecordsSealed, event::Kind};
 use crate::records::RecordError;
 use crate::storage::pager::{IngestedBefore, Pager};
-use crate::storage::{IndexEntry, Store, keys};
+use crate::storage::{IndexEntry, StepCommits, Store, keys};
 use crate::telemetry::happenings::{Emit, TenantHeldBack};
 
 /// Index entries handled per write batch.
@@ -182,6 +183,7 @@ pub async fn seal_due(
     let cutoff = seal_cutoff_ms(clock.now_ms(), seal_after);
     let mut summary = SealSummary::default();
     let mut pages = Pager::new(store, IngestedBefore { cutoff_ms: cutoff }, SEAL_BATCH);
+    let mut steps = StepCommits::new(store);
     while let Some(mut due) = pages.next_page()? {
         let held = &summary.held_back_reasons;
         due.retain(|entry| match keys::split_record_key(&entry.record_key) {
@@ -192,14 +194,18 @@ pub async fn seal_due(
             _ => true,
         });
         let _moving = store.moving().await;
-        seal_batch(store, keyring, &due, clock.now_ms(), &mut summary).await?;
+        seal_batch(store, keyring, &mut steps, &due, clock.now_ms(), &mut summary).await?;
     }
+    steps.durable().await?;
     Ok(summary)
 }
 
-async fn seal_batch(
-    store: &Store,
+/// Seals one page of due entries in one atomic write, committed while the
+/// previous page's fsync may still run ([`StepCommits`]).
+async fn seal_batch<'s>(
+    store: &'s Store,
     keyring: &Keyring,
+    steps: &mut StepCommits<'s>,
     due: &[IndexEntry],
     now_ms: i64,
     summary: &mut SealSummary,
@@ -210,14 +216,16 @@ async fn seal_batch(
     let record_keys: Vec<&[u8]> = due.iter().map(|entry| entry.record_key.as_slice()).collect();
     let found = store.find_records(&record_keys)?;
     let mut txn = store.transaction();
-    let mut per_tenant: BTreeMap<String, (u32, i64)> = BTreeMap::new();
+    let mut per_tenant: BTreeMap<&str, (u32, i64)> = BTreeMap::new();
     let mut hot_keys: HashMap<Vec<u8>, Arc<DataKey>> = HashMap::new();
-    let mut wanted: HashMap<String, u64> = HashMap::new();
+    // Counted by borrowed name: one allocation per tenant, not per record.
+    let mut wanted: HashMap<&str, u64> = HashMap::new();
     for entry in due {
         if let Some((tenant, _)) = keys::split_record_key(&entry.record_key) {
-            *wanted.entry(tenant.to_owned()).or_default() += 1;
+            *wanted.entry(tenant).or_default() += 1;
         }
     }
+    let wanted = wanted.into_iter().map(|(tenant, count)| (tenant.to_owned(), count)).collect();
     let mut sealed_keys = BatchKeys::new(keyring, Layer::Sealed, now_ms, wanted);
     for (IndexEntry { index_key, ingested_at_ms: ingested_at, record_key }, located) in due.iter().zip(found) {
         let (Some(located), Some((tenant, record_id))) = (located, keys::split_record_key(record_key)) else {
@@ -280,17 +288,17 @@ async fn seal_batch(
         );
         txn.put_record(Layer::Sealed, record_key, &sealed);
         txn.delete_record(Layer::Hot, record_key);
-        let entry = per_tenant.entry(tenant.to_owned()).or_insert((0, *ingested_at));
+        let entry = per_tenant.entry(tenant).or_insert((0, *ingested_at));
         entry.0 += 1;
         entry.1 = entry.1.min(*ingested_at);
     }
     for (tenant, (count, oldest)) in per_tenant {
-        txn.event(&tenant, Kind::RecordsSealed(RecordsSealed { count, oldest_ingested_at_unix_ms: oldest }));
+        txn.event(tenant, Kind::RecordsSealed(RecordsSealed { count, oldest_ingested_at_unix_ms: oldest }));
         summary.sealed += u64::from(count);
-        *summary.tenants.entry(tenant).or_default() += u64::from(count);
+        *summary.tenants.entry(tenant.to_owned()).or_default() += u64::from(count);
     }
     let new_keys = sealed_keys.finish(&mut txn);
-    txn.commit_durable(now_ms).await?;
+    steps.commit(txn, now_ms).await?;
     new_keys.committed();
     Ok(())
 }
