@@ -11,13 +11,15 @@ use futures_util::FutureExt;
 use keyseal::crypto::data_key::DataKey;
 use keyseal::crypto::envelope::RecordIdentity;
 use keyseal::crypto::root_key::{ManagedRootKeys, RootKey, WrapAlgorithm};
+use keyseal::proto::store::StoredRecord;
 use keyseal::proto::v1::Layer;
+use prost::Message;
 
 fn envelope(c: &mut Criterion) {
     let key = DataKey::generate();
     let content = vec![0x5au8; 1024];
     let identity = RecordIdentity { tenant: "acme", record_id: "record-000123", layer: Layer::Hot };
-    let stored = identity.seal(b"dek-id", &key, &content, 0);
+    let stored = StoredRecord::decode(identity.seal(b"dek-id", &key, &content, 0).as_bytes()).unwrap();
     let mut group = c.benchmark_group("record_1KiB");
     group.throughput(Throughput::Bytes(content.len() as u64));
     group.bench_function("plain_copy", |b| b.iter(|| std::hint::black_box(content.clone())));

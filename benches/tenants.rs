@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use keyseal::clock::ManualClock;
+use keyseal::crypto::envelope::Envelope;
 use keyseal::proto::store::StoredRecord;
 use keyseal::proto::v1::{Layer, RecordsStored, event::Kind};
 use keyseal::shard::{Shard, ShardId};
@@ -44,12 +45,12 @@ fn populate(store: &Store, tenants: usize) {
 
 /// Commit latencies (µs) of paced ingest-sized batches for `seconds`.
 fn commits(store: &Store, tenants: usize, seconds: u64, round: &mut usize) -> Vec<u64> {
-    let record = StoredRecord {
+    let record = Envelope::from(&StoredRecord {
         data_key_id: vec![1; 16],
         nonce: vec![2; 12],
         ciphertext: vec![3; 1040],
         ingested_at_unix_ms: 1,
-    };
+    });
     let mut latencies = Vec::new();
     let started = Instant::now();
     for n in 0..seconds * COMMITS_PER_SECOND {

@@ -8,12 +8,12 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 use tracing::warn;
-use zeroize::Zeroizing;
 
 use crate::crypto::CryptoError;
 use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::envelope::{RecordIdentity, decode_content, encode_content};
 use crate::crypto::keyring::{Keyring, KeyringError};
+use crate::crypto::secret_bytes::SecretBytes;
 use crate::error::Contained;
 use crate::proto::store::{RecordContent, RecordEntry, TenantState, Tombstone};
 use crate::proto::v1::{IngestRecord, KeyPurpose, Layer, RecordDeleted, RecordsStored, event::Kind};
@@ -118,9 +118,7 @@ pub async fn store_batch(
                 first_in_batch.insert(&record_keys[i], i);
                 Outcome::Stored
             }
-            Some(Earlier::Content(earlier)) if bool::from(earlier.as_slice().ct_eq(contents[i].as_slice())) => {
-                Outcome::Duplicate
-            }
+            Some(Earlier::Content(earlier)) if bool::from(earlier.ct_eq(&contents[i])) => Outcome::Duplicate,
             Some(Earlier::Unreadable) => Outcome::Unverifiable,
             Some(Earlier::Content(_) | Earlier::Corrupt) => Outcome::Conflict,
         });
@@ -164,7 +162,7 @@ pub async fn store_batch(
 /// What the dedupe check learns from the stored copy of a record.
 enum Earlier {
     /// Its encoded content.
-    Content(Zeroizing<Vec<u8>>),
+    Content(SecretBytes),
     /// It fails its integrity check: a corrupt record is never "the same"
     /// as a new one.
     Corrupt,

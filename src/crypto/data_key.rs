@@ -2,15 +2,20 @@
 //! tenant, layer and time bucket; they exist unwrapped only in memory and
 //! are zeroized when the last reference goes.
 
-use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
+use aes_gcm::aead::inout::InOutBuf;
+use aes_gcm::aead::{Aead, AeadInOut, Generate, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use zeroize::Zeroizing;
 
 use super::CryptoError;
+use super::secret_bytes::SecretBytes;
 use crate::proto::v1::Layer;
 
 /// Bytes of an AES-GCM nonce.
 pub const NONCE_LEN: usize = 12;
+
+/// Bytes of an AES-GCM tag, appended to every ciphertext.
+pub const TAG_LEN: usize = 16;
 
 /// Identifies a data key: whose it is, which layer it encrypts, which time
 /// bucket (UTC day) and which generation within the bucket. Its byte form is
@@ -115,22 +120,27 @@ impl DataKey {
         self.raw.as_slice()
     }
 
-    /// Encrypts with a fresh random nonce; returns (nonce, ciphertext‖tag).
-    pub fn encrypt(&self, aad: &[u8], plaintext: &[u8]) -> ([u8; NONCE_LEN], Vec<u8>) {
-        let nonce = Nonce::generate();
-        let ciphertext = self
+    /// Encrypts `plaintext` under `nonce` and appends ciphertext‖tag to
+    /// `out`, without an intermediate buffer. Only the envelope calls it,
+    /// with a nonce fresh from [`nonces::fresh`](super::nonces::fresh):
+    /// a nonce used twice under one key breaks AES-GCM.
+    pub(super) fn encrypt_into(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + plaintext.len(), 0);
+        let buffer = InOutBuf::new(plaintext, &mut out[start..]).expect("equal lengths");
+        let tag = self
             .cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad })
+            .encrypt_inout_detached(&Nonce::from(*nonce), aad, buffer)
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-        (nonce.into(), ciphertext)
+        out.extend_from_slice(&tag);
     }
 
     /// Decrypts and verifies; any change to nonce, ciphertext or `aad` fails.
-    pub fn decrypt(&self, nonce: &[u8], aad: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    pub fn decrypt(&self, nonce: &[u8], aad: &[u8], ciphertext: &[u8]) -> Result<SecretBytes, CryptoError> {
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Integrity { what: "record" })?;
         self.cipher
             .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad })
-            .map(Zeroizing::new)
+            .map(SecretBytes::new)
             .map_err(|_| CryptoError::Integrity { what: "record" })
     }
 }
@@ -152,9 +162,13 @@ mod tests {
     #[test]
     fn decrypt_rejects_other_associated_data() {
         let key = DataKey::generate();
-        let (nonce, ct) = key.encrypt(b"aad-1", b"secret");
-        assert_eq!(key.decrypt(&nonce, b"aad-1", &ct).unwrap().as_slice(), b"secret");
-        assert!(key.decrypt(&nonce, b"aad-2", &ct).is_err());
-        assert!(DataKey::generate().decrypt(&nonce, b"aad-1", &ct).is_err());
+        let nonce = super::super::nonces::fresh();
+        let mut ct = b"prefix".to_vec();
+        key.encrypt_into(&nonce, b"aad-1", b"secret", &mut ct);
+        assert_eq!(ct.len(), 6 + 6 + TAG_LEN, "appended ciphertext and tag after what was there");
+        let ct = &ct[6..];
+        assert_eq!(&*key.decrypt(&nonce, b"aad-1", ct).unwrap(), b"secret");
+        assert!(key.decrypt(&nonce, b"aad-2", ct).is_err());
+        assert!(DataKey::generate().decrypt(&nonce, b"aad-1", ct).is_err());
     }
 }

@@ -1,14 +1,18 @@
 //! Encryption at rest: AES-256-GCM data keys ([`data_key`]), the root keys
 //! that wrap them ([`root_key`]: one [`root_key::RootKey`] implementation
 //! per kind, managed or Key Vault), the cache-backed [`keyring`] that hands
-//! out usable data keys (per batch through [`batch_keys`]), and the record
-//! [`envelope`] that binds a ciphertext to where it belongs.
+//! out usable data keys (per batch through [`batch_keys`]), the record
+//! [`envelope`] that binds a ciphertext to where it belongs, the
+//! [`nonces`] it is encrypted under and the [`secret_bytes`] plaintext is
+//! kept in.
 
 pub mod batch_keys;
 pub mod data_key;
 pub mod envelope;
 pub mod keyring;
+pub mod nonces;
 pub mod root_key;
+pub mod secret_bytes;
 
 use thiserror::Error;
 

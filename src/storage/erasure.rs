@@ -195,6 +195,7 @@ fn blank_record_id(event: &mut Event) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::envelope::Envelope;
     use crate::proto::v1::{Layer, RecordDeleted};
 
     fn files_mention(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
@@ -220,7 +221,11 @@ mod tests {
         ] {
             let key = keys::record_key(tenant, id);
             let mut txn = store.transaction();
-            txn.put_record(layer, &key, &StoredRecord { ingested_at_unix_ms: 7, ..StoredRecord::default() });
+            txn.put_record(
+                layer,
+                &key,
+                &Envelope::from(&StoredRecord { ingested_at_unix_ms: 7, ..StoredRecord::default() }),
+            );
             if layer == Layer::Hot {
                 txn.put_index(&keys::index_key(7, &key));
             }

@@ -164,12 +164,17 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::envelope::Envelope;
     use crate::proto::store::StoredRecord;
 
     fn store_at(store: &Store, tenant: &str, id: &str, at: i64, layer: Layer) {
         let key = keys::record_key(tenant, id);
         let mut txn = store.transaction();
-        txn.put_record(layer, &key, &StoredRecord { ingested_at_unix_ms: at, ..StoredRecord::default() });
+        txn.put_record(
+            layer,
+            &key,
+            &Envelope::from(&StoredRecord { ingested_at_unix_ms: at, ..StoredRecord::default() }),
+        );
         if layer == Layer::Hot {
             txn.put_index(&keys::index_key(at, &key));
         }
@@ -218,7 +223,11 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let key = keys::record_key("acme", "old");
             let mut txn = store.transaction();
-            txn.put_record(Layer::Sealed, &key, &StoredRecord { ingested_at_unix_ms: 7, ..StoredRecord::default() });
+            txn.put_record(
+                Layer::Sealed,
+                &key,
+                &Envelope::from(&StoredRecord { ingested_at_unix_ms: 7, ..StoredRecord::default() }),
+            );
             txn.commit(7).unwrap();
             // As if written by a keyseal without the index.
             store.raw().delete_cf(store.cf(CF_PROJECTIONS), TENANT_INDEX_BUILT_KEY).unwrap();

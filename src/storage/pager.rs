@@ -84,6 +84,7 @@ impl<'a, S: Scan> Pager<'a, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::envelope::Envelope;
     use crate::proto::store::StoredRecord;
     use crate::storage::keys;
 
@@ -94,7 +95,11 @@ mod tests {
         let mut txn = store.transaction();
         for (tenant, n) in [("a", 7), ("ab", 3), ("b", 2)] {
             for i in 0..n {
-                txn.put_record(Layer::Hot, &keys::record_key(tenant, &format!("r{i}")), &StoredRecord::default());
+                txn.put_record(
+                    Layer::Hot,
+                    &keys::record_key(tenant, &format!("r{i}")),
+                    &Envelope::from(&StoredRecord::default()),
+                );
             }
         }
         txn.commit(1).unwrap();

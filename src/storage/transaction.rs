@@ -13,8 +13,9 @@ use super::schema::{
     CF_BY_TENANT, CF_BY_TIME, CF_DEKS, CF_EVENTS, CF_PROJECTIONS, CF_TOMBSTONES, CHECKPOINT_KEY, layer_cf,
 };
 use super::{Receipt, Store, StoreError, keys};
+use crate::crypto::envelope::Envelope;
 use crate::events::projection;
-use crate::proto::store::{RecordEntry, StoredRecord, TenantProjection, TenantState, Tombstone, WrappedDataKey};
+use crate::proto::store::{RecordEntry, TenantProjection, TenantState, Tombstone, WrappedDataKey};
 use crate::proto::v1::{Event, Layer, event::Kind};
 
 impl Store {
@@ -33,8 +34,8 @@ pub struct Transaction<'a> {
 
 impl Transaction<'_> {
     /// Puts a record into `hot` or `sealed`.
-    pub fn put_record(&mut self, layer: Layer, record_key: &[u8], record: &StoredRecord) {
-        self.batch.put_cf(self.store.cf(layer_cf(layer)), record_key, record.encode_to_vec());
+    pub fn put_record(&mut self, layer: Layer, record_key: &[u8], record: &Envelope) {
+        self.batch.put_cf(self.store.cf(layer_cf(layer)), record_key, record.as_bytes());
     }
 
     /// Removes a record from `hot` or `sealed`.
