@@ -39,15 +39,18 @@ impl Store {
     /// sealed concurrently is seen in exactly one layer.
     pub fn find_records<K: AsRef<[u8]>>(&self, record_keys: &[K]) -> Result<Vec<Option<Located>>, StoreError> {
         let snapshot = self.db.snapshot();
+        let mut in_snapshot = ReadOptions::default();
+        in_snapshot.set_snapshot(&snapshot);
         let lookups = [(Layer::Hot, CF_HOT), (Layer::Sealed, CF_SEALED)];
         let mut found: Vec<Option<Located>> = vec![None; record_keys.len()];
         for (layer, cf_name) in lookups {
-            let cf = self.cf(cf_name);
             let missing: Vec<usize> = (0..record_keys.len()).filter(|&i| found[i].is_none()).collect();
             if missing.is_empty() {
                 break;
             }
-            let values = snapshot.multi_get_cf(missing.iter().map(|&i| (cf, record_keys[i].as_ref())));
+            // Batched, and decoded straight from the pinned value: no copy.
+            let keys = missing.iter().map(|&i| record_keys[i].as_ref());
+            let values = self.db.batched_multi_get_cf_opt(self.cf(cf_name), keys, false, &in_snapshot);
             for (i, value) in missing.into_iter().zip(values) {
                 if let Some(bytes) = value? {
                     found[i] = Some(Located { layer, record: decode(cf_name, "record", &bytes)? });
