@@ -18,10 +18,17 @@ pub struct BatchKeys<'a> {
     layer: Layer,
     purpose: KeyPurpose,
     now_ms: i64,
-    /// Records per tenant not yet handed a key.
-    wanted: HashMap<String, u64>,
-    leases: HashMap<String, WriteKey>,
+    /// Per tenant: one map, so the key for a record costs one lookup.
+    tenants: HashMap<String, TenantKeys>,
     created: Vec<NewDataKey>,
+}
+
+/// One tenant's part of a batch.
+struct TenantKeys {
+    /// Records not yet handed a key.
+    wanted: u64,
+    /// The reservation records are handed keys from.
+    lease: Option<WriteKey>,
 }
 
 impl<'a> BatchKeys<'a> {
@@ -30,8 +37,8 @@ impl<'a> BatchKeys<'a> {
     /// audit says of the root-key calls it needs.
     pub fn new(keyring: &'a Keyring, layer: Layer, now_ms: i64, wanted: HashMap<String, u64>) -> Self {
         let purpose = if layer == Layer::Sealed { KeyPurpose::Seal } else { KeyPurpose::Store };
-        let (leases, created) = (HashMap::new(), Vec::new());
-        Self { keyring, batch: keyring.batch(), layer, purpose, now_ms, wanted, leases, created }
+        let tenants = wanted.into_iter().map(|(tenant, wanted)| (tenant, TenantKeys { wanted, lease: None })).collect();
+        Self { keyring, batch: keyring.batch(), layer, purpose, now_ms, tenants, created: Vec::new() }
     }
 
     /// The same keys, audited as used for `purpose` (re-encryption writes
@@ -43,17 +50,21 @@ impl<'a> BatchKeys<'a> {
 
     /// The key for the next record of `tenant`.
     pub async fn next(&mut self, tenant: &str) -> Result<&WriteKey, KeyringError> {
-        let still_wanted = self.wanted.get(tenant).copied().unwrap_or(1);
-        if self.leases.get(tenant).is_none_or(|lease| lease.granted == 0) {
+        let still_wanted = match self.tenants.get(tenant) {
+            Some(TenantKeys { lease: Some(lease), .. }) if lease.granted > 0 => None,
+            Some(keys) => Some(keys.wanted.max(1)),
+            None => Some(1),
+        };
+        if let Some(wanted) = still_wanted {
             let mut lease =
-                self.keyring.reserve(tenant, self.layer, self.now_ms, still_wanted, self.batch, self.purpose).await?;
+                self.keyring.reserve(tenant, self.layer, self.now_ms, wanted, self.batch, self.purpose).await?;
             self.created.extend(lease.created.take());
-            self.leases.insert(tenant.to_owned(), lease);
+            let keys = self.tenants.entry(tenant.to_owned()).or_insert(TenantKeys { wanted: 1, lease: None });
+            keys.lease = Some(lease);
         }
-        if let Some(wanted) = self.wanted.get_mut(tenant) {
-            *wanted = wanted.saturating_sub(1);
-        }
-        let lease = self.leases.get_mut(tenant).expect("reserved above");
+        let keys = self.tenants.get_mut(tenant).expect("reserved above");
+        keys.wanted = keys.wanted.saturating_sub(1);
+        let lease = keys.lease.as_mut().expect("reserved above");
         lease.granted -= 1;
         Ok(lease)
     }
