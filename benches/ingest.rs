@@ -94,16 +94,19 @@ async fn keyseal_worker(vhost: &Vhost, count: usize) -> f64 {
     let mut args = vec!["--prefetch", &prefetch];
     args.extend(extra.split_whitespace());
     let settings = common::settings(vhost, dir.path(), &args);
-    // Root key generation is start-up work, not ingestion: do it first.
+    // Start-up (root key generation, opening the store, the broker
+    // session) is not ingestion: like the bare consumer's, the clock starts
+    // once the worker is up, and counts only what is stored after that.
     keyseal::crypto::root_key::ManagedRootKeys::load_or_create(&dir.path().join("root-keys")).unwrap();
-    let started = Instant::now();
     let worker = keyseal::worker::Worker::start(settings, Arc::new(SystemClock)).await.unwrap();
+    let started = Instant::now();
     let store = worker.only().shard.store.clone();
     let stored = || TENANTS.iter().map(|t| store.tenant(t).map_or(0, |p| p.hot_records)).sum::<u64>();
+    let before = stored();
     while stored() < count as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let rate = (count as u64 - before) as f64 / started.elapsed().as_secs_f64();
     worker.stop().await;
     rate
 }
@@ -130,7 +133,7 @@ async fn throughput() {
     }
     let (k, b) = (median(keyseal), median(bare));
     println!("median: keyseal {k:.0} records/s, bare lapin consumer {b:.0} records/s");
-    println!("ratio keyseal/bare = {:.2} (targets: >= 0.7 and >= 20000 records/s)", k / b);
+    println!("ratio keyseal/bare = {:.2} (target >= 0.9; at least 20000 records/s)", k / b);
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {

@@ -5,8 +5,9 @@
 //! through the official client); and a plain column-family-to-column-family
 //! move of the same records without crypto. A fourth phase times the
 //! re-encryption sweep (unpaced) over the same records once sealed and
-//! older than `--max-dek-age`. Prints medians, the ratios and the vault
-//! calls per 1,000,000 records sealed.
+//! older than `--max-dek-age`. Every phase starts once RocksDB has flushed
+//! and finished compacting what was written before it. Prints medians, the
+//! ratios and the vault calls per 1,000,000 records sealed.
 //!
 //! `cargo bench --bench seal` (KEYSEAL_BENCH_RECORDS, KEYSEAL_BENCH_RUNS to change the size);
 //! `-- profile <managed|customer|plain|reencrypt>` runs one phase once, for
@@ -26,7 +27,7 @@ use keyseal::crypto::root_key::ManagedRootKeys;
 use keyseal::proto::v1::EncryptionEnabled;
 use keyseal::proto::v1::event::Kind;
 use keyseal::records::store_batch;
-use keyseal::storage::{CF_BY_TIME, CF_HOT, CF_SEALED, Store};
+use keyseal::storage::{CF_BY_TENANT, CF_BY_TIME, CF_HOT, CF_SEALED, Store};
 use keyseal::sweeps::seal::seal_due;
 use keyseal::sweeps::{Pacer, Progress, SweepKind, reencrypt};
 use keyvault_emulator::RecoveryLevel;
@@ -78,7 +79,29 @@ async fn populate(
         txn.commit(clock.now_ms()).unwrap();
     }
     clock.advance(SEAL_AFTER + Duration::from_secs(1));
+    settle(&store);
     (store, keyring)
+}
+
+/// Flushes the memtables and waits for RocksDB's background compactions to
+/// finish, so that every measured phase starts from a quiet store instead
+/// of paying for the writes of the step before it (populating, or, for
+/// re-encryption, the seal sweep that precedes it).
+fn settle(store: &Store) {
+    store.flush().unwrap();
+    let db = store.raw();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let busy = || {
+        let running = |name: &str| db.property_int_value(name).unwrap().unwrap_or(0);
+        running("rocksdb.num-running-compactions") + running("rocksdb.num-running-flushes") > 0
+            || [CF_HOT, CF_SEALED, CF_BY_TIME, CF_BY_TENANT].iter().any(|cf| {
+                db.property_int_value_cf(db.cf_handle(cf).unwrap(), "rocksdb.compaction-pending").unwrap() == Some(1)
+            })
+    };
+    while busy() {
+        assert!(Instant::now() < deadline, "RocksDB compactions did not settle within 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The baseline: the same move (index scan, read hot, write sealed, delete
@@ -174,6 +197,7 @@ async fn measure(phase: Phase, roots: &Path, count: usize) -> (f64, u64) {
         Phase::Reencrypt => {
             let (store, keyring) = populate(dir.path(), roots, count, &clock, None).await;
             sweep(&store, &keyring, &clock, count).await;
+            settle(&store);
             clock.advance(keyring.rotation().max_age + Duration::from_secs(3600));
             let progress = Progress::new(keyseal::shard::ShardId(0));
             let tracker = progress.begin(SweepKind::Reencrypt, count as u64);
@@ -236,11 +260,11 @@ fn main() {
         m * 1024.0 / 1e6
     );
     println!(
-        "re-encryption sweep (unpaced): {r:.0} records/s ({:.1} MB/s), ratio re-encryption/seal = {:.2}",
+        "re-encryption sweep (unpaced): {r:.0} records/s ({:.1} MB/s), ratio re-encryption/seal = {:.2} (target >= 0.9)",
         r * 1024.0 / 1e6,
         r / m
     );
-    println!("ratio managed/plain = {:.2} (target >= 0.6)", m / p);
+    println!("ratio managed/plain = {:.2} (target >= 0.8)", m / p);
     println!("ratio customer/managed = {:.2} (target >= 0.9)", c / m);
     let calls = median(vault_calls);
     println!(
