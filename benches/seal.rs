@@ -217,7 +217,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let roots = tempfile::tempdir().unwrap();
     // `-- profile <phase>`: that phase once and nothing else, to run under
-    // callgrind (BENCHMARKS.md says how).
+    // callgrind (docs/benchmarks.md says how).
     if let Some(name) = std::env::args().skip_while(|a| a != "profile").nth(1) {
         let phase = match name.as_str() {
             "managed" => Phase::Managed,

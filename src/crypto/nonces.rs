@@ -2,7 +2,7 @@
 //! drawn a pool at a time instead of one system call per record. A
 //! `getrandom` call costs about half a microsecond here, as much as the
 //! AES-GCM of a few hundred bytes; a pool of 341 nonces per call makes it
-//! vanish from the per-record cost (BENCHMARKS.md, issue 15).
+//! vanish from the per-record cost (docs/benchmarks.md, issue 15).
 //!
 //! The pool is per thread, and every nonce is handed out once and then
 //! wiped from it, so no two encryptions of this process share one. keyseal
