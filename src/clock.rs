@@ -58,10 +58,16 @@ pub fn utc_day(unix_ms: i64) -> u32 {
     unix_ms.div_euclid(86_400_000).clamp(0, u32::MAX as i64) as u32
 }
 
+/// The last millisecond RFC 3339 can show: 9999-12-31T23:59:59.999Z.
+pub const LAST_RFC3339_MS: i64 = 253_402_300_799_999;
+
 /// Unix milliseconds as RFC 3339 (UTC, millisecond precision): how the
-/// admin API and the status page show times.
+/// admin API and the status page show times. Total: a time before 1970 is
+/// shown as the epoch and one after 9999 as [`LAST_RFC3339_MS`] (a Key
+/// Vault key may expire in the year 30000), never a panic.
 pub fn rfc3339(unix_ms: i64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64)).to_string()
+    let clamped = unix_ms.clamp(0, LAST_RFC3339_MS) as u64;
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(clamped)).to_string()
 }
 
 #[cfg(test)]
@@ -86,5 +92,13 @@ mod tests {
     #[test]
     fn rfc3339_is_utc_with_milliseconds() {
         assert_eq!(rfc3339(86_400_123), "1970-01-02T00:00:00.123Z");
+    }
+
+    #[test]
+    fn rfc3339_is_total() {
+        assert_eq!(rfc3339(LAST_RFC3339_MS), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(LAST_RFC3339_MS + 1), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(i64::MIN), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -48,6 +48,12 @@ pub struct Settings {
     /// that owner's answer.
     #[arg(long, env = "KEYSEAL_FORWARD_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub forward_timeout: Duration,
+    /// Most new tenants one worker places per minute (binds to their shard
+    /// on first sight); the messages of tenants past it are dead-lettered
+    /// `tenant_rate_limited`, so a flood of new routing keys cannot grow
+    /// the bindings and projections without bound.
+    #[arg(long, env = "KEYSEAL_NEW_TENANTS_PER_MINUTE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub new_tenants_per_minute: u32,
     /// Admin API and /metrics address. Non-loopback needs KEYSEAL_ADMIN_TOKEN.
     #[arg(long, env = "KEYSEAL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -154,14 +160,48 @@ pub struct Settings {
     #[arg(long, env = "KEYSEAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Bearer token for /v1/* (only from the environment, never a flag).
-    #[arg(skip = std::env::var("KEYSEAL_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()))]
-    pub admin_token: Option<String>,
+    #[arg(skip = secret_from_env("KEYSEAL_ADMIN_TOKEN"))]
+    pub admin_token: Option<Secret>,
     /// Bearer token `--vault-credential static-token` sends to the emulator
     /// (only from the environment, never a flag; the emulator's development
     /// token when unset). A field rather than an environment read at use,
     /// so workers sharing a process can each have their own.
-    #[arg(skip = std::env::var("KEYSEAL_VAULT_TOKEN").ok().filter(|t| !t.is_empty()))]
-    pub vault_token: Option<String>,
+    #[arg(skip = secret_from_env("KEYSEAL_VAULT_TOKEN"))]
+    pub vault_token: Option<Secret>,
+}
+
+/// A secret setting (a token): its `Debug` never shows it, so printing the
+/// settings, or an error that holds them, does not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends or compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(secret: &str) -> Self {
+        Self(secret.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(secret: String) -> Self {
+        Self(secret)
+    }
+}
+
+fn secret_from_env(name: &str) -> Option<Secret> {
+    std::env::var(name).ok().filter(|t| !t.is_empty()).map(Secret)
 }
 
 impl Settings {
@@ -370,6 +410,16 @@ mod tests {
         let flag_prefetch = shown.iter().position(|a| a == "--prefetch").unwrap();
         assert_eq!(seal.min(file_prefetch), 2, "file flags come right after the subcommand");
         assert!(file_prefetch < flag_prefetch, "real flags come later and win");
+    }
+
+    #[test]
+    fn settings_never_print_their_tokens() {
+        let mut settings = parse_flags::<Settings, _, _>(Vec::<OsString>::new()).unwrap();
+        settings.admin_token = Some("admin-s3cret".into());
+        settings.vault_token = Some("vault-s3cret".into());
+        let shown = format!("{settings:?} {settings:#?}");
+        assert!(!shown.contains("admin-s3cret") && !shown.contains("vault-s3cret"), "{shown}");
+        assert!(shown.contains("Secret(redacted)"), "the fields are there, only their values are hidden");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Erasing a tenant that leaves (`DELETE /v1/tenants/{t}?confirm={t}`),
 //! provably. First its data keys are crypto-shredded: every one is deleted
 //! in one atomic batch with `TenantErased`, and from that commit on nothing
-//! of the tenant can be decrypted, not even from a backup or an old file.
+//! of the tenant in this shard or any later copy of it can be decrypted.
+//! A copy made *before* the erasure (a backup, a former owner's disk) still
+//! holds the wrapped keys, and the managed root that wraps its hot keys
+//! outlives the erasure: every answer says so ([`EARLIER_COPIES`]).
 //! Then what the keys protected is removed for good
 //! ([`crate::storage::Store::remove_tenant`]: records, index entries,
 //! tombstones, the record ids in its events), compacted out of every file
@@ -43,6 +46,13 @@ pub enum ErasureError {
     Store(#[from] StoreError),
 }
 
+/// The bound of an erasure, in every answer: what still holds the tenant's
+/// data once it returns, and when that ends.
+pub const EARLIER_COPIES: &str = "copies of the shard made before this erasure (backups, snapshots, a former \
+    owner's disk) still hold the tenant's wrapped data keys: with the deployment's managed root key they decrypt its \
+    hot records, and its sealed records as long as its own key (if it had one) exists; the erasure is complete once \
+    every such copy is destroyed or expired";
+
 /// What an erasure did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -53,6 +63,8 @@ pub struct ErasureSummary {
     pub records_removed: u64,
     /// Events whose record id was blanked.
     pub events_redacted: u32,
+    /// What still holds the tenant's data ([`EARLIER_COPIES`]).
+    pub earlier_copies: &'static str,
 }
 
 /// Erases `tenant` of `shard`: shreds its keys, then removes its data.
@@ -77,6 +89,7 @@ pub async fn erase(shard: &Shard, sweeper: &Sweeper, tenant: &str) -> Result<Era
         data_keys_destroyed,
         records_removed: completed.records_removed,
         events_redacted: completed.events_redacted,
+        earlier_copies: EARLIER_COPIES,
     })
 }
 

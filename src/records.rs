@@ -2,7 +2,7 @@
 //! into encrypted envelopes in `hot`, and envelopes (hot or sealed) turn
 //! back into content.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
@@ -61,16 +61,42 @@ pub enum Outcome {
 /// dead-letter queue) instead of holding up the whole batch.
 pub const DEDUPE_KEY_DEADLINE: Duration = Duration::from_secs(3);
 
+/// How long the dedupe check remembers that a tenant's stored copies could
+/// not be decrypted, so the next batches do not wait on its vault again.
+pub const UNREADABLE_MEMORY: Duration = Duration::from_secs(30);
+
+/// Tenants whose sealed stored copies the dedupe check lately could not
+/// decrypt, each until when (ms): kept across batches by the consumer, so a
+/// redelivered backlog of a tenant whose vault hangs costs one
+/// [`DEDUPE_KEY_DEADLINE`], not one per record or per batch.
+#[derive(Debug, Default)]
+pub struct UnreadableTenants(std::sync::Mutex<HashMap<String, i64>>);
+
+impl UnreadableTenants {
+    fn contains(&self, tenant: &str, now_ms: i64) -> bool {
+        self.0.lock().expect("unreadable tenants lock").get(tenant).is_some_and(|until| *until > now_ms)
+    }
+
+    fn insert(&self, tenant: &str, now_ms: i64) {
+        let until = now_ms.saturating_add(UNREADABLE_MEMORY.as_millis() as i64);
+        let mut tenants = self.0.lock().expect("unreadable tenants lock");
+        tenants.retain(|_, until| *until > now_ms);
+        tenants.insert(tenant.to_owned(), until);
+    }
+}
+
 /// Stores a batch of validated records atomically: every new record, its
 /// index entry and one `RecordsStored` event per tenant go into a single
 /// write batch. The batch is visible at once but durable only after the
 /// next [`Store::sync`], which the caller must await before acknowledging
 /// (this lets the consumer overlap one batch's fsync with the next batch's
-/// work). Returns one outcome per input, in order.
+/// work). Returns one outcome per input, in order. `unreadable` carries
+/// what the dedupe check learnt about unreadable tenants from batch to batch.
 pub async fn store_batch(
     store: &Store,
     keyring: &Keyring,
     mut records: Vec<IngestRecord>,
+    unreadable: &UnreadableTenants,
     now_ms: i64,
 ) -> Result<Vec<Outcome>, RecordError> {
     let payload_lengths: Vec<u64> = records.iter().map(|r| r.payload.len() as u64).collect();
@@ -91,8 +117,7 @@ pub async fn store_batch(
 
     let mut outcomes = Vec::with_capacity(records.len());
     let mut first_in_batch: HashMap<&[u8], usize> = HashMap::new();
-    // Data keys already found unreadable in this batch are not asked for again.
-    let mut unreadable = HashSet::new();
+    let dedupe = Dedupe { store, keyring, unreadable, now_ms };
     // Looked up once per tenant of the batch, not per record.
     let mut erased: HashMap<&str, bool> = HashMap::new();
     for (i, record) in records.iter().enumerate() {
@@ -109,7 +134,7 @@ pub async fn store_batch(
             continue;
         }
         let earlier = match (&existing[i], first_in_batch.get(record_keys[i].as_slice())) {
-            (Some(located), _) => Some(stored_copy(store, keyring, record, located, &mut unreadable).await?),
+            (Some(located), _) => Some(dedupe.stored_copy(record, located).await?),
             (None, Some(&j)) => Some(Earlier::Content(contents[j].clone())),
             (None, None) => None,
         };
@@ -170,38 +195,57 @@ enum Earlier {
     Unreadable,
 }
 
-/// Reads the stored copy of `record` for the dedupe check. Only a failure
-/// of the store itself is an error (it pauses consumption); a data key that
-/// cannot be had, in time or at all, makes the copy [`Earlier::Unreadable`],
-/// as does a locked-down tenant (every read of its data is refused).
-async fn stored_copy(
-    store: &Store,
-    keyring: &Keyring,
-    record: &IngestRecord,
-    located: &Located,
-    unreadable: &mut HashSet<Vec<u8>>,
-) -> Result<Earlier, StoreError> {
-    let key_id = &located.record.data_key_id;
-    let locked = store.tenant(&record.tenant_id).is_some_and(|p| p.state() == TenantState::LockedDown);
-    if locked || unreadable.contains(key_id) {
-        return Ok(Earlier::Unreadable);
-    }
-    let why = match tokio::time::timeout(DEDUPE_KEY_DEADLINE, keyring.key(key_id, KeyPurpose::Store)).await {
-        Ok(Ok(key)) => {
-            let identity =
-                RecordIdentity { tenant: &record.tenant_id, record_id: &record.record_id, layer: located.layer };
-            return Ok(match identity.open(&key, &located.record) {
-                Ok(content) => Earlier::Content(content),
-                Err(CryptoError::Integrity { .. }) => Earlier::Corrupt,
-                Err(_) => Earlier::Unreadable,
-            });
+/// What the dedupe check of one batch reads stored copies with.
+struct Dedupe<'a> {
+    store: &'a Store,
+    keyring: &'a Keyring,
+    unreadable: &'a UnreadableTenants,
+    now_ms: i64,
+}
+
+impl Dedupe<'_> {
+    /// Reads the stored copy of `record`. Only a failure of the store
+    /// itself is an error (it pauses consumption); a data key that cannot
+    /// be had, in time or at all, makes the copy [`Earlier::Unreadable`],
+    /// as does a locked-down tenant (every read of its data is refused). A
+    /// sealed copy of a tenant whose key is failing (degraded, or unreadable
+    /// lately) is unreadable at once unless its data key is in memory: the
+    /// vault is not asked again while the batch waits.
+    async fn stored_copy(&self, record: &IngestRecord, located: &Located) -> Result<Earlier, StoreError> {
+        let tenant = record.tenant_id.as_str();
+        let key_id = &located.record.data_key_id;
+        let state = self.store.tenant(tenant).map(|p| p.state());
+        if state == Some(TenantState::LockedDown) {
+            return Ok(Earlier::Unreadable);
         }
-        Ok(Err(e)) => e.contained()?.to_string(),
-        Err(_) => format!("no data key within {DEDUPE_KEY_DEADLINE:?}"),
-    };
-    warn!(tenant = %record.tenant_id, error = %why, "stored copy of a redelivered record cannot be decrypted");
-    unreadable.insert(key_id.clone());
-    Ok(Earlier::Unreadable)
+        let failing = state == Some(TenantState::Degraded) || self.unreadable.contains(tenant, self.now_ms);
+        let key = match self.keyring.cached_key(key_id) {
+            Some(key) => Ok(key),
+            None if located.layer == Layer::Sealed && failing => return Ok(Earlier::Unreadable),
+            None => {
+                match tokio::time::timeout(DEDUPE_KEY_DEADLINE, self.keyring.key(key_id, KeyPurpose::Store)).await {
+                    Ok(Ok(key)) => Ok(key),
+                    Ok(Err(e)) => Err(e.contained()?.to_string()),
+                    Err(_) => Err(format!("no data key within {DEDUPE_KEY_DEADLINE:?}")),
+                }
+            }
+        };
+        match key {
+            Ok(key) => {
+                let identity = RecordIdentity { tenant, record_id: &record.record_id, layer: located.layer };
+                Ok(match identity.open(&key, &located.record) {
+                    Ok(content) => Earlier::Content(content),
+                    Err(CryptoError::Integrity { .. }) => Earlier::Corrupt,
+                    Err(_) => Earlier::Unreadable,
+                })
+            }
+            Err(why) => {
+                warn!(tenant, error = %why, "stored copy of a redelivered record cannot be decrypted");
+                self.unreadable.insert(tenant, self.now_ms);
+                Ok(Earlier::Unreadable)
+            }
+        }
+    }
 }
 
 /// Reads and decrypts one record from `hot` or `sealed`; `None` if unknown.

@@ -11,12 +11,12 @@ use thiserror::Error;
 use tracing::warn;
 
 use crate::clock::SharedClock;
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::crypto::CryptoError;
 use crate::crypto::keyring::Keyring;
 use crate::crypto::root_key::{ManagedRootKeys, RootExpectation};
 use crate::keyvault::{Vault, credential};
-use crate::storage::{Store, StoreError};
+use crate::storage::{Store, StoreError, read_root_record};
 
 /// Which shard of the deployment: an index from 0 to the shard count − 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -33,6 +33,27 @@ impl fmt::Display for ShardId {
 /// data dir goes on working unchanged).
 pub fn store_dir(data_dir: &Path, id: ShardId, shards: u32) -> PathBuf {
     if shards == 1 { data_dir.join("db") } else { data_dir.join("shards").join(id.to_string()) }
+}
+
+/// The deployment's managed root keys as this worker's data dir holds
+/// them, for what the worker does besides running shards (authenticating
+/// forwarded requests). Loads the key files; creates the first version
+/// only when there is none and no store under the data dir expects one (a
+/// fresh deployment), exactly as opening a shard would.
+pub fn deployment_root_keys(data_dir: &Path, shards: u32) -> Result<ManagedRootKeys, OpenError> {
+    let dir = data_dir.join("root-keys");
+    let mut expected = RootExpectation::default();
+    if !ManagedRootKeys::exist_in(&dir) {
+        for id in (0..shards).map(ShardId) {
+            if let Some(record) = read_root_record(&store_dir(data_dir, id, shards))? {
+                for (version, fingerprint) in record.fingerprints {
+                    expected.fingerprints.entry(version).or_insert(fingerprint);
+                }
+                expected.holds_data_keys |= record.holds_data_keys;
+            }
+        }
+    }
+    Ok(ManagedRootKeys::open(&dir, &expected)?)
 }
 
 /// Why a shard could not be opened. Nothing was changed on disk.
@@ -90,10 +111,11 @@ impl Shard {
         };
         let managed = ManagedRootKeys::open(&dir.join("root-keys"), &expected)?;
         store.record_managed_root_fingerprints(&managed.fingerprints())?;
-        let vault = credential::credential(settings.vault_credential, settings.vault_token.as_deref())
-            .map_err(|e| e.to_string())
-            .and_then(|c| Vault::new(c, settings.vault_options()).map_err(|e| e.to_string()))
-            .map(Arc::new);
+        let vault =
+            credential::credential(settings.vault_credential, settings.vault_token.as_ref().map(Secret::expose))
+                .map_err(|e| e.to_string())
+                .and_then(|c| Vault::new(c, settings.vault_options()).map_err(|e| e.to_string()))
+                .map(Arc::new);
         if let Err(reason) = &vault {
             warn!(%reason, "no Key Vault client: tenants cannot enable their own key until this is fixed");
         }

@@ -7,18 +7,19 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::admin::api::{self, AdminState};
 use crate::clock::SharedClock;
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::ingest::consumer::Readiness;
-use crate::shard::ShardId;
+use crate::shard::{ShardId, deployment_root_keys};
 use crate::shards::balance::Balancer;
-use crate::shards::forward::Forwarder;
-use crate::shards::intake;
+use crate::shards::forward::{ForwardKey, Forwarder, InboxContext};
+use crate::shards::intake::{self, Intake, PlacementBudget};
 use crate::shards::leases::LeaseError;
 use crate::shards::owned::OwnedShards;
 use crate::shards::running::RunningShard;
@@ -61,8 +62,14 @@ impl Worker {
         info!(%http_addr, data_dir = %settings.data_dir.display(), shards = settings.shards, "keyseal worker starting");
 
         let (leased, intake_ready) = (Readiness::default(), Readiness::default());
-        let forwarder =
-            Arc::new(Forwarder::new(&settings.amqp_url, settings.admin_token.clone(), settings.forward_timeout));
+        let (data_dir, shards) = (settings.data_dir.clone(), settings.shards);
+        let roots = tokio::task::spawn_blocking(move || deployment_root_keys(&data_dir, shards))
+            .await
+            .expect("loading the root keys does not panic")
+            .context("the managed root key")?;
+        let key = ForwardKey::derive(&roots, settings.admin_token.as_ref().map(Secret::expose))?;
+        drop(roots);
+        let forwarder = Arc::new(Forwarder::new(&settings.amqp_url, key.clone(), settings.forward_timeout));
         let admin = AdminState {
             owned: owned.clone(),
             settings: settings.clone(),
@@ -72,7 +79,8 @@ impl Worker {
             forwarder: forwarder.clone(),
         };
         let router = api::router(admin.clone());
-        let balancer = Arc::new(Balancer::new(settings.clone(), clock, owned.clone(), leased, router.clone()));
+        let inbox = InboxContext { router: router.clone(), key, replays: Arc::default() };
+        let balancer = Arc::new(Balancer::new(settings.clone(), clock.clone(), owned.clone(), leased, inbox));
         let leases = match balancer.connect().await {
             Ok(leases) => match balancer.round(&leases).await {
                 // A shard that cannot be opened at start (its root key gone,
@@ -99,8 +107,13 @@ impl Worker {
         let mut tasks = JoinSet::new();
         let (b, stop) = (balancer.clone(), shutdown.clone());
         tasks.spawn(async move { b.run(leases, stop).await });
+        let intake = Intake {
+            shards: settings.shards,
+            prefetch: intake::prefetch_for(settings.prefetch_bytes),
+            placements: PlacementBudget::new(settings.new_tenants_per_minute, clock.clone()),
+        };
         let (se, r, stop) = (settings.clone(), intake_ready, shutdown.clone());
-        tasks.spawn(async move { intake::run(&se.amqp_url, se.shards, &r, stop).await });
+        tasks.spawn(async move { intake::run(&se.amqp_url, intake, &r, stop).await });
         let stop = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = api::serve(listener, router, stop).await {

@@ -1216,7 +1216,7 @@ fn deployment_files_name_only_settings_keyseal_has() {
     // The environment-only ones are real: config.rs reads them.
     let config = read("src/config.rs");
     for name in ENV_ONLY {
-        assert!(config.contains(&format!("std::env::var(\"{name}\")")), "src/config.rs reads {name}");
+        assert!(config.contains(&format!("_from_env(\"{name}\")")), "src/config.rs reads {name}");
     }
     let known = |name: &str| run_env.contains(name) || ENV_ONLY.contains(&name);
 

@@ -363,7 +363,7 @@ async fn a_failure_only_the_canary_sees_locks_the_tenant_down() {
     let flags = ["--probe-interval", "100ms", "--canary-interval", "100ms"];
     let s = setup_with("lock-canary", RecoveryLevel::Recoverable, None, &flags, |vault, settings| {
         vault.emulator.set_identity("keyseal", "keyseal-token", &PERMISSIONS);
-        settings.vault_token = Some("keyseal-token".to_owned());
+        settings.vault_token = Some("keyseal-token".into());
     })
     .await;
     s.rsa_key("k").await;

@@ -106,7 +106,7 @@ async fn the_worker_sends_its_settings_vault_token() {
     let flags = vault.worker_flags();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut settings = common::settings(&vhost, dir.path(), &flags);
-    settings.vault_token = Some("keyseal-token".to_owned());
+    settings.vault_token = Some("keyseal-token".into());
     let worker = Worker::start(settings, Arc::new(ManualClock::starting_now())).await.expect("worker starts");
     let enable = || async {
         let response = reqwest::Client::new()

@@ -1,11 +1,13 @@
 //! Data-key rotation and the maintenance sweeps against a real worker:
 //! writer keys rotate by record count, the re-encryption sweep moves
 //! records off old data keys at the configured rate and retires the keys,
-//! and the scrub finds a flipped bit without deleting anything.
+//! and the scrub finds a flipped bit without deleting anything (and never
+//! names the record in a log).
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::byok::{Setup, WAIT, setup};
@@ -30,6 +32,46 @@ fn records_per_key(s: &Setup, cf: &str) -> BTreeMap<Vec<u8>, usize> {
         *per_key.entry(StoredRecord::decode(value.as_ref()).unwrap().data_key_id).or_default() += 1;
     }
     per_key
+}
+
+/// Everything logged in this test binary from the first call on (tests run
+/// side by side, so it holds their lines too).
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || Sink(sink.clone()))
+            .init();
+        logs
+    })
+    .clone()
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Asserts the captured logs report a failed record (`said`) without
+/// naming any record id, `record_id` least of all.
+fn assert_logged_without_record_id(logs: &Mutex<Vec<u8>>, said: &str, record_id: &str) {
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(text.contains(said), "the capture works: {said:?} was logged");
+    for line in text.lines() {
+        assert!(!line.contains("record_id") && !line.contains(&format!("\"{record_id}\"")), "{line}");
+    }
 }
 
 async fn post_sweep(s: &Setup, kind: &str) -> Value {
@@ -107,6 +149,7 @@ async fn reencryption_moves_records_off_old_keys_at_the_configured_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrub_reports_exactly_the_record_with_a_flipped_bit_and_deletes_nothing() {
+    let logs = captured_logs();
     let s = setup("scrub", RecoveryLevel::Recoverable, None, &[]).await;
     let records = s.publish("acme", "r-", 200).await;
     s.clock.advance(SEAL);
@@ -130,6 +173,7 @@ async fn scrub_reports_exactly_the_record_with_a_flipped_bit_and_deletes_nothing
     assert_eq!(summary["corrupt"][0]["recordId"], victim.record_id.as_str());
     assert_eq!(summary["corrupt"][0]["layer"], "sealed");
     assert_eq!(summary["corrupt"][0]["reason"], "tag_mismatch");
+    assert_logged_without_record_id(&logs, "failed verification", &victim.record_id);
 
     // Nothing deleted or rewritten: the damaged bytes are still there.
     assert_eq!(db.get_cf(sealed, &key).unwrap().unwrap(), stored.encode_to_vec());
@@ -174,6 +218,7 @@ async fn scrub_reports_exactly_the_record_with_a_flipped_bit_and_deletes_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_hot_record_stays_in_hot_and_does_not_stop_sealing() {
+    let logs = captured_logs();
     let s = setup("seal-damaged", RecoveryLevel::Recoverable, None, &[]).await;
     let records = s.publish("acme", "r-", 50).await;
     let running = s.worker.only();
@@ -189,6 +234,7 @@ async fn a_damaged_hot_record_stays_in_hot_and_does_not_stop_sealing() {
     assert_eq!(summary["seal"]["sealed"], 49, "{summary}");
     assert_eq!(summary["seal"]["unsealable"]["acme"], 1, "{summary}");
     assert_eq!(db.get_cf(hot, &key).unwrap().unwrap(), stored.encode_to_vec(), "left as it was");
+    assert_logged_without_record_id(&logs, "left in hot", &records[3].record_id);
     let scrub = post_sweep(&s, "scrub").await;
     assert_eq!(scrub["scrub"]["corrupt"][0]["recordId"], records[3].record_id.as_str(), "{scrub}");
     assert_eq!(scrub["scrub"]["corrupt"][0]["layer"], "hot");

@@ -17,16 +17,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use futures_util::FutureExt;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::admin::{audit_api, records_api, retention_api, shards_api, status_page};
+use crate::broker;
 use crate::byok::{self, EncryptionError};
 use crate::clock::{SharedClock, rfc3339};
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::crypto::CryptoError;
 use crate::erasure::{self, ErasureError};
 use crate::error::ErrorCode;
@@ -43,6 +45,7 @@ use crate::shards::owned::OwnedShards;
 use crate::shards::running::RunningShard;
 use crate::storage::{Store, StoreError};
 use crate::telemetry::gauges;
+use crate::telemetry::happenings::{Emit, RequestPanicked};
 
 /// What the admin API serves from: the shards the worker owns (each with
 /// its sweeper, rewrapper and read-only views of its consumer and prober)
@@ -285,7 +288,31 @@ pub fn router(app: AdminState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path does not take that method")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Outermost, so a panic anywhere below is one answer, not a dropped
+        // connection or, for a forwarded request, a dead shard inbox.
+        .layer(middleware::from_fn(contain_panics))
         .with_state(app)
+}
+
+/// Serves `request`; a panic while doing so is answered 500 `internal_error`
+/// (JSON, nothing of the panic's text) and counted and logged. The admin
+/// router's outermost layer, so a shard's inbox of forwarded requests
+/// survives a handler bug too.
+pub async fn contain_panics(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let forwarded = request.extensions().get::<Forwarded>().is_some();
+    match std::panic::AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            RequestPanicked { path: &path, forwarded }.emit();
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "serving this request failed unexpectedly; it was logged",
+            )
+            .into_response()
+        }
+    }
 }
 
 /// Sends a request about a tenant (or a `?shard=`) whose shard another
@@ -308,7 +335,13 @@ async fn to_owner(State(app): State<AdminState>, request: Request, next: Next) -
         Err(e @ ForwardError::Timeout { .. }) => {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, "owner_timeout", e.to_string()).into_response()
         }
-        Err(ForwardError::Body(e)) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e).into_response(),
+        Err(ForwardError::Unforwardable(e)) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e).into_response()
+        }
+        Err(ForwardError::ForgedAnswer(refusal)) => {
+            error!(%shard, "an answer for a forwarded request was not signed by this deployment; refused");
+            ApiError::new(refusal.status, refusal.code, refusal.message).into_response()
+        }
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable", e.to_string())
             .retry_after(app.settings.rebalance_interval)
             .into_response(),
@@ -345,11 +378,12 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    // A forwarded request was signed with the token by the worker it reached.
+    // A forwarded request was signed by a worker of the deployment, which
+    // checked the token where the request arrived.
     if request.extensions().get::<Forwarded>().is_some() {
         return Ok(next.run(request).await);
     }
-    if let Some(expected) = &app.settings.admin_token {
+    if let Some(expected) = app.settings.admin_token.as_ref().map(Secret::expose) {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -538,10 +572,18 @@ async fn erase_tenant(
         ));
     }
     let running = app.owner_of(&tenant)?;
-    let erasing = tenant.clone();
-    let summary = tokio::spawn(async move { erasure::erase(&running.shard, &running.sweeper, &erasing).await })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "erasure_failed", e.to_string()))??;
+    let (erasing, amqp_url) = (tenant.clone(), app.settings.amqp_url.clone());
+    let summary = tokio::spawn(async move {
+        let summary = erasure::erase(&running.shard, &running.sweeper, &erasing).await?;
+        // Its late messages go to the intake again, and from there to the
+        // dead-letter queue without their payload.
+        if let Err(e) = broker::unbind_tenant(&amqp_url, running.shard.id.0, &erasing).await {
+            warn!(error = %e, "removing an erased tenant's route binding; its next late message removes it");
+        }
+        Ok::<_, ErasureError>(summary)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "erasure_failed", e.to_string()))??;
     let mut answer = serde_json::to_value(summary).expect("a summary serialises");
     answer["tenant"] = json!(tenant);
     answer["state"] = json!("erased");

@@ -10,17 +10,11 @@ use axum::{Json, extract::Query};
 use serde_json::json;
 
 use super::api::{AdminState, ApiError, ApiPath, check_record_id, check_tenant, known_tenant, query};
-use super::paging::{PageQuery, cursor, split_page};
+use super::paging::{PageQuery, cursor, record_id_of, split_page};
 use crate::clock::rfc3339;
-use crate::ingest::validate::is_valid_record_id;
 use crate::proto::v1::Layer;
 use crate::records;
 use crate::telemetry::metrics as m;
-
-/// A listing cursor's tie-break: the record id.
-fn record_id_of(raw: &[u8]) -> Option<String> {
-    std::str::from_utf8(raw).ok().filter(|id| is_valid_record_id(id)).map(str::to_owned)
-}
 
 /// `GET /v1/tenants/{tenant}/records`: `{"records":[…],"next"}`, metadata
 /// only, in ingestion order; `next` is null on the last page.

@@ -60,7 +60,7 @@ async fn shard_line(app: &AdminState, id: ShardId) -> ShardLine {
             shard: id.0,
             owner: Some(app.owned.worker().to_owned()),
             since: Some(rfc3339(owned.since_ms)),
-            tenants: Some(owned.running.shard.store.tenants().len() as u64),
+            tenants: Some(owned.running.shard.store.tenant_count()),
         };
     }
     asked_of_owner(app, id).await.unwrap_or_else(|| ShardLine::unowned(id))

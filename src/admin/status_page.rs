@@ -22,11 +22,16 @@ use crate::events::projection::{TENANT_STATES, state_name};
 use crate::health::policy::KeyHealthView;
 use crate::proto::store::{TenantProjection, TenantState};
 use crate::shard::Shard;
-use crate::storage::{StoreError, keys};
+use crate::storage::{StoreError, TenantCensus, keys};
 use crate::sweeps::seal as sealing;
 
 /// Seconds between the page's self-refreshes.
 pub const REFRESH_SECONDS: u32 = 5;
+
+/// Most tenant rows the page shows: those that need attention (locked
+/// down, degraded) first, then the others by id. The totals count every
+/// tenant; `GET /v1/tenants/{tenant}` shows any of them.
+pub const MAX_TENANT_ROWS: usize = 500;
 
 /// Most overdue index entries one [`snapshot`] reads to find each tenant's
 /// oldest overdue record (a few milliseconds of work).
@@ -50,7 +55,10 @@ pub struct Snapshot {
     pub shard_count: u32,
     /// Every shard of the deployment: its owner, since when, its tenants.
     pub deployment: Vec<ShardLine>,
-    /// Every known tenant of the owned shards, sorted by id.
+    /// Totals over every tenant of the owned shards.
+    pub census: TenantCensus,
+    /// At most [`MAX_TENANT_ROWS`] tenants of the owned shards: locked down,
+    /// then degraded, then the others, each group by id.
     pub tenants: Vec<TenantRow>,
 }
 
@@ -77,12 +85,32 @@ pub fn snapshot(
     amqp_ready: bool,
     settings: &Settings,
 ) -> Result<Snapshot, StoreError> {
-    let mut tenants = Vec::new();
+    let mut census = TenantCensus::default();
     let mut seal_lag = Duration::ZERO;
+    let mut overdue = Vec::with_capacity(shards.len());
     for shard in shards {
-        seal_lag = seal_lag.max(shard_rows(shard, now_ms, settings, &mut tenants)?);
+        census.merge(&shard.store.census());
+        let (lag, oldest) = overdue_of(shard, now_ms, settings.seal_after)?;
+        seal_lag = seal_lag.max(lag);
+        overdue.push(oldest);
     }
-    tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    let mut tenants = Vec::new();
+    for group in [Some(TenantState::LockedDown), Some(TenantState::Degraded), None] {
+        let wanted = |p: &TenantProjection| match group {
+            Some(state) => p.state() == state,
+            None => !matches!(p.state(), TenantState::LockedDown | TenantState::Degraded),
+        };
+        let mut rows = Vec::new();
+        for (shard, oldest) in shards.iter().zip(&overdue) {
+            let room = MAX_TENANT_ROWS - tenants.len();
+            for (tenant, projection) in shard.store.first_tenants_where(room, wanted) {
+                rows.push(oldest.row(tenant, projection, now_ms, settings));
+            }
+        }
+        rows.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        rows.truncate(MAX_TENANT_ROWS - tenants.len());
+        tenants.extend(rows);
+    }
     Ok(Snapshot {
         taken_at_ms: now_ms,
         amqp_ready,
@@ -91,18 +119,32 @@ pub fn snapshot(
         shards: shards.iter().map(|shard| shard.id.0).collect(),
         shard_count: deployment.len() as u32,
         deployment,
+        census,
         tenants,
     })
 }
 
-/// Adds the rows of `shard`'s tenants to `rows` and returns the shard's seal lag.
-fn shard_rows(
-    shard: &Shard,
-    now_ms: i64,
-    settings: &Settings,
-    rows: &mut Vec<TenantRow>,
-) -> Result<Duration, StoreError> {
-    let seal_after = settings.seal_after;
+/// What a bounded read of a shard's overdue records found: each tenant's
+/// oldest overdue record, and whether the read reached them all.
+struct Overdue {
+    oldest: HashMap<String, i64>,
+    complete: bool,
+    seal_after: Duration,
+}
+
+impl Overdue {
+    fn row(&self, tenant: String, projection: TenantProjection, now_ms: i64, settings: &Settings) -> TenantRow {
+        let seal_lag = match self.oldest.get(tenant.as_str()) {
+            Some(&ingested_at_ms) => Some(sealing::seal_lag(now_ms, self.seal_after, ingested_at_ms)),
+            None if self.complete || projection.hot_records == 0 => Some(Duration::ZERO),
+            None => None,
+        };
+        TenantRow { health: KeyHealthView::of(&projection, settings.lockdown_after), tenant, projection, seal_lag }
+    }
+}
+
+/// `shard`'s seal lag and its tenants' oldest overdue records.
+fn overdue_of(shard: &Shard, now_ms: i64, seal_after: Duration) -> Result<(Duration, Overdue), StoreError> {
     // A tenant's seal lag needs its oldest record in `hot`, but the time
     // index is ordered by time, not by tenant. Reading only the overdue part
     // of it (before the seal cutoff) finds every tenant's oldest overdue
@@ -113,23 +155,15 @@ fn shard_rows(
     // shard-wide lag is exact either way: it is the first entry's.
     let cutoff_ms = sealing::seal_cutoff_ms(now_ms, seal_after);
     let overdue = shard.store.ingested_before(None, cutoff_ms, OVERDUE_SCAN_LIMIT)?;
-    let read_all_overdue = overdue.len() < OVERDUE_SCAN_LIMIT;
-    let mut oldest_overdue: HashMap<&str, i64> = HashMap::new();
+    let mut oldest = HashMap::new();
     for entry in &overdue {
         if let Some((tenant, _)) = keys::split_record_key(&entry.record_key) {
-            oldest_overdue.entry(tenant).or_insert(entry.ingested_at_ms);
+            oldest.entry(tenant.to_owned()).or_insert(entry.ingested_at_ms);
         }
     }
-    let lag = |ingested_at_ms| sealing::seal_lag(now_ms, seal_after, ingested_at_ms);
-    rows.extend(shard.store.tenants().into_iter().map(|(tenant, projection)| {
-        let seal_lag = match oldest_overdue.get(tenant.as_str()) {
-            Some(&ingested_at_ms) => Some(lag(ingested_at_ms)),
-            None if read_all_overdue || projection.hot_records == 0 => Some(Duration::ZERO),
-            None => None,
-        };
-        TenantRow { health: KeyHealthView::of(&projection, settings.lockdown_after), tenant, projection, seal_lag }
-    }));
-    Ok(overdue.first().map_or(Duration::ZERO, |entry| lag(entry.ingested_at_ms)))
+    let lag =
+        overdue.first().map_or(Duration::ZERO, |entry| sealing::seal_lag(now_ms, seal_after, entry.ingested_at_ms));
+    Ok((lag, Overdue { oldest, complete: overdue.len() < OVERDUE_SCAN_LIMIT, seal_after }))
 }
 
 /// The page for `snapshot`, as a complete HTML document.
@@ -189,21 +223,16 @@ fn write_page(out: &mut String, s: &Snapshot) -> fmt::Result {
     )?;
     write_summary(out, s)?;
     write_shards(out, s)?;
-    write_tenants(out, &s.tenants)?;
+    write_tenants(out, &s.tenants, s.census.tenants())?;
     out.push_str("</main>\n</body>\n</html>\n");
     Ok(())
 }
 
 fn write_summary(out: &mut String, s: &Snapshot) -> fmt::Result {
     let (amqp_class, amqp_text) = if s.amqp_ready { ("ok", "consuming") } else { ("bad", "not consuming") };
-    let per_state = TENANT_STATES
-        .map(|state| {
-            let count = s.tenants.iter().filter(|t| t.projection.state() == state).count();
-            format!("{count} {}", state_label(state))
-        })
-        .join(", ");
-    let hot: u64 = s.tenants.iter().map(|t| t.projection.hot_records).sum();
-    let sealed: u64 = s.tenants.iter().map(|t| t.projection.sealed_records).sum();
+    let per_state =
+        TENANT_STATES.map(|state| format!("{} {}", s.census.in_state(state), state_label(state))).join(", ");
+    let (hot, sealed) = (s.census.hot_records, s.census.sealed_records);
     write!(
         out,
         "<section aria-labelledby=\"worker\">
@@ -217,7 +246,7 @@ fn write_summary(out: &mut String, s: &Snapshot) -> fmt::Result {
 </dl>
 </section>
 ",
-        s.tenants.len(),
+        s.census.tenants(),
         Lag(Some(s.seal_lag)),
         humantime::format_duration(s.seal_after),
         ShardList(&s.shards),
@@ -271,8 +300,16 @@ fn write_shards(out: &mut String, s: &Snapshot) -> fmt::Result {
     Ok(())
 }
 
-fn write_tenants(out: &mut String, tenants: &[TenantRow]) -> fmt::Result {
+fn write_tenants(out: &mut String, tenants: &[TenantRow], total: usize) -> fmt::Result {
     out.push_str("<section aria-labelledby=\"tenants\">\n<h2 id=\"tenants\">Tenants</h2>\n");
+    if tenants.len() < total {
+        writeln!(
+            out,
+            "<p class=\"note\">Showing {} of {total} tenants: locked down and degraded first, then by id. \
+             <code>GET /v1/tenants/{{tenant}}</code> shows any tenant.</p>",
+            tenants.len()
+        )?;
+    }
     if tenants.is_empty() {
         out.push_str(
             "<p class=\"empty\">No tenants yet: a tenant appears with its first record or key.</p>\n</section>\n",
@@ -427,8 +464,19 @@ mod tests {
                     tenants: (shard != 2).then_some(u64::from(shard) * 10),
                 })
                 .collect(),
+            census: census_of(&tenants),
             tenants,
         })
+    }
+
+    fn census_of(rows: &[TenantRow]) -> TenantCensus {
+        let mut census = TenantCensus::default();
+        for row in rows {
+            census.by_state[row.projection.state() as usize] += 1;
+            census.hot_records += row.projection.hot_records;
+            census.sealed_records += row.projection.sealed_records;
+        }
+        census
     }
 
     /// The HTML of one tenant's row.

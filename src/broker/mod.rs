@@ -2,6 +2,7 @@
 //! connecting, the fixed topology from DESIGN.md, and reconnect backoff;
 //! [`publish`] is the confirm-mode producer.
 
+pub mod properties;
 pub mod publish;
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptio
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tracing::warn;
 
 /// The broker every role uses unless told otherwise: RabbitMQ on this
 /// machine with its default account, default vhost.
@@ -81,8 +83,11 @@ pub async fn close_channel(channel: &Channel, reason: &str) {
 /// through `keyseal.route` (unplaced tenants fall through to the intake).
 /// Idempotent, so every role declares it and none depends on another having
 /// started first. Removes the one-queue layout's `#` binding of the intake
-/// (its backlog then drains through placement).
-pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
+/// (its backlog then drains through placement). Uses channels of its own,
+/// so a queue declared earlier with other arguments cannot close the
+/// caller's.
+pub async fn declare_topology(connection: &Connection) -> lapin::Result<()> {
+    let channel = connection.create_channel().await?;
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     for exchange in [INGEST_EXCHANGE, DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE] {
         channel.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
@@ -91,8 +96,10 @@ pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
     let mut route = FieldTable::default();
     route.insert("alternate-exchange".into(), AMQPValue::LongString(UNPLACED_EXCHANGE.into()));
     channel.exchange_declare(ROUTE_EXCHANGE.into(), ExchangeKind::Direct, durable, route).await?;
-    channel.queue_declare(DEAD_LETTER_QUEUE.into(), QueueDeclareOptions::durable(), quorum()).await?;
-    channel.queue_declare(INGEST_QUEUE.into(), QueueDeclareOptions::durable(), dead_lettering(quorum())).await?;
+    declare_queue(connection, DEAD_LETTER_QUEUE, quorum()).await?;
+    let mut intake = dead_lettering(quorum());
+    intake.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(INTAKE_DELIVERY_LIMIT));
+    declare_queue(connection, INGEST_QUEUE, intake).await?;
     let no_args = FieldTable::default;
     channel
         .queue_bind(
@@ -115,7 +122,54 @@ pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
             no_args(),
         )
         .await?;
-    channel.queue_unbind(INGEST_QUEUE.into(), INGEST_EXCHANGE.into(), "#".into(), no_args()).await
+    channel.queue_unbind(INGEST_QUEUE.into(), INGEST_EXCHANGE.into(), "#".into(), no_args()).await?;
+    close_channel(&channel, "declared").await;
+    Ok(())
+}
+
+/// Deliveries after which the broker dead-letters an intake message by
+/// itself (`x-delivery-limit`), should the intake's own limit
+/// (`shards::intake::MAX_FORWARD_ATTEMPTS`) never get to see it.
+pub const INTAKE_DELIVERY_LIMIT: i64 = 20;
+
+/// Declares durable queue `name` with `args`. A queue that exists with
+/// other arguments (declared by an earlier keyseal, or under other
+/// settings) is used as it is, with a warning: RabbitMQ cannot change a
+/// queue's arguments (a policy can), and refusing to start over it would
+/// stop a deployment at an upgrade.
+async fn declare_queue(connection: &Connection, name: &str, args: FieldTable) -> lapin::Result<()> {
+    let channel = connection.create_channel().await?;
+    match channel.queue_declare(name.into(), QueueDeclareOptions::durable(), args).await {
+        Ok(_) => close_channel(&channel, "declared").await,
+        Err(e) if is_soft_error(&e, AMQPSoftError::PRECONDITIONFAILED) => {
+            warn!(queue = name, broker = %e, "the queue exists with other arguments; using it as it is");
+            let channel = connection.create_channel().await?;
+            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+            channel.queue_declare(name.into(), passive, FieldTable::default()).await?;
+            close_channel(&channel, "declared").await;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Removes `tenant`'s binding to shard `shard`'s queue (an erasure's
+/// last step): its late messages then go through the intake, which binds
+/// it again only if any arrive (their dead letters carry no payload).
+pub async fn unbind_tenant(url: &str, shard: u32, tenant: &str) -> lapin::Result<()> {
+    let connection = connect(url, "erasure").await?;
+    let result = async {
+        let channel = connection.create_channel().await?;
+        let queue = shard_queue(shard);
+        channel
+            .queue_unbind(queue.as_str().into(), ROUTE_EXCHANGE.into(), tenant.into(), FieldTable::default())
+            .await?;
+        close_channel(&channel, "unbound").await;
+        Ok(())
+    }
+    .await;
+    close(&connection, "unbound").await;
+    result
 }
 
 /// Declares the shard queues of a deployment of `shards` shards and the

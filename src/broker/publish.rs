@@ -40,7 +40,7 @@ impl Publisher {
     pub async fn connect(amqp_url: &str) -> Result<Self, PublishError> {
         let connection = broker::connect(amqp_url, "publisher").await?;
         let channel = connection.create_channel().await?;
-        broker::declare_topology(&channel).await?;
+        broker::declare_topology(&connection).await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Self { _connection: connection, channel })
     }

@@ -33,11 +33,13 @@ pub enum EncryptionError {
     /// Disable asked of a tenant on the managed key.
     #[error("the tenant does not use its own key")]
     NotEnabled,
-    /// Disable asked of a locked-down tenant: moving its data keys back
-    /// under the managed key would hand back the access its customer
-    /// withdrew by revoking the key.
+    /// Enable or disable asked of a locked-down tenant: moving its data
+    /// keys under another key, or back under the managed key, would hand
+    /// back the access its customer withdrew by revoking the key. A
+    /// lockdown is lifted only by the health of the key that caused it.
     #[error(
-        "the tenant is locked down because its key is unavailable; its own key cannot be disabled until the key works again"
+        "the tenant is locked down because its key is unavailable; its encryption cannot be changed (another key \
+         enabled, or its own key disabled) until that key works again"
     )]
     LockedDown,
     /// The customer key cannot unwrap the sealed data keys.
@@ -51,6 +53,7 @@ pub enum EncryptionError {
 /// Validates `key_uri`, records it as the tenant's root (the latest key
 /// version) and rewraps the tenant's sealed data keys under it. If the
 /// rewrap is interrupted it stays pending and the rewrapper resumes it.
+/// Refused while the tenant is locked down.
 pub async fn enable(
     shard: &Shard,
     sweeper: &Sweeper,
@@ -59,17 +62,26 @@ pub async fn enable(
     key_uri: &str,
 ) -> Result<RewrapSummary, EncryptionError> {
     let _exclusive = sweeper.exclusive().await;
+    refuse_locked(shard, tenant)?;
     let vault = shard.keyring.vault().map_err(|e| EncryptionError::VaultNotConfigured(e.to_string()))?;
     let now_ms = shard.now_ms();
     let usage = KeyUse { store: &shard.store, tenant, data_key_id: b"", purpose: KeyPurpose::Validate };
     let canary = async |uri: &KeyUri, version: &str| canary::round_trip(vault, uri, version, usage).await;
     let (uri, key) = validate(vault, key_uri, now_ms / 1000, canary).await?;
-    let mut txn = shard.store.transaction();
-    txn.event(
-        tenant,
-        Kind::EncryptionEnabled(EncryptionEnabled { key_uri: key_uri.to_owned(), key_version: key.version.clone() }),
-    );
-    txn.commit_durable(now_ms).await?;
+    let enabled =
+        Kind::EncryptionEnabled(EncryptionEnabled { key_uri: key_uri.to_owned(), key_version: key.version.clone() });
+    // Decided under the commit lock: a lockdown committed while the key
+    // was being validated still refuses it.
+    let decided = shard
+        .store
+        .transaction()
+        .commit_decided(&[tenant.to_owned()], now_ms, |current| {
+            if current.state() == TenantState::LockedDown { Vec::new() } else { vec![enabled.clone()] }
+        })
+        .await?;
+    if decided.is_empty() {
+        return Err(EncryptionError::LockedDown);
+    }
     info!(tenant, key = %uri, version = %key.version, "customer key enabled");
     match rewraps.rewrap(tenant).await {
         Some(Ok(summary)) => Ok(summary),
@@ -78,6 +90,14 @@ pub async fn enable(
             Ok(RewrapSummary::default())
         }
         None => Ok(RewrapSummary::default()),
+    }
+}
+
+/// [`EncryptionError::LockedDown`] while `tenant` is locked down.
+fn refuse_locked(shard: &Shard, tenant: &str) -> Result<(), EncryptionError> {
+    match shard.store.tenant(tenant) {
+        Some(projection) if projection.state() == TenantState::LockedDown => Err(EncryptionError::LockedDown),
+        _ => Ok(()),
     }
 }
 
@@ -91,9 +111,7 @@ pub async fn disable(shard: &Shard, sweeper: &Sweeper, tenant: &str) -> Result<R
     let Some(projection) = projection else {
         return Err(EncryptionError::NotEnabled);
     };
-    if projection.state() == TenantState::LockedDown {
-        return Err(EncryptionError::LockedDown);
-    }
+    refuse_locked(shard, tenant)?;
     let now_ms = shard.now_ms();
     let closing = Kind::EncryptionDisabled(EncryptionDisabled { key_uri: projection.key_uri.clone() });
     let summary =

@@ -59,7 +59,7 @@ async fn relay(
 ) -> Result<(), RelayError> {
     let connection = broker::connect(amqp_url, "events").await?;
     let channel = connection.create_channel().await?;
-    broker::declare_topology(&channel).await?;
+    broker::declare_topology(&connection).await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     backoff.reset();
     loop {

@@ -15,6 +15,7 @@
 //! Writes use group commit: batch N+1 is gathered and written while batch
 //! N's WAL fsync runs on a blocking thread; N is acked once its fsync is done.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,11 +32,12 @@ use tracing::{info, warn};
 use super::dead_letter::{self, DeadLetterError};
 use super::prefetch::PrefetchWindow;
 use super::validate::{Rejection, validate};
-use crate::broker::{self, Backoff};
+use crate::broker::{self, Backoff, ROUTE_EXCHANGE};
 use crate::config::Settings;
 use crate::error::ErrorCode;
-use crate::records::{self, Outcome, RecordError};
+use crate::records::{self, Outcome, RecordError, UnreadableTenants};
 use crate::shard::{Shard, ShardId};
+use crate::shards::placement::shard_of;
 use crate::storage::StoreError;
 use crate::telemetry::happenings::{Emit, IngestPaused, IngestResumed, MessageDeadLettered};
 use crate::telemetry::metrics as m;
@@ -77,13 +79,15 @@ struct Ingest<'a> {
     shard: &'a Shard,
     settings: &'a Settings,
     ready: &'a Readiness,
+    /// Outlives sessions and batches, like the redeliveries it speeds up.
+    unreadable: UnreadableTenants,
 }
 
 /// Consumes `shard`'s queue until `shutdown`, reconnecting after broker
 /// failures and pausing after storage failures; `ready` tells whether it
 /// is consuming.
 pub async fn run(shard: &Shard, settings: &Settings, ready: &Readiness, shutdown: CancellationToken) {
-    let ingest = &Ingest { shard, settings, ready };
+    let ingest = &Ingest { shard, settings, ready, unreadable: UnreadableTenants::default() };
     let mut backoff = Backoff::default();
     loop {
         let result = session(ingest, &shutdown, &mut backoff).await;
@@ -123,7 +127,7 @@ async fn consume(
 ) -> Result<(), SessionError> {
     let settings = ingest.settings;
     let channel = connection.create_channel().await?;
-    broker::declare_topology(&channel).await?;
+    broker::declare_topology(connection).await?;
     let dead_letters = connection.create_channel().await?;
     dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut window = PrefetchWindow::new(settings.prefetch, settings.prefetch_bytes);
@@ -267,7 +271,29 @@ impl Written {
         for (_, rejection) in &self.rejected {
             MessageDeadLettered { reason: rejection.code(), shard: Some(self.shard) }.emit();
         }
+        self.unbind_erased(channel).await?;
         m::batch_committed(self.shard, self.stored, self.duplicates, self.started.elapsed());
+        Ok(())
+    }
+}
+
+impl Written {
+    /// Removes the route binding of every erased tenant whose late
+    /// messages this batch dead-lettered (the intake bound it again), so
+    /// the bindings of erased tenants do not pile up.
+    async fn unbind_erased(&self, channel: &Channel) -> Result<(), SessionError> {
+        let erased: BTreeSet<&str> = self
+            .rejected
+            .iter()
+            .filter(|(_, rejection)| *rejection == Rejection::TenantErased)
+            .map(|(i, _)| self.batch[*i].routing_key.as_str())
+            .collect();
+        let queue = broker::shard_queue(self.shard.0);
+        for tenant in erased {
+            channel
+                .queue_unbind(queue.as_str().into(), ROUTE_EXCHANGE.into(), tenant.into(), FieldTable::default())
+                .await?;
+        }
         Ok(())
     }
 }
@@ -281,7 +307,15 @@ async fn write(ingest: &Ingest<'_>, mut batch: Vec<Delivery>) -> Result<Written,
     let mut rejected = Vec::new();
     for (i, delivery) in batch.iter().enumerate() {
         let content_type = delivery.properties.content_type().as_ref().map(|ct| ct.as_str());
-        match validate(&delivery.data, content_type, delivery.routing_key.as_str()) {
+        let checked = validate(&delivery.data, content_type, delivery.routing_key.as_str()).and_then(|record| {
+            let home = shard_of(&record.tenant_id, ingest.settings.shards);
+            if home == ingest.shard.id {
+                Ok(record)
+            } else {
+                Err(Rejection::WrongShard { home: home.0, here: ingest.shard.id.0 })
+            }
+        });
+        match checked {
             Ok(record) => {
                 records.push(record);
                 positions.push(i);
@@ -289,8 +323,14 @@ async fn write(ingest: &Ingest<'_>, mut batch: Vec<Delivery>) -> Result<Written,
             Err(rejection) => rejected.push((i, rejection)),
         }
     }
-    let outcomes =
-        records::store_batch(&ingest.shard.store, &ingest.shard.keyring, records, ingest.shard.now_ms()).await?;
+    let outcomes = records::store_batch(
+        &ingest.shard.store,
+        &ingest.shard.keyring,
+        records,
+        &ingest.unreadable,
+        ingest.shard.now_ms(),
+    )
+    .await?;
     let (mut stored, mut duplicates) = (0, 0);
     for (i, outcome) in positions.into_iter().zip(outcomes) {
         match outcome {

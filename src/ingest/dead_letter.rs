@@ -2,7 +2,8 @@
 //! add headers, so keyseal republishes the original message (body,
 //! properties, routing key) to the dead-letter exchange with
 //! `x-keyseal-error` set, `mandatory`, waits for the broker's confirm, and
-//! only then lets the original be acked. A dead letter the broker returns
+//! only then lets the original be acked. The dead letter of an erased
+//! tenant's record keeps its headers and reason but not its body. A dead letter the broker returns
 //! as unroutable (the dead-letter queue or its binding is missing) counts
 //! as a failure, like a nack: the original stays unacked and comes back.
 
@@ -12,7 +13,7 @@ use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
 
 use super::validate::Rejection;
-use crate::broker::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ERROR_DETAIL_HEADER, ERROR_HEADER};
+use crate::broker::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ERROR_DETAIL_HEADER, ERROR_HEADER, properties};
 
 /// Why dead-lettering failed; the originals must then not be acked.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,7 @@ pub async fn publish(channel: &Channel, rejected: &[(&Delivery, Rejection)]) -> 
                     DEAD_LETTER_EXCHANGE.into(),
                     delivery.routing_key.clone(),
                     BasicPublishOptions { mandatory: true, ..Default::default() },
-                    &delivery.data,
+                    if rejection.keeps_payload() { &delivery.data } else { &[] },
                     dead_letter_properties(&delivery.properties, rejection),
                 )
                 .await?,
@@ -65,35 +66,13 @@ pub async fn publish(channel: &Channel, rejected: &[(&Delivery, Rejection)]) -> 
     Ok(())
 }
 
-/// The original's properties with the reason headers added, persistent,
-/// and without `expiration` (a dead letter must rest until someone looks
-/// at it) or `user-id` (the broker checks it against the publishing
-/// connection's user, which is keyseal's, not the producer's).
+/// The original's properties that keyseal carries
+/// ([`properties::carried`]), with the reason headers added.
 fn dead_letter_properties(original: &BasicProperties, rejection: &Rejection) -> BasicProperties {
     let mut headers = original.headers().clone().unwrap_or_default();
     headers.insert(ERROR_HEADER.into(), AMQPValue::LongString(rejection.code().into()));
     headers.insert(ERROR_DETAIL_HEADER.into(), AMQPValue::LongString(rejection.to_string().into()));
-    let mut properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
-    macro_rules! keep {
-        ($($get:ident => $set:ident),* $(,)?) => {
-            $(if let Some(value) = original.$get().clone() {
-                properties = properties.$set(value);
-            })*
-        };
-    }
-    keep!(
-        content_type => with_content_type,
-        content_encoding => with_content_encoding,
-        priority => with_priority,
-        correlation_id => with_correlation_id,
-        reply_to => with_reply_to,
-        message_id => with_message_id,
-        timestamp => with_timestamp,
-        kind => with_type,
-        app_id => with_app_id,
-        cluster_id => with_cluster_id,
-    );
-    properties
+    properties::carried(original).with_headers(headers)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use prost::Message;
 
+use crate::clock::LAST_RFC3339_MS;
 use crate::proto::v1::IngestRecord;
 
 /// Largest accepted payload.
@@ -17,6 +18,9 @@ pub const MAX_ATTRIBUTE_BYTES: usize = 64 << 10;
 /// up to 8 bytes on the wire). A larger body can hold no valid record (but
 /// by repeating map keys), so it is refused before decoding copies it.
 pub const MAX_MESSAGE_BYTES: usize = MAX_PAYLOAD_BYTES + 8 * MAX_ATTRIBUTE_BYTES + 4096;
+/// The `observed_at_unix_ms` values accepted: 0 (not given) through the
+/// last millisecond of the year 9999, every time RFC 3339 can show.
+pub const OBSERVED_AT_RANGE: std::ops::RangeInclusive<i64> = 0..=LAST_RFC3339_MS;
 /// The content type producers publish with.
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
 
@@ -44,6 +48,10 @@ pub enum Rejection {
     /// Payload over 1 MiB.
     #[error("payload_too_large: {0} bytes exceeds 1048576")]
     PayloadTooLarge(usize),
+    /// `observed_at_unix_ms` outside [`OBSERVED_AT_RANGE`]: a time no
+    /// producer saw, and one no API could show.
+    #[error("invalid_observed_at: observed_at_unix_ms {0} is outside 0..=253402300799999 (1970 to 9999)")]
+    InvalidObservedAt(i64),
     /// Attributes over 64 KiB in total.
     #[error("attributes_too_large: {0} bytes exceeds 65536")]
     AttributesTooLarge(usize),
@@ -58,6 +66,24 @@ pub enum Rejection {
     /// The record id was deleted and its tombstone has not expired.
     #[error("record_deleted: this record id was deleted; it is refused until its tombstone expires (--tombstone-ttl)")]
     RecordDeleted,
+    /// The message reached the queue of a shard its tenant does not live
+    /// on (someone bound or published it there by hand): storing it would
+    /// put the tenant's records where its other records are not.
+    #[error("wrong_shard: the tenant lives on shard {home}, not on shard {here}")]
+    WrongShard {
+        /// The tenant's shard.
+        home: u32,
+        /// The shard whose queue it reached.
+        here: u32,
+    },
+    /// The intake placed as many new tenants this minute as it may
+    /// (`--new-tenants-per-minute`).
+    #[error("tenant_rate_limited: too many new tenants this minute (--new-tenants-per-minute); publish it again later")]
+    TenantRateLimited,
+    /// The intake could not forward the message to its shard after this
+    /// many deliveries.
+    #[error("unforwardable: the intake could not republish it to its shard after {0} deliveries")]
+    Unforwardable(u32),
     /// The tenant was erased (`DELETE /v1/tenants/{t}`): nothing of it is stored again.
     #[error("tenant_erased: the tenant was erased; its records are no longer accepted")]
     TenantErased,
@@ -74,12 +100,23 @@ impl Rejection {
             Self::RoutingKeyMismatch => "routing_key_mismatch",
             Self::InvalidRecordId(_) => "invalid_record_id",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::InvalidObservedAt(_) => "invalid_observed_at",
             Self::AttributesTooLarge(_) => "attributes_too_large",
             Self::ConflictingDuplicate => "conflicting_duplicate",
             Self::DuplicateUnverifiable => "duplicate_unverifiable",
             Self::RecordDeleted => "record_deleted",
+            Self::WrongShard { .. } => "wrong_shard",
+            Self::TenantRateLimited => "tenant_rate_limited",
+            Self::Unforwardable(_) => "unforwardable",
             Self::TenantErased => "tenant_erased",
         }
+    }
+
+    /// Whether the dead letter carries the message body. Not for an erased
+    /// tenant: its plaintext must not outlive the erasure in the
+    /// dead-letter queue (the headers and reason stay).
+    pub fn keeps_payload(&self) -> bool {
+        !matches!(self, Self::TenantErased)
     }
 }
 
@@ -118,6 +155,9 @@ pub fn validate(body: &[u8], content_type: Option<&str>, routing_key: &str) -> R
     if record.payload.len() > MAX_PAYLOAD_BYTES {
         return Err(Rejection::PayloadTooLarge(record.payload.len()));
     }
+    if !OBSERVED_AT_RANGE.contains(&record.observed_at_unix_ms) {
+        return Err(Rejection::InvalidObservedAt(record.observed_at_unix_ms));
+    }
     let attribute_bytes: usize = record.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
     if attribute_bytes > MAX_ATTRIBUTE_BYTES {
         return Err(Rejection::AttributesTooLarge(attribute_bytes));
@@ -130,10 +170,14 @@ mod tests {
     use super::*;
 
     fn record(tenant: &str, id: &str, payload: usize) -> Vec<u8> {
+        record_at(tenant, id, payload, 1)
+    }
+
+    fn record_at(tenant: &str, id: &str, payload: usize, observed_at_unix_ms: i64) -> Vec<u8> {
         IngestRecord {
             tenant_id: tenant.into(),
             record_id: id.into(),
-            observed_at_unix_ms: 1,
+            observed_at_unix_ms,
             payload: vec![7; payload],
             attributes: Default::default(),
         }
@@ -163,10 +207,15 @@ mod tests {
             (validate(&record("acme", &"r".repeat(129), 1), ct, "acme"), "invalid_record_id"),
             (validate(&record("acme", "1", MAX_PAYLOAD_BYTES + 1), ct, "acme"), "payload_too_large"),
             (validate(&vec![0; MAX_MESSAGE_BYTES + 1], ct, "acme"), "message_too_large"),
+            (validate(&record_at("acme", "1", 1, i64::MAX), ct, "acme"), "invalid_observed_at"),
+            (validate(&record_at("acme", "1", 1, LAST_RFC3339_MS + 1), ct, "acme"), "invalid_observed_at"),
+            (validate(&record_at("acme", "1", 1, -1), ct, "acme"), "invalid_observed_at"),
         ];
         for (result, code) in cases {
             assert_eq!(result.unwrap_err().code(), code);
         }
         assert!(validate(&record("acme", &"r".repeat(128), MAX_PAYLOAD_BYTES), None, "acme").is_ok());
+        assert!(validate(&record_at("acme", "1", 1, LAST_RFC3339_MS), ct, "acme").is_ok());
+        assert!(validate(&record_at("acme", "1", 1, 0), ct, "acme").is_ok());
     }
 }

@@ -18,7 +18,7 @@ use azure_core::error::ErrorKind;
 use azure_core::http::request::options::ClientRequestId;
 use azure_core::http::{ClientMethodOptions, ExponentialRetryOptions, RetryOptions, Transport};
 use azure_security_keyvault_keys::models::{
-    EncryptionAlgorithm, KeyClientGetKeyOptions, KeyClientUnwrapKeyOptions, KeyClientWrapKeyOptions,
+    EncryptionAlgorithm, Key, KeyClientGetKeyOptions, KeyClientUnwrapKeyOptions, KeyClientWrapKeyOptions,
     KeyOperationParameters,
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
@@ -215,7 +215,8 @@ impl Vault {
     pub async fn get_key(&self, uri: &KeyUri, version: Option<&str>) -> Result<VaultKey, VaultError> {
         let client = self.client(uri).await?;
         let options = KeyClientGetKeyOptions { key_version: version.map(str::to_owned), ..Default::default() };
-        let key = timed("get_key", async { client.get_key(&uri.name, Some(options)).await?.into_model() }).await?;
+        let body = timed("get_key", async { Ok(client.get_key(&uri.name, Some(options)).await?.into_body()) }).await?;
+        let key = key_from_answer(&body)?;
         let attributes = key.attributes.unwrap_or_default();
         let jwk = key.key.ok_or_else(|| VaultError::Invalid("no key in the answer".into()))?;
         let kid = jwk.kid.clone().ok_or_else(|| VaultError::Invalid("no kid".into()))?;
@@ -353,6 +354,28 @@ fn read_ca(path: &Path) -> Result<reqwest::Certificate, VaultSetupError> {
 }
 
 /// Runs one vault call, recording its outcome and latency.
+/// The last second Key Vault's `NumericDate` attributes can hold in the
+/// SDK's time type (9999-12-31T23:59:59Z).
+const LAST_NUMERIC_DATE: i64 = 253_402_300_799;
+
+/// A key from the vault's answer. An `exp`, `nbf`, `created` or `updated`
+/// past the year 9999 (Key Vault takes any number) would fail the whole
+/// answer in the SDK's model, and a key that cannot be read looks like an
+/// outage: such a time is read as 9999-12-31T23:59:59Z, what keyseal would
+/// show for it anyway.
+fn key_from_answer(body: &azure_core::http::response::ResponseBody) -> Result<Key, VaultError> {
+    let invalid = |e: &dyn std::fmt::Display| VaultError::Invalid(format!("the key in the answer: {e}"));
+    let mut answer: serde_json::Value = serde_json::from_slice(body.as_ref()).map_err(|e| invalid(&e))?;
+    if let Some(attributes) = answer.get_mut("attributes").and_then(serde_json::Value::as_object_mut) {
+        for time in ["exp", "nbf", "created", "updated"] {
+            if let Some(at) = attributes.get(time).and_then(serde_json::Value::as_i64) {
+                attributes.insert(time.to_owned(), at.clamp(0, LAST_NUMERIC_DATE).into());
+            }
+        }
+    }
+    serde_json::from_value(answer).map_err(|e| invalid(&e))
+}
+
 async fn timed<T>(
     operation: &'static str,
     call: impl std::future::Future<Output = azure_core::Result<T>>,
@@ -388,6 +411,8 @@ fn classify(error: azure_core::Error) -> VaultError {
             }
         }
         ErrorKind::Connection | ErrorKind::Io => VaultError::Unreachable(error.to_string()),
+        // An answer came, but not one that reads: not an outage.
+        ErrorKind::DataConversion => VaultError::Invalid(error.to_string()),
         ErrorKind::Credential => VaultError::Credential(error.to_string()),
         _ => VaultError::Unreachable(error.to_string()),
     }

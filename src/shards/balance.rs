@@ -12,12 +12,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use lapin::{Channel, Consumer};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::forward;
+use super::forward::{self, InboxContext};
 use super::leases::{LeaseError, Leases};
 use super::owned::OwnedShards;
 use super::running::RunningShard;
@@ -54,23 +53,23 @@ pub struct Balancer {
     clock: SharedClock,
     owned: Arc<OwnedShards>,
     leased: Readiness,
-    router: Router,
+    inbox: InboxContext,
     offset: u32,
 }
 
 impl Balancer {
     /// A balancer filling `owned`, telling in `leased` whether its lease
-    /// connection is up; an owned shard's forwarded requests run through
-    /// `router`.
+    /// connection is up; an owned shard's forwarded requests are served
+    /// with `inbox`.
     pub fn new(
         settings: Arc<Settings>,
         clock: SharedClock,
         owned: Arc<OwnedShards>,
         leased: Readiness,
-        router: Router,
+        inbox: InboxContext,
     ) -> Self {
         let offset = std::process::id() % settings.shards;
-        Self { settings, clock, owned, leased, router, offset }
+        Self { settings, clock, owned, leased, inbox, offset }
     }
 
     /// Connects the lease connection.
@@ -192,8 +191,8 @@ impl Balancer {
             }
         };
         let running = Arc::new(RunningShard::start(shard, &self.settings));
-        let (router, token) = (self.router.clone(), self.settings.admin_token.clone());
-        running.spawn(|stop| forward::serve_inbox(inbox.0, inbox.1, router, token, stop));
+        let context = self.inbox.clone();
+        running.spawn(|stop| forward::serve_inbox(id, inbox.0, inbox.1, context, stop));
         self.owned.insert(running, self.clock.now_ms());
         info!(shard = %id, "shard taken");
         Ok(())

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::protocol::AMQPSoftError;
 use lapin::types::FieldTable;
@@ -20,6 +21,7 @@ use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use tokio_util::sync::CancellationToken;
 
+use super::forward;
 use crate::broker::{self, ShardCountError, WORKERS_QUEUE, lease_queue};
 use crate::shard::ShardId;
 
@@ -77,7 +79,7 @@ impl Leases {
             signal.cancel();
         });
         let channel = connection.create_channel().await?;
-        broker::declare_topology(&channel).await?;
+        broker::declare_topology(&connection).await?;
         broker::declare_shard_queues(&connection, shards).await?;
         let presence = channel
             .basic_consume(WORKERS_QUEUE.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
@@ -108,7 +110,9 @@ impl Leases {
             Err(e) if broker::is_soft_error(&e, AMQPSoftError::RESOURCELOCKED) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
-        let consume = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        // Manual acks, so the prefetch bounds what waits in this worker.
+        channel.basic_qos(forward::PREFETCH, BasicQosOptions::default()).await?;
+        let consume = BasicConsumeOptions::default();
         let inbox = channel.basic_consume(queue.as_str().into(), "".into(), consume, FieldTable::default()).await?;
         Ok(Some((channel, inbox)))
     }

@@ -2,8 +2,9 @@
 //! versions a store was written under.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 
 use super::schema::{CF_DEKS, CF_PROJECTIONS, decode};
 use super::{Store, StoreError, keys};
@@ -48,23 +49,7 @@ impl Store {
     /// The fingerprint recorded for each managed root version (hex), so a
     /// worker never starts on a store with a root it lacks.
     pub fn managed_root_fingerprints(&self) -> Result<BTreeMap<u32, String>, StoreError> {
-        let mut found = BTreeMap::new();
-        let prefix = keys::MANAGED_ROOT_PREFIX;
-        for item in self.db.iterator_cf(self.cf(CF_PROJECTIONS), IteratorMode::From(prefix, Direction::Forward)) {
-            let (key, value) = item?;
-            let Some(version) = key.strip_prefix(prefix) else {
-                break;
-            };
-            let corrupt = |reason: &str| StoreError::Corrupt {
-                cf: CF_PROJECTIONS,
-                what: "managed root fingerprint",
-                reason: reason.to_owned(),
-            };
-            let version = u32::from_be_bytes(version.try_into().map_err(|_| corrupt("version is not 4 bytes"))?);
-            let fingerprint = String::from_utf8(value.into_vec()).map_err(|_| corrupt("not UTF-8"))?;
-            found.insert(version, fingerprint);
-        }
-        Ok(found)
+        fingerprints_in(&self.db)
     }
 
     /// Records the fingerprints of the managed root versions in use (synced).
@@ -81,6 +66,55 @@ impl Store {
 
     /// Whether the store holds any data key.
     pub fn holds_data_keys(&self) -> Result<bool, StoreError> {
-        Ok(self.db.iterator_cf(self.cf(CF_DEKS), IteratorMode::Start).next().transpose()?.is_some())
+        holds_data_keys_in(&self.db)
     }
+}
+
+/// What a store records of the managed root it was written under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootRecord {
+    /// The fingerprint recorded for each managed root version.
+    pub fingerprints: BTreeMap<u32, String>,
+    /// Whether the store holds any data key.
+    pub holds_data_keys: bool,
+}
+
+/// What the store in `dir` records of its managed root, read without
+/// opening it for writing: another worker may own it. `None` when `dir`
+/// holds no store. Lets a worker check, before it creates a managed root,
+/// that no store on its data dir expects another one.
+pub fn read_root_record(dir: &Path) -> Result<Option<RootRecord>, StoreError> {
+    if !dir.join("CURRENT").exists() {
+        return Ok(None);
+    }
+    let options = Options::default();
+    let families = DB::list_cf(&options, dir)?;
+    let db = DB::open_cf_for_read_only(&options, dir, families, false)?;
+    Ok(Some(RootRecord { fingerprints: fingerprints_in(&db)?, holds_data_keys: holds_data_keys_in(&db)? }))
+}
+
+fn fingerprints_in(db: &DB) -> Result<BTreeMap<u32, String>, StoreError> {
+    let mut found = BTreeMap::new();
+    let Some(cf) = db.cf_handle(CF_PROJECTIONS) else { return Ok(found) };
+    let prefix = keys::MANAGED_ROOT_PREFIX;
+    for item in db.iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward)) {
+        let (key, value) = item?;
+        let Some(version) = key.strip_prefix(prefix) else {
+            break;
+        };
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            cf: CF_PROJECTIONS,
+            what: "managed root fingerprint",
+            reason: reason.to_owned(),
+        };
+        let version = u32::from_be_bytes(version.try_into().map_err(|_| corrupt("version is not 4 bytes"))?);
+        let fingerprint = String::from_utf8(value.into_vec()).map_err(|_| corrupt("not UTF-8"))?;
+        found.insert(version, fingerprint);
+    }
+    Ok(found)
+}
+
+fn holds_data_keys_in(db: &DB) -> Result<bool, StoreError> {
+    let Some(cf) = db.cf_handle(CF_DEKS) else { return Ok(false) };
+    Ok(db.iterator_cf(cf, IteratorMode::Start).next().transpose()?.is_some())
 }

@@ -48,6 +48,20 @@ impl TenantCensus {
         self.by_state[state as usize]
     }
 
+    /// Adds another store's census (a worker's totals over its shards).
+    pub fn merge(&mut self, other: &Self) {
+        for (mine, theirs) in self.by_state.iter_mut().zip(other.by_state) {
+            *mine += theirs;
+        }
+        self.hot_records += other.hot_records;
+        self.sealed_records += other.sealed_records;
+    }
+
+    /// Tenants in any state.
+    pub fn tenants(&self) -> usize {
+        self.by_state.iter().sum()
+    }
+
     pub(super) fn add(&mut self, projection: &TenantProjection) {
         self.by_state[projection.state() as usize] += 1;
         self.hot_records += projection.hot_records;
@@ -121,6 +135,21 @@ impl Store {
     /// only those are copied.
     pub fn tenants_where(&self, wanted: impl Fn(&TenantProjection) -> bool) -> Vec<(String, TenantProjection)> {
         self.head().tenants.iter().filter(|(_, p)| wanted(p)).map(|(t, p)| (t.clone(), p.clone())).collect()
+    }
+
+    /// At most `limit` of the tenants whose projection satisfies `wanted`,
+    /// the first by tenant id: what a page that must stay bounded shows.
+    pub fn first_tenants_where(
+        &self,
+        limit: usize,
+        wanted: impl Fn(&TenantProjection) -> bool,
+    ) -> Vec<(String, TenantProjection)> {
+        self.head().tenants.iter().filter(|(_, p)| wanted(p)).take(limit).map(|(t, p)| (t.clone(), p.clone())).collect()
+    }
+
+    /// How many tenants the store knows, without walking them.
+    pub fn tenant_count(&self) -> u64 {
+        self.head().tenants.len() as u64
     }
 
     /// Totals over every tenant (states, record counts), without walking them.

@@ -36,6 +36,7 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 pub use self::audit::{AuditEntry, AuditRange};
+pub use self::data_keys::{RootRecord, read_root_record};
 pub use self::erasure::Removed;
 use self::head::Head;
 pub use self::head::TenantCensus;

@@ -1,7 +1,8 @@
 //! The retention sweep: for every tenant with a retention (its own, set by
 //! `PUT /v1/tenants/{t}/retention`, else `--default-retention`), records
 //! ingested longer ago than that are deleted, oldest first, a paced page at
-//! a time: each page one atomic write with a `RecordsExpired` event. The
+//! a time, each page starting where the last one ended: each page one
+//! atomic write with a `RecordsExpired` event. The
 //! data keys of the expired records that no record uses any more are then
 //! retired (deleted: crypto-shredded). Nothing is decrypted.
 //!
@@ -93,15 +94,19 @@ async fn expire(
     pacer: &mut Pacer,
     summary: &mut RetentionSummary,
 ) -> Result<HashSet<Vec<u8>>, RecordError> {
-    let due = ListingRange { to_ms: Some(cutoff_ms), ..ListingRange::default() };
+    let mut due = ListingRange { to_ms: Some(cutoff_ms), ..ListingRange::default() };
     let mut used = HashSet::new();
     loop {
         // From listing the page to committing its deletion.
         let moving = store.moving().await;
         let page = store.list_records(tenant, &due, pacer.step_size())?;
-        if page.is_empty() {
+        let Some(last) = page.last() else {
             return Ok(used);
-        }
+        };
+        // The next page starts after this one: never again over the
+        // deletion markers of the pages before, so each page costs the
+        // same however many came first.
+        due.after = Some((last.ingested_at_ms, last.record_id.clone()));
         let record_keys: Vec<Vec<u8>> = page.iter().map(|listed| keys::record_key(tenant, &listed.record_id)).collect();
         let mut txn = store.transaction();
         let (mut hot, mut sealed) = (0u32, 0u32);

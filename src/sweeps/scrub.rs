@@ -127,7 +127,7 @@ impl Scrub<'_> {
             let reason = finding.as_str();
             let record_id = keys::split_record_key(record_key)
                 .map_or_else(|| String::from_utf8_lossy(record_key).into_owned(), |(_, id)| id.to_owned());
-            RecordFailedVerification { tenant, record_id: &record_id, layer: layer_name, reason }.emit();
+            RecordFailedVerification { tenant, layer: layer_name, reason }.emit();
             txn.event(
                 tenant,
                 Kind::CorruptionDetected(CorruptionDetected {

@@ -260,7 +260,7 @@ async fn seal_batch<'s>(
         let Some(content) = hot_key.ok().and_then(|key| identity.open(&key, &located.record).ok()) else {
             // One damaged record must not stop sealing for everyone: it
             // stays in `hot`, untouched, for the scrub to report.
-            error!(tenant, record_id, "hot record failed its integrity check or lost its data key; left in hot");
+            error!(tenant, "a hot record failed its integrity check or lost its data key; left in hot for the scrub");
             *summary.unsealable.entry(tenant.to_owned()).or_default() += 1;
             continue;
         };

@@ -62,11 +62,11 @@ impl Emit for MessageDeadLettered {
 }
 
 /// A scrub found a record that fails verification; it is left in place.
+/// The log names the tenant, never the record id (ids can carry data of
+/// their own); the scrub's summary lists the ids for whoever asked for it.
 pub struct RecordFailedVerification<'a> {
     /// Its tenant.
     pub tenant: &'a str,
-    /// Its id.
-    pub record_id: &'a str,
     /// `hot` or `sealed`.
     pub layer: &'static str,
     /// What is wrong (a scrub finding's name).
@@ -75,8 +75,8 @@ pub struct RecordFailedVerification<'a> {
 
 impl Emit for RecordFailedVerification<'_> {
     fn emit(self) {
-        let Self { tenant, record_id, layer, reason } = self;
-        warn!(tenant, record_id, layer, reason, "scrub: record failed verification (left in place)");
+        let Self { tenant, layer, reason } = self;
+        warn!(tenant, layer, reason, "scrub: a record failed verification (left in place; its id is in the summary)");
         counter!("keyseal_corrupt_records_total", "layer" => layer).increment(1);
     }
 }
@@ -96,6 +96,40 @@ impl Emit for TenantHeldBack<'_> {
     fn emit(self) {
         warn!(tenant = self.tenant, reason = self.reason, error = %self.error, "no sealed data key; tenant held back for this sweep");
         counter!("keyseal_seal_held_back_total", "reason" => self.reason).increment(1);
+    }
+}
+
+/// Serving an admin request panicked: it was answered 500 and the server
+/// (or the shard's inbox, for a forwarded request) went on.
+pub struct RequestPanicked<'a> {
+    /// The request's path (never its query or body).
+    pub path: &'a str,
+    /// Whether it came through a shard's lease queue.
+    pub forwarded: bool,
+}
+
+impl Emit for RequestPanicked<'_> {
+    fn emit(self) {
+        let via = if self.forwarded { "forwarded" } else { "direct" };
+        tracing::error!(path = self.path, via, "serving an admin request panicked; answered 500");
+        counter!("keyseal_request_panics_total", "via" => via).increment(1);
+    }
+}
+
+/// A forwarded admin request was refused before it ran (unsigned, a
+/// replay, expired, …).
+pub struct ForwardedRequestRefused {
+    /// The owned shard whose inbox it reached.
+    pub shard: ShardId,
+    /// Why (the refusal's code).
+    pub reason: &'static str,
+}
+
+impl Emit for ForwardedRequestRefused {
+    fn emit(self) {
+        warn!(shard = %self.shard, reason = self.reason, "forwarded request refused");
+        counter!("keyseal_forwarded_requests_refused_total", "reason" => self.reason, "shard" => self.shard.to_string())
+            .increment(1);
     }
 }
 

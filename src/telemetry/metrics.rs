@@ -49,6 +49,9 @@ pub fn handle() -> PrometheusHandle {
             counter!("keyseal_data_keys_retired_total").absolute(0);
             counter!("keyseal_tenants_erased_total").absolute(0);
             counter!("keyseal_audit_dropped_total").absolute(0);
+            for via in ["direct", "forwarded"] {
+                counter!("keyseal_request_panics_total", "via" => via).absolute(0);
+            }
             // Registered, so it renders (empty) before the first erasure.
             drop(histogram!("keyseal_erasure_seconds"));
             handle
@@ -63,6 +66,16 @@ fn describe() {
         "Ingested messages by result: stored, duplicate, dead_lettered."
     );
     describe_counter!("keyseal_dead_letters_total", Unit::Count, "Messages sent to keyseal.ingest.dead, by reason.");
+    describe_counter!(
+        "keyseal_request_panics_total",
+        Unit::Count,
+        "Admin requests whose handler panicked (answered 500), direct or forwarded."
+    );
+    describe_counter!(
+        "keyseal_forwarded_requests_refused_total",
+        Unit::Count,
+        "Forwarded admin requests an owner refused before running them, by reason (unauthorized, replayed, forward_expired, ...)."
+    );
     describe_histogram!(
         "keyseal_batch_commit_seconds",
         Unit::Seconds,

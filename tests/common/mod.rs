@@ -6,6 +6,7 @@
 
 pub mod byok;
 pub mod fleet;
+pub mod pair;
 pub mod vault;
 
 use std::future::Future;
@@ -76,15 +77,26 @@ impl Drop for BrokerStopped {
 /// Settings for a test worker: the vhost, the data dir, an ephemeral port,
 /// plus `extra` flags.
 pub fn settings(vhost: &Vhost, data_dir: &Path, extra: &[&str]) -> Settings {
-    let url = vhost.amqp_url();
+    settings_at(&vhost.amqp_url(), data_dir, extra)
+}
+
+/// [`settings`] for a worker that connects with `amqp_url`.
+pub fn settings_at(amqp_url: &str, data_dir: &Path, extra: &[&str]) -> Settings {
     let dir = data_dir.to_str().unwrap().to_owned();
-    let mut args = vec!["--amqp-url", &url, "--data-dir", &dir, "--http-addr", "127.0.0.1:0", "--sweep-interval", "1h"];
+    let mut args =
+        vec!["--amqp-url", amqp_url, "--data-dir", &dir, "--http-addr", "127.0.0.1:0", "--sweep-interval", "1h"];
     args.extend_from_slice(extra);
     keyseal::config::parse_flags(args).expect("valid test settings")
 }
 
 pub async fn start_worker(vhost: &Vhost, data_dir: &Path, clock: SharedClock, extra: &[&str]) -> Worker {
     Worker::start(settings(vhost, data_dir, extra), clock).await.expect("worker starts")
+}
+
+/// A worker (on the system clock) that connects with `amqp_url`.
+pub async fn start_worker_at(amqp_url: &str, data_dir: &Path, extra: &[&str]) -> Worker {
+    let clock = std::sync::Arc::new(keyseal::clock::SystemClock);
+    Worker::start(settings_at(amqp_url, data_dir, extra), clock).await.expect("worker starts")
 }
 
 pub fn base_url(worker: &Worker) -> String {
@@ -177,7 +189,7 @@ pub async fn place(vhost: &Vhost, shards: u32, tenants: &[String]) {
     use keyseal::broker::{self, ROUTE_EXCHANGE, shard_queue};
     let connection = broker::connect(&vhost.amqp_url(), "placement").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    broker::declare_topology(&channel).await.unwrap();
+    broker::declare_topology(&connection).await.unwrap();
     broker::declare_shard_queues(&connection, shards).await.unwrap();
     for tenant in tenants {
         let queue = shard_queue(keyseal::shards::placement::shard_of(tenant, shards).0);

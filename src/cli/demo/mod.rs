@@ -186,7 +186,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     narrator.say(format!("Key Vault emulator (in-process, TLS) at {}", vault.vault_url()));
 
     let (settings, moved_from) = worker_settings(&args, &vault, &scratch.path().join("data"))?;
-    let admin_token = settings.admin_token.clone();
+    let admin_token = settings.admin_token.as_ref().map(|t| t.expose().to_owned());
     let worker = Worker::start(settings, Arc::new(SystemClock)).await.map_err(|e| DemoError::Worker(e.into()))?;
     let base = format!("http://{}", worker.http_addr);
     if let Some(taken) = moved_from {
@@ -252,7 +252,7 @@ async fn check_broker(url: &str, shown_url: &str) -> Result<(), DemoError> {
 /// declare finds the queue; `None` when the broker refuses either.
 async fn ingest_queue_load(connection: &lapin::Connection) -> Option<(u32, u32)> {
     let channel = connection.create_channel().await.ok()?;
-    broker::declare_topology(&channel).await.ok()?;
+    broker::declare_topology(connection).await.ok()?;
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
     let queue = channel.queue_declare(INGEST_QUEUE.into(), passive, FieldTable::default()).await.ok()?;
     broker::close_channel(&channel, "demo broker check done").await;

@@ -268,6 +268,12 @@ impl Keyring {
         self.load(id, purpose).await?.ok_or(KeyringError::UnknownDataKey)
     }
 
+    /// The data key with id `id` if it is unwrapped in memory now: never a
+    /// root-key call.
+    pub fn cached_key(&self, id: &[u8]) -> Option<Arc<DataKey>> {
+        self.cached(id)
+    }
+
     /// The vault client, or why there is none.
     pub fn vault(&self) -> Result<&Arc<Vault>, KeyringError> {
         self.vault.as_ref().map_err(|reason| KeyringError::VaultNotConfigured(reason.clone()))

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::future::{self, BoxFuture};
+use hkdf::Hkdf;
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::sha2::{Digest, Sha256};
 use rsa::{Generate, PrivateKey, PublicKey};
@@ -177,6 +178,29 @@ impl ManagedRootKeys {
             versions.insert(1, Arc::new(created));
         }
         Ok(Self { versions })
+    }
+
+    /// Whether `dir` holds any version's key file.
+    pub fn exist_in(dir: &Path) -> bool {
+        fs::read_dir(dir).is_ok_and(|entries| entries.flatten().any(|entry| version_of(&entry.path()).is_some()))
+    }
+
+    /// A 32-byte secret for `purpose`, derived with HKDF-SHA256 from the
+    /// oldest version's private key: a secret every worker of the
+    /// deployment shares without another file to hand out (the MAC key of
+    /// forwarded admin requests starts here). Versions are only ever
+    /// added, so it does not change when the root is rotated.
+    pub fn derive_secret(&self, purpose: &str) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+        let (_, oldest) = self.versions.first_key_value().expect("at least one version");
+        let der = oldest
+            .private
+            .to_pkcs8_der()
+            .map_err(|e| CryptoError::Corrupt { what: "managed root key", reason: e.to_string() })?;
+        let mut secret = Zeroizing::new([0u8; 32]);
+        Hkdf::<Sha256>::new(Some(b"keyseal managed root"), der.as_bytes())
+            .expand(purpose.as_bytes(), secret.as_mut_slice())
+            .expect("32 bytes is a valid HKDF output");
+        Ok(secret)
     }
 
     /// The fingerprint of every loaded version, for recording in the store.
