@@ -8,7 +8,9 @@
 //!   records flow through it (`-- rss`);
 //! - peak RSS while a child drains 1,200 queued records of 1 MiB (`-- big`),
 //!   with the default `--prefetch-bytes` beside a count-only prefetch (the
-//!   byte budget set out of reach), in the same run.
+//!   byte budget set out of reach), in the same run; and the user's case of
+//!   issue 25: one tenant's 1,200 records of 1 MiB − 200 bytes, published
+//!   before any worker ran (so not placed: they wait in the intake).
 //!
 //! `cargo bench --bench ingest`, `cargo bench --bench ingest -- rss` and
 //! `cargo bench --bench ingest -- big` (KEYSEAL_BENCH_RECORDS,
@@ -46,11 +48,16 @@ async fn prefill(vhost: &Vhost, count: usize) {
 
 async fn prefill_sized(vhost: &Vhost, count: usize, size: usize) {
     place(vhost).await;
+    publish_backlog(vhost, &TENANTS, count, size).await;
+}
+
+/// Publishes `count` records of `size` bytes, spread over `tenants`.
+async fn publish_backlog(vhost: &Vhost, tenants: &[&str], count: usize, size: usize) {
     let publisher = Publisher::connect(&vhost.amqp_url()).await.unwrap();
     // Publish in pieces of about 20 MiB, so the producer's own memory stays small.
     let chunk = (20 << 20) / size.max(1);
-    for tenant in TENANTS {
-        let per_tenant = count / TENANTS.len();
+    for tenant in tenants {
+        let per_tenant = count / tenants.len();
         for start in (0..per_tenant).step_by(chunk.max(1)) {
             let n = chunk.min(per_tenant - start);
             let records = synthetic(tenant, &format!("r-{start}-"), n, size, 1);
@@ -145,13 +152,30 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// How a backlog waits for the worker: its tenants placed on their shard
+/// (the steady state), or one tenant never seen (in the intake).
+#[derive(Clone, Copy)]
+enum Backlog {
+    Placed,
+    OneNewTenant,
+}
+
 /// Peak RSS (MiB) of a `keyseal run` child draining `count` queued records
 /// of `size` bytes, and the seconds it took.
-async fn child_peak_rss(name: &str, count: usize, size: usize, worker_args: &[&str]) -> (f64, f64) {
+async fn child_peak_rss(name: &str, backlog: Backlog, count: usize, size: usize, worker_args: &[&str]) -> (f64, f64) {
     let vhost = Vhost::new(name);
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    prefill_sized(&vhost, count, size).await;
+    let tenants: &[&str] = match backlog {
+        Backlog::Placed => {
+            prefill_sized(&vhost, count, size).await;
+            &TENANTS
+        }
+        Backlog::OneNewTenant => {
+            publish_backlog(&vhost, &TENANTS[..1], count, size).await;
+            &TENANTS[..1]
+        }
+    };
     let started = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyseal"))
         .args(["run", "--amqp-url", &vhost.amqp_url(), "--http-addr", &format!("127.0.0.1:{port}")])
@@ -164,7 +188,7 @@ async fn child_peak_rss(name: &str, count: usize, size: usize, worker_args: &[&s
     let base = format!("http://127.0.0.1:{port}");
     loop {
         let mut total = 0;
-        for tenant in TENANTS {
+        for tenant in tenants {
             total += common::counts(&base, tenant).await.map_or(0, |(h, _)| h);
         }
         if total >= count as u64 {
@@ -180,7 +204,7 @@ async fn child_peak_rss(name: &str, count: usize, size: usize, worker_args: &[&s
 
 async fn peak_rss() {
     let count = env_usize("KEYSEAL_BENCH_RECORDS", 1_000_000);
-    let (mib, secs) = child_peak_rss("bench-rss", count, 1024, &[]).await;
+    let (mib, secs) = child_peak_rss("bench-rss", Backlog::Placed, count, 1024, &[]).await;
     println!(
         "peak RSS of keyseal run while ingesting {count} records of 1 KiB: {mib:.1} MiB (target <= 256 MiB), {secs:.0} s"
     );
@@ -189,22 +213,29 @@ async fn peak_rss() {
 async fn peak_rss_big() {
     let count = env_usize("KEYSEAL_BENCH_RECORDS", 1_200);
     let runs = env_usize("KEYSEAL_BENCH_RUNS", 3);
-    println!("peak RSS draining {count} queued records of 1 MiB, prefetch {PREFETCH}, {runs} runs");
+    println!("peak RSS draining {count} queued records of about 1 MiB, prefetch {PREFETCH}, {runs} runs");
     let prefetch = PREFETCH.to_string();
-    let (mut bounded, mut unbounded) = (Vec::new(), Vec::new());
+    let (mut bounded, mut one_new, mut unbounded) = (Vec::new(), Vec::new(), Vec::new());
+    // The user's records: 1 MiB less 200 bytes, so the message (with ids
+    // and framing) stays under the record limit.
+    let users = (1 << 20) - 200;
     for run in 0..runs {
-        let (mib, secs) = child_peak_rss("bench-big", count, 1 << 20, &["--prefetch", &prefetch]).await;
+        let defaults = ["--prefetch", prefetch.as_str()];
+        let (mib, secs) = child_peak_rss("bench-big", Backlog::Placed, count, 1 << 20, &defaults).await;
         bounded.push(mib);
+        let (new_mib, new_secs) = child_peak_rss("bench-big-new", Backlog::OneNewTenant, count, users, &[]).await;
+        one_new.push(new_mib);
         let count_only = ["--prefetch", &prefetch, "--prefetch-bytes", "1TiB"];
-        let (base_mib, base_secs) = child_peak_rss("bench-big-base", count, 1 << 20, &count_only).await;
+        let (base_mib, base_secs) =
+            child_peak_rss("bench-big-base", Backlog::Placed, count, 1 << 20, &count_only).await;
         unbounded.push(base_mib);
         println!(
-            "  run {run}: --prefetch-bytes 64MiB {mib:>7.1} MiB in {secs:.1} s   count-only {base_mib:>7.1} MiB in {base_secs:.1} s"
+            "  run {run}: 4 placed tenants {mib:>7.1} MiB in {secs:.1} s   one new tenant (defaults) {new_mib:>7.1} MiB in {new_secs:.1} s   count-only {base_mib:>7.1} MiB in {base_secs:.1} s"
         );
     }
-    let (b, u) = (median(bounded), median(unbounded));
+    let (b, n, u) = (median(bounded), median(one_new), median(unbounded));
     println!(
-        "median peak RSS: {b:.1} MiB with --prefetch-bytes 64MiB (target <= 512 MiB), {u:.1} MiB count-only ({:.2}x)",
+        "median peak RSS: {b:.1} MiB placed, {n:.1} MiB one new tenant (targets <= 512 MiB), {u:.1} MiB count-only ({:.2}x)",
         b / u
     );
 }

@@ -8,8 +8,13 @@
 //!   same search before the erasure.
 //! - `audit`: how many key-use audit entries (and bytes) 1,000,000 records
 //!   cost when ingested, sealed and read once, over 100 tenants.
+//! - `retention`: the first retention run over 1,000,000 expired records of
+//!   one tenant: the time each 10 % of them took (the target: the slowest
+//!   within 1.5 × the fastest, i.e. a cost per page that does not grow with
+//!   the pages deleted before it), and how long a `DELETE` of one of its
+//!   records waits while the run goes on (the target: under a second).
 //!
-//! `cargo bench --bench lifecycle` (or `-- erasure` / `-- audit`;
+//! `cargo bench --bench lifecycle` (or `-- erasure` / `-- audit` / `-- retention`;
 //! KEYSEAL_BENCH_RECORDS changes the size).
 
 use std::path::Path;
@@ -21,7 +26,7 @@ use keyseal::broker::publish::synthetic;
 use keyseal::clock::{Clock, ManualClock};
 use keyseal::config::{Settings, parse_flags};
 use keyseal::proto::v1::event::Kind;
-use keyseal::records::{read, store_batch};
+use keyseal::records::{UnreadableTenants, read, store_batch};
 use keyseal::shard::{Shard, ShardId};
 use keyseal::sweeps::Sweeper;
 
@@ -35,10 +40,13 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// A shard in a fresh data dir on a manual clock, and its sweeper.
-fn open(dir: &Path, clock: &ManualClock) -> (Arc<Shard>, Sweeper) {
+/// A shard in a fresh data dir on a manual clock, and its sweeper, with
+/// `extra` settings.
+fn open(dir: &Path, clock: &ManualClock, extra: &[&str]) -> (Arc<Shard>, Sweeper) {
     let data_dir = dir.display().to_string();
-    let settings: Settings = parse_flags(["--data-dir", data_dir.as_str()]).expect("valid settings");
+    let mut flags = vec!["--data-dir", data_dir.as_str()];
+    flags.extend_from_slice(extra);
+    let settings: Settings = parse_flags(flags).expect("valid settings");
     let shard = Arc::new(Shard::open(ShardId(0), &settings, Arc::new(clock.clone())).expect("shard opens"));
     let sweeper = Sweeper::new(shard.clone(), Arc::new(settings));
     (shard, sweeper)
@@ -48,7 +56,9 @@ fn open(dir: &Path, clock: &ManualClock) -> (Arc<Shard>, Sweeper) {
 async fn ingest(shard: &Shard, tenants: &[String], prefix: &str, count: usize) {
     for tenant in tenants {
         for batch in synthetic(tenant, prefix, count, 256, 1).chunks(BATCH) {
-            store_batch(&shard.store, &shard.keyring, batch.to_vec(), shard.now_ms()).await.unwrap();
+            store_batch(&shard.store, &shard.keyring, batch.to_vec(), &UnreadableTenants::default(), shard.now_ms())
+                .await
+                .unwrap();
             shard.store.sync().unwrap();
         }
     }
@@ -83,7 +93,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 async fn erasure(count: usize) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let (shard, sweeper) = open(dir.path(), &clock);
+    let (shard, sweeper) = open(dir.path(), &clock, &[]);
     let began = Instant::now();
     ingest(&shard, &["gone".to_owned()], "old-", count / 2).await;
     ingest(&shard, &["kept".to_owned()], "kept-", count / 10).await;
@@ -134,7 +144,7 @@ async fn erasure(count: usize) {
 async fn audit(count: usize) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let (shard, sweeper) = open(dir.path(), &clock);
+    let (shard, sweeper) = open(dir.path(), &clock, &[]);
     let tenants: Vec<String> = (0..100).map(|i| format!("t{i:03}")).collect();
     let per_tenant = count / tenants.len();
     let entries = || {
@@ -173,6 +183,59 @@ async fn audit(count: usize) {
     );
 }
 
+async fn retention(count: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    // Unpaced, so the run's own cost is what is measured.
+    let (shard, sweeper) = open(dir.path(), &clock, &["--default-retention", "1d", "--sweep-rate", "100000000"]);
+    let tenant = "expiring".to_owned();
+    ingest(&shard, std::slice::from_ref(&tenant), "r-", count).await;
+    clock.advance(Duration::from_secs(2 * 86_400));
+    let left = || shard.store.tenant(&tenant).map_or(0, |p| p.hot_records + p.sealed_records);
+    let began = Instant::now();
+    let mut slices = Vec::new();
+    let mut delete_took = None;
+    let watch = async {
+        let mut last = Instant::now();
+        for tenth in 1..=10u64 {
+            while left() > count as u64 * (10 - tenth) / 10 {
+                if tenth == 6 && delete_took.is_none() {
+                    let asked = Instant::now();
+                    let victim = format!("r-{}", count - 1);
+                    let deleted =
+                        keyseal::records::delete(&shard.store, &tenant, &victim, clock.now_ms(), DAY).await.unwrap();
+                    assert!(deleted.is_some(), "the last record is not expired yet");
+                    delete_took = Some(asked.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            slices.push(last.elapsed());
+            last = Instant::now();
+        }
+    };
+    let (summary, ()) = tokio::join!(sweeper.retention(), watch);
+    let summary = summary.unwrap();
+    let took = began.elapsed();
+    let (fastest, slowest) = (slices.iter().min().unwrap(), slices.iter().max().unwrap());
+    println!(
+        "retention: first run over {count} expired records of one tenant (cargo bench --bench lifecycle -- retention)"
+    );
+    println!(
+        "  run                  {took:>10.2?}  ({:.0} records/s, {} expired)",
+        summary.expired as f64 / took.as_secs_f64(),
+        summary.expired
+    );
+    let shown: Vec<String> = slices.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect();
+    println!("  per 10 % slice (s)   {}", shown.join(" "));
+    println!(
+        "  ratio retention slowest/fastest slice = {:.2} (target <= 1.5)",
+        slowest.as_secs_f64() / fastest.as_secs_f64().max(1e-9)
+    );
+    println!("  DELETE of a record during the run answered in {:.3?} (target < 1s)", delete_took.unwrap_or_default());
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let count = env_usize("KEYSEAL_BENCH_RECORDS", 1_000_000);
@@ -183,5 +246,8 @@ async fn main() {
     }
     if wants("audit") {
         audit(count).await;
+    }
+    if wants("retention") {
+        retention(count).await;
     }
 }

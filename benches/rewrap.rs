@@ -27,7 +27,7 @@ use keyseal::crypto::keyring::{CacheLimits, Keyring, RotationLimits, VAULT_CONCU
 use keyseal::crypto::root_key::ManagedRootKeys;
 use keyseal::proto::v1::event::Kind;
 use keyseal::proto::v1::{EncryptionEnabled, KeyRolled};
-use keyseal::records::store_batch;
+use keyseal::records::{UnreadableTenants, store_batch};
 use keyseal::storage::Store;
 use keyseal::sweeps::seal::seal_due;
 use keyvault_emulator::RecoveryLevel;
@@ -74,7 +74,9 @@ impl Sealed {
         txn.commit(sealed.clock.now_ms()).unwrap();
         let records = synthetic(TENANT, "r-", keys * per_key, 64, 1);
         for chunk in records.chunks(1000) {
-            store_batch(&sealed.store, &keyring, chunk.to_vec(), sealed.clock.now_ms()).await.unwrap();
+            store_batch(&sealed.store, &keyring, chunk.to_vec(), &UnreadableTenants::default(), sealed.clock.now_ms())
+                .await
+                .unwrap();
         }
         sealed.clock.advance(SEAL_AFTER + Duration::from_secs(1));
         let summary = seal_due(&sealed.store, &keyring, &sealed.clock, SEAL_AFTER, &Default::default()).await.unwrap();

@@ -26,7 +26,7 @@ use keyseal::crypto::keyring::{CacheLimits, Keyring, RotationLimits};
 use keyseal::crypto::root_key::ManagedRootKeys;
 use keyseal::proto::v1::EncryptionEnabled;
 use keyseal::proto::v1::event::Kind;
-use keyseal::records::store_batch;
+use keyseal::records::{UnreadableTenants, store_batch};
 use keyseal::storage::{CF_BY_TENANT, CF_BY_TIME, CF_HOT, CF_SEALED, Store};
 use keyseal::sweeps::seal::seal_due;
 use keyseal::sweeps::{Pacer, Progress, SweepKind, reencrypt};
@@ -64,7 +64,7 @@ async fn populate(
     for (t, tenant) in tenants.iter().enumerate() {
         let records = synthetic(tenant, "r-", count / tenants.len(), 1024, t as i64);
         for chunk in records.chunks(500) {
-            store_batch(&store, &keyring, chunk.to_vec(), clock.now_ms()).await.unwrap();
+            store_batch(&store, &keyring, chunk.to_vec(), &UnreadableTenants::default(), clock.now_ms()).await.unwrap();
         }
     }
     if let Some(vault) = vault {

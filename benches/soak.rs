@@ -19,7 +19,7 @@ use keyseal::broker::publish::synthetic;
 use keyseal::clock::{Clock, ManualClock};
 use keyseal::crypto::keyring::{CacheLimits, Keyring, RotationLimits};
 use keyseal::crypto::root_key::ManagedRootKeys;
-use keyseal::records::store_batch;
+use keyseal::records::{UnreadableTenants, store_batch};
 use keyseal::storage::{CF_HOT, CF_SEALED, Store};
 use keyseal::sweeps::seal::seal_due;
 
@@ -96,7 +96,7 @@ fn main() {
         let started = Instant::now();
         runtime.block_on(async {
             for batch in batches {
-                store_batch(&store, &keyring, batch, clock.now_ms()).await.unwrap();
+                store_batch(&store, &keyring, batch, &UnreadableTenants::default(), clock.now_ms()).await.unwrap();
                 store.sync_async().await.unwrap();
             }
         });

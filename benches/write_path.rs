@@ -14,7 +14,7 @@ use keyseal::broker::publish::synthetic;
 use keyseal::clock::{Clock, SystemClock};
 use keyseal::crypto::keyring::{CacheLimits, Keyring, RotationLimits};
 use keyseal::crypto::root_key::ManagedRootKeys;
-use keyseal::records::store_batch;
+use keyseal::records::{UnreadableTenants, store_batch};
 use keyseal::storage::{CF_BY_TIME, CF_HOT, Store, keys};
 use rocksdb::WriteBatch;
 
@@ -39,7 +39,9 @@ async fn keyseal_run(count: usize) -> Duration {
     let records = synthetic("acme", "r-", count, 1024, 1);
     let began = Instant::now();
     for batch in records.chunks(BATCH) {
-        store_batch(&store, &keyring, batch.to_vec(), SystemClock.now_ms()).await.unwrap();
+        store_batch(&store, &keyring, batch.to_vec(), &UnreadableTenants::default(), SystemClock.now_ms())
+            .await
+            .unwrap();
         store.sync().unwrap();
     }
     began.elapsed()
