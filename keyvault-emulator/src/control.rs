@@ -24,8 +24,8 @@ use serde_json::json;
 use super::audit::AuditEvent;
 use super::error::ServiceError;
 use super::faults::{FaultList, FaultSpec};
-use super::handlers::parse_body as parse;
 use super::server::App;
+use super::wire::parse_body as parse;
 
 /// Where the control routes live.
 pub(crate) const PREFIX: &str = "/_emulator/";

@@ -1,7 +1,7 @@
 //! Key Vault's JSON shapes, with its exact field names: the key bundle,
 //! deleted-key bundle, list items and pages, key-operation results and the
-//! request bodies. Timestamps are integer Unix seconds and bytes unpadded
-//! base64url, as the SDKs expect.
+//! request bodies (read with [`parse_body`]). Timestamps are integer Unix
+//! seconds and bytes unpadded base64url, as the SDKs expect.
 
 use std::collections::BTreeMap;
 
@@ -9,10 +9,11 @@ use base64::Engine;
 use base64::alphabet::URL_SAFE;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-
 use zeroize::Zeroize;
 
+use super::error::ServiceError;
 use super::material::PublicJwk;
 use super::vault::{ActionType, DeletionPolicy, KeyView, ReleasePolicy, RotationPolicy, Trigger};
 
@@ -21,6 +22,14 @@ const URL_SAFE_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
     &URL_SAFE,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
+
+/// Parses a JSON request body; 400 `BadParameter` when it does not fit.
+/// The Key Vault operations and the `/_emulator/` control routes both read
+/// their bodies through it, so a malformed body is refused the same way
+/// everywhere.
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
+    serde_json::from_slice(body).map_err(|e| ServiceError::bad_parameter(format!("The request body is not valid: {e}")))
+}
 
 pub(crate) fn to_base64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)

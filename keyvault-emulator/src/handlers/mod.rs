@@ -16,14 +16,13 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
 
 use super::error::ServiceError;
 use super::material::{KeyMaterial, KeySpec};
 use super::routes::Route;
 use super::server::App;
 use super::vault::KeyView;
-use super::wire::{Page, Renderer};
+use super::wire::{Page, Renderer, parse_body};
 
 /// Key Vault's page size, and the largest `maxresults` it accepts.
 const MAX_PAGE_SIZE: usize = 25;
@@ -115,11 +114,6 @@ pub(crate) async fn handle(
         }
     };
     Ok(response)
-}
-
-/// Parses a JSON request body; 400 `BadParameter` when it does not fit.
-pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
-    serde_json::from_slice(body).map_err(|e| ServiceError::bad_parameter(format!("The request body is not valid: {e}")))
 }
 
 /// Generates key material off the async runtime (rotation uses it too).
