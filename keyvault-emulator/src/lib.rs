@@ -39,6 +39,7 @@
 
 mod access;
 pub mod admin;
+mod app;
 mod audit;
 mod auth;
 mod backup;
@@ -248,7 +249,7 @@ pub enum EmulatorError {
 pub struct Emulator {
     addr: SocketAddr,
     cert_pem_path: PathBuf,
-    app: Arc<server::App>,
+    app: Arc<app::App>,
     stop: DropGuard,
     server: JoinHandle<()>,
 }
@@ -389,15 +390,12 @@ pub async fn start(args: EmulatorArgs) -> Result<Emulator, EmulatorError> {
     if args.token.trim().is_empty() {
         return Err(EmulatorError::InvalidSetting("--token must not be empty".to_owned()));
     }
-    let policy = vault::DeletionPolicy::new(args.recovery_level, args.recoverable_days)?;
-    store::create_state_dir(&args.state_dir)?;
+    let (vault, backups) = app::open_state(&args).await?;
     let tls_config = tls::server_config(&args.state_dir, &args.tls_names)?;
-    let vault = vault::Vault::open(store::KeyStore::open(&args.state_dir)?, policy).await?;
-    let backups = backup::BackupSealer::open(&args.state_dir)?;
     let listener = tls::TlsListener::bind(args.addr, tls_config).await?;
     let addr = listener.local_addr();
     let cancel = CancellationToken::new();
-    let app = Arc::new(server::App::new(vault, backups, &args, addr, cancel.clone()));
+    let app = Arc::new(app::App::new(vault, backups, &args, addr, cancel.clone()));
     let server = tokio::spawn(server::serve(listener, app.clone(), cancel.clone()));
     tracing::info!(
         vault_url = %format!("https://{addr}"),

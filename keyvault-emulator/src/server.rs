@@ -11,7 +11,6 @@
 //! whose rotation policy says so.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,21 +23,16 @@ use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
 use super::access::Caller;
-use super::audit::{self, AuditEvent, AuditLog};
-use super::auth::BearerAuth;
-use super::backup::BackupSealer;
-use super::calls::{CallCounter, FAULTED, THROTTLED};
-use super::clock::Clock;
+use super::app::App;
+use super::audit::{self, AuditEvent};
+use super::calls::{FAULTED, THROTTLED};
 use super::control;
 use super::error::ServiceError;
-use super::faults::Faults;
 use super::handlers::generate;
 use super::handlers::{self, RequestContext};
 use super::routes::Route;
-use super::throttle::{self, Throttle};
+use super::throttle;
 use super::tls::TlsListener;
-use super::vault::Vault;
-use super::{EmulatorArgs, Sku};
 
 /// Request bodies are small JSON documents; anything bigger is refused.
 const MAX_BODY_BYTES: usize = 1 << 20;
@@ -46,47 +40,6 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 /// rotations its policies say are due. Both checks are scans of memory, and
 /// a test that moves the clock sees their effect within this.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Everything a request can touch.
-pub(crate) struct App {
-    pub(crate) vault: Vault,
-    pub(crate) calls: CallCounter,
-    pub(crate) audit: AuditLog,
-    pub(crate) auth: BearerAuth,
-    pub(crate) faults: Faults,
-    pub(crate) clock: Clock,
-    pub(crate) backups: BackupSealer,
-    pub(crate) sku: Sku,
-    throttle: Option<Throttle>,
-    latency: Duration,
-    /// `host:port` for the rare request without a Host header.
-    listen_authority: String,
-}
-
-impl App {
-    /// `shutdown` is the server's: it also ends requests hanging on a fault.
-    pub(crate) fn new(
-        vault: Vault,
-        backups: BackupSealer,
-        args: &EmulatorArgs,
-        addr: SocketAddr,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            vault,
-            calls: CallCounter::default(),
-            audit: AuditLog::default(),
-            auth: BearerAuth::new(args.token.clone()),
-            faults: Faults::new(shutdown),
-            clock: Clock::default(),
-            backups,
-            sku: args.sku,
-            throttle: args.throttle_rps.map(|rps| Throttle::new(rps, Instant::now())),
-            latency: args.latency,
-            listen_authority: addr.to_string(),
-        }
-    }
-}
 
 /// Serves until `cancel` fires, then drains open requests.
 pub(crate) async fn serve(listener: TlsListener, app: Arc<App>, cancel: CancellationToken) {
@@ -293,7 +246,7 @@ fn vault_url(headers: &HeaderMap, uri: &Uri, fallback: &str) -> Result<String, S
 mod tests {
     use super::*;
     use crate::audit::{CLIENT_REQUEST_ID, REQUEST_ID};
-    use crate::{Fault, FaultAction, RecoveryLevel, backup, store, vault};
+    use crate::{Fault, FaultAction};
     use axum::http::HeaderValue;
     use axum::http::header::AUTHORIZATION;
     use serde_json::{Value, json};
@@ -305,22 +258,8 @@ mod tests {
 
     /// A vault in `dir` behind the real router, without TLS or sockets.
     async fn app(dir: &Path, throttle_rps: Option<u32>) -> Arc<App> {
-        let args = EmulatorArgs {
-            addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
-            state_dir: dir.to_path_buf(),
-            recovery_level: RecoveryLevel::Recoverable,
-            sku: Sku::Premium,
-            recoverable_days: 90,
-            throttle_rps: throttle_rps.and_then(NonZeroU32::new),
-            latency: Duration::ZERO,
-            tls_names: Vec::new(),
-            token: OWNER.to_owned(),
-        };
-        let policy = vault::DeletionPolicy::new(args.recovery_level, args.recoverable_days).expect("policy");
-        store::create_state_dir(dir).expect("state dir");
-        let vault = Vault::open(store::KeyStore::open(dir).expect("store"), policy).await.expect("vault");
-        let backups = backup::BackupSealer::open(dir).expect("backup secret");
-        Arc::new(App::new(vault, backups, &args, args.addr, CancellationToken::new()))
+        let app = App::in_process(dir, OWNER, throttle_rps.and_then(NonZeroU32::new)).await.expect("app");
+        Arc::new(app)
     }
 
     /// Sends one request as `token` with `x-ms-client-request-id` values

@@ -2,8 +2,8 @@
 //! key's life rather than use it.
 
 use super::{blocking, internal};
+use crate::app::App;
 use crate::error::ServiceError;
-use crate::server::App;
 use crate::store;
 use crate::vault::{ActionType, IsoDuration, KeyView, LifetimeAction, RotationPolicy, Trigger};
 use crate::wire::{self, BackupBlob, RotationPolicyWire};

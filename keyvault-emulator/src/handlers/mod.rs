@@ -17,10 +17,10 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use super::app::App;
 use super::error::ServiceError;
 use super::material::{KeyMaterial, KeySpec};
 use super::routes::Route;
-use super::server::App;
 use super::vault::KeyView;
 use super::wire::{Page, Renderer, parse_body};
 
