@@ -18,8 +18,10 @@
 //!
 //! - `tls`: the self-signed certificate (`<state-dir>/cert.pem`) and the
 //!   TLS listener;
-//! - `server`: the request pipeline (latency, `auth`, `throttle`,
-//!   `api-version`, `access` policies, `faults`) and the background tasks;
+//! - `server`: the listener and the background tasks;
+//! - `pipeline`: what every request meets (latency, `auth`, `throttle`,
+//!   `api-version`, `access` policies, `faults`), on the shared state in
+//!   `app`;
 //! - `audit`: Key Vault's `AuditEvent` log, one [`AuditEvent`] per
 //!   authenticated request, and the `x-ms-client-request-id` echo and
 //!   `x-ms-request-id` every answer carries;
@@ -52,6 +54,7 @@ mod faults;
 pub mod fuzzing;
 mod handlers;
 mod material;
+mod pipeline;
 mod routes;
 mod server;
 mod store;
