@@ -4,6 +4,7 @@
 //! operation right now. Every change is written to the [`KeyStore`] before
 //! it becomes visible, so a crash never shows a state the disk lacks.
 
+mod duration;
 mod model;
 mod rotation;
 
@@ -17,8 +18,9 @@ use crate::error::ServiceError;
 use crate::material::{KeyMaterial, KeySpec};
 use crate::store::{self, KeyStore};
 
+pub(crate) use self::duration::{IsoDuration, SECONDS_PER_DAY};
 pub(crate) use self::model::*;
-pub(crate) use self::rotation::{ActionType, IsoDuration, LifetimeAction, RotationPolicy, Trigger};
+pub(crate) use self::rotation::{ActionType, LifetimeAction, RotationPolicy, Trigger};
 
 /// A rotation a key's policy calls for: the key, the version that is
 /// latest now (the rotation is skipped if another one got there first),
@@ -98,9 +100,7 @@ impl Vault {
             // The material was generated off the lock: the key must still
             // be what it was generated for, and a policy rotation must
             // still be due under the policy as it is now.
-            let moved = expected_latest.is_some_and(|expected| {
-                expected != latest.id || !record.rotation_policy.as_ref().is_some_and(|p| p.rotation_due(latest, now))
-            });
+            let moved = expected_latest.is_some_and(|expected| expected != latest.id || !record.rotation_due(now));
             if moved || latest.material.spec() != material.spec() {
                 return Err(ServiceError::conflict(format!("Key {name} changed while it was being rotated; retry.")));
             }
@@ -123,15 +123,10 @@ impl Vault {
     pub(crate) async fn rotations_due(&self, now: i64) -> Vec<DueRotation> {
         let keys = self.keys.read().await;
         keys.values()
-            .filter(|record| record.deleted.is_none())
+            .filter(|record| record.deleted.is_none() && record.rotation_due(now))
             .filter_map(|record| {
-                let policy = record.rotation_policy.as_ref()?;
                 let latest = record.latest()?;
-                policy.rotation_due(latest, now).then(|| DueRotation {
-                    name: record.name.clone(),
-                    latest: latest.id.clone(),
-                    spec: latest.material.spec(),
-                })
+                Some(DueRotation { name: record.name.clone(), latest: latest.id.clone(), spec: latest.material.spec() })
             })
             .collect()
     }

@@ -13,8 +13,6 @@ use crate::error::ServiceError;
 use crate::material::{KeyMaterial, KeyType};
 use crate::{EmulatorError, RecoveryLevel};
 
-pub(crate) const SECONDS_PER_DAY: i64 = 86_400;
-
 /// How deleting a key behaves in this vault.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DeletionPolicy {
@@ -193,6 +191,15 @@ impl KeyRecord {
             None => self.latest(),
             Some(id) => self.versions.iter().find(|v| v.id.eq_ignore_ascii_case(id)),
         }
+    }
+
+    /// Whether the key's rotation policy calls for a new version at `now`,
+    /// judged on the latest version's timestamps; never without a policy.
+    pub(crate) fn rotation_due(&self, now: i64) -> bool {
+        let (Some(policy), Some(latest)) = (&self.rotation_policy, self.latest()) else {
+            return false;
+        };
+        policy.rotation_due(now, latest.props.created, latest.props.exp)
     }
 
     /// An empty record for a key being created, imported or restored.

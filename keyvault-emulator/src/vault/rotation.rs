@@ -6,85 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
 
-use super::model::{KeyVersion, SECONDS_PER_DAY};
+use super::duration::{IsoDuration, SECONDS_PER_DAY};
 
 /// The shortest time Key Vault lets a rotation or a notification be set
 /// from creation or before expiry.
 const MIN_ACTION_DAYS: i64 = 7;
 /// The shortest `expiryTime` Key Vault accepts.
 const MIN_EXPIRY_DAYS: i64 = 28;
-
-/// An ISO 8601 duration as Key Vault's policies carry it (`P90D`, `P2M`,
-/// `P1Y10D`, `PT48H`), kept in the caller's spelling and measured with
-/// years of 365 days and months of 30.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub(crate) struct IsoDuration {
-    text: String,
-    seconds: i64,
-}
-
-impl IsoDuration {
-    pub(crate) fn seconds(&self) -> i64 {
-        self.seconds
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.text
-    }
-}
-
-impl TryFrom<String> for IsoDuration {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        let seconds = parse_iso_duration(&text).ok_or_else(|| format!("{text} is not an ISO 8601 duration"))?;
-        Ok(Self { text, seconds })
-    }
-}
-
-impl From<IsoDuration> for String {
-    fn from(duration: IsoDuration) -> Self {
-        duration.text
-    }
-}
-
-/// Seconds in `P[nY][nM][nW][nD][T[nH][nM][nS]]`; `None` unless at least
-/// one part is present and every part is a whole number.
-fn parse_iso_duration(text: &str) -> Option<i64> {
-    let rest = text.strip_prefix('P')?;
-    let (date, time) = match rest.split_once('T') {
-        Some((date, time)) if !time.is_empty() => (date, Some(time)),
-        Some(_) => return None,
-        None => (rest, None),
-    };
-    let date_units: &[(char, i64)] = &[
-        ('Y', 365 * SECONDS_PER_DAY),
-        ('M', 30 * SECONDS_PER_DAY),
-        ('W', 7 * SECONDS_PER_DAY),
-        ('D', SECONDS_PER_DAY),
-    ];
-    let time_units: &[(char, i64)] = &[('H', 3600), ('M', 60), ('S', 1)];
-    let mut total: i64 = 0;
-    let mut parts = 0;
-    for (section, units) in [(Some(date), date_units), (time, time_units)] {
-        let Some(mut section) = section else { continue };
-        for &(unit, scale) in units {
-            if let Some((number, tail)) = section.split_once(unit) {
-                if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                total = total.checked_add(number.parse::<i64>().ok()?.checked_mul(scale)?)?;
-                parts += 1;
-                section = tail;
-            }
-        }
-        if !section.is_empty() {
-            return None;
-        }
-    }
-    (parts > 0).then_some(total)
-}
 
 /// What a lifetime action does when its trigger fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,13 +110,13 @@ impl RotationPolicy {
         Ok(())
     }
 
-    /// Whether a `Rotate` action is due for `latest` at `now`.
-    pub(crate) fn rotation_due(&self, latest: &KeyVersion, now: i64) -> bool {
+    /// Whether a `Rotate` action is due at `now` for the latest version,
+    /// created at `created` and expiring at `exp` (all Unix seconds): the
+    /// policy's rule on plain timestamps, so it is checked without a key.
+    pub(crate) fn rotation_due(&self, now: i64, created: i64, exp: Option<i64>) -> bool {
         self.lifetime_actions.iter().filter(|a| a.action == ActionType::Rotate).any(|a| match &a.trigger {
-            Trigger::AfterCreate(after) => now >= latest.props.created.saturating_add(after.seconds()),
-            Trigger::BeforeExpiry(before) => {
-                latest.props.exp.is_some_and(|exp| now >= exp.saturating_sub(before.seconds()))
-            }
+            Trigger::AfterCreate(after) => now >= created.saturating_add(after.seconds()),
+            Trigger::BeforeExpiry(before) => exp.is_some_and(|exp| now >= exp.saturating_sub(before.seconds())),
         })
     }
 
@@ -211,21 +139,6 @@ mod tests {
     }
 
     #[test]
-    fn iso_durations_parse_as_key_vault_writes_them() {
-        let day = SECONDS_PER_DAY;
-        assert_eq!(duration("P90D").seconds(), 90 * day);
-        assert_eq!(duration("P2M").seconds(), 60 * day);
-        assert_eq!(duration("P1Y10D").seconds(), 375 * day);
-        assert_eq!(duration("P1W").seconds(), 7 * day);
-        assert_eq!(duration("PT48H").seconds(), 2 * day);
-        assert_eq!(duration("P1DT1M").seconds(), day + 60);
-        assert_eq!(duration("P2M").as_str(), "P2M");
-        for bad in ["", "P", "90D", "PT", "P1.5D", "P-1D", "P1DT", "P1H", "PD", "P1D2"] {
-            assert!(IsoDuration::try_from(bad.to_owned()).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn policies_follow_key_vault_rules() {
         let rotate_2m = action(Trigger::AfterCreate(duration("P2M")), ActionType::Rotate);
         assert!(RotationPolicy::validate(&[], None).is_ok());
@@ -244,5 +157,28 @@ mod tests {
         assert!(RotationPolicy::validate(&[notify_after_create], None).is_err());
         assert!(RotationPolicy::validate(&[rotate_2m.clone(), rotate_2m.clone()], None).is_err());
         assert!(RotationPolicy::validate(&[rotate_2m], Some(&duration("P60D"))).is_err());
+    }
+
+    #[test]
+    fn rotation_is_due_from_the_latest_versions_timestamps() {
+        let day = SECONDS_PER_DAY;
+        let policy = |trigger| RotationPolicy {
+            lifetime_actions: vec![action(trigger, ActionType::Rotate)],
+            expiry_time: None,
+            created: 0,
+            updated: 0,
+        };
+        let after_30 = policy(Trigger::AfterCreate(duration("P30D")));
+        assert!(!after_30.rotation_due(40 * day - 1, 10 * day, None));
+        assert!(after_30.rotation_due(40 * day, 10 * day, None));
+        let before_7 = policy(Trigger::BeforeExpiry(duration("P7D")));
+        assert!(!before_7.rotation_due(i64::MAX, 0, None), "no expiry, nothing to rotate before");
+        assert!(!before_7.rotation_due(23 * day - 1, 0, Some(30 * day)));
+        assert!(before_7.rotation_due(23 * day, 0, Some(30 * day)));
+        let notify = RotationPolicy {
+            lifetime_actions: vec![action(Trigger::BeforeExpiry(duration("P7D")), ActionType::Notify)],
+            ..after_30
+        };
+        assert!(!notify.rotation_due(i64::MAX, 0, Some(0)), "only Rotate actions rotate");
     }
 }
