@@ -15,9 +15,10 @@ use super::backup::BackupSealer;
 use super::calls::CallCounter;
 use super::clock::Clock;
 use super::faults::Faults;
+use super::model::DeletionPolicy;
 use super::store::{self, KeyStore};
 use super::throttle::Throttle;
-use super::vault::{DeletionPolicy, Vault};
+use super::vault::Vault;
 use super::{EmulatorArgs, EmulatorError, Sku};
 
 /// Everything a request can touch, shared by the server's connections and

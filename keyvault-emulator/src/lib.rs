@@ -54,6 +54,7 @@ mod faults;
 pub mod fuzzing;
 mod handlers;
 mod material;
+mod model;
 mod pipeline;
 mod routes;
 mod server;

@@ -16,7 +16,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::EmulatorError;
 use super::material::KeyMaterial;
-use super::vault::{Deletion, KeyRecord, KeyVersion, RotationPolicy, VersionProps};
+use super::model::{Deletion, KeyRecord, KeyVersion, RotationPolicy, VersionProps};
 
 /// Bumped when the document layout changes, so an old emulator refuses a
 /// newer state directory instead of misreading it (or dropping what it does
@@ -228,7 +228,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::material::{Curve, KeySpec, KeyType};
-    use crate::vault::{ActionType, IsoDuration, LifetimeAction, Trigger};
+    use crate::model::{ActionType, IsoDuration, LifetimeAction, Trigger};
 
     fn record(name: &str) -> KeyRecord {
         let material = KeyMaterial::generate(KeySpec::Ec(Curve::P384)).expect("generate");

@@ -15,7 +15,7 @@ use zeroize::Zeroize;
 
 use super::error::ServiceError;
 use super::material::PublicJwk;
-use super::vault::{ActionType, DeletionPolicy, KeyView, ReleasePolicy, RotationPolicy, Trigger};
+use super::model::{ActionType, DeletionPolicy, KeyView, ReleasePolicy, RotationPolicy, Trigger};
 
 /// Accepts base64url with or without padding, as Key Vault does.
 const URL_SAFE_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use super::blocking;
 use crate::error::ServiceError;
 use crate::material::{EncryptionAlgorithm, MaterialError, SignatureAlgorithm};
-use crate::vault::{KeyOperation, KeyView};
+use crate::model::{KeyOperation, KeyView};
 use crate::wire::{
     self, KeyOperationRequest, KeyOperationResult, KeyVerifyRequest, KeyVerifyResult, Renderer, parse_body,
 };

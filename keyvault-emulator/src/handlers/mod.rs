@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use super::app::App;
 use super::error::ServiceError;
 use super::material::{KeyMaterial, KeySpec};
+use super::model::KeyView;
 use super::routes::Route;
-use super::vault::KeyView;
 use super::wire::{Page, Renderer, parse_body};
 
 /// Key Vault's page size, and the largest `maxresults` it accepts.

@@ -4,10 +4,6 @@
 //! operation right now. Every change is written to the [`KeyStore`] before
 //! it becomes visible, so a crash never shows a state the disk lacks.
 
-mod duration;
-mod model;
-mod rotation;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -16,11 +12,11 @@ use tokio::sync::RwLock;
 use crate::EmulatorError;
 use crate::error::ServiceError;
 use crate::material::{KeyMaterial, KeySpec};
+use crate::model::{
+    Deletion, DeletionPolicy, IsoDuration, KeyOperation, KeyRecord, KeyVersion, KeyView, LifetimeAction, NewVersion,
+    PropsChange, RotationPolicy, SECONDS_PER_DAY, VersionProps,
+};
 use crate::store::{self, KeyStore};
-
-pub(crate) use self::duration::{IsoDuration, SECONDS_PER_DAY};
-pub(crate) use self::model::*;
-pub(crate) use self::rotation::{ActionType, LifetimeAction, RotationPolicy, Trigger};
 
 /// A rotation a key's policy calls for: the key, the version that is
 /// latest now (the rotation is skipped if another one got there first),
@@ -445,6 +441,7 @@ mod tests {
     use super::*;
     use crate::RecoveryLevel;
     use crate::material::{Curve, KeyType};
+    use crate::model::{ActionType, Trigger};
 
     async fn vault(dir: &std::path::Path) -> Vault {
         let policy = DeletionPolicy::new(RecoveryLevel::Purgeable, 0).expect("policy");
