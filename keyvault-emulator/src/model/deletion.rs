@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::duration::SECONDS_PER_DAY;
 use crate::{EmulatorError, RecoveryLevel};
 
 /// How deleting a key behaves in this vault.
@@ -32,6 +33,12 @@ impl DeletionPolicy {
     /// `recoverableDays` as Key Vault reports it: 0 without soft delete.
     pub(crate) fn recoverable_days(&self) -> u32 {
         if self.level.soft_delete() { self.recoverable_days } else { 0 }
+    }
+
+    /// The dates of a key soft-deleted at `now`: purged once the retention
+    /// has passed.
+    pub(crate) fn deletion_at(&self, now: i64) -> Deletion {
+        Deletion { deleted_date: now, scheduled_purge_date: now + i64::from(self.recoverable_days()) * SECONDS_PER_DAY }
     }
 }
 

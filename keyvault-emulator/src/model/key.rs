@@ -165,6 +165,12 @@ impl KeyRecord {
         policy.rotation_due(now, latest.props.created, latest.props.exp)
     }
 
+    /// Whether the key is soft-deleted and its scheduled purge date has
+    /// come, so housekeeping purges it.
+    pub(crate) fn retention_ended(&self, now: i64) -> bool {
+        self.deleted.is_some_and(|deletion| deletion.scheduled_purge_date <= now)
+    }
+
     /// An empty record for a key being created, imported or restored.
     pub(crate) fn new(name: &str) -> Self {
         Self { name: name.to_owned(), versions: Vec::new(), deleted: None, rotation_policy: None }

@@ -11,7 +11,11 @@ mod key;
 mod rotation;
 
 pub(crate) use self::deletion::{Deletion, DeletionPolicy};
-pub(crate) use self::duration::{IsoDuration, SECONDS_PER_DAY};
+pub(crate) use self::duration::IsoDuration;
+// The vault's tests count policy periods in days; the vault itself leaves
+// day arithmetic to the model.
+#[cfg(test)]
+pub(crate) use self::duration::SECONDS_PER_DAY;
 pub(crate) use self::key::{
     KeyOperation, KeyRecord, KeyVersion, KeyView, NewVersion, PropsChange, ReleasePolicy, VersionProps,
 };
