@@ -14,12 +14,13 @@ use super::auth::BearerAuth;
 use super::backup::BackupSealer;
 use super::calls::CallCounter;
 use super::clock::Clock;
+use super::error::EmulatorError;
 use super::faults::Faults;
 use super::model::DeletionPolicy;
+use super::settings::{EmulatorArgs, Sku};
 use super::store::{self, KeyStore};
 use super::throttle::Throttle;
 use super::vault::Vault;
-use super::{EmulatorArgs, EmulatorError, Sku};
 
 /// Everything a request can touch, shared by the server's connections and
 /// its housekeeping behind one `Arc`.
@@ -84,7 +85,7 @@ impl App {
         let args = EmulatorArgs {
             addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
             state_dir: state_dir.to_path_buf(),
-            recovery_level: crate::RecoveryLevel::Recoverable,
+            recovery_level: crate::settings::RecoveryLevel::Recoverable,
             sku: Sku::Premium,
             recoverable_days: 90,
             throttle_rps,

@@ -12,7 +12,9 @@ use axum::http::{HeaderName, HeaderValue, Method, Request};
 use tower::ServiceExt;
 
 use super::app::App;
-use super::{DEV_TOKEN, EmulatorError, server};
+use super::error::EmulatorError;
+use super::server;
+use super::settings::DEV_TOKEN;
 
 /// An emulator without a listener, serving requests handed to it directly.
 pub struct FuzzVault {

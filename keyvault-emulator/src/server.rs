@@ -1,7 +1,7 @@
 //! The server: the TLS listener serving every request through the
-//! [`pipeline`](crate::pipeline) until shutdown, and alongside it the
-//! housekeeping Key Vault does by itself, purging deleted keys whose
-//! retention ended and rotating keys whose rotation policy says so.
+//! [`pipeline`] until shutdown, and alongside it the housekeeping Key Vault
+//! does by itself, purging deleted keys whose retention ended and rotating
+//! keys whose rotation policy says so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,7 +71,7 @@ async fn rotate_due_keys(app: &App) {
 mod tests {
     use super::*;
     use crate::audit::{AuditEvent, CLIENT_REQUEST_ID, REQUEST_ID};
-    use crate::{Fault, FaultAction};
+    use crate::faults::{Fault, FaultAction};
     use axum::body::Body;
     use axum::http::header::{AUTHORIZATION, HOST};
     use axum::http::{HeaderMap, HeaderValue};

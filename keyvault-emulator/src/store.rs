@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::EmulatorError;
+use super::error::EmulatorError;
 use super::material::KeyMaterial;
 use super::model::{Deletion, KeyRecord, KeyVersion, RotationPolicy, VersionProps};
 

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use zeroize::Zeroizing;
 
-use super::EmulatorError;
+use super::error::EmulatorError;
 use super::store::{PRIVATE_MODE, write_atomically};
 
 const CERT_FILE: &str = "cert.pem";

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::duration::SECONDS_PER_DAY;
-use crate::{EmulatorError, RecoveryLevel};
+use crate::error::EmulatorError;
+use crate::settings::RecoveryLevel;
 
 /// How deleting a key behaves in this vault.
 #[derive(Debug, Clone, Copy)]

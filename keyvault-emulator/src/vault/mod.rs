@@ -15,8 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::RwLock;
 
-use crate::EmulatorError;
-use crate::error::ServiceError;
+use crate::error::{EmulatorError, ServiceError};
 use crate::material::KeyMaterial;
 use crate::model::{DeletionPolicy, KeyOperation, KeyRecord, KeyVersion, KeyView, NewVersion, PropsChange};
 use crate::store::{self, KeyStore};
@@ -258,9 +257,9 @@ fn new_version_id() -> Result<String, ServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RecoveryLevel;
     use crate::material::{Curve, KeySpec, KeyType};
     use crate::model::{ActionType, IsoDuration, LifetimeAction, SECONDS_PER_DAY, Trigger};
+    use crate::settings::RecoveryLevel;
 
     async fn vault(dir: &std::path::Path) -> Vault {
         let policy = DeletionPolicy::new(RecoveryLevel::Purgeable, 0).expect("policy");
