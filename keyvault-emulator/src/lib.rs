@@ -14,8 +14,8 @@
 //! the TLS certificate, the backup secret) lives in one directory and
 //! survives restarts.
 //!
-//! The parts, in layers from the bottom up; a module imports only from
-//! layers below its own (and its own folder):
+//! The parts, in layers from the bottom up; a module imports only from the
+//! ones listed before it:
 //!
 //! 1. leaves: `settings` (the flags, the tier, the recovery level),
 //!    `error` (Key Vault's error responses, and [`EmulatorError`]),
@@ -29,8 +29,8 @@
 //!    `backup` (sealed backup blobs) and `tls` (the self-signed certificate,
 //!    `<state-dir>/cert.pem`, and the TLS listener) share;
 //! 4. `vault`: the keys and the operations on them, written through the
-//!    store; beside it the parts of a request's way that never touch a key:
-//!    `routes` (which operation a method and path name), `wire` (Key
+//!    store; beside it the parts of a request's way that do not reach the
+//!    vault: `routes` (which operation a method and path name), `wire` (Key
 //!    Vault's JSON shapes), `access` and `auth` (tokens and access
 //!    policies), `throttle` and `faults`;
 //! 5. `app`: the state every request and background task shares;

@@ -135,12 +135,14 @@ pub(crate) struct KeyStore {
 }
 
 impl KeyStore {
+    /// The `keys/` directory of `state_dir`, created (owner-only) when new.
     pub(crate) fn open(state_dir: &Path) -> Result<Self, EmulatorError> {
         let dir = state_dir.join(KEYS_DIR);
         create_private_dir(&dir).map_err(|source| EmulatorError::StateIo { path: dir.clone(), source })?;
         Ok(Self { dir })
     }
 
+    /// Where the documents live, for error messages that name it.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }

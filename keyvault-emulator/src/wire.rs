@@ -31,10 +31,12 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceE
     serde_json::from_slice(body).map_err(|e| ServiceError::bad_parameter(format!("The request body is not valid: {e}")))
 }
 
+/// Bytes as Key Vault sends them: unpadded base64url.
 pub(crate) fn to_base64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Bytes a client sent as base64url, padded or not.
 pub(crate) fn from_base64url(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     URL_SAFE_ANY_PADDING.decode(text)
 }
@@ -284,12 +286,14 @@ pub(crate) struct RotationPolicyWire {
     pub(crate) attributes: Option<RotationAttributesWire>,
 }
 
+/// `LifetimeAction`: one trigger and what it does.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct LifetimeActionWire {
     pub(crate) trigger: TriggerWire,
     pub(crate) action: ActionWire,
 }
 
+/// `LifetimeActionTrigger`: exactly one of the two durations, ISO 8601.
 #[derive(Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TriggerWire {
@@ -299,12 +303,15 @@ pub(crate) struct TriggerWire {
     pub(crate) time_before_expiry: Option<String>,
 }
 
+/// `LifetimeActionType`: `Rotate` or `Notify`.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct ActionWire {
     #[serde(rename = "type")]
     pub(crate) kind: String,
 }
 
+/// `KeyRotationPolicyAttributes`: the expiry time new versions get, and
+/// when the policy was set.
 #[derive(Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct RotationAttributesWire {
@@ -347,6 +354,8 @@ impl Renderer<'_> {
         }
     }
 
+    /// `KeyBundle` of a version: what create, get, update, rotate, import,
+    /// recover and restore answer.
     pub(crate) fn bundle(&self, view: &KeyView) -> KeyBundle {
         let public = match view.version.material.public_jwk() {
             PublicJwk::Rsa { n, e } => PublicMembers::Rsa { n: to_base64url(&n), e: to_base64url(&e) },
@@ -410,6 +419,7 @@ impl Renderer<'_> {
         view.deletion.map(|_| format!("{}/deletedkeys/{}", self.vault_url, view.name))
     }
 
+    /// `DeletedKeyBundle`: what delete and get-deleted answer.
     pub(crate) fn deleted_bundle(&self, view: &KeyView) -> DeletedKeyBundle {
         DeletedKeyBundle {
             recovery_id: self.recovery_id(view),
@@ -428,6 +438,7 @@ impl Renderer<'_> {
         }
     }
 
+    /// An entry of the deleted-key list.
     pub(crate) fn deleted_item(&self, view: &KeyView) -> DeletedKeyItem {
         DeletedKeyItem {
             recovery_id: self.recovery_id(view),

@@ -33,9 +33,12 @@ pub(crate) struct RequestContext {
     pub(crate) vault_url: String,
     /// The request path, for `nextLink`.
     pub(crate) path: String,
+    /// The query parameters (`api-version`, `maxresults`, `$skiptoken`).
     pub(crate) query: BTreeMap<String, String>,
 }
 
+/// Runs the handler of `route`: the one place that maps a Key Vault
+/// operation to its function and response shape.
 pub(crate) async fn handle(
     app: &App,
     ctx: &RequestContext,

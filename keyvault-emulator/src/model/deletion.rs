@@ -27,6 +27,7 @@ impl DeletionPolicy {
         Ok(Self { level, recoverable_days })
     }
 
+    /// The recovery level every key reports in `recoveryLevel`.
     pub(crate) fn level(&self) -> RecoveryLevel {
         self.level
     }

@@ -18,10 +18,12 @@ pub(crate) struct IsoDuration {
 }
 
 impl IsoDuration {
+    /// The length, for the arithmetic the rules do.
     pub(crate) fn seconds(&self) -> i64 {
         self.seconds
     }
 
+    /// The caller's spelling, which Key Vault echoes back.
     pub(crate) fn as_str(&self) -> &str {
         &self.text
     }

@@ -144,6 +144,7 @@ pub(crate) struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// The newest version: the one an unversioned request uses.
     pub(crate) fn latest(&self) -> Option<&KeyVersion> {
         self.versions.last()
     }
@@ -176,6 +177,8 @@ impl KeyRecord {
         Self { name: name.to_owned(), versions: Vec::new(), deleted: None, rotation_policy: None }
     }
 
+    /// What a read returns of `version`, with this key's name and deletion
+    /// state.
     pub(crate) fn view(&self, version: &KeyVersion) -> KeyView {
         KeyView { name: self.name.clone(), version: version.clone(), deletion: self.deleted }
     }

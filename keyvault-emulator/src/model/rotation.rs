@@ -34,6 +34,7 @@ impl ActionType {
         }
     }
 
+    /// The spelling Key Vault answers with.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Rotate => "Rotate",
@@ -46,10 +47,13 @@ impl ActionType {
 /// before its expiry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Trigger {
+    /// This long after the latest version was created.
     AfterCreate(IsoDuration),
+    /// This long before the latest version expires.
     BeforeExpiry(IsoDuration),
 }
 
+/// One action of a rotation policy: when it fires and what it does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LifetimeAction {
     pub(crate) trigger: Trigger,
