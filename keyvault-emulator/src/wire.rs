@@ -97,15 +97,27 @@ pub(crate) struct ReleasePolicyWire {
     immutable: bool,
 }
 
+/// Why a release policy a client sent cannot be stored; the text names the
+/// property, for the 400 that answers it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReleasePolicyError {
+    /// The policy document is missing.
+    #[error("release_policy.data is required")]
+    NoData,
+    /// The policy document is not base64url.
+    #[error("release_policy.data is not base64url")]
+    DataNotBase64url,
+}
+
 fn default_policy_content_type() -> String {
     "application/json; charset=utf-8".to_owned()
 }
 
 impl ReleasePolicyWire {
     /// The stored policy; the document must be present and base64url.
-    pub(crate) fn into_policy(self) -> Result<ReleasePolicy, &'static str> {
-        let data = self.data.ok_or("release_policy.data is required")?;
-        from_base64url(&data).map_err(|_| "release_policy.data is not base64url")?;
+    pub(crate) fn into_policy(self) -> Result<ReleasePolicy, ReleasePolicyError> {
+        let data = self.data.ok_or(ReleasePolicyError::NoData)?;
+        from_base64url(&data).map_err(|_| ReleasePolicyError::DataNotBase64url)?;
         Ok(ReleasePolicy { content_type: self.content_type, data, immutable: self.immutable })
     }
 

@@ -29,12 +29,19 @@ impl IsoDuration {
     }
 }
 
-impl TryFrom<String> for IsoDuration {
-    type Error = String;
+/// A policy duration that is not ISO 8601 (or overflows): the caller's text.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not an ISO 8601 duration")]
+pub(crate) struct NotAnIsoDuration(String);
 
-    fn try_from(text: String) -> Result<Self, String> {
-        let seconds = parse_iso_duration(&text).ok_or_else(|| format!("{text} is not an ISO 8601 duration"))?;
-        Ok(Self { text, seconds })
+impl TryFrom<String> for IsoDuration {
+    type Error = NotAnIsoDuration;
+
+    fn try_from(text: String) -> Result<Self, NotAnIsoDuration> {
+        match parse_iso_duration(&text) {
+            Some(seconds) => Ok(Self { text, seconds }),
+            None => Err(NotAnIsoDuration(text)),
+        }
     }
 }
 
