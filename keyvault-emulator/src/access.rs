@@ -121,6 +121,8 @@ pub(crate) struct AccessPolicies {
 }
 
 impl AccessPolicies {
+    /// Policies where only the owner, holding `owner`, is known; identities
+    /// are added while the emulator runs.
     pub(crate) fn new(owner: String) -> Self {
         Self { owner, identities: RwLock::new(BTreeMap::new()) }
     }

@@ -25,9 +25,9 @@ pub enum KeyAdminError {
     /// The vault's certificate could not be read.
     #[error("reading the vault certificate {path}: {source}")]
     Certificate {
-        /// The PEM file.
+        /// The PEM file the client was told to trust.
         path: PathBuf,
-        /// Cause.
+        /// Why reading it failed.
         #[source]
         source: std::io::Error,
     },
@@ -37,36 +37,36 @@ pub enum KeyAdminError {
     /// The request did not get an answer.
     #[error("{method} {url}: {source}")]
     Request {
-        /// Method.
+        /// The method of the request that went unanswered.
         method: Method,
-        /// URL.
+        /// Its absolute URL.
         url: String,
-        /// Cause.
+        /// Why no answer came (connection, TLS, timeout).
         #[source]
         source: reqwest::Error,
     },
     /// The answer was not the JSON Key Vault sends.
     #[error("{method} {url}: the answer ({status}) is not JSON: {reason}")]
     Body {
-        /// Method.
+        /// The method of the request.
         method: Method,
-        /// URL.
+        /// Its absolute URL.
         url: String,
-        /// HTTP status.
+        /// The status the vault answered with.
         status: StatusCode,
-        /// Parse error.
+        /// Why the body is not JSON.
         reason: String,
     },
     /// The vault refused the operation.
     #[error("{method} {path}: {status}: {body}")]
     Refused {
-        /// Method.
+        /// The method of the refused operation.
         method: Method,
-        /// Path of the operation.
+        /// Its path, without the vault URL and api-version.
         path: String,
-        /// HTTP status.
+        /// The status the vault answered with.
         status: StatusCode,
-        /// Key Vault's error body.
+        /// Key Vault's error body, naming the code and the reason.
         body: Value,
     },
     /// A key bundle without the versioned `kid` every bundle carries.

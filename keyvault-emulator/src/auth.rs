@@ -41,6 +41,7 @@ pub(crate) struct BearerAuth {
 }
 
 impl BearerAuth {
+    /// Authentication for the owner's token (`--token`), with no identities yet.
     pub(crate) fn new(owner_token: String) -> Self {
         Self { policies: AccessPolicies::new(owner_token) }
     }

@@ -12,7 +12,7 @@ use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use zeroize::Zeroizing;
 
-use super::EmulatorError;
+use super::error::EmulatorError;
 use super::store::{PRIVATE_MODE, write_atomically};
 
 const KEY_FILE: &str = "backup.key";

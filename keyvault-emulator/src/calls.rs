@@ -17,11 +17,13 @@ pub(crate) struct CallCounter {
 }
 
 impl CallCounter {
+    /// Counts one request of `operation`.
     pub(crate) fn record(&self, operation: &'static str) {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         *counts.entry(operation).or_default() += 1;
     }
 
+    /// The counts so far, for [`Emulator::calls`](crate::Emulator::calls).
     pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {
         let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         counts.iter().map(|(op, n)| ((*op).to_owned(), *n)).collect()

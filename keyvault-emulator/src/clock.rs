@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The vault's time, read by every rule that depends on it, so the owner
+/// can move it forward for all of them at once.
 #[derive(Debug, Default)]
 pub(crate) struct Clock {
     /// Seconds added to the system time; never negative, so the vault's

@@ -21,11 +21,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::app::App;
 use super::audit::AuditEvent;
 use super::error::ServiceError;
 use super::faults::{FaultList, FaultSpec};
-use super::handlers::parse_body as parse;
-use super::server::App;
+use super::wire::parse_body as parse;
 
 /// Where the control routes live.
 pub(crate) const PREFIX: &str = "/_emulator/";

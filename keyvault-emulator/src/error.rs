@@ -1,7 +1,12 @@
-//! Key Vault's error responses. Clients branch on the status and on
-//! `error.code` (the Azure SDKs surface both), so every refusal the emulator
-//! makes uses the status, code, inner code and message wording the real
-//! service uses, where they are known.
+//! The emulator's two kinds of error. [`ServiceError`] is Key Vault's
+//! error response: clients branch on the status and on `error.code` (the
+//! Azure SDKs surface both), so every refusal the emulator makes uses the
+//! status, code, inner code and message wording the real service uses,
+//! where they are known. [`EmulatorError`] is why the emulator itself
+//! cannot start or keep its state, for the operator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -193,4 +198,47 @@ impl IntoResponse for ServiceError {
         }
         (self.status, Json(json!({ "error": error }))).into_response()
     }
+}
+
+/// Why the emulator could not start or keep its state. Each variant names
+/// what the operator has to fix; none is retried internally.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    /// A flag value Key Vault itself would not allow.
+    #[error("invalid emulator setting: {0}")]
+    InvalidSetting(String),
+    /// Reading or writing the state directory failed.
+    #[error("state directory I/O on {path}: {source}")]
+    StateIo {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A state file exists but cannot be understood; the emulator refuses to
+    /// start rather than silently drop keys.
+    #[error("corrupt emulator state in {path}: {reason}")]
+    CorruptState {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Generating the self-signed TLS certificate failed.
+    #[error("cannot generate the TLS certificate: {0}")]
+    Certificate(String),
+    /// The TLS configuration was rejected.
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The requested address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Waiting for Ctrl-C or SIGTERM failed.
+    #[error("cannot wait for a shutdown signal: {0}")]
+    Signal(std::io::Error),
 }

@@ -4,7 +4,6 @@
 //! methods, paths, queries, headers and bodies are tried by the hundred
 //! thousand. Built only with the `fuzzing` feature.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,7 +11,10 @@ use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request};
 use tower::ServiceExt;
 
-use super::{DEV_TOKEN, EmulatorArgs, EmulatorError, RecoveryLevel, Sku, backup, server, store, vault};
+use super::app::App;
+use super::error::EmulatorError;
+use super::server;
+use super::settings::DEV_TOKEN;
 
 /// An emulator without a listener, serving requests handed to it directly.
 pub struct FuzzVault {
@@ -23,25 +25,8 @@ impl FuzzVault {
     /// An emulator keeping its state in `state_dir` (a tmpfs directory
     /// keeps the fuzzer fast), accepting the development token.
     pub async fn open(state_dir: &Path) -> Result<Self, EmulatorError> {
-        let args = EmulatorArgs {
-            addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
-            state_dir: state_dir.to_path_buf(),
-            recovery_level: RecoveryLevel::Recoverable,
-            sku: Sku::Premium,
-            recoverable_days: 90,
-            throttle_rps: None,
-            latency: std::time::Duration::ZERO,
-            tls_names: Vec::new(),
-            token: DEV_TOKEN.to_owned(),
-        };
-        let policy = vault::DeletionPolicy::new(args.recovery_level, args.recoverable_days)?;
-        store::create_state_dir(state_dir)?;
-        let vault = vault::Vault::open(store::KeyStore::open(state_dir)?, policy).await?;
-        let backups = backup::BackupSealer::open(state_dir)?;
-        // Hung faults end with this token; nothing here ever cancels it.
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let app = Arc::new(server::App::new(vault, backups, &args, args.addr, cancel));
-        Ok(Self { router: server::router(app) })
+        let app = App::in_process(state_dir, DEV_TOKEN, None).await?;
+        Ok(Self { router: server::router(Arc::new(app)) })
     }
 
     /// Sends one request and returns the response's status and body. A

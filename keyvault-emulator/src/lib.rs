@@ -14,23 +14,33 @@
 //! the TLS certificate, the backup secret) lives in one directory and
 //! survives restarts.
 //!
-//! The parts, in the order a request meets them:
+//! The parts, in layers from the bottom up; a module imports only from the
+//! ones listed before it:
 //!
-//! - `tls`: the self-signed certificate (`<state-dir>/cert.pem`) and the
-//!   TLS listener;
-//! - `server`: the request pipeline (latency, `auth`, `throttle`,
-//!   `api-version`, `access` policies, `faults`) and the background tasks;
-//! - `audit`: Key Vault's `AuditEvent` log, one [`AuditEvent`] per
-//!   authenticated request, and the `x-ms-client-request-id` echo and
-//!   `x-ms-request-id` every answer carries;
-//! - `routes`: which Key Vault operation a method and path name;
-//! - `control`: the owner's `/_emulator/` routes that set faults and
-//!   identities and read the audit log over HTTPS;
-//! - `handlers`: one function per operation, rendering `wire` shapes;
-//! - `vault`: keys, versions, rotation policies and their rules;
-//!   `material` does the cryptography, `store` the crash-safe persistence,
-//!   `backup` seals backup blobs and `clock` keeps the vault's time;
-//! - `error`: Key Vault's error responses; `calls`: per-operation counts.
+//! 1. leaves: `settings` (the flags, the tier, the recovery level),
+//!    `error` (Key Vault's error responses, and [`EmulatorError`]),
+//!    `material` (the cryptography), `clock` (the vault's time, which the
+//!    owner moves), `calls` (per-operation counts) and `audit` (Key Vault's
+//!    `AuditEvent` log, one [`AuditEvent`] per authenticated request, and
+//!    the request-id headers every answer carries);
+//! 2. `model`: keys, versions, deletion and rotation policies with Key
+//!    Vault's rules on them, pure data judged on plain timestamps;
+//! 3. `store`: the crash-safe persistence of the model, whose atomic writes
+//!    `backup` (sealed backup blobs) and `tls` (the self-signed certificate,
+//!    `<state-dir>/cert.pem`, and the TLS listener) share;
+//! 4. `vault`: the keys and the operations on them, written through the
+//!    store; beside it the parts of a request's way that do not reach the
+//!    vault: `routes` (which operation a method and path name), `wire` (Key
+//!    Vault's JSON shapes), `access` and `auth` (tokens and access
+//!    policies), `throttle` and `faults`;
+//! 5. `app`: the state every request and background task shares;
+//! 6. `handlers` (one function per Key Vault operation) and `control` (the
+//!    owner's `/_emulator/` routes that set faults, identities and the
+//!    clock and read the audit log over HTTPS);
+//! 7. `pipeline`: what every request meets, in order (latency,
+//!    authentication, throttling, `api-version`, routing, access policy,
+//!    faults, the handler, the audit log);
+//! 8. `server`: the listener and housekeeping; this file starts them.
 //!
 //! [`admin`] is the other side of the wire: the key owner's client (create,
 //! rotate, disable) that the demo and the tests use.
@@ -39,6 +49,7 @@
 
 mod access;
 pub mod admin;
+mod app;
 mod audit;
 mod auth;
 mod backup;
@@ -51,8 +62,11 @@ mod faults;
 pub mod fuzzing;
 mod handlers;
 mod material;
+mod model;
+mod pipeline;
 mod routes;
 mod server;
+mod settings;
 mod store;
 mod throttle;
 mod tls;
@@ -61,7 +75,6 @@ mod wire;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,175 +84,13 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use access::KEY_PERMISSIONS;
 pub use audit::AuditEvent;
+pub use error::EmulatorError;
 pub use faults::{Fault, FaultAction};
-
-/// The bearer token the emulator accepts when none is configured, so local
-/// demos and compose files work without agreeing on a secret first. It grants
-/// access to throwaway development keys only.
-pub const DEV_TOKEN: &str = "keyseal-emulator-dev-token";
+pub use settings::{DEV_TOKEN, EmulatorArgs, RecoveryLevel, Sku};
 
 /// How long [`Emulator::shutdown`] lets in-flight requests finish before it
 /// abandons them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Settings of `keyseal keyvault-emulator`. They exist as flags (with
-/// environment variables) so a compose file or a test can shape the vault's
-/// behaviour: where it listens, where it keeps state, how deletion works and
-/// how slow or stingy it is.
-#[derive(clap::Args, Debug, Clone)]
-pub struct EmulatorArgs {
-    /// Address to listen on for HTTPS; port 0 picks a free port.
-    #[arg(long, env = "KEYSEAL_EMULATOR_ADDR", default_value = "127.0.0.1:8443")]
-    pub addr: SocketAddr,
-
-    /// Directory holding keys, deleted keys and the TLS certificate
-    /// (`cert.pem`); reused across restarts.
-    #[arg(long, env = "KEYSEAL_EMULATOR_STATE_DIR", default_value = "./keyvault-emulator-state")]
-    pub state_dir: PathBuf,
-
-    /// The vault's deletion recovery level, reported in every key's
-    /// `recoveryLevel`: levels with "Recoverable" soft-delete keys, levels
-    /// with "Purgeable" allow purging them.
-    #[arg(long, value_enum, default_value_t = RecoveryLevel::Recoverable)]
-    pub recovery_level: RecoveryLevel,
-
-    /// The vault's pricing tier: `premium` holds HSM-protected keys
-    /// (`RSA-HSM`, `EC-HSM`) and exportable keys with a release policy;
-    /// `standard` refuses them as Key Vault's standard tier does.
-    #[arg(long, env = "KEYSEAL_EMULATOR_SKU", value_enum, default_value_t = Sku::Premium)]
-    pub sku: Sku,
-
-    /// Soft-delete retention in days (7 to 90), after which a deleted key is
-    /// purged automatically.
-    #[arg(long, default_value_t = 90)]
-    pub recoverable_days: u32,
-
-    /// Answer 429 (with `Retry-After`) beyond this many requests per second.
-    #[arg(long)]
-    pub throttle_rps: Option<NonZeroU32>,
-
-    /// Delay added to every request, e.g. `50ms`, to imitate a remote vault.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pub latency: Duration,
-
-    /// Extra DNS name or IP address the TLS certificate must cover, e.g. the
-    /// compose service name `keyvault-emulator` (repeatable).
-    #[arg(long = "tls-name", env = "KEYSEAL_EMULATOR_TLS_NAMES", value_delimiter = ',')]
-    pub tls_names: Vec<String>,
-
-    /// The vault owner's bearer token: every key permission, and the
-    /// `/_emulator/` routes that add faults and restricted identities.
-    #[arg(long, env = "KEYSEAL_VAULT_TOKEN", default_value = DEV_TOKEN, hide_env_values = true)]
-    pub token: String,
-}
-
-/// Key Vault's pricing tiers, which decide whether the vault holds
-/// HSM-protected keys. Tests of a caller that must refuse or accept HSM
-/// keys pick one.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sku {
-    /// Software-protected keys only.
-    Standard,
-    /// Software- and HSM-protected keys.
-    Premium,
-}
-
-/// Key Vault's `DeletionRecoveryLevel`: the vault-wide policy that decides
-/// whether a deleted key can be recovered and whether it can be purged
-/// early. Tests pick one to check both the soft-delete and the
-/// purge-protection paths of their callers.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecoveryLevel {
-    /// No soft delete: a deleted key is gone at once.
-    #[value(name = "Purgeable")]
-    Purgeable,
-    /// Soft delete; a deleted key may be purged before its retention ends.
-    #[value(name = "Recoverable+Purgeable")]
-    RecoverablePurgeable,
-    /// Soft delete with purge protection.
-    #[value(name = "Recoverable")]
-    Recoverable,
-    /// Soft delete with purge protection, the subscription protected too.
-    #[value(name = "Recoverable+ProtectedSubscription")]
-    RecoverableProtectedSubscription,
-    /// Soft delete with a custom retention; purging allowed.
-    #[value(name = "CustomizedRecoverable+Purgeable")]
-    CustomizedRecoverablePurgeable,
-    /// Soft delete with a custom retention and purge protection.
-    #[value(name = "CustomizedRecoverable")]
-    CustomizedRecoverable,
-    /// Soft delete with a custom retention, purge and subscription protection.
-    #[value(name = "CustomizedRecoverable+ProtectedSubscription")]
-    CustomizedRecoverableProtectedSubscription,
-}
-
-impl RecoveryLevel {
-    /// The exact string Key Vault reports in `attributes.recoveryLevel`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Purgeable => "Purgeable",
-            Self::RecoverablePurgeable => "Recoverable+Purgeable",
-            Self::Recoverable => "Recoverable",
-            Self::RecoverableProtectedSubscription => "Recoverable+ProtectedSubscription",
-            Self::CustomizedRecoverablePurgeable => "CustomizedRecoverable+Purgeable",
-            Self::CustomizedRecoverable => "CustomizedRecoverable",
-            Self::CustomizedRecoverableProtectedSubscription => "CustomizedRecoverable+ProtectedSubscription",
-        }
-    }
-
-    /// Whether deleting a key keeps it recoverable (soft delete).
-    pub fn soft_delete(self) -> bool {
-        self.as_str().contains("Recoverable")
-    }
-
-    /// Whether a soft-deleted key may be purged before its retention ends.
-    pub fn purge_allowed(self) -> bool {
-        self.as_str().contains("Purgeable")
-    }
-}
-
-/// Why the emulator could not start or keep its state. Each variant names
-/// what the operator has to fix; none is retried internally.
-#[derive(Debug, thiserror::Error)]
-pub enum EmulatorError {
-    /// A flag value Key Vault itself would not allow.
-    #[error("invalid emulator setting: {0}")]
-    InvalidSetting(String),
-    /// Reading or writing the state directory failed.
-    #[error("state directory I/O on {path}: {source}")]
-    StateIo {
-        /// The file or directory involved.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// A state file exists but cannot be understood; the emulator refuses to
-    /// start rather than silently drop keys.
-    #[error("corrupt emulator state in {path}: {reason}")]
-    CorruptState {
-        /// The offending file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// Generating the self-signed TLS certificate failed.
-    #[error("cannot generate the TLS certificate: {0}")]
-    Certificate(String),
-    /// The TLS configuration was rejected.
-    #[error("TLS setup failed: {0}")]
-    Tls(#[from] rustls::Error),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The requested address.
-        addr: SocketAddr,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// Waiting for Ctrl-C or SIGTERM failed.
-    #[error("cannot wait for a shutdown signal: {0}")]
-    Signal(std::io::Error),
-}
 
 /// A running emulator. It exists so an embedding process (a test, `keyseal
 /// demo`) can learn where the vault listens and which certificate to trust,
@@ -248,7 +99,7 @@ pub enum EmulatorError {
 pub struct Emulator {
     addr: SocketAddr,
     cert_pem_path: PathBuf,
-    app: Arc<server::App>,
+    app: Arc<app::App>,
     stop: DropGuard,
     server: JoinHandle<()>,
 }
@@ -389,15 +240,12 @@ pub async fn start(args: EmulatorArgs) -> Result<Emulator, EmulatorError> {
     if args.token.trim().is_empty() {
         return Err(EmulatorError::InvalidSetting("--token must not be empty".to_owned()));
     }
-    let policy = vault::DeletionPolicy::new(args.recovery_level, args.recoverable_days)?;
-    store::create_state_dir(&args.state_dir)?;
+    let (vault, backups) = app::open_state(&args).await?;
     let tls_config = tls::server_config(&args.state_dir, &args.tls_names)?;
-    let vault = vault::Vault::open(store::KeyStore::open(&args.state_dir)?, policy).await?;
-    let backups = backup::BackupSealer::open(&args.state_dir)?;
     let listener = tls::TlsListener::bind(args.addr, tls_config).await?;
     let addr = listener.local_addr();
     let cancel = CancellationToken::new();
-    let app = Arc::new(server::App::new(vault, backups, &args, addr, cancel.clone()));
+    let app = Arc::new(app::App::new(vault, backups, &args, addr, cancel.clone()));
     let server = tokio::spawn(server::serve(listener, app.clone(), cancel.clone()));
     tracing::info!(
         vault_url = %format!("https://{addr}"),

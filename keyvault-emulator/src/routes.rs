@@ -4,7 +4,7 @@
 //! Rust SDK sends them), and literal segments match case-insensitively.
 
 use super::error::ServiceError;
-use super::vault::KeyOperation;
+use super::model::KeyOperation;
 
 /// One Key Vault keys operation with its path parameters. `version: None`
 /// means the latest version.

@@ -14,9 +14,9 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::EmulatorError;
-use super::material::KeyMaterial;
-use super::vault::{Deletion, KeyRecord, KeyVersion, RotationPolicy, VersionProps};
+use super::error::EmulatorError;
+use super::material::{KeyMaterial, MaterialError};
+use super::model::{Deletion, KeyRecord, KeyVersion, RotationPolicy, VersionProps};
 
 /// Bumped when the document layout changes, so an old emulator refuses a
 /// newer state directory instead of misreading it (or dropping what it does
@@ -83,31 +83,60 @@ pub(crate) fn encode(record: &KeyRecord) -> io::Result<Zeroizing<Vec<u8>>> {
     serde_json::to_vec_pretty(&document).map(Zeroizing::new).map_err(io::Error::other)
 }
 
+/// Why a key document cannot be read: a corrupt state file on start, or a
+/// backup blob that does not hold a key.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DocumentError {
+    /// Not the JSON of a key document.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// Written by an emulator whose layout this one does not know.
+    #[error("unsupported format {0} (this emulator reads {OLDEST_READABLE_FORMAT} to {FORMAT})")]
+    Format(u32),
+    /// A key must have at least one version.
+    #[error("a key without versions")]
+    NoVersions,
+    /// A version's private key is not base64.
+    #[error("version {version}: private key: {source}")]
+    Base64 {
+        /// The version whose key it is.
+        version: String,
+        /// What is wrong with the text.
+        source: base64::DecodeError,
+    },
+    /// A version's private key is not a PKCS#8 key of its type.
+    #[error("version {version}: private key: {source}")]
+    PrivateKey {
+        /// The version whose key it is.
+        version: String,
+        /// What is wrong with the key.
+        source: MaterialError,
+    },
+}
+
 /// Reads a document [`encode`] wrote.
-pub(crate) fn decode(bytes: &[u8]) -> Result<KeyRecord, String> {
-    let document: StoredKey = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+pub(crate) fn decode(bytes: &[u8]) -> Result<KeyRecord, DocumentError> {
+    let document: StoredKey = serde_json::from_slice(bytes)?;
     if !(OLDEST_READABLE_FORMAT..=FORMAT).contains(&document.format) {
-        return Err(format!(
-            "unsupported format {} (this emulator reads {OLDEST_READABLE_FORMAT} to {FORMAT})",
-            document.format
-        ));
+        return Err(DocumentError::Format(document.format));
     }
     if document.versions.is_empty() {
-        return Err("a key without versions".to_owned());
+        return Err(DocumentError::NoVersions);
     }
     let versions = document
         .versions
         .iter()
         .map(|stored| {
+            let version = || stored.version.clone();
             let der = STANDARD
                 .decode(stored.pkcs8.as_bytes())
                 .map(Zeroizing::new)
-                .map_err(|e| format!("version {}: private key: {e}", stored.version))?;
+                .map_err(|source| DocumentError::Base64 { version: version(), source })?;
             let material = KeyMaterial::from_pkcs8(stored.props.kty, der)
-                .map_err(|e| format!("version {}: private key: {e}", stored.version))?;
-            Ok(KeyVersion { id: stored.version.clone(), props: stored.props.clone(), material: Arc::new(material) })
+                .map_err(|source| DocumentError::PrivateKey { version: version(), source })?;
+            Ok(KeyVersion { id: version(), props: stored.props.clone(), material: Arc::new(material) })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, DocumentError>>()?;
     Ok(KeyRecord {
         name: document.name.clone(),
         versions,
@@ -135,12 +164,14 @@ pub(crate) struct KeyStore {
 }
 
 impl KeyStore {
+    /// The `keys/` directory of `state_dir`, created (owner-only) when new.
     pub(crate) fn open(state_dir: &Path) -> Result<Self, EmulatorError> {
         let dir = state_dir.join(KEYS_DIR);
         create_private_dir(&dir).map_err(|source| EmulatorError::StateIo { path: dir.clone(), source })?;
         Ok(Self { dir })
     }
 
+    /// Where the documents live, for error messages that name it.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
@@ -164,7 +195,8 @@ impl KeyStore {
                 continue;
             };
             let bytes = Zeroizing::new(fs::read(&path).map_err(|e| io_error(&path, e))?);
-            let record = decode(&bytes).map_err(|reason| EmulatorError::CorruptState { path: path.clone(), reason })?;
+            let record = decode(&bytes)
+                .map_err(|e| EmulatorError::CorruptState { path: path.clone(), reason: e.to_string() })?;
             if record.name.to_ascii_lowercase() != stem {
                 return Err(EmulatorError::CorruptState { path, reason: format!("holds key {:?}", record.name) });
             }
@@ -228,7 +260,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::material::{Curve, KeySpec, KeyType};
-    use crate::vault::{ActionType, IsoDuration, LifetimeAction, Trigger};
+    use crate::model::{ActionType, IsoDuration, LifetimeAction, Trigger};
 
     fn record(name: &str) -> KeyRecord {
         let material = KeyMaterial::generate(KeySpec::Ec(Curve::P384)).expect("generate");

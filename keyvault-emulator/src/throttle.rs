@@ -26,6 +26,7 @@ struct Bucket {
 }
 
 impl Throttle {
+    /// A full bucket, so the first second's burst is admitted.
     pub(crate) fn new(requests_per_second: NonZeroU32, now: Instant) -> Self {
         let rate = f64::from(requests_per_second.get());
         Self { rate, bucket: Mutex::new(Bucket { tokens: rate, refilled_at: now }) }

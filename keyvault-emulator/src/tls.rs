@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use zeroize::Zeroizing;
 
-use super::EmulatorError;
+use super::error::EmulatorError;
 use super::store::{PRIVATE_MODE, write_atomically};
 
 const CERT_FILE: &str = "cert.pem";
@@ -132,6 +132,7 @@ pub(crate) struct TlsListener {
 }
 
 impl TlsListener {
+    /// Binds `addr`; handshakes use `config`.
     pub(crate) async fn bind(addr: SocketAddr, config: Arc<ServerConfig>) -> Result<Self, EmulatorError> {
         let bind_error = |source| EmulatorError::Bind { addr, source };
         let tcp = TcpListener::bind(addr).await.map_err(bind_error)?;
@@ -139,6 +140,7 @@ impl TlsListener {
         Ok(Self { tcp, local_addr, acceptor: TlsAcceptor::from(config), handshakes: JoinSet::new() })
     }
 
+    /// The bound address, with the real port when port 0 was asked for.
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

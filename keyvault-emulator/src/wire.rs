@@ -1,7 +1,7 @@
 //! Key Vault's JSON shapes, with its exact field names: the key bundle,
 //! deleted-key bundle, list items and pages, key-operation results and the
-//! request bodies. Timestamps are integer Unix seconds and bytes unpadded
-//! base64url, as the SDKs expect.
+//! request bodies (read with [`parse_body`]). Timestamps are integer Unix
+//! seconds and bytes unpadded base64url, as the SDKs expect.
 
 use std::collections::BTreeMap;
 
@@ -9,12 +9,13 @@ use base64::Engine;
 use base64::alphabet::URL_SAFE;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-
 use zeroize::Zeroize;
 
+use super::error::ServiceError;
 use super::material::PublicJwk;
-use super::vault::{ActionType, DeletionPolicy, KeyView, ReleasePolicy, RotationPolicy, Trigger};
+use super::model::{ActionType, DeletionPolicy, KeyView, ReleasePolicy, RotationPolicy, Trigger};
 
 /// Accepts base64url with or without padding, as Key Vault does.
 const URL_SAFE_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
@@ -22,10 +23,20 @@ const URL_SAFE_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// Parses a JSON request body; 400 `BadParameter` when it does not fit.
+/// The Key Vault operations and the `/_emulator/` control routes both read
+/// their bodies through it, so a malformed body is refused the same way
+/// everywhere.
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
+    serde_json::from_slice(body).map_err(|e| ServiceError::bad_parameter(format!("The request body is not valid: {e}")))
+}
+
+/// Bytes as Key Vault sends them: unpadded base64url.
 pub(crate) fn to_base64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Bytes a client sent as base64url, padded or not.
 pub(crate) fn from_base64url(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     URL_SAFE_ANY_PADDING.decode(text)
 }
@@ -86,15 +97,27 @@ pub(crate) struct ReleasePolicyWire {
     immutable: bool,
 }
 
+/// Why a release policy a client sent cannot be stored; the text names the
+/// property, for the 400 that answers it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReleasePolicyError {
+    /// The policy document is missing.
+    #[error("release_policy.data is required")]
+    NoData,
+    /// The policy document is not base64url.
+    #[error("release_policy.data is not base64url")]
+    DataNotBase64url,
+}
+
 fn default_policy_content_type() -> String {
     "application/json; charset=utf-8".to_owned()
 }
 
 impl ReleasePolicyWire {
     /// The stored policy; the document must be present and base64url.
-    pub(crate) fn into_policy(self) -> Result<ReleasePolicy, &'static str> {
-        let data = self.data.ok_or("release_policy.data is required")?;
-        from_base64url(&data).map_err(|_| "release_policy.data is not base64url")?;
+    pub(crate) fn into_policy(self) -> Result<ReleasePolicy, ReleasePolicyError> {
+        let data = self.data.ok_or(ReleasePolicyError::NoData)?;
+        from_base64url(&data).map_err(|_| ReleasePolicyError::DataNotBase64url)?;
         Ok(ReleasePolicy { content_type: self.content_type, data, immutable: self.immutable })
     }
 
@@ -275,12 +298,14 @@ pub(crate) struct RotationPolicyWire {
     pub(crate) attributes: Option<RotationAttributesWire>,
 }
 
+/// `LifetimeAction`: one trigger and what it does.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct LifetimeActionWire {
     pub(crate) trigger: TriggerWire,
     pub(crate) action: ActionWire,
 }
 
+/// `LifetimeActionTrigger`: exactly one of the two durations, ISO 8601.
 #[derive(Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TriggerWire {
@@ -290,12 +315,15 @@ pub(crate) struct TriggerWire {
     pub(crate) time_before_expiry: Option<String>,
 }
 
+/// `LifetimeActionType`: `Rotate` or `Notify`.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct ActionWire {
     #[serde(rename = "type")]
     pub(crate) kind: String,
 }
 
+/// `KeyRotationPolicyAttributes`: the expiry time new versions get, and
+/// when the policy was set.
 #[derive(Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct RotationAttributesWire {
@@ -338,6 +366,8 @@ impl Renderer<'_> {
         }
     }
 
+    /// `KeyBundle` of a version: what create, get, update, rotate, import,
+    /// recover and restore answer.
     pub(crate) fn bundle(&self, view: &KeyView) -> KeyBundle {
         let public = match view.version.material.public_jwk() {
             PublicJwk::Rsa { n, e } => PublicMembers::Rsa { n: to_base64url(&n), e: to_base64url(&e) },
@@ -401,6 +431,7 @@ impl Renderer<'_> {
         view.deletion.map(|_| format!("{}/deletedkeys/{}", self.vault_url, view.name))
     }
 
+    /// `DeletedKeyBundle`: what delete and get-deleted answer.
     pub(crate) fn deleted_bundle(&self, view: &KeyView) -> DeletedKeyBundle {
         DeletedKeyBundle {
             recovery_id: self.recovery_id(view),
@@ -419,6 +450,7 @@ impl Renderer<'_> {
         }
     }
 
+    /// An entry of the deleted-key list.
     pub(crate) fn deleted_item(&self, view: &KeyView) -> DeletedKeyItem {
         DeletedKeyItem {
             recovery_id: self.recovery_id(view),

@@ -8,11 +8,13 @@ use axum::Json;
 use axum::response::{IntoResponse, Response};
 use zeroize::Zeroizing;
 
-use super::{blocking, parse_body};
+use super::blocking;
 use crate::error::ServiceError;
 use crate::material::{EncryptionAlgorithm, MaterialError, SignatureAlgorithm};
-use crate::vault::{KeyOperation, KeyView};
-use crate::wire::{self, KeyOperationRequest, KeyOperationResult, KeyVerifyRequest, KeyVerifyResult, Renderer};
+use crate::model::{KeyOperation, KeyView};
+use crate::wire::{
+    self, KeyOperationRequest, KeyOperationResult, KeyVerifyRequest, KeyVerifyResult, Renderer, parse_body,
+};
 
 /// A parsed key-operation body.
 pub(super) enum CryptoRequest {

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 use super::blocking;
-use crate::Sku;
 use crate::error::ServiceError;
 use crate::material::{Curve, KeyMaterial, KeySpec, KeyType, MaterialError, RSA_KEY_SIZES, RsaComponents};
-use crate::vault::{NewVersion, PropsChange, ReleasePolicy};
+use crate::model::{NewVersion, PropsChange, ReleasePolicy};
+use crate::settings::Sku;
 use crate::wire::{self, AttributesRequest, CreateKeyRequest, ImportKeyRequest, ImportedJwk, UpdateKeyRequest};
 
 const DEFAULT_RSA_BITS: usize = 2048;

@@ -2,10 +2,10 @@
 //! key's life rather than use it.
 
 use super::{blocking, internal};
+use crate::app::App;
 use crate::error::ServiceError;
-use crate::server::App;
+use crate::model::{ActionType, IsoDuration, KeyView, LifetimeAction, RotationPolicy, Trigger};
 use crate::store;
-use crate::vault::{ActionType, IsoDuration, KeyView, LifetimeAction, RotationPolicy, Trigger};
 use crate::wire::{self, BackupBlob, RotationPolicyWire};
 
 /// Validates a `KeyRotationPolicy` body into its actions and expiry time.

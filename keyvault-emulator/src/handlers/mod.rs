@@ -16,14 +16,13 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
 
+use super::app::App;
 use super::error::ServiceError;
 use super::material::{KeyMaterial, KeySpec};
+use super::model::KeyView;
 use super::routes::Route;
-use super::server::App;
-use super::vault::KeyView;
-use super::wire::{Page, Renderer};
+use super::wire::{Page, Renderer, parse_body};
 
 /// Key Vault's page size, and the largest `maxresults` it accepts.
 const MAX_PAGE_SIZE: usize = 25;
@@ -34,9 +33,12 @@ pub(crate) struct RequestContext {
     pub(crate) vault_url: String,
     /// The request path, for `nextLink`.
     pub(crate) path: String,
+    /// The query parameters (`api-version`, `maxresults`, `$skiptoken`).
     pub(crate) query: BTreeMap<String, String>,
 }
 
+/// Runs the handler of `route`: the one place that maps a Key Vault
+/// operation to its function and response shape.
 pub(crate) async fn handle(
     app: &App,
     ctx: &RequestContext,
@@ -115,11 +117,6 @@ pub(crate) async fn handle(
         }
     };
     Ok(response)
-}
-
-/// Parses a JSON request body; 400 `BadParameter` when it does not fit.
-pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
-    serde_json::from_slice(body).map_err(|e| ServiceError::bad_parameter(format!("The request body is not valid: {e}")))
 }
 
 /// Generates key material off the async runtime (rotation uses it too).

@@ -66,6 +66,7 @@ pub(crate) enum SignatureAlgorithm {
 }
 
 impl SignatureAlgorithm {
+    /// Parses an `alg` name; `None` for one Key Vault does not sign with.
     pub(crate) fn parse(alg: &str) -> Option<Self> {
         use super::Curve;
         Some(match alg {

@@ -22,12 +22,15 @@ pub(crate) enum Curve {
 }
 
 impl Curve {
+    /// Every curve, for parsing and for reading PKCS#8 of any of them.
     pub(crate) const ALL: [Self; 4] = [Self::P256, Self::P256K, Self::P384, Self::P521];
 
+    /// Parses a JWK `crv` name.
     pub(crate) fn parse(crv: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|curve| curve.as_str() == crv)
     }
 
+    /// The JWK `crv` name.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::P256 => "P-256",
@@ -114,6 +117,7 @@ macro_rules! for_curve {
 }
 
 impl EcKey {
+    /// A fresh key on `curve` from the system's random number generator.
     pub(crate) fn generate(curve: Curve) -> Result<Self, MaterialError> {
         let failed = |_| MaterialError::Unsupported("the system random number generator failed");
         Ok(for_curve!(curve, |c| Self::from(
@@ -143,11 +147,13 @@ impl EcKey {
             .ok_or(MaterialError::InvalidKey("not a PKCS#8 key on a supported curve"))
     }
 
+    /// The key as PKCS#8 DER, for the store and backups; wiped when dropped.
     pub(crate) fn to_pkcs8(&self) -> Result<Zeroizing<Vec<u8>>, MaterialError> {
         let document = on_curve!(self, |key| key.to_pkcs8_der())?;
         Ok(Zeroizing::new(document.as_bytes().to_vec()))
     }
 
+    /// The key's curve.
     pub(crate) fn curve(&self) -> Curve {
         match self {
             Self::P256(_) => Curve::P256,

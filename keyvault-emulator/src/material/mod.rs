@@ -45,6 +45,7 @@ impl KeyType {
         }
     }
 
+    /// The `kty` string Key Vault answers with.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Rsa => "RSA",
@@ -54,6 +55,8 @@ impl KeyType {
         }
     }
 
+    /// Whether the key is RSA (software or HSM), which decides the
+    /// algorithms and operations it allows.
     pub(crate) fn is_rsa(self) -> bool {
         matches!(self, Self::Rsa | Self::RsaHsm)
     }

@@ -16,6 +16,7 @@ pub(crate) const RSA_KEY_SIZES: [usize; 3] = [2048, 3072, 4096];
 /// up to 2^33 - 1, five bytes.
 const MAX_EXPONENT_LEN: usize = 5;
 
+/// A fresh key of `bits` from the system's random number generator.
 pub(crate) fn generate(bits: usize) -> Result<rsa::PrivateKey, MaterialError> {
     Ok(rsa::PrivateKey::new(&mut getrandom::SysRng, bits)?)
 }
@@ -69,6 +70,7 @@ fn uint(bytes: &[u8]) -> Result<BoxedUint, MaterialError> {
     BoxedUint::from_be_slice(trimmed, bits).map_err(|_| MaterialError::InvalidKey("malformed integer"))
 }
 
+/// Encrypts (or wraps) `plaintext` with the public key under `alg`.
 pub(crate) fn encrypt(
     key: &rsa::PrivateKey,
     alg: EncryptionAlgorithm,
@@ -82,6 +84,7 @@ pub(crate) fn encrypt(
     })
 }
 
+/// Decrypts (or unwraps) under `alg`; the plaintext is wiped when dropped.
 pub(crate) fn decrypt(
     key: &rsa::PrivateKey,
     alg: EncryptionAlgorithm,
@@ -94,6 +97,7 @@ pub(crate) fn decrypt(
     }))
 }
 
+/// Signs a caller's digest `hash` of `digest`, with `padding`.
 pub(crate) fn sign(
     key: &rsa::PrivateKey,
     padding: RsaPadding,
@@ -110,6 +114,7 @@ pub(crate) fn sign(
     })
 }
 
+/// Whether `signature` is this key's signature of `hash`.
 pub(crate) fn verify(
     key: &rsa::PrivateKey,
     padding: RsaPadding,

@@ -1,34 +1,28 @@
-//! The vault's keys and the rules Key Vault applies to them: versions and
-//! their attributes, which version "latest" is, soft deletion under the
-//! vault's recovery level, and whether a version may be used for an
-//! operation right now. Every change is written to the [`KeyStore`] before
-//! it becomes visible, so a crash never shows a state the disk lacks.
+//! The vault's keys and the operations Key Vault offers on them: creating,
+//! reading, updating, backing up and restoring versions here, rotating
+//! (by hand and by policy) in `rotation`, deleting, recovering and purging
+//! in `deletion`. The rules themselves are the model's; the vault applies
+//! them to its keys under one lock, and writes every change to the
+//! [`KeyStore`] before it becomes visible, so a crash never shows a state
+//! the disk lacks.
 
-mod model;
+mod deletion;
 mod rotation;
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use tokio::sync::RwLock;
 
-use crate::EmulatorError;
-use crate::error::ServiceError;
-use crate::material::{KeyMaterial, KeySpec};
+use crate::error::{EmulatorError, ServiceError};
+use crate::material::KeyMaterial;
+use crate::model::{DeletionPolicy, KeyOperation, KeyRecord, KeyVersion, KeyView, NewVersion, PropsChange};
 use crate::store::{self, KeyStore};
 
-pub(crate) use self::model::*;
-pub(crate) use self::rotation::{ActionType, IsoDuration, LifetimeAction, RotationPolicy, Trigger};
-
-/// A rotation a key's policy calls for: the key, the version that is
-/// latest now (the rotation is skipped if another one got there first),
-/// and what to generate.
-pub(crate) struct DueRotation {
-    pub(crate) name: String,
-    pub(crate) latest: String,
-    pub(crate) spec: KeySpec,
-}
-
+/// Every key of the emulator: held in memory for reads, written through
+/// the store on every change. One per emulator, shared by all requests and
+/// by housekeeping.
 pub(crate) struct Vault {
     policy: DeletionPolicy,
     store: Arc<KeyStore>,
@@ -48,6 +42,8 @@ impl Vault {
         Ok(Self { policy, store, keys: RwLock::new(keys) })
     }
 
+    /// The vault's deletion policy, which every response reports in a
+    /// key's `recoveryLevel` and `recoverableDays`.
     pub(crate) fn policy(&self) -> &DeletionPolicy {
         &self.policy
     }
@@ -74,112 +70,10 @@ impl Vault {
         .await
     }
 
-    /// Adds a new latest version with fresh material and the latest
-    /// version's type, operations, tags and release settings (`rotate`);
-    /// its expiry follows the key's rotation policy.
-    pub(crate) async fn rotate(&self, name: &str, material: KeyMaterial, now: i64) -> Result<KeyView, ServiceError> {
-        self.rotate_from(name, None, material, now).await
-    }
-
-    /// [`Vault::rotate`], but only while `expected_latest` (when given) is
-    /// still the latest version, so a policy rotation racing another
-    /// rotation does not add two versions.
-    async fn rotate_from(
-        &self,
-        name: &str,
-        expected_latest: Option<&str>,
-        material: KeyMaterial,
-        now: i64,
-    ) -> Result<KeyView, ServiceError> {
-        let id = new_version_id()?;
-        self.mutate(name, |record| {
-            let record = live(record.as_mut(), name)?;
-            let latest = record.latest().ok_or_else(|| ServiceError::key_not_found(name))?;
-            // The material was generated off the lock: the key must still
-            // be what it was generated for, and a policy rotation must
-            // still be due under the policy as it is now.
-            let moved = expected_latest.is_some_and(|expected| {
-                expected != latest.id || !record.rotation_policy.as_ref().is_some_and(|p| p.rotation_due(latest, now))
-            });
-            if moved || latest.material.spec() != material.spec() {
-                return Err(ServiceError::conflict(format!("Key {name} changed while it was being rotated; retry.")));
-            }
-            let props = VersionProps {
-                enabled: true,
-                nbf: None,
-                exp: record.rotation_policy.as_ref().and_then(|policy| policy.expiry_for(now)),
-                created: now,
-                updated: now,
-                ..latest.props.clone()
-            };
-            let version = KeyVersion { id, props, material: Arc::new(material) };
-            record.versions.push(version.clone());
-            Ok(record.view(&version))
-        })
-        .await
-    }
-
-    /// The keys whose rotation policy says a new version is due at `now`.
-    pub(crate) async fn rotations_due(&self, now: i64) -> Vec<DueRotation> {
-        let keys = self.keys.read().await;
-        keys.values()
-            .filter(|record| record.deleted.is_none())
-            .filter_map(|record| {
-                let policy = record.rotation_policy.as_ref()?;
-                let latest = record.latest()?;
-                policy.rotation_due(latest, now).then(|| DueRotation {
-                    name: record.name.clone(),
-                    latest: latest.id.clone(),
-                    spec: latest.material.spec(),
-                })
-            })
-            .collect()
-    }
-
-    /// Rotates `name` as its policy asked, unless another rotation got
-    /// there first (then nothing happens).
-    pub(crate) async fn rotate_by_policy(
-        &self,
-        name: &str,
-        latest: &str,
-        material: KeyMaterial,
-        now: i64,
-    ) -> Result<Option<KeyView>, ServiceError> {
-        match self.rotate_from(name, Some(latest), material, now).await {
-            Ok(view) => Ok(Some(view)),
-            Err(e) if e.status == axum::http::StatusCode::CONFLICT => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The key's rotation policy, if one was set.
-    pub(crate) async fn rotation_policy(&self, name: &str) -> Result<Option<RotationPolicy>, ServiceError> {
-        let keys = self.keys.read().await;
-        Ok(live_ref(keys.get(&name.to_ascii_lowercase()), name)?.rotation_policy.clone())
-    }
-
-    /// Replaces the key's rotation policy (validated by the caller).
-    pub(crate) async fn set_rotation_policy(
-        &self,
-        name: &str,
-        lifetime_actions: Vec<LifetimeAction>,
-        expiry_time: Option<IsoDuration>,
-        now: i64,
-    ) -> Result<RotationPolicy, ServiceError> {
-        self.mutate(name, |record| {
-            let record = live(record.as_mut(), name)?;
-            let created = record.rotation_policy.as_ref().map_or(now, |policy| policy.created);
-            let policy = RotationPolicy { lifetime_actions, expiry_time, created, updated: now };
-            record.rotation_policy = Some(policy.clone());
-            Ok(policy)
-        })
-        .await
-    }
-
     /// The whole record of a live key, private keys included, for a backup.
     pub(crate) async fn backup(&self, name: &str) -> Result<KeyRecord, ServiceError> {
         let keys = self.keys.read().await;
-        live_ref(keys.get(&name.to_ascii_lowercase()), name).cloned()
+        live(keys.get(&name.to_ascii_lowercase()), name).cloned()
     }
 
     /// Brings back a backed-up key under its name, which must be free
@@ -203,7 +97,7 @@ impl Vault {
     /// A version (latest when `None`) of a key that is not deleted.
     pub(crate) async fn get(&self, name: &str, version: Option<&str>) -> Result<KeyView, ServiceError> {
         let keys = self.keys.read().await;
-        let record = live_ref(keys.get(&name.to_ascii_lowercase()), name)?;
+        let record = live(keys.get(&name.to_ascii_lowercase()), name)?;
         let found = record.version(version).ok_or_else(|| not_found(name, version))?;
         Ok(record.view(found))
     }
@@ -223,9 +117,15 @@ impl Vault {
 
     /// The latest version of every key that is not deleted, by name.
     pub(crate) async fn list_latest(&self) -> Vec<KeyView> {
+        self.latest_versions(false).await
+    }
+
+    /// The latest version of every key that is soft-deleted (`deleted`) or
+    /// not, by name: what the two key lists show.
+    async fn latest_versions(&self, deleted: bool) -> Vec<KeyView> {
         let keys = self.keys.read().await;
         keys.values()
-            .filter(|record| record.deleted.is_none())
+            .filter(|record| record.deleted.is_some() == deleted)
             .filter_map(|record| record.latest().map(|v| record.view(v)))
             .collect()
     }
@@ -233,7 +133,7 @@ impl Vault {
     /// Every version of a key that is not deleted, oldest first.
     pub(crate) async fn versions(&self, name: &str) -> Result<Vec<KeyView>, ServiceError> {
         let keys = self.keys.read().await;
-        let record = live_ref(keys.get(&name.to_ascii_lowercase()), name)?;
+        let record = live(keys.get(&name.to_ascii_lowercase()), name)?;
         Ok(record.versions.iter().map(|v| record.view(v)).collect())
     }
 
@@ -285,91 +185,6 @@ impl Vault {
         .await
     }
 
-    /// Deletes a key: soft delete when the recovery level keeps deleted
-    /// keys, otherwise gone at once. Returns the latest version as it was.
-    pub(crate) async fn delete(&self, name: &str, now: i64) -> Result<KeyView, ServiceError> {
-        let policy = self.policy;
-        self.mutate(name, |slot| {
-            let record = live(slot.as_mut(), name)?;
-            let latest = record.latest().ok_or_else(|| ServiceError::key_not_found(name))?.clone();
-            if !policy.level().soft_delete() {
-                let view = record.view(&latest);
-                *slot = None;
-                return Ok(view);
-            }
-            record.deleted = Some(Deletion {
-                deleted_date: now,
-                scheduled_purge_date: now + i64::from(policy.recoverable_days()) * SECONDS_PER_DAY,
-            });
-            Ok(record.view(&latest))
-        })
-        .await
-    }
-
-    /// The latest version of a soft-deleted key.
-    pub(crate) async fn deleted(&self, name: &str) -> Result<KeyView, ServiceError> {
-        let keys = self.keys.read().await;
-        let record = deleted_ref(keys.get(&name.to_ascii_lowercase()), name)?;
-        let latest = record.latest().ok_or_else(|| ServiceError::deleted_key_not_found(name))?;
-        Ok(record.view(latest))
-    }
-
-    /// The latest version of every soft-deleted key, by name.
-    pub(crate) async fn list_deleted(&self) -> Vec<KeyView> {
-        let keys = self.keys.read().await;
-        keys.values()
-            .filter(|record| record.deleted.is_some())
-            .filter_map(|record| record.latest().map(|v| record.view(v)))
-            .collect()
-    }
-
-    /// Brings a soft-deleted key back with all its versions.
-    pub(crate) async fn recover(&self, name: &str) -> Result<KeyView, ServiceError> {
-        self.mutate(name, |slot| {
-            let record = match slot.as_mut() {
-                Some(record) if record.deleted.is_some() => record,
-                _ => return Err(ServiceError::deleted_key_not_found(name)),
-            };
-            record.deleted = None;
-            let latest = record.latest().ok_or_else(|| ServiceError::key_not_found(name))?;
-            Ok(record.view(latest))
-        })
-        .await
-    }
-
-    /// Permanently removes a soft-deleted key, if the recovery level allows.
-    pub(crate) async fn purge(&self, name: &str) -> Result<(), ServiceError> {
-        let purge_allowed = self.policy.level().purge_allowed();
-        self.mutate(name, |slot| {
-            deleted_ref(slot.as_ref(), name)?;
-            if !purge_allowed {
-                return Err(ServiceError::purge_protected());
-            }
-            *slot = None;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Purges the deleted keys whose retention has ended, as Key Vault does
-    /// by itself. Returns how many were purged.
-    pub(crate) async fn purge_expired(&self, now: i64) -> Result<usize, ServiceError> {
-        let due: Vec<String> = {
-            let keys = self.keys.read().await;
-            keys.values().filter(|record| retention_ended(record, now)).map(|record| record.name.clone()).collect()
-        };
-        for name in &due {
-            self.mutate(name, |slot| {
-                if slot.as_ref().is_some_and(|record| retention_ended(record, now)) {
-                    *slot = None;
-                }
-                Ok(())
-            })
-            .await?;
-        }
-        Ok(due.len())
-    }
-
     /// Applies `change` to a copy of the key's record (`None` when absent),
     /// persists the result and only then makes it visible. Writers are
     /// serialised by the lock, so the disk sees changes in order.
@@ -390,6 +205,8 @@ impl Vault {
         Ok(outcome)
     }
 
+    /// Writes the record of `lookup` (its lowercase name) to the store, or
+    /// removes it when `None`, off the async runtime.
     async fn persist(&self, lookup: &str, record: Option<&KeyRecord>) -> Result<(), ServiceError> {
         let document = record.map(store::encode).transpose().map_err(|e| internal("encode key", lookup, &e))?;
         let store = self.store.clone();
@@ -398,12 +215,9 @@ impl Vault {
             Some(bytes) => store.save(&file_name, &bytes),
             None => store.remove(&file_name),
         })
-        .await;
-        match written {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(internal("persist key", lookup, &e)),
-            Err(e) => Err(internal("persist key", lookup, &e)),
-        }
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        written.map_err(|e| internal("persist key", lookup, &e))
     }
 }
 
@@ -413,10 +227,7 @@ fn internal(what: &str, key: &str, error: &dyn std::fmt::Display) -> ServiceErro
     ServiceError::internal()
 }
 
-fn retention_ended(record: &KeyRecord, now: i64) -> bool {
-    record.deleted.is_some_and(|deletion| deletion.scheduled_purge_date <= now)
-}
-
+/// 404 for a key or one of its versions, naming what was asked for.
 fn not_found(name: &str, version: Option<&str>) -> ServiceError {
     match version {
         Some(version) => ServiceError::key_not_found(&format!("{name}/{version}")),
@@ -424,16 +235,14 @@ fn not_found(name: &str, version: Option<&str>) -> ServiceError {
     }
 }
 
-/// The record of a key that exists and is not deleted.
-fn live<'a>(record: Option<&'a mut KeyRecord>, name: &str) -> Result<&'a mut KeyRecord, ServiceError> {
+/// The record (`&` or `&mut`) of a key that exists and is not deleted;
+/// 404 otherwise.
+fn live<R: Deref<Target = KeyRecord>>(record: Option<R>, name: &str) -> Result<R, ServiceError> {
     record.filter(|record| record.deleted.is_none()).ok_or_else(|| ServiceError::key_not_found(name))
 }
 
-fn live_ref<'a>(record: Option<&'a KeyRecord>, name: &str) -> Result<&'a KeyRecord, ServiceError> {
-    record.filter(|record| record.deleted.is_none()).ok_or_else(|| ServiceError::key_not_found(name))
-}
-
-fn deleted_ref<'a>(record: Option<&'a KeyRecord>, name: &str) -> Result<&'a KeyRecord, ServiceError> {
+/// The record (`&` or `&mut`) of a soft-deleted key; 404 otherwise.
+fn soft_deleted<R: Deref<Target = KeyRecord>>(record: Option<R>, name: &str) -> Result<R, ServiceError> {
     record.filter(|record| record.deleted.is_some()).ok_or_else(|| ServiceError::deleted_key_not_found(name))
 }
 
@@ -448,8 +257,9 @@ fn new_version_id() -> Result<String, ServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RecoveryLevel;
-    use crate::material::{Curve, KeyType};
+    use crate::material::{Curve, KeySpec, KeyType};
+    use crate::model::{ActionType, IsoDuration, LifetimeAction, SECONDS_PER_DAY, Trigger};
+    use crate::settings::RecoveryLevel;
 
     async fn vault(dir: &std::path::Path) -> Vault {
         let policy = DeletionPolicy::new(RecoveryLevel::Purgeable, 0).expect("policy");

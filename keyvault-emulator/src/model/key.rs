@@ -1,48 +1,17 @@
-//! What the vault holds, and Key Vault's rules for a single version: the
-//! deletion policy of the vault, the key operations, a version's attributes
-//! and whether it may be used for an operation now, and the views handlers
-//! render.
+//! A key as the vault holds it: its versions with their attributes and
+//! private keys, its deletion state and rotation policy; Key Vault's rules
+//! for using a single version (the key operations, `key_ops`, the validity
+//! window); and the shapes reads and writes exchange with the vault.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::deletion::Deletion;
 use super::rotation::RotationPolicy;
 use crate::error::ServiceError;
 use crate::material::{KeyMaterial, KeyType};
-use crate::{EmulatorError, RecoveryLevel};
-
-pub(crate) const SECONDS_PER_DAY: i64 = 86_400;
-
-/// How deleting a key behaves in this vault.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DeletionPolicy {
-    level: RecoveryLevel,
-    recoverable_days: u32,
-}
-
-impl DeletionPolicy {
-    /// Checks the retention Key Vault allows: 7 to 90 days with soft delete.
-    pub(crate) fn new(level: RecoveryLevel, recoverable_days: u32) -> Result<Self, EmulatorError> {
-        if level.soft_delete() && !(7..=90).contains(&recoverable_days) {
-            return Err(EmulatorError::InvalidSetting(format!(
-                "--recoverable-days must be between 7 and 90 with recovery level {}, not {recoverable_days}",
-                level.as_str()
-            )));
-        }
-        Ok(Self { level, recoverable_days })
-    }
-
-    pub(crate) fn level(&self) -> RecoveryLevel {
-        self.level
-    }
-
-    /// `recoverableDays` as Key Vault reports it: 0 without soft delete.
-    pub(crate) fn recoverable_days(&self) -> u32 {
-        if self.level.soft_delete() { self.recoverable_days } else { 0 }
-    }
-}
 
 /// The cryptographic operations a request can ask of a key version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,14 +132,6 @@ pub(crate) struct KeyVersion {
     pub(crate) material: Arc<KeyMaterial>,
 }
 
-/// When a soft-deleted key was deleted and when it will be purged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Deletion {
-    pub(crate) deleted_date: i64,
-    pub(crate) scheduled_purge_date: i64,
-}
-
 /// A key name with all its versions, oldest first, and its deletion state.
 #[derive(Debug, Clone)]
 pub(crate) struct KeyRecord {
@@ -183,6 +144,7 @@ pub(crate) struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// The newest version: the one an unversioned request uses.
     pub(crate) fn latest(&self) -> Option<&KeyVersion> {
         self.versions.last()
     }
@@ -195,11 +157,28 @@ impl KeyRecord {
         }
     }
 
+    /// Whether the key's rotation policy calls for a new version at `now`,
+    /// judged on the latest version's timestamps; never without a policy.
+    pub(crate) fn rotation_due(&self, now: i64) -> bool {
+        let (Some(policy), Some(latest)) = (&self.rotation_policy, self.latest()) else {
+            return false;
+        };
+        policy.rotation_due(now, latest.props.created, latest.props.exp)
+    }
+
+    /// Whether the key is soft-deleted and its scheduled purge date has
+    /// come, so housekeeping purges it.
+    pub(crate) fn retention_ended(&self, now: i64) -> bool {
+        self.deleted.is_some_and(|deletion| deletion.scheduled_purge_date <= now)
+    }
+
     /// An empty record for a key being created, imported or restored.
     pub(crate) fn new(name: &str) -> Self {
         Self { name: name.to_owned(), versions: Vec::new(), deleted: None, rotation_policy: None }
     }
 
+    /// What a read returns of `version`, with this key's name and deletion
+    /// state.
     pub(crate) fn view(&self, version: &KeyVersion) -> KeyView {
         KeyView { name: self.name.clone(), version: version.clone(), deletion: self.deleted }
     }
@@ -315,13 +294,5 @@ mod tests {
         assert!(p.check_usable(KeyOperation::Verify, 200).is_ok());
         let refusal = props(&["verify"]).check_usable(KeyOperation::Sign, 10).unwrap_err();
         assert_eq!(refusal.inner_code, Some("KeyOperationForbidden"));
-    }
-
-    #[test]
-    fn retention_outside_key_vault_range_is_refused() {
-        assert!(DeletionPolicy::new(RecoveryLevel::Recoverable, 6).is_err());
-        assert!(DeletionPolicy::new(RecoveryLevel::Recoverable, 91).is_err());
-        let purgeable = DeletionPolicy::new(RecoveryLevel::Purgeable, 0).expect("no soft delete");
-        assert_eq!(purgeable.recoverable_days(), 0);
     }
 }
