@@ -25,9 +25,10 @@ use aho_corasick::AhoCorasick;
 use keyseal::broker::publish::synthetic;
 use keyseal::clock::{Clock, ManualClock};
 use keyseal::config::{Settings, parse_flags};
+use keyseal::placement::ShardId;
 use keyseal::proto::v1::event::Kind;
 use keyseal::records::{UnreadableTenants, read, store_batch};
-use keyseal::shard::{Shard, ShardId};
+use keyseal::shard::Shard;
 use keyseal::sweeps::Sweeper;
 
 #[path = "../tests/common/mod.rs"]
@@ -47,8 +48,11 @@ fn open(dir: &Path, clock: &ManualClock, extra: &[&str]) -> (Arc<Shard>, Sweeper
     let mut flags = vec!["--data-dir", data_dir.as_str()];
     flags.extend_from_slice(extra);
     let settings: Settings = parse_flags(flags).expect("valid settings");
-    let shard = Arc::new(Shard::open(ShardId(0), &settings, Arc::new(clock.clone())).expect("shard opens"));
-    let sweeper = Sweeper::new(shard.clone(), Arc::new(settings));
+    let shard = Arc::new(
+        Shard::open(ShardId(0), &settings.shard_options(), settings.vault(), Arc::new(clock.clone()))
+            .expect("shard opens"),
+    );
+    let sweeper = Sweeper::new(shard.clone(), settings.sweep_options());
     (shard, sweeper)
 }
 

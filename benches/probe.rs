@@ -15,9 +15,10 @@ use keyseal::byok::rewrapper;
 use keyseal::clock::{Clock, SystemClock};
 use keyseal::config::{self, Settings};
 use keyseal::health::prober::Prober;
+use keyseal::placement::ShardId;
 use keyseal::proto::v1::EncryptionEnabled;
 use keyseal::proto::v1::event::Kind;
-use keyseal::shard::{Shard, ShardId};
+use keyseal::shard::Shard;
 use keyvault_emulator::RecoveryLevel;
 
 /// Keys shared by the tenants (key creation is not what is measured).
@@ -43,8 +44,8 @@ fn main() {
         let mut args = vec!["--data-dir".to_owned(), dir.path().display().to_string()];
         args.extend(vault.worker_flags());
         let settings: Settings = config::parse_flags(args).expect("valid bench settings");
-        let shard = Arc::new(Shard::open(ShardId(0), &settings, Arc::new(SystemClock)).unwrap());
-        let prober = Prober::new(shard.clone(), Arc::new(settings), rewrapper::channel().0);
+        let shard = Arc::new(Shard::open(ShardId(0), &settings.shard_options(), settings.vault(), Arc::new(SystemClock)).unwrap());
+        let prober = Prober::new(shard.clone(), settings.probe_options(), rewrapper::channel().0);
         let mut versions = Vec::new();
         for k in 0..KEYS {
             versions.push(vault.create(&format!("key-{k}"), serde_json::json!({"kty": "RSA", "key_size": 2048})).await);

@@ -199,7 +199,7 @@ async fn measure(phase: Phase, roots: &Path, count: usize) -> (f64, u64) {
             sweep(&store, &keyring, &clock, count).await;
             settle(&store);
             clock.advance(keyring.rotation().max_age + Duration::from_secs(3600));
-            let progress = Progress::new(keyseal::shard::ShardId(0));
+            let progress = Progress::new(keyseal::placement::ShardId(0));
             let tracker = progress.begin(SweepKind::Reencrypt, count as u64);
             let mut unpaced = Pacer::new(u32::MAX);
             let started = Instant::now();

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use keyseal::clock::ManualClock;
 use keyseal::crypto::envelope::Envelope;
+use keyseal::placement::ShardId;
 use keyseal::proto::store::StoredRecord;
 use keyseal::proto::v1::{Layer, RecordsStored, event::Kind};
-use keyseal::shard::{Shard, ShardId};
+use keyseal::shard::Shard;
 use keyseal::storage::{Store, keys};
 
 const RECORDS_PER_COMMIT: usize = 250;
@@ -110,7 +111,10 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let settings: keyseal::config::Settings =
         keyseal::config::parse_flags(["--data-dir", dir.path().to_str().unwrap()]).unwrap();
-    let shard = Arc::new(Shard::open(ShardId(0), &settings, Arc::new(ManualClock::starting_now())).unwrap());
+    let shard = Arc::new(
+        Shard::open(ShardId(0), &settings.shard_options(), settings.vault(), Arc::new(ManualClock::starting_now()))
+            .unwrap(),
+    );
     let store = shard.store.clone();
     let started = Instant::now();
     populate(&store, tenants);

@@ -3,17 +3,22 @@
 //! default. The file is applied by turning its keys into flags placed
 //! before the real ones, so clap stays the single parser and validator.
 
-use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
 use crate::crypto::keyring::{CacheLimits, RotationLimits};
-use crate::keyvault::VaultOptions;
-use crate::keyvault::credential::VaultCredentialKind;
+use crate::health::prober::ProbeOptions;
+use crate::ingest::consumer::IngestOptions;
+use crate::keyvault::credential::{self, VaultCredentialKind};
+use crate::keyvault::{Vault, VaultOptions};
+use crate::placement::ShardList;
+use crate::shard::{ShardOptions, WorkerVault};
+use crate::sweeps::SweepOptions;
 
 /// Settings of `keyseal run` (and the worker inside `keyseal demo`).
 #[derive(Debug, Clone, Args)]
@@ -34,7 +39,7 @@ pub struct Settings {
     pub shards: u32,
     /// Owns exactly these shards (`0,3-5`) instead of balancing with the
     /// other workers, e.g. a StatefulSet pod with its own volume.
-    #[arg(long, env = "KEYSEAL_OWN_SHARDS", value_parser = parse_own_shards)]
+    #[arg(long, env = "KEYSEAL_OWN_SHARDS", value_parser = clap::value_parser!(ShardList))]
     pub own_shards: Option<ShardList>,
     /// AMQP heartbeat of the lease connection: a worker whose host is lost
     /// loses its shards after two missed heartbeats.
@@ -205,6 +210,63 @@ fn secret_from_env(name: &str) -> Option<Secret> {
 }
 
 impl Settings {
+    /// Where shards live and how their keyrings keep keys.
+    pub fn shard_options(&self) -> ShardOptions {
+        ShardOptions {
+            data_dir: self.data_dir.clone(),
+            shards: self.shards,
+            cache_limits: self.cache_limits(),
+            rotation_limits: self.rotation_limits(),
+            vault_concurrency: self.vault_concurrency,
+        }
+    }
+
+    /// The worker's one Key Vault client, or why there is none (logged:
+    /// tenants cannot enable their own key until it is fixed).
+    pub fn vault(&self) -> WorkerVault {
+        let vault = credential::credential(self.vault_credential, self.vault_token.as_ref().map(Secret::expose))
+            .map_err(|e| e.to_string())
+            .and_then(|c| Vault::new(c, self.vault_options()).map_err(|e| e.to_string()))
+            .map(Arc::new);
+        if let Err(reason) = &vault {
+            tracing::warn!(%reason, "no Key Vault client: tenants cannot enable their own key until this is fixed");
+        }
+        vault
+    }
+
+    /// How a shard's consumer consumes.
+    pub fn ingest_options(&self) -> IngestOptions {
+        IngestOptions {
+            amqp_url: self.amqp_url.clone(),
+            shards: self.shards,
+            prefetch: self.prefetch,
+            prefetch_bytes: self.prefetch_bytes,
+            batch_size: self.batch_size,
+            batch_linger: self.batch_linger,
+        }
+    }
+
+    /// What the prober works by.
+    pub fn probe_options(&self) -> ProbeOptions {
+        ProbeOptions {
+            probe_interval: self.probe_interval,
+            canary_interval: self.canary_interval,
+            probe_timeout: self.probe_timeout,
+            lockdown_after: self.lockdown_after,
+            key_expiry_warning: self.key_expiry_warning,
+        }
+    }
+
+    /// When sweeps run and how fast.
+    pub fn sweep_options(&self) -> SweepOptions {
+        SweepOptions {
+            seal_after: self.seal_after,
+            sweep_interval: self.sweep_interval,
+            sweep_rate: self.sweep_rate,
+            default_retention: self.default_retention,
+            reencrypt_schedule: self.reencrypt_schedule.clone(),
+        }
+    }
     /// Data-key cache limits derived from the settings.
     pub fn cache_limits(&self) -> CacheLimits {
         CacheLimits { max_age: self.dek_cache_ttl, ..CacheLimits::default() }
@@ -227,14 +289,6 @@ impl Settings {
             calls_per_second: self.vault_rate,
         }
     }
-}
-
-/// The shards of `--own-shards`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShardList(pub BTreeSet<u32>);
-
-fn parse_own_shards(text: &str) -> Result<ShardList, String> {
-    crate::shards::placement::parse_shard_list(text).map(ShardList)
 }
 
 /// Parses `--amqp-heartbeat`: whole seconds from 1 s to 10 min (AMQP
@@ -392,6 +446,8 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]

@@ -21,6 +21,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::crypto::keyring::KeyringError;
+use crate::error::ErrorCode;
 use crate::proto::store::TenantState;
 use crate::proto::v1::{TenantErased, TenantErasureCompleted, event::Kind};
 use crate::shard::Shard;
@@ -128,4 +129,23 @@ async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::SyncTask(e.to_string()))?
+}
+
+impl ErrorCode for ErasureError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownTenant => "tenant_not_found",
+            Self::AlreadyErased => "tenant_erased",
+            Self::Keyring(e) => e.code(),
+            Self::Store(e) => e.code(),
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::UnknownTenant | Self::AlreadyErased => false,
+            Self::Keyring(e) => e.is_retryable(),
+            Self::Store(e) => e.is_retryable(),
+        }
+    }
 }

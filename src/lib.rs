@@ -61,6 +61,7 @@ pub mod events;
 pub mod health;
 pub mod ingest;
 pub mod keyvault;
+pub mod placement;
 pub mod proto;
 pub mod records;
 pub mod shard;

@@ -14,10 +14,10 @@ use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::envelope::{RecordIdentity, decode_content, encode_content};
 use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::crypto::secret_bytes::SecretBytes;
-use crate::error::Contained;
+use crate::error::ErrorCode;
 use crate::proto::store::{RecordContent, RecordEntry, TenantState, Tombstone};
 use crate::proto::v1::{IngestRecord, KeyPurpose, Layer, RecordDeleted, RecordsStored, event::Kind};
-use crate::storage::{Located, Store, StoreError, keys};
+use crate::storage::{Located, Scope, Scoped, Store, StoreError, keys};
 
 /// Failures storing or reading records. None of them carries plaintext.
 #[derive(Debug, Error)]
@@ -225,7 +225,10 @@ impl Dedupe<'_> {
             None => {
                 match tokio::time::timeout(DEDUPE_KEY_DEADLINE, self.keyring.key(key_id, KeyPurpose::Store)).await {
                     Ok(Ok(key)) => Ok(key),
-                    Ok(Err(e)) => Err(e.contained()?.to_string()),
+                    Ok(Err(e)) => match e.scope() {
+                        Scope::Store(e) => return Err(e),
+                        Scope::Contained(e) => Err(e.to_string()),
+                    },
                     Err(_) => Err(format!("no data key within {DEDUPE_KEY_DEADLINE:?}")),
                 }
             }
@@ -296,4 +299,51 @@ pub async fn delete(
     txn.event(tenant, Kind::RecordDeleted(deleted));
     txn.commit_durable(now_ms).await?;
     Ok(Some(located.layer))
+}
+
+impl ErrorCode for RecordError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Store(e) => e.code(),
+            Self::Keyring(e) => e.code(),
+            Self::Crypto(e) => e.code(),
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(e) => e.is_retryable(),
+            Self::Keyring(e) => e.is_retryable(),
+            Self::Crypto(e) => e.is_retryable(),
+        }
+    }
+}
+
+impl Scoped for RecordError {
+    fn scope(self) -> Scope<Self> {
+        match self {
+            Self::Store(e) | Self::Keyring(KeyringError::Store(e)) => Scope::Store(e),
+            other => Scope::Contained(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::keyvault::VaultError;
+
+    #[test]
+    fn codes_pass_through_wrappers_and_only_the_store_escapes_containment() {
+        let disk = || StoreError::SyncTask("gone".into());
+        let wrapped = RecordError::Keyring(KeyringError::Store(disk()));
+        assert_eq!((wrapped.code(), wrapped.is_retryable()), ("storage_unavailable", true));
+        assert!(matches!(wrapped.scope(), Scope::Store(_)), "a store failure under the keyring is still the store's");
+        let vault = RecordError::Keyring(KeyringError::Vault(VaultError::KeyNotFound));
+        assert_eq!(vault.code(), "key_not_found");
+        assert!(matches!(vault.scope(), Scope::Contained(RecordError::Keyring(KeyringError::Vault(_)))));
+        let corrupt = StoreError::Corrupt { cf: "hot", what: "record", reason: String::new() };
+        assert!(!corrupt.is_retryable());
+    }
 }

@@ -3,30 +3,19 @@
 //! hands the admin API a read-only view of it) and imports nothing above
 //! storage and crypto, so a process can open several shards side by side.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use thiserror::Error;
-use tracing::warn;
 
 use crate::clock::SharedClock;
-use crate::config::{Secret, Settings};
 use crate::crypto::CryptoError;
-use crate::crypto::keyring::Keyring;
+use crate::crypto::keyring::{CacheLimits, Keyring, RotationLimits, VAULT_CONCURRENCY};
 use crate::crypto::root_key::{ManagedRootKeys, RootExpectation};
-use crate::keyvault::{Vault, credential};
+use crate::error::ErrorCode;
+use crate::keyvault::Vault;
+use crate::placement::ShardId;
 use crate::storage::{Store, StoreError, read_root_record};
-
-/// Which shard of the deployment: an index from 0 to the shard count − 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct ShardId(pub u32);
-
-impl fmt::Display for ShardId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// Where shard `id`'s store lives in `data_dir`: `shards/<id>/`, or `db/`
 /// in a one-shard deployment (the layout from before shards, kept so such a
@@ -95,13 +84,52 @@ pub struct Shard {
     pub clock: SharedClock,
 }
 
+/// What opening a shard needs besides its id and the worker's vault
+/// client: where the data lives and how its keyring keeps keys.
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    /// The worker's data dir (`--data-dir`).
+    pub data_dir: PathBuf,
+    /// The deployment's shard count.
+    pub shards: u32,
+    /// How long and how much unwrapped keys are reused from memory.
+    pub cache_limits: CacheLimits,
+    /// When writer keys rotate.
+    pub rotation_limits: RotationLimits,
+    /// Most root-key calls one rewrap keeps in flight.
+    pub vault_concurrency: usize,
+}
+
+impl ShardOptions {
+    /// A one-shard deployment in `data_dir` with the default key limits
+    /// (what tests and benchmarks open).
+    pub fn in_dir(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_owned(),
+            shards: 1,
+            cache_limits: CacheLimits::default(),
+            rotation_limits: RotationLimits::default(),
+            vault_concurrency: VAULT_CONCURRENCY,
+        }
+    }
+}
+
+/// The worker's one Key Vault client, shared by all its shards so that
+/// `--vault-rate` paces the worker's calls to each vault, or why there is
+/// none (tenants on the managed key work without it).
+pub type WorkerVault = Result<Arc<Vault>, String>;
+
 impl Shard {
-    /// Opens the shard's store and managed root key under `settings.data_dir`
-    /// and builds its keyring. A missing Key Vault credential is not fatal:
-    /// tenants on the managed key work, and enabling a customer key says why not.
-    pub fn open(id: ShardId, settings: &Settings, clock: SharedClock) -> Result<Self, OpenError> {
-        let dir = settings.data_dir.clone();
-        let store_dir = store_dir(&dir, id, settings.shards);
+    /// Opens the shard's store and managed root key under the data dir and
+    /// builds its keyring, on the worker's `vault` client.
+    pub fn open(
+        id: ShardId,
+        options: &ShardOptions,
+        vault: WorkerVault,
+        clock: SharedClock,
+    ) -> Result<Self, OpenError> {
+        let dir = options.data_dir.clone();
+        let store_dir = store_dir(&dir, id, options.shards);
         let parent = store_dir.parent().unwrap_or(&dir).to_path_buf();
         std::fs::create_dir_all(&parent).map_err(|source| OpenError::DataDir { dir: parent, source })?;
         let store = Arc::new(Store::open(&store_dir).map_err(|source| OpenError::Store { dir: store_dir, source })?);
@@ -111,29 +139,34 @@ impl Shard {
         };
         let managed = ManagedRootKeys::open(&dir.join("root-keys"), &expected)?;
         store.record_managed_root_fingerprints(&managed.fingerprints())?;
-        let vault =
-            credential::credential(settings.vault_credential, settings.vault_token.as_ref().map(Secret::expose))
-                .map_err(|e| e.to_string())
-                .and_then(|c| Vault::new(c, settings.vault_options()).map_err(|e| e.to_string()))
-                .map(Arc::new);
-        if let Err(reason) = &vault {
-            warn!(%reason, "no Key Vault client: tenants cannot enable their own key until this is fixed");
-        }
-        let keyring = Keyring::new(
-            store.clone(),
-            managed,
-            vault,
-            settings.cache_limits(),
-            settings.rotation_limits(),
-            clock.clone(),
-        )
-        .with_vault_concurrency(settings.vault_concurrency)
-        .for_shard(id);
+        let keyring =
+            Keyring::new(store.clone(), managed, vault, options.cache_limits, options.rotation_limits, clock.clone())
+                .with_vault_concurrency(options.vault_concurrency)
+                .for_shard(id);
         Ok(Self { id, store, keyring, clock })
     }
 
     /// The shard clock's now, in Unix ms.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+}
+
+impl ErrorCode for OpenError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::DataDir { .. } => "data_dir_unusable",
+            Self::Store { source, .. } | Self::Fingerprints(source) => source.code(),
+            Self::ManagedRoot(e) => e.code(),
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        match self {
+            // A mount or disk that comes back.
+            Self::DataDir { .. } => true,
+            Self::Store { source, .. } | Self::Fingerprints(source) => source.is_retryable(),
+            Self::ManagedRoot(e) => e.is_retryable(),
+        }
     }
 }

@@ -12,11 +12,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::admin::api::{self, AdminState};
+use crate::admin::{self, state::AdminState};
 use crate::clock::SharedClock;
 use crate::config::{Secret, Settings};
 use crate::ingest::consumer::Readiness;
-use crate::shard::{ShardId, deployment_root_keys};
+use crate::placement::ShardId;
+use crate::shard::deployment_root_keys;
 use crate::shards::balance::Balancer;
 use crate::shards::forward::{ForwardKey, Forwarder, InboxContext};
 use crate::shards::intake::{self, Intake, PlacementBudget};
@@ -56,7 +57,7 @@ impl Worker {
             }
         }
         let settings = Arc::new(settings);
-        let listener = api::bind(&settings).await?;
+        let listener = admin::bind(&settings).await?;
         let http_addr = listener.local_addr()?;
         let owned = Arc::new(OwnedShards::new(settings.shards, worker_name(http_addr)));
         info!(%http_addr, data_dir = %settings.data_dir.display(), shards = settings.shards, "keyseal worker starting");
@@ -70,7 +71,7 @@ impl Worker {
         let key = ForwardKey::derive(&roots, settings.admin_token.as_ref().map(Secret::expose))?;
         drop(roots);
         let forwarder = Arc::new(Forwarder::new(&settings.amqp_url, key.clone(), settings.forward_timeout));
-        let admin = AdminState {
+        let state = AdminState {
             owned: owned.clone(),
             settings: settings.clone(),
             clock: clock.clone(),
@@ -78,9 +79,10 @@ impl Worker {
             intake: intake_ready.clone(),
             forwarder: forwarder.clone(),
         };
-        let router = api::router(admin.clone());
+        let router = admin::router(state.clone());
         let inbox = InboxContext { router: router.clone(), key, replays: Arc::default() };
-        let balancer = Arc::new(Balancer::new(settings.clone(), clock.clone(), owned.clone(), leased, inbox));
+        let vault = settings.vault();
+        let balancer = Arc::new(Balancer::new(settings.clone(), vault, clock.clone(), owned.clone(), leased, inbox));
         let leases = match balancer.connect().await {
             Ok(leases) => match balancer.round(&leases).await {
                 // A shard that cannot be opened at start (its root key gone,
@@ -116,7 +118,7 @@ impl Worker {
         tasks.spawn(async move { intake::run(&se.amqp_url, intake, &r, stop).await });
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = api::serve(listener, router, stop).await {
+            if let Err(e) = admin::serve(listener, router, stop).await {
                 error!(error = %e, "admin API stopped");
             }
             forwarder.close().await;

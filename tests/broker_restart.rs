@@ -13,7 +13,7 @@ use common::fleet::*;
 use common::*;
 use keyseal::broker::publish::synthetic;
 use keyseal::clock::SystemClock;
-use keyseal::shards::placement::shard_of;
+use keyseal::placement::shard_of;
 
 /// Both tests stop the one broker: they take turns.
 static OUTAGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -48,7 +48,7 @@ async fn worker_recovers_from_a_broker_restart_without_losing_records() {
     drop(outage);
 
     wait_until("the worker to take its shard again", Duration::from_secs(60), || async {
-        worker.owned.ids() == [keyseal::shard::ShardId(0)]
+        worker.owned.ids() == [keyseal::placement::ShardId(0)]
     })
     .await;
     wait_until("the worker to be ready", Duration::from_secs(30), || ready(&base)).await;

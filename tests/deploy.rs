@@ -1367,8 +1367,10 @@ fn k8s_statefulset_pins_every_shard_to_one_pod() {
             .trim()
             .strip_prefix("keyseal run --own-shards ")
             .unwrap_or_else(|| panic!("pod {ordinal} runs {stdout}"));
-        let pinned = keyseal::shards::placement::parse_shard_list(list)
-            .unwrap_or_else(|e| panic!("pod {ordinal}: --own-shards {list}: {e}"));
+        let pinned = list
+            .parse::<keyseal::placement::ShardList>()
+            .unwrap_or_else(|e| panic!("pod {ordinal}: --own-shards {list}: {e}"))
+            .0;
         assert!(!pinned.is_empty(), "pod {ordinal} owns shards");
         for shard in pinned {
             let before = owner.insert(shard, ordinal);

@@ -15,8 +15,9 @@ use std::time::Duration;
 use common::*;
 use keyseal::broker::publish::synthetic;
 use keyseal::clock::ManualClock;
+use keyseal::placement::ShardId;
 use keyseal::proto::v1::{IngestRecord, TenantErased, event::Kind};
-use keyseal::shard::{Shard, ShardId};
+use keyseal::shard::Shard;
 use keyseal::storage::keys::record_key;
 use serde_json::Value;
 
@@ -174,7 +175,8 @@ async fn an_erasure_cut_short_after_the_shredding_is_finished_by_the_next_start(
     let needles = {
         let settings = settings(&vhost, dir.path(), &[]);
         let clock: keyseal::clock::SharedClock = Arc::new(keyseal::clock::SystemClock);
-        let shard = Shard::open(ShardId(0), &settings, clock.clone()).expect("the shard opens");
+        let shard = Shard::open(ShardId(0), &settings.shard_options(), settings.vault(), clock.clone())
+            .expect("the shard opens");
         let needles = traces(&shard, "gone", &gone);
         let erased =
             |n| Kind::TenantErased(TenantErased { data_keys_destroyed: n, hot_records: 500, sealed_records: 0 });

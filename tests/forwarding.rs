@@ -20,10 +20,10 @@ use futures_util::StreamExt;
 use keyseal::broker::lease_queue;
 use keyseal::clock::SystemClock;
 use keyseal::crypto::root_key::ManagedRootKeys;
-use keyseal::shard::ShardId;
+use keyseal::placement::ShardId;
+use keyseal::placement::shard_of;
 use keyseal::shards::forward::message::{ForwardedAnswer, ForwardedRequest, unpack_answer};
 use keyseal::shards::forward::{ForwardKey, Forwarder, InboxContext, serve_inbox};
-use keyseal::shards::placement::shard_of;
 use keyvault_emulator::{Fault, FaultAction};
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -242,7 +242,7 @@ async fn a_panic_serving_a_forwarded_request_is_a_500_and_the_inbox_goes_on() {
     let router = Router::new()
         .route("/v1/panic", get(buggy_handler))
         .route("/v1/ok", get(|| async { "still here" }))
-        .layer(axum::middleware::from_fn(keyseal::admin::api::contain_panics));
+        .layer(axum::middleware::from_fn(keyseal::admin::middleware::contain_panics));
     let key = ForwardKey::from_secrets(b"test deployment", None);
     let context = InboxContext { router, key: key.clone(), replays: Arc::default() };
     let stop = CancellationToken::new();

@@ -13,8 +13,8 @@ use futures_util::StreamExt;
 use keyseal::broker::publish::{Publisher, record_properties, synthetic};
 use keyseal::broker::{DEAD_LETTER_QUEUE, ERROR_HEADER, EVENTS_EXCHANGE};
 use keyseal::clock::{ManualClock, SystemClock};
+use keyseal::placement::shard_of;
 use keyseal::proto::v1::{Event, IngestRecord, event::Kind};
-use keyseal::shards::placement::shard_of;
 use keyseal::storage::{CF_HOT, Store, keys};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -296,7 +296,7 @@ async fn events_of_a_publish_and_seal_run_arrive_once_per_shard_and_sequence() {
         let kind = event.kind.clone().unwrap();
         assert_eq!(
             delivery.routing_key.as_str(),
-            format!("tenant.{}.{}", event.tenant_id, keyseal::events::kind_name(&kind))
+            format!("tenant.{}.{}", event.tenant_id, keyseal::proto::names::kind_name(&kind))
         );
         match kind {
             Kind::RecordsStored(s) => *stored.entry(event.tenant_id).or_default() += s.count,

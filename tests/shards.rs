@@ -13,7 +13,7 @@ use common::fleet::*;
 use common::*;
 use keyseal::broker::publish::synthetic;
 use keyseal::clock::SystemClock;
-use keyseal::shards::placement::shard_of;
+use keyseal::placement::shard_of;
 use keyseal::worker::Worker;
 
 const SHARDS: u32 = 8;

@@ -6,15 +6,16 @@
 //! (it is the record of what was done with the keys until then).
 
 use axum::Json;
+use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
 use serde_json::json;
 
-use super::api::{AdminState, ApiError, ApiPath, check_tenant, known_tenant, query};
 use super::paging::{PageQuery, cursor, split_page};
-use crate::audit::{operation_name, purpose_name, root_key_id, root_kind};
+use super::reply::{ApiError, query};
+use super::tenant::Tenant;
 use crate::clock::rfc3339;
 use crate::crypto::data_key::DataKeyId;
+use crate::proto::names::{operation_name, purpose_name, root_key_id, root_kind};
 use crate::storage::AuditEntry;
 
 /// An audit cursor's tie-break: the entry's sequence.
@@ -23,17 +24,13 @@ fn sequence_of(raw: &[u8]) -> Option<u64> {
 }
 
 /// `GET /v1/tenants/{tenant}/audit`: `{"entries":[…],"next"}`.
-pub(super) async fn audit(
-    State(app): State<AdminState>,
-    ApiPath(tenant): ApiPath<String>,
+pub async fn audit(
+    tenant: Tenant,
     page: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_tenant(&tenant)?;
     let (range, limit) = query(page)?.parse(sequence_of)?;
-    let running = app.owner_of(&tenant)?;
-    let store = &running.shard.store;
-    known_tenant(store, &tenant)?;
-    let entries = store.audit_entries(&tenant, &range, limit + 1)?;
+    tenant.known()?;
+    let entries = tenant.store().audit_entries(&tenant.id, &range, limit + 1)?;
     let (page, next) = split_page(entries, limit, |last| cursor(last.time_ms, &last.sequence.to_be_bytes()));
     let entries: Vec<_> = page.iter().map(entry_json).collect();
     Ok(Json(json!({"entries": entries, "next": next})))

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::api::ApiError;
+use super::reply::ApiError;
 use crate::ingest::validate::is_valid_record_id;
 use crate::storage::TimeRange;
 
@@ -19,7 +19,7 @@ pub(super) const DEFAULT_PAGE: usize = 100;
 /// `?from=&to=&after=&limit=` of a listing.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct PageQuery {
+pub struct PageQuery {
     /// Earliest time included, RFC 3339.
     pub(super) from: Option<String>,
     /// First time excluded, RFC 3339.

@@ -9,8 +9,11 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, extract::Query};
 use serde_json::json;
 
-use super::api::{AdminState, ApiError, ApiPath, check_record_id, check_tenant, known_tenant, query};
 use super::paging::{PageQuery, cursor, record_id_of, split_page};
+use super::reply::{ApiError, ApiPath, query};
+use super::state::AdminState;
+use super::tenant::Tenant;
+use super::tenants_api::RecordPath;
 use crate::clock::rfc3339;
 use crate::proto::v1::Layer;
 use crate::records;
@@ -18,17 +21,13 @@ use crate::telemetry::metrics as m;
 
 /// `GET /v1/tenants/{tenant}/records`: `{"records":[…],"next"}`, metadata
 /// only, in ingestion order; `next` is null on the last page.
-pub(super) async fn list_records(
-    State(app): State<AdminState>,
-    ApiPath(tenant): ApiPath<String>,
+pub async fn list_records(
+    tenant: Tenant,
     listing: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_tenant(&tenant)?;
     let (range, limit) = query(listing)?.parse(record_id_of)?;
-    let running = app.accessible_shard(&tenant)?;
-    let store = &running.shard.store;
-    known_tenant(store, &tenant)?;
-    let listed = store.list_records(&tenant, &range, limit + 1)?;
+    tenant.accessible()?.known()?;
+    let listed = tenant.store().list_records(&tenant.id, &range, limit + 1)?;
     let (page, next) = split_page(listed, limit, |last| cursor(last.ingested_at_ms, last.record_id.as_bytes()));
     let records: Vec<_> = page
         .iter()
@@ -47,15 +46,14 @@ pub(super) async fn list_records(
 
 /// `DELETE /v1/tenants/{tenant}/records/{record_id}`: 204 once the deletion
 /// and its tombstone are durable.
-pub(super) async fn delete_record(
+pub async fn delete_record(
     State(app): State<AdminState>,
-    ApiPath((tenant, record_id)): ApiPath<(String, String)>,
+    tenant: Tenant,
+    ApiPath(path): ApiPath<RecordPath>,
 ) -> Result<Response, ApiError> {
-    check_tenant(&tenant)?;
-    check_record_id(&record_id)?;
-    let running = app.accessible_shard(&tenant)?;
-    let shard = &running.shard;
-    match records::delete(&shard.store, &tenant, &record_id, shard.now_ms(), app.settings.tombstone_ttl).await? {
+    let record_id = path.checked()?;
+    let shard = &tenant.accessible()?.running.shard;
+    match records::delete(&shard.store, &tenant.id, &record_id, shard.now_ms(), app.settings.tombstone_ttl).await? {
         Some(_) => {
             m::records_deleted("request", 1);
             Ok(StatusCode::NO_CONTENT.into_response())

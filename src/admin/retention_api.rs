@@ -11,7 +11,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use serde_json::json;
 
-use super::api::{AdminState, ApiError, ApiPath, check_tenant, json_body, known_tenant};
+use super::reply::{ApiError, json_body};
+use super::state::AdminState;
+use super::tenant::Tenant;
 use crate::proto::store::TenantProjection;
 use crate::proto::v1::{RetentionSet, event::Kind};
 use crate::sweeps::retention::effective;
@@ -19,7 +21,7 @@ use crate::sweeps::retention::effective;
 /// Body of `PUT /v1/tenants/{tenant}/retention`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(super) struct RetentionRequest {
+pub struct RetentionRequest {
     /// A humantime duration (`400d`, `90days`, `12h`); null: back to the default.
     max_age: Option<String>,
 }
@@ -62,35 +64,28 @@ fn body(tenant: &str, projection: &TenantProjection, default: Option<Duration>) 
 }
 
 /// `GET /v1/tenants/{tenant}/retention`.
-pub(super) async fn retention(
-    State(app): State<AdminState>,
-    ApiPath(tenant): ApiPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    check_tenant(&tenant)?;
-    let running = app.shard_for(&tenant)?;
-    let projection = known_tenant(&running.shard.store, &tenant)?;
-    Ok(Json(body(&tenant, &projection, app.settings.default_retention)))
+pub async fn retention(State(app): State<AdminState>, tenant: Tenant) -> Result<Json<serde_json::Value>, ApiError> {
+    let projection = tenant.served()?.known()?;
+    Ok(Json(body(&tenant.id, &projection, app.settings.default_retention)))
 }
 
 /// `PUT /v1/tenants/{tenant}/retention` with `{"maxAge":"400d"}`, or
 /// `{"maxAge":null}` for the worker's default. A tenant may be given a
 /// retention before its first record.
-pub(super) async fn set_retention(
+pub async fn set_retention(
     State(app): State<AdminState>,
-    ApiPath(tenant): ApiPath<String>,
+    tenant: Tenant,
     request: Result<Json<RetentionRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_tenant(&tenant)?;
     let request = json_body(request)?;
     let max_age = request.max_age.as_deref().map(parse_max_age).transpose()?;
-    let running = app.shard_for(&tenant)?;
-    let shard = &running.shard;
+    let shard = &tenant.served()?.running.shard;
     let max_age_ms = max_age.map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
     let mut txn = shard.store.transaction();
-    txn.event(&tenant, Kind::RetentionSet(RetentionSet { max_age_ms }));
+    txn.event(&tenant.id, Kind::RetentionSet(RetentionSet { max_age_ms }));
     txn.commit_durable(shard.now_ms()).await?;
-    let projection = shard.store.tenant(&tenant).unwrap_or_default();
-    Ok(Json(body(&tenant, &projection, app.settings.default_retention)))
+    let projection = shard.store.tenant(&tenant.id).unwrap_or_default();
+    Ok(Json(body(&tenant.id, &projection, app.settings.default_retention)))
 }
 
 #[cfg(test)]

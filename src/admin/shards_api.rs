@@ -8,9 +8,10 @@ use axum::extract::{Query, Request, State};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::api::{AdminState, ApiError, ShardQuery, query};
+use super::reply::{ApiError, ShardQuery, query};
+use super::state::AdminState;
 use crate::clock::rfc3339;
-use crate::shard::ShardId;
+use crate::placement::ShardId;
 
 /// Largest answer read from an owner (one shard's line is ~100 bytes).
 const MAX_ANSWER_BYTES: usize = 64 << 10;
@@ -37,7 +38,7 @@ impl ShardLine {
 
 /// `GET /v1/shards`: every shard's line and the live workers; `?shard=`
 /// answers for one shard (what owners are asked).
-pub(super) async fn list_shards(
+pub async fn list_shards(
     State(app): State<AdminState>,
     shard: Result<Query<ShardQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -49,7 +50,7 @@ pub(super) async fn list_shards(
 }
 
 /// Every shard's line, the owners asked concurrently.
-pub(super) async fn shard_lines(app: &AdminState) -> Vec<ShardLine> {
+pub async fn shard_lines(app: &AdminState) -> Vec<ShardLine> {
     futures_util::future::join_all((0..app.owned.count()).map(|id| shard_line(app, ShardId(id)))).await
 }
 

@@ -17,46 +17,6 @@ use crate::proto::v1::root_key_ref::Root;
 use crate::proto::v1::{KeyPurpose, KeyUsed, RootKeyRef};
 use crate::storage::Store;
 
-/// The API name of a purpose (DESIGN.md's fixed names).
-pub fn purpose_name(purpose: KeyPurpose) -> &'static str {
-    match purpose {
-        KeyPurpose::Store | KeyPurpose::Unspecified => "store",
-        KeyPurpose::Seal => "seal",
-        KeyPurpose::Read => "read",
-        KeyPurpose::Rewrap => "rewrap",
-        KeyPurpose::Canary => "canary",
-        KeyPurpose::Validate => "validate",
-        KeyPurpose::Reencrypt => "reencrypt",
-        KeyPurpose::Scrub => "scrub",
-    }
-}
-
-/// The API name of an operation.
-pub fn operation_name(operation: Operation) -> &'static str {
-    match operation {
-        Operation::Wrap | Operation::Unspecified => "wrap",
-        Operation::Unwrap => "unwrap",
-    }
-}
-
-/// `managed` or `customer`: which kind of root a reference names.
-pub fn root_kind(root: &RootKeyRef) -> &'static str {
-    match root.root {
-        Some(Root::VaultKeyId(_)) => "customer",
-        Some(Root::ManagedVersion(_)) | None => "managed",
-    }
-}
-
-/// How an audit entry names its root: `managed/v<version>`, or the vault
-/// key id with its version.
-pub fn root_key_id(root: &RootKeyRef) -> String {
-    match &root.root {
-        Some(Root::VaultKeyId(kid)) => kid.clone(),
-        Some(Root::ManagedVersion(version)) => format!("managed/v{version}"),
-        None => String::new(),
-    }
-}
-
 /// A root-key call about to be made: for whom, on which data key, why.
 #[derive(Clone, Copy)]
 pub struct KeyUse<'a> {
@@ -115,6 +75,7 @@ fn new_client_request_id() -> String {
 mod tests {
     use super::*;
     use crate::crypto::CryptoError;
+    use crate::proto::names::root_key_id;
 
     #[tokio::test]
     async fn a_call_is_recorded_with_its_outcome_and_a_request_id_only_for_a_vault() {

@@ -10,6 +10,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm
 use prost::Message;
 
 use crate::broker::{self, INGEST_EXCHANGE, PROTOBUF_CONTENT_TYPE};
+use crate::error::ErrorCode;
 use crate::proto::v1::IngestRecord;
 
 /// Publishing failures.
@@ -173,6 +174,19 @@ pub fn parse_records_file(text: &str, now_ms: i64) -> Result<Vec<IngestRecord>, 
         });
     }
     Ok(records)
+}
+
+impl ErrorCode for PublishError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Broker(_) => "broker_unavailable",
+            Self::File { .. } => "invalid_records_file",
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        matches!(self, Self::Broker(_))
+    }
 }
 
 #[cfg(test)]

@@ -11,14 +11,14 @@ use tracing::{info, warn};
 use self::rewrapper::RewrapRequests;
 use crate::audit::KeyUse;
 use crate::crypto::keyring::{RewrapSummary, TenantRoot};
-use crate::error::Contained;
+use crate::error::ErrorCode;
 use crate::health::canary;
 use crate::keyvault::KeyUri;
 use crate::keyvault::validate::{KeyRefusal, validate};
 use crate::proto::store::TenantState;
 use crate::proto::v1::{EncryptionDisabled, EncryptionEnabled, KeyPurpose, event::Kind};
 use crate::shard::Shard;
-use crate::storage::StoreError;
+use crate::storage::{Scope, Scoped, StoreError};
 use crate::sweeps::Sweeper;
 
 /// Why enabling or disabling did not happen. Nothing changed in any case.
@@ -114,13 +114,37 @@ pub async fn disable(shard: &Shard, sweeper: &Sweeper, tenant: &str) -> Result<R
     refuse_locked(shard, tenant)?;
     let now_ms = shard.now_ms();
     let closing = Kind::EncryptionDisabled(EncryptionDisabled { key_uri: projection.key_uri.clone() });
-    let summary =
-        shard.keyring.rewrap_all_or_nothing(tenant, &TenantRoot::Managed, now_ms, closing).await.map_err(|e| {
-            e.contained().map_or_else(EncryptionError::Store, |e| EncryptionError::CustomerKeyUnusable(e.to_string()))
-        })?;
+    let summary = shard.keyring.rewrap_all_or_nothing(tenant, &TenantRoot::Managed, now_ms, closing).await.map_err(
+        |e| match e.scope() {
+            Scope::Store(e) => EncryptionError::Store(e),
+            Scope::Contained(e) => EncryptionError::CustomerKeyUnusable(e.to_string()),
+        },
+    )?;
     // Nothing unwrapped through the removed customer key stays in memory
     // (the tenant's keys only: other tenants keep theirs).
     shard.keyring.forget_tenant(tenant);
     info!(tenant, rewrapped = summary.rewrapped, "customer key disabled; data stays encrypted under managed keys");
     Ok(summary)
+}
+
+impl ErrorCode for EncryptionError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Refused(refusal) => refusal.code(),
+            Self::VaultNotConfigured(_) => "vault_not_configured",
+            Self::NotEnabled => "customer_key_not_enabled",
+            Self::LockedDown => "tenant_locked_down",
+            Self::CustomerKeyUnusable(_) => "customer_key_unusable",
+            Self::Store(e) => e.code(),
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Refused(refusal) => ErrorCode::is_retryable(refusal),
+            Self::Store(e) => e.is_retryable(),
+            Self::CustomerKeyUnusable(_) => true,
+            Self::VaultNotConfigured(_) | Self::NotEnabled | Self::LockedDown => false,
+        }
+    }
 }

@@ -14,6 +14,7 @@ pub mod nonces;
 pub mod root_key;
 pub mod secret_bytes;
 
+use crate::error::ErrorCode;
 use thiserror::Error;
 
 /// What can go wrong turning ciphertext back into plaintext, or keys into
@@ -90,4 +91,24 @@ pub enum CryptoError {
         /// Why it could not be decoded.
         reason: String,
     },
+}
+
+impl ErrorCode for CryptoError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Integrity { .. } => "integrity_error",
+            Self::RootKey { .. } => "root_key_failed",
+            Self::KeyFile { .. } => "root_key_file_unreadable",
+            Self::RootKeyMissing { .. } => "root_key_missing",
+            Self::RootKeyMismatch { .. } => "root_key_mismatch",
+            Self::UnknownRootFingerprint { .. } => "unknown_root_fingerprint",
+            Self::Corrupt { .. } => "corrupt_value",
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        // A key file may be readable again (a mount coming back); nothing
+        // else in cryptography changes by waiting.
+        matches!(self, Self::KeyFile { .. })
+    }
 }

@@ -13,9 +13,10 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{kind_name, routing_key};
+use super::routing_key;
 use crate::broker::{self, Backoff, EVENTS_EXCHANGE, PROTOBUF_CONTENT_TYPE};
-use crate::shard::ShardId;
+use crate::placement::ShardId;
+use crate::proto::names::kind_name;
 use crate::storage::{Store, StoreError};
 use crate::telemetry::metrics as m;
 

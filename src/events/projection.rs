@@ -135,24 +135,10 @@ pub fn apply(projection: &mut TenantProjection, event: &Kind, at_ms: i64) {
     }
 }
 
-/// Every tenant state, for gauges and views that show each.
-pub const TENANT_STATES: [TenantState; 4] =
-    [TenantState::Active, TenantState::Degraded, TenantState::LockedDown, TenantState::Erased];
-
 fn set_state(projection: &mut TenantProjection, state: TenantState, at_ms: i64) {
     if projection.state() != state {
         projection.set_state(state);
         projection.state_since_unix_ms = at_ms;
-    }
-}
-
-/// The API and metrics name of a tenant state.
-pub fn state_name(state: TenantState) -> &'static str {
-    match state {
-        TenantState::Active => "active",
-        TenantState::Degraded => "degraded",
-        TenantState::LockedDown => "locked_down",
-        TenantState::Erased => "erased",
     }
 }
 

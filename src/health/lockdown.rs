@@ -68,18 +68,18 @@ mod tests {
 
     use super::*;
     use crate::clock::{Clock, ManualClock};
+    use crate::placement::ShardId;
     use crate::proto::store::TenantState;
     use crate::proto::v1::KeyHealth;
     use crate::proto::v1::key_health::Status;
-    use crate::shard::{Shard, ShardId};
+    use crate::shard::{Shard, ShardOptions};
 
     #[tokio::test]
     async fn a_degraded_tenant_is_locked_once_when_its_grace_has_passed_and_not_before() {
         let dir = tempfile::tempdir().unwrap();
-        let settings =
-            crate::config::parse_flags(["--data-dir", dir.path().to_str().unwrap()]).expect("valid settings");
         let clock = ManualClock::new(1_700_000_000_000);
-        let shard = Shard::open(ShardId(0), &settings, Arc::new(clock.clone())).unwrap();
+        let options = ShardOptions::in_dir(dir.path());
+        let shard = Shard::open(ShardId(0), &options, Err("no vault".into()), Arc::new(clock.clone())).unwrap();
         let grace = Duration::from_secs(3000);
         let mut txn = shard.store.transaction();
         let failed = KeyHealth {

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use crate::events::projection;
+use crate::keyvault::KeyProblem;
 use crate::keyvault::validate::KeyRefusal;
 use crate::proto::store::{TenantProjection, TenantState};
 use crate::proto::v1::key_health::Status;
@@ -84,21 +85,39 @@ impl HealthReason {
     }
 }
 
+impl From<KeyProblem> for HealthReason {
+    /// A key problem as a health reason: an outage of any kind (the vault
+    /// unreachable, throttling past the retries, an error of its own) is
+    /// `vault_unreachable`.
+    fn from(problem: KeyProblem) -> Self {
+        match problem {
+            KeyProblem::KeyNotFound => Self::KeyNotFound,
+            KeyProblem::KeyDisabled => Self::KeyDisabled,
+            KeyProblem::KeyNotYetActive => Self::KeyNotYetActive,
+            KeyProblem::KeyExpired => Self::KeyExpired,
+            KeyProblem::MissingPermission => Self::MissingPermission,
+            KeyProblem::VaultUnreachable | KeyProblem::VaultThrottled | KeyProblem::VaultError => {
+                Self::VaultUnreachable
+            }
+        }
+    }
+}
+
 impl From<&KeyRefusal> for HealthReason {
-    /// The one table from a refusal to the health reason a probe records.
+    /// The health reason a probe records for a refusal of its checks.
     fn from(refusal: &KeyRefusal) -> Self {
         match refusal {
-            KeyRefusal::KeyNotFound => Self::KeyNotFound,
-            KeyRefusal::KeyDisabled => Self::KeyDisabled,
-            KeyRefusal::KeyNotYetActive(_) => Self::KeyNotYetActive,
-            KeyRefusal::KeyExpired(_) => Self::KeyExpired,
+            KeyRefusal::KeyNotFound => KeyProblem::KeyNotFound.into(),
+            KeyRefusal::KeyDisabled => KeyProblem::KeyDisabled.into(),
+            KeyRefusal::KeyNotYetActive(_) => KeyProblem::KeyNotYetActive.into(),
+            KeyRefusal::KeyExpired(_) => KeyProblem::KeyExpired.into(),
             KeyRefusal::UnsupportedKeyType(_) | KeyRefusal::KeyTooSmall(_) => Self::UnsupportedKeyType,
             KeyRefusal::MissingPermission(_)
             | KeyRefusal::MissingKeyOperations(_)
             | KeyRefusal::CanaryFailed(_)
-            | KeyRefusal::PurgeProtectionRequired(_) => Self::MissingPermission,
+            | KeyRefusal::PurgeProtectionRequired(_) => KeyProblem::MissingPermission.into(),
             KeyRefusal::VaultUnreachable(_) | KeyRefusal::InvalidKeyUri(_) | KeyRefusal::UntrustedVaultHost(_) => {
-                Self::VaultUnreachable
+                KeyProblem::VaultUnreachable.into()
             }
         }
     }
@@ -264,7 +283,7 @@ mod tests {
         for event in events {
             projection::apply(p, event, now);
         }
-        events.iter().map(crate::events::kind_name).collect()
+        events.iter().map(crate::proto::names::kind_name).collect()
     }
 
     fn run(p: &mut TenantProjection, probe: Probe, now: i64) -> Vec<&'static str> {

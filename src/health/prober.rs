@@ -25,10 +25,9 @@ use super::lockdown::LOCKDOWN_TICK;
 use super::policy::{self, HealthReason, Observation, Probe};
 use crate::audit::KeyUse;
 use crate::byok::rewrapper::RewrapRequests;
-use crate::config::Settings;
-use crate::events::kind_name;
 use crate::keyvault::validate::{KeyRefusal, check_key};
 use crate::keyvault::{KeyUri, VaultError};
+use crate::proto::names::kind_name;
 use crate::proto::v1::KeyPurpose;
 use crate::proto::v1::event::Kind;
 use crate::shard::Shard;
@@ -90,6 +89,22 @@ pub struct RoundSummary {
     pub events: usize,
 }
 
+/// What the prober works by: `--probe-interval`, `--canary-interval`,
+/// `--probe-timeout`, `--lockdown-after` and `--key-expiry-warning`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeOptions {
+    /// How often each customer key is probed.
+    pub probe_interval: Duration,
+    /// Longest time between two canaries of a key.
+    pub canary_interval: Duration,
+    /// How long a probe may go unanswered before it counts as failed.
+    pub probe_timeout: Duration,
+    /// Grace after the first failed probe before the lockdown.
+    pub lockdown_after: Duration,
+    /// How long before a key version expires `KeyExpiring` is appended.
+    pub key_expiry_warning: Duration,
+}
+
 /// The longest time from the first failure of a tenant's key to its
 /// lockdown, for a shard with `tenants` BYOK tenants whose vaults may all
 /// stop answering at once:
@@ -115,9 +130,8 @@ pub struct RoundSummary {
 /// for up to 8,640 tenants whose vaults all hang, and for any number whose
 /// vaults answer or refuse at once (W then shrinks to the time their
 /// answers take).
-pub fn worst_case_lockdown(settings: &Settings, tenants: usize) -> Duration {
-    let (i, k, d, g) =
-        (settings.probe_interval, settings.canary_interval, settings.probe_timeout, settings.lockdown_after);
+pub fn worst_case_lockdown(options: &ProbeOptions, tenants: usize) -> Duration {
+    let (i, k, d, g) = (options.probe_interval, options.canary_interval, options.probe_timeout, options.lockdown_after);
     let waves = u32::try_from(tenants.div_ceil(PROBE_CONCURRENCY).max(1)).unwrap_or(u32::MAX);
     let w = PROBE_PATIENCE.saturating_mul(waves - 1);
     k.saturating_sub(i) + i.max(w + d) + w + g.max(d) + LOCKDOWN_TICK
@@ -126,10 +140,10 @@ pub fn worst_case_lockdown(settings: &Settings, tenants: usize) -> Duration {
 /// Whether a round beginning at `now_ms` must include the canary: when the
 /// round after it, one probe interval later, would be later than
 /// `--canary-interval` after the last canary (or there was none yet).
-pub fn canary_due(last_canary_ms: Option<i64>, now_ms: i64, settings: &Settings) -> bool {
+pub fn canary_due(last_canary_ms: Option<i64>, now_ms: i64, options: &ProbeOptions) -> bool {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     last_canary_ms
-        .is_none_or(|last| (now_ms - last).saturating_add(ms(settings.probe_interval)) >= ms(settings.canary_interval))
+        .is_none_or(|last| (now_ms - last).saturating_add(ms(options.probe_interval)) >= ms(options.canary_interval))
 }
 
 /// A probe under way: the tenant and, unless it had disabled its key by
@@ -153,15 +167,15 @@ async fn hold_slot(mut probing: Probing<'_>) -> Slot<'_> {
 /// hands that out read-only ([`Prober::last_probes`]).
 pub struct Prober {
     shard: Arc<Shard>,
-    settings: Arc<Settings>,
+    options: ProbeOptions,
     times: Arc<ProbeTimes>,
     rewraps: RewrapRequests,
 }
 
 impl Prober {
     /// A prober of `shard`'s BYOK tenants that wakes `rewraps` after a roll.
-    pub fn new(shard: Arc<Shard>, settings: Arc<Settings>, rewraps: RewrapRequests) -> Self {
-        Self { shard, settings, times: Arc::default(), rewraps }
+    pub fn new(shard: Arc<Shard>, options: ProbeOptions, rewraps: RewrapRequests) -> Self {
+        Self { shard, options, times: Arc::default(), rewraps }
     }
 
     /// When each tenant was last probed, for the admin API (only the prober records).
@@ -172,13 +186,13 @@ impl Prober {
     /// Probes every interval until `shutdown`.
     pub async fn run(&self, shutdown: CancellationToken) {
         let byok = self.shard.store.tenants_where(|p| !p.key_uri.is_empty()).len();
-        let bound = worst_case_lockdown(&self.settings, byok);
+        let bound = worst_case_lockdown(&self.options, byok);
         if bound >= Duration::from_secs(3600) {
             warn!(tenants = byok, bound = %humantime::format_duration(bound), "worst-case lockdown is an hour or more");
         } else {
             info!(tenants = byok, bound = %humantime::format_duration(bound), "worst-case lockdown");
         }
-        let mut ticks = tokio::time::interval(self.settings.probe_interval);
+        let mut ticks = tokio::time::interval(self.options.probe_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_canary_ms = None;
         loop {
@@ -187,7 +201,7 @@ impl Prober {
                 _ = ticks.tick() => {}
             }
             let now_ms = self.shard.clock.now_ms();
-            let canary = canary_due(last_canary_ms, now_ms, &self.settings);
+            let canary = canary_due(last_canary_ms, now_ms, &self.options);
             if canary {
                 last_canary_ms = Some(now_ms);
             }
@@ -237,7 +251,7 @@ impl Prober {
             };
             let began_at_ms = self.shard.clock.now_ms();
             let probe = tokio::time::timeout(
-                self.settings.probe_timeout,
+                self.options.probe_timeout,
                 self.probe(&tenant, &current.key_uri, &current.key_version, canary),
             )
             .await
@@ -261,7 +275,7 @@ impl Prober {
         if let Some(expires_at) = expires_at {
             m::key_expires_in(tenant, (expires_at - now_ms) as f64 / 1000.0);
         }
-        let (lockdown_after, warning) = (self.settings.lockdown_after, self.settings.key_expiry_warning);
+        let (lockdown_after, warning) = (self.options.lockdown_after, self.options.key_expiry_warning);
         let appended = self
             .shard
             .store
@@ -318,28 +332,38 @@ impl Prober {
 mod tests {
     use super::*;
 
-    fn settings(extra: &[&str]) -> Settings {
-        crate::config::parse_flags(extra.iter().copied()).expect("valid settings")
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    /// The defaults of `keyseal run` (config.rs checks them against the
+    /// flags' own), with a canary every `canary` at most.
+    fn options(canary: Duration) -> ProbeOptions {
+        ProbeOptions {
+            probe_interval: MINUTE,
+            canary_interval: canary,
+            probe_timeout: MINUTE,
+            lockdown_after: 50 * MINUTE,
+            key_expiry_warning: 30 * 24 * 60 * MINUTE,
+        }
     }
 
     #[test]
     fn with_the_defaults_lockdown_comes_within_the_hour() {
-        let defaults = settings(&[]);
+        let defaults = options(MINUTE);
         let minutes = |tenants| worst_case_lockdown(&defaults, tenants).as_secs_f64() / 60.0;
         assert_eq!(worst_case_lockdown(&defaults, 32), Duration::from_secs(51 * 60 + 1));
         assert_eq!(worst_case_lockdown(&defaults, 200), Duration::from_secs(51 * 60 + 13));
         assert_eq!(worst_case_lockdown(&defaults, 1_000), Duration::from_secs(52 * 60 + 3));
         assert!(minutes(8_640) < 60.0 && minutes(8_700) >= 60.0, "{} {}", minutes(8_640), minutes(8_700));
-        let rare_canary = settings(&["--canary-interval", "10m"]);
+        let rare_canary = options(10 * MINUTE);
         assert_eq!(worst_case_lockdown(&rare_canary, 32), Duration::from_secs(60 * 60 + 1), "the old cadence");
     }
 
     #[test]
     fn the_canary_runs_so_that_none_is_later_than_its_interval() {
-        let every_round = settings(&[]);
+        let every_round = options(MINUTE);
         assert!(canary_due(None, 0, &every_round));
         assert!(canary_due(Some(0), 0, &every_round), "the default: every round, even on a clock standing still");
-        let five = settings(&["--canary-interval", "5m"]);
+        let five = options(5 * MINUTE);
         let min = 60_000;
         assert!(!canary_due(Some(0), 3 * min, &five));
         assert!(canary_due(Some(0), 4 * min, &five), "the round after would be 6 minutes after the last");

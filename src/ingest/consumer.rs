@@ -33,11 +33,11 @@ use super::dead_letter::{self, DeadLetterError};
 use super::prefetch::PrefetchWindow;
 use super::validate::{Rejection, validate};
 use crate::broker::{self, Backoff, ROUTE_EXCHANGE};
-use crate::config::Settings;
 use crate::error::ErrorCode;
+use crate::placement::ShardId;
+use crate::placement::shard_of;
 use crate::records::{self, Outcome, RecordError, UnreadableTenants};
-use crate::shard::{Shard, ShardId};
-use crate::shards::placement::shard_of;
+use crate::shard::Shard;
 use crate::storage::StoreError;
 use crate::telemetry::happenings::{Emit, IngestPaused, IngestResumed, MessageDeadLettered};
 use crate::telemetry::metrics as m;
@@ -74,10 +74,29 @@ impl Readiness {
     }
 }
 
+/// How a shard's consumer consumes: the broker, the deployment's shard
+/// count (to refuse a tenant of another shard), `--prefetch`,
+/// `--prefetch-bytes`, `--batch-size` and `--batch-linger`.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// The broker.
+    pub amqp_url: String,
+    /// The deployment's shard count.
+    pub shards: u32,
+    /// Most deliveries the broker sends ahead.
+    pub prefetch: u16,
+    /// About how many bytes the broker sends ahead.
+    pub prefetch_bytes: u64,
+    /// Most deliveries in one atomic write batch.
+    pub batch_size: u32,
+    /// How long a batch waits to fill.
+    pub batch_linger: Duration,
+}
+
 /// What a consuming session works with.
 struct Ingest<'a> {
     shard: &'a Shard,
-    settings: &'a Settings,
+    settings: &'a IngestOptions,
     ready: &'a Readiness,
     /// Outlives sessions and batches, like the redeliveries it speeds up.
     unreadable: UnreadableTenants,
@@ -86,7 +105,7 @@ struct Ingest<'a> {
 /// Consumes `shard`'s queue until `shutdown`, reconnecting after broker
 /// failures and pausing after storage failures; `ready` tells whether it
 /// is consuming.
-pub async fn run(shard: &Shard, settings: &Settings, ready: &Readiness, shutdown: CancellationToken) {
+pub async fn run(shard: &Shard, settings: &IngestOptions, ready: &Readiness, shutdown: CancellationToken) {
     let ingest = &Ingest { shard, settings, ready, unreadable: UnreadableTenants::default() };
     let mut backoff = Backoff::default();
     loop {

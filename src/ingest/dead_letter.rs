@@ -14,6 +14,7 @@ use lapin::{BasicProperties, Channel};
 
 use super::validate::Rejection;
 use crate::broker::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ERROR_DETAIL_HEADER, ERROR_HEADER, properties};
+use crate::error::ErrorCode;
 
 /// Why dead-lettering failed; the originals must then not be acked.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,21 @@ fn dead_letter_properties(original: &BasicProperties, rejection: &Rejection) -> 
     headers.insert(ERROR_HEADER.into(), AMQPValue::LongString(rejection.code().into()));
     headers.insert(ERROR_DETAIL_HEADER.into(), AMQPValue::LongString(rejection.to_string().into()));
     properties::carried(original).with_headers(headers)
+}
+
+impl ErrorCode for DeadLetterError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Broker(_) => "broker_unavailable",
+            Self::Nacked => "dead_letter_nacked",
+            Self::Returned { .. } => "dead_letter_unroutable",
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        // An unroutable dead letter needs the queue bound first.
+        !matches!(self, Self::Returned { .. })
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use azure_core::credentials::TokenCredential;
-use azure_core::error::ErrorKind;
 use azure_core::http::request::options::ClientRequestId;
 use azure_core::http::{ClientMethodOptions, ExponentialRetryOptions, RetryOptions, Transport};
 use azure_security_keyvault_keys::models::{
@@ -26,7 +25,9 @@ use futures_util::TryStreamExt;
 use zeroize::Zeroizing;
 
 use super::KeyUri;
+use super::error::{VaultError, classify};
 use super::pace::Pace;
+use crate::error::ErrorCode;
 use crate::telemetry::metrics as m;
 
 /// The RSA-OAEP variants the vault is asked to unwrap with, in the vault's
@@ -38,46 +39,6 @@ pub enum KeyWrapAlgorithm {
     RsaOaep256,
     /// RSA-OAEP with SHA-1 (`RSA-OAEP`).
     RsaOaep,
-}
-
-/// What a vault call can fail with, classified for callers (validation,
-/// health probes). Messages never carry key material.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VaultError {
-    /// DNS, TCP, TLS or timeout: the vault could not be asked.
-    #[error("vault unreachable: {0}")]
-    Unreachable(String),
-    /// No token could be had for the vault.
-    #[error("no token for the vault: {0}")]
-    Credential(String),
-    /// 404: the key (or that version) does not exist.
-    #[error("key not found in the vault")]
-    KeyNotFound,
-    /// 401/403: the vault refused; `code` is Key Vault's inner error code
-    /// (`KeyDisabled`, `KeyOperationForbidden`, `KeyExpired`, …).
-    #[error("vault refused the operation ({code}): {message}")]
-    Forbidden {
-        /// Key Vault's most specific error code.
-        code: String,
-        /// Key Vault's message.
-        message: String,
-    },
-    /// 429 after every retry.
-    #[error("vault kept throttling after retries")]
-    Throttled,
-    /// Any other answer.
-    #[error("vault answered {status} ({code}): {message}")]
-    Service {
-        /// HTTP status.
-        status: u16,
-        /// Key Vault error code.
-        code: String,
-        /// Key Vault's message.
-        message: String,
-    },
-    /// The vault's answer lacked something keyseal needs.
-    #[error("unexpected vault answer: {0}")]
-    Invalid(String),
 }
 
 /// A key as the vault describes it (public parts and attributes only).
@@ -392,28 +353,15 @@ async fn timed<T>(
     result
 }
 
-/// Maps an azure_core error to a [`VaultError`], reading Key Vault's error
-/// body for the most specific code (the inner error, when there is one).
-fn classify(error: azure_core::Error) -> VaultError {
-    match error.kind() {
-        ErrorKind::HttpResponse { status, error_code, raw_response } => {
-            let body: serde_json::Value =
-                raw_response.as_ref().and_then(|r| serde_json::from_slice(r.body()).ok()).unwrap_or_default();
-            let inner = body["error"]["innererror"]["code"].as_str();
-            let code =
-                inner.or(body["error"]["code"].as_str()).or(error_code.as_deref()).unwrap_or("unknown").to_owned();
-            let message = body["error"]["message"].as_str().unwrap_or_default().to_owned();
-            match u16::from(*status) {
-                404 => VaultError::KeyNotFound,
-                401 | 403 => VaultError::Forbidden { code, message },
-                429 => VaultError::Throttled,
-                status => VaultError::Service { status, code, message },
-            }
+impl ErrorCode for VaultSetupError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::CaCert { .. } => "vault_ca_cert_invalid",
+            Self::Http(_) => "vault_client_failed",
         }
-        ErrorKind::Connection | ErrorKind::Io => VaultError::Unreachable(error.to_string()),
-        // An answer came, but not one that reads: not an outage.
-        ErrorKind::DataConversion => VaultError::Invalid(error.to_string()),
-        ErrorKind::Credential => VaultError::Credential(error.to_string()),
-        _ => VaultError::Unreachable(error.to_string()),
+    }
+
+    fn is_retryable(&self) -> bool {
+        false
     }
 }

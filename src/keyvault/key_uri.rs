@@ -22,6 +22,7 @@
 
 use std::fmt;
 
+use crate::error::ErrorCode;
 use url::{Host, Url};
 
 /// DNS suffixes of Azure Key Vault and Managed HSM in the public and
@@ -175,6 +176,19 @@ fn is_azure_host(host: &str) -> bool {
 
 fn is_key_name(name: &str) -> bool {
     (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+impl ErrorCode for KeyUriError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "invalid_key_uri",
+            Self::UntrustedHost(_) => "untrusted_vault_host",
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,11 @@
 //! permitted operations, a real wrap/unwrap of a canary, and purge
 //! protection. Each refusal has its own stable code and says what to fix.
 
-use super::client::{Vault, VaultError, VaultKey};
+use super::client::{Vault, VaultKey};
+use super::error::VaultError;
 use super::key_uri::{KeyUri, KeyUriError};
+use super::problem::KeyProblem;
+use crate::error::ErrorCode;
 
 /// Smallest RSA modulus accepted.
 pub const MIN_RSA_BITS: usize = 2048;
@@ -31,12 +34,13 @@ pub enum KeyRefusal {
     /// The key is disabled.
     #[error("the key is disabled; enable it in the vault")]
     KeyDisabled,
-    /// The key's activation date is in the future.
-    #[error("the key is not active until {0} (Unix seconds); wait or change its activation date")]
-    KeyNotYetActive(i64),
-    /// The key has expired.
-    #[error("the key expired at {0} (Unix seconds); extend its expiry or create a new version")]
-    KeyExpired(i64),
+    /// The key's activation date is in the future (when, in Unix seconds,
+    /// if the key said).
+    #[error("the key is not active yet{}; wait or change its activation date", at(*.0))]
+    KeyNotYetActive(Option<i64>),
+    /// The key has expired (when, in Unix seconds, if the key said).
+    #[error("the key has expired{}; extend its expiry or create a new version", at(*.0))]
+    KeyExpired(Option<i64>),
     /// Not an RSA key.
     #[error("only RSA keys are supported (this key is {0}); create an RSA or RSA-HSM key")]
     UnsupportedKeyType(String),
@@ -74,14 +78,26 @@ impl From<KeyUriError> for KeyRefusal {
     }
 }
 
+/// ` (since|until) N (Unix seconds)` of a time a refusal names, if known.
+fn at(unix_s: Option<i64>) -> String {
+    unix_s.map(|t| format!(" (at {t}, Unix seconds)")).unwrap_or_default()
+}
+
 impl From<VaultError> for KeyRefusal {
+    /// The refusal a vault failure amounts to, by its [`KeyProblem`].
     fn from(e: VaultError) -> Self {
-        match e {
-            VaultError::KeyNotFound => Self::KeyNotFound,
-            VaultError::Forbidden { code, .. } if code == "KeyDisabled" => Self::KeyDisabled,
-            VaultError::Forbidden { code, .. } => Self::MissingPermission(code),
-            VaultError::Credential(reason) => Self::MissingPermission(reason),
-            other => Self::VaultUnreachable(other.to_string()),
+        match e.problem() {
+            KeyProblem::KeyNotFound => Self::KeyNotFound,
+            KeyProblem::KeyDisabled => Self::KeyDisabled,
+            KeyProblem::KeyExpired => Self::KeyExpired(None),
+            KeyProblem::KeyNotYetActive => Self::KeyNotYetActive(None),
+            KeyProblem::MissingPermission => Self::MissingPermission(match e {
+                VaultError::Forbidden { refused, .. } => refused.code().to_owned(),
+                other => other.to_string(),
+            }),
+            KeyProblem::VaultUnreachable | KeyProblem::VaultThrottled | KeyProblem::VaultError => {
+                Self::VaultUnreachable(e.to_string())
+            }
         }
     }
 }
@@ -92,10 +108,10 @@ pub fn check_key(key: &VaultKey, now_unix_s: i64) -> Result<(), KeyRefusal> {
         return Err(KeyRefusal::KeyDisabled);
     }
     if let Some(nbf) = key.not_before.filter(|nbf| *nbf > now_unix_s) {
-        return Err(KeyRefusal::KeyNotYetActive(nbf));
+        return Err(KeyRefusal::KeyNotYetActive(Some(nbf)));
     }
     if let Some(exp) = key.expires.filter(|exp| *exp <= now_unix_s) {
-        return Err(KeyRefusal::KeyExpired(exp));
+        return Err(KeyRefusal::KeyExpired(Some(exp)));
     }
     if !matches!(key.kty.as_str(), "RSA" | "RSA-HSM") {
         return Err(KeyRefusal::UnsupportedKeyType(key.kty.clone()));
@@ -139,6 +155,30 @@ pub async fn validate(
     canary(&uri, &key.version).await.map_err(|e| KeyRefusal::CanaryFailed(e.to_string()))?;
     check_recovery_level(key.recovery_level.as_deref())?;
     Ok((uri, key))
+}
+
+impl ErrorCode for KeyRefusal {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidKeyUri(_) => "invalid_key_uri",
+            Self::UntrustedVaultHost(_) => "untrusted_vault_host",
+            Self::VaultUnreachable(_) => "vault_unreachable",
+            Self::KeyNotFound => "key_not_found",
+            Self::MissingPermission(_) => "missing_permission",
+            Self::KeyDisabled => "key_disabled",
+            Self::KeyNotYetActive(_) => "key_not_yet_active",
+            Self::KeyExpired(_) => "key_expired",
+            Self::UnsupportedKeyType(_) => "unsupported_key_type",
+            Self::KeyTooSmall(_) => "key_too_small",
+            Self::MissingKeyOperations(_) => "missing_key_operations",
+            Self::CanaryFailed(_) => "wrap_unwrap_failed",
+            Self::PurgeProtectionRequired(_) => "purge_protection_required",
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        matches!(self, Self::VaultUnreachable(_))
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ use crate::broker::Backoff;
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::ingest::consumer::Readiness;
-use crate::shard::{OpenError, Shard, ShardId};
+use crate::placement::ShardId;
+use crate::shard::{OpenError, Shard, WorkerVault};
 use crate::telemetry::metrics as m;
 
 /// Longest a handover waits for requests still using a shard's store, and a
@@ -50,6 +51,8 @@ pub fn candidates(shards: u32, owned: &[ShardId], pinned: Option<&BTreeSet<u32>>
 /// The balancer of one worker.
 pub struct Balancer {
     settings: Arc<Settings>,
+    /// The worker's one vault client, which every shard it opens shares.
+    vault: WorkerVault,
     clock: SharedClock,
     owned: Arc<OwnedShards>,
     leased: Readiness,
@@ -63,13 +66,14 @@ impl Balancer {
     /// with `inbox`.
     pub fn new(
         settings: Arc<Settings>,
+        vault: WorkerVault,
         clock: SharedClock,
         owned: Arc<OwnedShards>,
         leased: Readiness,
         inbox: InboxContext,
     ) -> Self {
         let offset = std::process::id() % settings.shards;
-        Self { settings, clock, owned, leased, inbox, offset }
+        Self { settings, vault, clock, owned, leased, inbox, offset }
     }
 
     /// Connects the lease connection.
@@ -179,8 +183,8 @@ impl Balancer {
         let deadline = tokio::time::Instant::now() + DRAIN;
         let mut backoff = Backoff::default();
         let shard = loop {
-            let (settings, clock) = (self.settings.clone(), self.clock.clone());
-            let opened = tokio::task::spawn_blocking(move || Shard::open(id, &settings, clock))
+            let (options, vault, clock) = (self.settings.shard_options(), self.vault.clone(), self.clock.clone());
+            let opened = tokio::task::spawn_blocking(move || Shard::open(id, &options, vault, clock))
                 .await
                 .expect("opening a shard does not panic");
             match opened {

@@ -24,13 +24,13 @@ use lapin::{Channel, Consumer};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::placement::shard_of;
 use crate::broker::{self, Backoff, INGEST_QUEUE, ROUTE_EXCHANGE, properties, shard_queue};
 use crate::clock::SharedClock;
 use crate::ingest::consumer::Readiness;
 use crate::ingest::dead_letter::{self, DeadLetterError};
 use crate::ingest::prefetch::PrefetchWindow;
 use crate::ingest::validate::{Rejection, is_valid_tenant_id, validate};
+use crate::placement::shard_of;
 use crate::telemetry::happenings::{Emit, MessageDeadLettered};
 use crate::telemetry::metrics as m;
 

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::forward;
 use crate::broker::{self, ShardCountError, WORKERS_QUEUE, lease_queue};
-use crate::shard::ShardId;
+use crate::placement::ShardId;
 
 /// Why the lease connection failed.
 #[derive(Debug, thiserror::Error)]

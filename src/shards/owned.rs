@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::placement::shard_of;
 use super::running::RunningShard;
-use crate::shard::ShardId;
+use crate::placement::ShardId;
+use crate::placement::shard_of;
 use crate::telemetry::metrics as m;
 
 /// The worker's owned shards, by id.

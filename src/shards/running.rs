@@ -39,19 +39,19 @@ pub struct RunningShard {
 }
 
 impl RunningShard {
-    /// Starts every task of `shard`.
+    /// Starts every task of `shard`, as `settings` say.
     pub fn start(shard: Shard, settings: &Arc<Settings>) -> Self {
         let shard = Arc::new(shard);
         crate::telemetry::metrics::shard_started(shard.id);
         let stop = CancellationToken::new();
         let (rewraps, inbox) = rewrapper::channel();
-        let prober = Arc::new(Prober::new(shard.clone(), settings.clone(), rewraps.clone()));
-        let sweeper = Arc::new(Sweeper::new(shard.clone(), settings.clone()));
+        let prober = Arc::new(Prober::new(shard.clone(), settings.probe_options(), rewraps.clone()));
+        let sweeper = Arc::new(Sweeper::new(shard.clone(), settings.sweep_options()));
         let ready = Readiness::default();
         let mut tasks = JoinSet::new();
         let token = || stop.clone();
-        let (sh, se, r, st) = (shard.clone(), settings.clone(), ready.clone(), token());
-        tasks.spawn(async move { consumer::run(&sh, &se, &r, st).await });
+        let (sh, options, r, st) = (shard.clone(), settings.ingest_options(), ready.clone(), token());
+        tasks.spawn(async move { consumer::run(&sh, &options, &r, st).await });
         let (sh, se, st) = (shard.clone(), settings.clone(), token());
         tasks.spawn(async move { outbox::run(&sh.store, sh.id, &se.amqp_url, st).await });
         let (sw, st) = (sweeper.clone(), token());

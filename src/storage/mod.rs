@@ -48,6 +48,7 @@ pub use self::schema::{
 use self::schema::{CHECKPOINT_KEY, COLUMN_FAMILIES, decode_sequence};
 pub use self::step_commits::StepCommits;
 pub use self::transaction::Transaction;
+use crate::error::ErrorCode;
 use crate::proto::store::StoredRecord;
 use crate::proto::v1::{KeyUsed, Layer};
 
@@ -217,6 +218,36 @@ impl Store {
     pub fn raw(&self) -> &DB {
         &self.db
     }
+}
+
+impl ErrorCode for StoreError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Rocks(_) | Self::SyncTask(_) | Self::Options(_) => "storage_unavailable",
+            Self::Corrupt { .. } => "storage_corrupt",
+            Self::TenantErased(_) => "tenant_erased",
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Corrupt { .. } | Self::TenantErased(_))
+    }
+}
+
+/// Whom a failure stops: the task, when the store itself failed (nothing
+/// can be written), or only the record or tenant it concerns.
+#[derive(Debug)]
+pub enum Scope<E> {
+    /// The store failed: the task stops and passes the failure up.
+    Store(StoreError),
+    /// The failure concerns one record or tenant: the task goes on.
+    Contained(E),
+}
+
+/// A failure that may be the store's own, somewhere inside it.
+pub trait Scoped: Sized {
+    /// Whom it stops.
+    fn scope(self) -> Scope<Self>;
 }
 
 #[cfg(test)]

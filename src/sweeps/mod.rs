@@ -14,7 +14,7 @@ pub mod scrub;
 pub mod seal;
 mod sweeper;
 
-pub use sweeper::Sweeper;
+pub use sweeper::{SweepOptions, Sweeper};
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::shard::ShardId;
+use crate::placement::ShardId;
 
 /// The maintenance sweeps (the seal sweep runs on its own interval).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

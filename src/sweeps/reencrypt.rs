@@ -19,12 +19,11 @@ use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::data_key::{DataKey, DataKeyId};
 use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::{Keyring, KeyringError};
-use crate::error::Contained;
 use crate::proto::store::{StoredRecord, TenantState};
 use crate::proto::v1::{KeyPurpose, Layer, RecordsReencrypted, event::Kind};
 use crate::records::RecordError;
 use crate::storage::pager::{Pager, RecordsOf};
-use crate::storage::{RawRecord, StepCommits, Store, keys};
+use crate::storage::{RawRecord, Scope, Scoped, StepCommits, Store, keys};
 
 /// How long past `--max-dek-age` a key waits before it may be retired:
 /// longer than any batch that reserved it just before it aged out takes
@@ -90,9 +89,12 @@ pub async fn run(
         };
         match sweep.run(pacer, tracker).await {
             Ok(()) => {}
-            Err(e) => {
-                summary.skipped.insert(tenant, e.contained()?.to_string());
-            }
+            Err(e) => match e.scope() {
+                Scope::Store(e) => return Err(e.into()),
+                Scope::Contained(e) => {
+                    summary.skipped.insert(tenant, e.to_string());
+                }
+            },
         }
     }
     Ok(summary)

@@ -14,11 +14,10 @@ use super::{Pacer, Tracker};
 use crate::crypto::data_key::DataKey;
 use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::{Keyring, KeyringError};
-use crate::error::Contained;
 use crate::proto::store::{StoredRecord, TenantState};
 use crate::proto::v1::{CorruptionDetected, KeyPurpose, Layer, event::Kind};
 use crate::storage::pager::{Pager, RecordsOf};
-use crate::storage::{RawRecord, Store, StoreError, keys};
+use crate::storage::{RawRecord, Scope, Scoped, Store, StoreError, keys};
 use crate::telemetry::happenings::{Emit, RecordFailedVerification};
 
 /// Most corrupt records a summary lists (all are counted, logged and get an event).
@@ -70,12 +69,14 @@ pub async fn run(
         for layer in [Layer::Hot, Layer::Sealed] {
             match scrub.layer(&tenant, layer, pacer, tracker).await {
                 Ok(()) => {}
-                Err(e) => {
-                    let unavailable = e.contained()?;
-                    let why = format!("data key unavailable: {unavailable}");
-                    scrub.summary.skipped.insert(tenant.clone(), why);
-                    break;
-                }
+                Err(e) => match e.scope() {
+                    Scope::Store(e) => return Err(e),
+                    Scope::Contained(unavailable) => {
+                        let why = format!("data key unavailable: {unavailable}");
+                        scrub.summary.skipped.insert(tenant.clone(), why);
+                        break;
+                    }
+                },
             }
         }
     }

@@ -27,13 +27,12 @@ use crate::crypto::batch_keys::BatchKeys;
 use crate::crypto::data_key::DataKey;
 use crate::crypto::envelope::RecordIdentity;
 use crate::crypto::keyring::{Keyring, KeyringError};
-use crate::error::Contained;
-use crate::keyvault::VaultError;
+use crate::keyvault::KeyProblem;
 use crate::proto::store::{TenantProjection, TenantState};
 use crate::proto::v1::{KeyPurpose, Layer, RecordsSealed, event::Kind};
 use crate::records::RecordError;
 use crate::storage::pager::{IngestedBefore, Pager};
-use crate::storage::{IndexEntry, StepCommits, Store, keys};
+use crate::storage::{IndexEntry, Scope, Scoped, StepCommits, Store, keys};
 use crate::telemetry::happenings::{Emit, TenantHeldBack};
 
 /// Index entries handled per write batch.
@@ -148,18 +147,15 @@ impl HoldReason {
     pub fn of(error: &KeyringError) -> Option<Self> {
         let reason = match error {
             KeyringError::Store(_) => return None,
-            KeyringError::Vault(vault) => match vault {
-                VaultError::Throttled => Self::VaultThrottled,
-                VaultError::Unreachable(_) => Self::VaultUnreachable,
-                VaultError::Service { .. } | VaultError::Invalid(_) => Self::VaultError,
-                VaultError::KeyNotFound => Self::KeyNotFound,
-                VaultError::Forbidden { code, .. } => match code.as_str() {
-                    "KeyDisabled" => Self::KeyDisabled,
-                    "KeyExpired" => Self::KeyExpired,
-                    "KeyNotYetValid" => Self::KeyNotYetActive,
-                    _ => Self::MissingPermission,
-                },
-                VaultError::Credential(_) => Self::MissingPermission,
+            KeyringError::Vault(vault) => match vault.problem() {
+                KeyProblem::VaultThrottled => Self::VaultThrottled,
+                KeyProblem::VaultUnreachable => Self::VaultUnreachable,
+                KeyProblem::VaultError => Self::VaultError,
+                KeyProblem::KeyNotFound => Self::KeyNotFound,
+                KeyProblem::KeyDisabled => Self::KeyDisabled,
+                KeyProblem::KeyExpired => Self::KeyExpired,
+                KeyProblem::KeyNotYetActive => Self::KeyNotYetActive,
+                KeyProblem::MissingPermission => Self::MissingPermission,
             },
             KeyringError::KeyUri(_) => Self::InvalidKeyUri,
             KeyringError::VaultNotConfigured(_) => Self::VaultNotConfigured,
@@ -253,7 +249,10 @@ async fn seal_batch<'s>(
                 }
                 // Hot keys are managed-rooted: no vault is involved, so the
                 // failure concerns this record's key only.
-                Err(e) => Err(e.contained()?),
+                Err(e) => match e.scope() {
+                    Scope::Store(e) => return Err(e.into()),
+                    Scope::Contained(e) => Err(e),
+                },
             },
         };
         let identity = RecordIdentity { tenant, record_id, layer: Layer::Hot };
@@ -306,6 +305,7 @@ async fn seal_batch<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyvault::VaultError;
 
     #[test]
     fn due_only_after_strictly_more_than_seal_age() {
@@ -325,7 +325,10 @@ mod tests {
             reason: "x".into(),
         });
         assert_eq!(HoldReason::of(&store), None);
-        let forbidden = |code: &str| VaultError::Forbidden { code: code.to_owned(), message: String::new() };
+        let forbidden = |code: &str| VaultError::Forbidden {
+            refused: crate::keyvault::Refused::parse(code),
+            message: String::new(),
+        };
         let cases = [
             (KeyringError::Vault(VaultError::Throttled), "vault_throttled"),
             (KeyringError::Vault(VaultError::Unreachable("tls".into())), "vault_unreachable"),

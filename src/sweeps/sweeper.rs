@@ -15,17 +15,32 @@ use super::retention::{self, RetentionSummary};
 use super::scrub::{self, ScrubSummary};
 use super::seal::{self, SealSummary};
 use super::{Pacer, Progress, SweepKind, next_run};
-use crate::config::Settings;
 use crate::records::RecordError;
 use crate::shard::Shard;
 use crate::storage::StoreError;
 use crate::telemetry::gauges;
 use crate::telemetry::metrics as m;
 
+/// When sweeps run and how fast: `--seal-after`, `--sweep-interval`,
+/// `--sweep-rate`, `--default-retention` and `--reencrypt-schedule`.
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
+    /// Residence time after which records are sealed.
+    pub seal_after: Duration,
+    /// How often the seal sweep runs.
+    pub sweep_interval: Duration,
+    /// Most records per second the maintenance sweeps handle.
+    pub sweep_rate: u32,
+    /// The retention of tenants that set none.
+    pub default_retention: Option<Duration>,
+    /// When re-encryption, retention and the scrub run.
+    pub reencrypt_schedule: croner::Cron,
+}
+
 /// Runs a shard's sweeps; the admin API holds it to run them on demand.
 pub struct Sweeper {
     shard: Arc<Shard>,
-    settings: Arc<Settings>,
+    options: SweepOptions,
     /// One seal sweep at a time; also held while a tenant's root changes.
     seal: tokio::sync::Mutex<()>,
     /// One maintenance sweep (re-encryption or scrub) at a time.
@@ -34,13 +49,13 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    /// A sweeper for `shard`, paced and scheduled by `settings`.
-    pub fn new(shard: Arc<Shard>, settings: Arc<Settings>) -> Self {
+    /// A sweeper for `shard`, paced and scheduled by `options`.
+    pub fn new(shard: Arc<Shard>, options: SweepOptions) -> Self {
         m::seal_hold_reasons(seal::HoldReason::ALL.map(seal::HoldReason::as_str));
         Self {
             progress: Progress::new(shard.id),
             shard,
-            settings,
+            options,
             seal: tokio::sync::Mutex::new(()),
             maintenance: tokio::sync::Mutex::new(()),
         }
@@ -60,7 +75,7 @@ impl Sweeper {
         let shard = &self.shard;
         let hold = seal::plan(&shard.store.tenants());
         let summary =
-            seal::seal_due(&shard.store, &shard.keyring, shard.clock.as_ref(), self.settings.seal_after, &hold).await?;
+            seal::seal_due(&shard.store, &shard.keyring, shard.clock.as_ref(), self.options.seal_after, &hold).await?;
         m::sealed(self.shard.id, summary.sealed);
         let purged = {
             let _moving = shard.store.moving().await;
@@ -69,7 +84,7 @@ impl Sweeper {
         if purged > 0 {
             info!(purged, "expired tombstones purged");
         }
-        gauges::refresh(shard, self.settings.seal_after)?;
+        gauges::refresh(shard, self.options.seal_after)?;
         Ok(summary)
     }
 
@@ -79,7 +94,7 @@ impl Sweeper {
         let shard = &self.shard;
         let total = shard.store.tenants().iter().map(|(_, p)| p.sealed_records).sum();
         let tracker = self.progress.begin(SweepKind::Reencrypt, total);
-        let mut pacer = Pacer::new(self.settings.sweep_rate);
+        let mut pacer = Pacer::new(self.options.sweep_rate);
         let summary = reencrypt::run(&shard.store, &shard.keyring, shard.clock.as_ref(), &mut pacer, &tracker).await?;
         if summary.reencrypted > 0 || summary.retired_data_keys > 0 {
             info!(
@@ -96,8 +111,8 @@ impl Sweeper {
     pub async fn retention(&self) -> Result<RetentionSummary, RecordError> {
         let _one_at_a_time = self.maintenance.lock().await;
         let shard = &self.shard;
-        let mut pacer = Pacer::new(self.settings.sweep_rate);
-        let default = self.settings.default_retention;
+        let mut pacer = Pacer::new(self.options.sweep_rate);
+        let default = self.options.default_retention;
         let summary = retention::run(&shard.store, &shard.keyring, shard.clock.as_ref(), default, &mut pacer).await?;
         if summary.expired > 0 {
             info!(expired = summary.expired, retired_data_keys = summary.retired_data_keys, "retention sweep done");
@@ -111,7 +126,7 @@ impl Sweeper {
         let shard = &self.shard;
         let total = shard.store.tenants().iter().map(|(_, p)| p.hot_records + p.sealed_records).sum();
         let tracker = self.progress.begin(SweepKind::Scrub, total);
-        let mut pacer = Pacer::new(self.settings.sweep_rate);
+        let mut pacer = Pacer::new(self.options.sweep_rate);
         let summary = scrub::run(&shard.store, &shard.keyring, shard.now_ms(), &mut pacer, &tracker).await?;
         if summary.corrupt_count > 0 {
             error!(corrupt = summary.corrupt_count, "scrub found corrupt records (left in place)");
@@ -129,7 +144,7 @@ impl Sweeper {
 
     /// Seals every `--sweep-interval` until `shutdown`.
     pub async fn seal_on_schedule(&self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.settings.sweep_interval);
+        let mut ticks = tokio::time::interval(self.options.sweep_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -149,7 +164,7 @@ impl Sweeper {
     /// compare the schedule with the shard clock, so clock jumps are honoured.
     pub async fn maintain_on_schedule(&self, shutdown: CancellationToken) {
         const RECHECK: Duration = Duration::from_secs(60);
-        let schedule = &self.settings.reencrypt_schedule;
+        let schedule = &self.options.reencrypt_schedule;
         let mut next = next_run(schedule, self.shard.now_ms());
         loop {
             let Some(due_ms) = next else {

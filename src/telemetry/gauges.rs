@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
-use crate::events::projection::{TENANT_STATES, state_name};
-use crate::shard::{Shard, ShardId};
+use crate::placement::ShardId;
+use crate::proto::names::{TENANT_STATES, state_name};
+use crate::shard::Shard;
 use crate::storage::StoreError;
 use crate::sweeps::seal as sealing;
 use crate::telemetry::metrics as m;

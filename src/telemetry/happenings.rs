@@ -10,7 +10,7 @@ use metrics::counter;
 use tracing::warn;
 
 use super::metrics::set_ingest_paused;
-use crate::shard::ShardId;
+use crate::placement::ShardId;
 
 /// Something that happened, told to the logs and the metrics at once.
 pub trait Emit {

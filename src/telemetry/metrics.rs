@@ -11,7 +11,7 @@ use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogra
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
-use crate::shard::ShardId;
+use crate::placement::ShardId;
 
 /// How long a gauge series may go without an update before `/metrics`
 /// drops it. Per-tenant series are set when a tenant's projection changes,
@@ -257,13 +257,13 @@ pub fn data_key_lookup(hit: bool) {
 /// A root key wrapped or unwrapped a data key (or failed to): the
 /// counting side of its audit entry.
 pub fn key_used(used: &crate::proto::v1::KeyUsed) {
-    let root = used.root.as_ref().map_or("managed", crate::audit::root_kind);
+    let root = used.root.as_ref().map_or("managed", crate::proto::names::root_kind);
     let outcome = if used.outcome == "ok" { "ok" } else { "error" };
     counter!(
         "keyseal_root_key_operations_total",
         "root_kind" => root,
-        "operation" => crate::audit::operation_name(used.operation()),
-        "purpose" => crate::audit::purpose_name(used.purpose()),
+        "operation" => crate::proto::names::operation_name(used.operation()),
+        "purpose" => crate::proto::names::purpose_name(used.purpose()),
         "outcome" => outcome,
     )
     .increment(1);

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::*;
 use keyseal::broker::publish::synthetic;
+use keyseal::placement::shard_of;
 use keyseal::proto::v1::IngestRecord;
-use keyseal::shards::placement::shard_of;
 use keyseal::storage::Store;
 
 /// Worker processes on one vhost and one data dir.

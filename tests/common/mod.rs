@@ -192,7 +192,7 @@ pub async fn place(vhost: &Vhost, shards: u32, tenants: &[String]) {
     broker::declare_topology(&connection).await.unwrap();
     broker::declare_shard_queues(&connection, shards).await.unwrap();
     for tenant in tenants {
-        let queue = shard_queue(keyseal::shards::placement::shard_of(tenant, shards).0);
+        let queue = shard_queue(keyseal::placement::shard_of(tenant, shards).0);
         channel
             .queue_bind(
                 queue.as_str().into(),

@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::vault::{Vault, args};
 use super::*;
 use keyseal::clock::ManualClock;
-use keyseal::shard::ShardId;
-use keyseal::shards::placement::shard_of;
+use keyseal::placement::ShardId;
+use keyseal::placement::shard_of;
 use keyvault_emulator::RecoveryLevel;
 use serde_json::{Value, json};
 

@@ -54,13 +54,14 @@ use super::data_key::{DataKey, DataKeyId};
 use super::root_key::{ManagedRootKeys, RootKey, RootKeyError, VaultRootKey, WRAP_ALGORITHM, WrapAlgorithm};
 use crate::audit::KeyUse;
 use crate::clock::SharedClock;
+use crate::error::ErrorCode;
 use crate::keyvault::key_uri::KeyUriError;
 use crate::keyvault::{KeyUri, Vault, VaultError};
+use crate::placement::ShardId;
 use crate::proto::store::WrappedDataKey;
 use crate::proto::v1::key_used::Operation;
 use crate::proto::v1::{KeyPurpose, Layer, RootKeyRef, root_key_ref::Root};
-use crate::shard::ShardId;
-use crate::storage::{Store, StoreError};
+use crate::storage::{Scope, Scoped, Store, StoreError};
 
 /// Failures getting a usable data key.
 #[derive(Debug, Error)]
@@ -378,6 +379,37 @@ fn same_root(a: &RootKeyRef, b: &RootKeyRef) -> bool {
     match (&a.root, &b.root) {
         (Some(Root::VaultKeyId(x)), Some(Root::VaultKeyId(y))) => x.eq_ignore_ascii_case(y),
         (x, y) => x == y,
+    }
+}
+
+impl ErrorCode for KeyringError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Crypto(e) => e.code(),
+            Self::Store(e) => e.code(),
+            Self::UnknownDataKey => "data_key_not_found",
+            Self::Vault(e) => e.code(),
+            Self::KeyUri(e) => e.code(),
+            Self::VaultNotConfigured(_) => "vault_not_configured",
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Crypto(e) => e.is_retryable(),
+            Self::Store(e) => e.is_retryable(),
+            Self::Vault(e) => e.is_retryable(),
+            Self::UnknownDataKey | Self::KeyUri(_) | Self::VaultNotConfigured(_) => false,
+        }
+    }
+}
+
+impl Scoped for KeyringError {
+    fn scope(self) -> Scope<Self> {
+        match self {
+            Self::Store(e) => Scope::Store(e),
+            other => Scope::Contained(other),
+        }
     }
 }
 

@@ -26,6 +26,7 @@ pub use vault::VaultRootKey;
 
 use super::CryptoError;
 use super::data_key::DataKey;
+use crate::error::ErrorCode;
 use crate::keyvault::VaultError;
 use crate::proto::v1::RootKeyRef;
 
@@ -124,4 +125,20 @@ pub trait RootKey: Send + Sync {
         algorithm: WrapAlgorithm,
         request_id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<DataKey, RootKeyError>>;
+}
+
+impl ErrorCode for RootKeyError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Crypto(e) => e.code(),
+            Self::Vault(e) => e.code(),
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Crypto(e) => e.is_retryable(),
+            Self::Vault(e) => e.is_retryable(),
+        }
+    }
 }

@@ -32,7 +32,7 @@ use super::message::{ForwardedAnswer, Refusal, unpack_request};
 use super::replay::{Admission, ReplayGuard};
 use super::requester::now_ms;
 use crate::broker;
-use crate::shard::ShardId;
+use crate::placement::ShardId;
 use crate::telemetry::happenings::{Emit, ForwardedRequestRefused};
 
 /// Most forwarded requests one shard serves at once.

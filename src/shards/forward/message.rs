@@ -17,7 +17,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use super::key::ForwardKey;
-use crate::shard::ShardId;
+use crate::placement::ShardId;
 
 const METHOD: &str = "x-keyseal-method";
 const URI: &str = "x-keyseal-uri";

@@ -20,7 +20,7 @@ use super::key::ForwardKey;
 use super::message::{ForwardedRequest, MAX_SHORT_STRING, Refusal, unpack_answer};
 use crate::broker::{self, lease_queue};
 use crate::clock::{Clock, SystemClock};
-use crate::shard::ShardId;
+use crate::placement::ShardId;
 
 /// Largest request body or answer relayed (a record is at most 1 MiB).
 const MAX_BODY_BYTES: usize = 4 << 20;

@@ -1,170 +1,13 @@
-//! The status page, `GET /`: one small server-rendered HTML page that an
-//! operator can leave open in a browser. It shows each tenant's state, key
-//! health, hot and sealed counts and seal lag, the worker's totals, and
-//! every shard of the deployment with its owner and tenant count; it
-//! refreshes itself, needs no scripts and loads no external assets.
-//!
-//! [`snapshot`] reads what the page shows from the owned shards;
-//! [`render`] turns a [`Snapshot`] into HTML, purely, escaping every string
-//! it did not write itself. The page never shows payloads, key material or
-//! key URIs: only what `/metrics` already exposes, plus key health reasons,
-//! key versions and the state times the lockdown policy works from.
+//! The status page's HTML: [`render`] turns a [`Snapshot`] into a complete
+//! page, purely, escaping every string it did not write itself.
 
-use std::collections::HashMap;
 use std::fmt::{self, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::shards_api::ShardLine;
+use super::snapshot::{OVERDUE_SCAN_LIMIT, REFRESH_SECONDS, Snapshot, TenantRow};
 use crate::clock::rfc3339;
-use crate::config::Settings;
-use crate::events::projection::{TENANT_STATES, state_name};
-use crate::health::policy::KeyHealthView;
-use crate::proto::store::{TenantProjection, TenantState};
-use crate::shard::Shard;
-use crate::storage::{StoreError, TenantCensus, keys};
-use crate::sweeps::seal as sealing;
-
-/// Seconds between the page's self-refreshes.
-pub const REFRESH_SECONDS: u32 = 5;
-
-/// Most tenant rows the page shows: those that need attention (locked
-/// down, degraded) first, then the others by id. The totals count every
-/// tenant; `GET /v1/tenants/{tenant}` shows any of them.
-pub const MAX_TENANT_ROWS: usize = 500;
-
-/// Most overdue index entries one [`snapshot`] reads to find each tenant's
-/// oldest overdue record (a few milliseconds of work).
-pub const OVERDUE_SCAN_LIMIT: usize = 10_000;
-
-/// Everything the page shows, read at one moment.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// When the snapshot was taken (Unix ms, the worker's clock).
-    pub taken_at_ms: i64,
-    /// Whether the worker holds its leases and every owned shard consumes.
-    pub amqp_ready: bool,
-    /// The worker's `--seal-after`.
-    pub seal_after: Duration,
-    /// How far past the seal age the oldest record in `hot` is (what
-    /// `/metrics` reports as `keyseal_seal_lag_seconds`).
-    pub seal_lag: Duration,
-    /// The shards this worker owns.
-    pub shards: Vec<u32>,
-    /// The deployment's shard count.
-    pub shard_count: u32,
-    /// Every shard of the deployment: its owner, since when, its tenants.
-    pub deployment: Vec<ShardLine>,
-    /// Totals over every tenant of the owned shards.
-    pub census: TenantCensus,
-    /// At most [`MAX_TENANT_ROWS`] tenants of the owned shards: locked down,
-    /// then degraded, then the others, each group by id.
-    pub tenants: Vec<TenantRow>,
-}
-
-/// One tenant's line on the page.
-#[derive(Debug, Clone)]
-pub struct TenantRow {
-    /// The tenant id.
-    pub tenant: String,
-    /// Its projection: state, key in use, record counts.
-    pub projection: TenantProjection,
-    /// Its key health, as the admin API reports it.
-    pub health: KeyHealthView,
-    /// How far past the seal age its oldest record in `hot` is; `None` when
-    /// the bounded scan of overdue records did not reach this tenant.
-    pub seal_lag: Option<Duration>,
-}
-
-/// Reads what the page shows from the worker's owned `shards` now, with
-/// the `deployment`'s shard lines (asked of their owners beforehand).
-pub fn snapshot(
-    shards: &[Arc<Shard>],
-    deployment: Vec<ShardLine>,
-    now_ms: i64,
-    amqp_ready: bool,
-    settings: &Settings,
-) -> Result<Snapshot, StoreError> {
-    let mut census = TenantCensus::default();
-    let mut seal_lag = Duration::ZERO;
-    let mut overdue = Vec::with_capacity(shards.len());
-    for shard in shards {
-        census.merge(&shard.store.census());
-        let (lag, oldest) = overdue_of(shard, now_ms, settings.seal_after)?;
-        seal_lag = seal_lag.max(lag);
-        overdue.push(oldest);
-    }
-    let mut tenants = Vec::new();
-    for group in [Some(TenantState::LockedDown), Some(TenantState::Degraded), None] {
-        let wanted = |p: &TenantProjection| match group {
-            Some(state) => p.state() == state,
-            None => !matches!(p.state(), TenantState::LockedDown | TenantState::Degraded),
-        };
-        let mut rows = Vec::new();
-        for (shard, oldest) in shards.iter().zip(&overdue) {
-            let room = MAX_TENANT_ROWS - tenants.len();
-            for (tenant, projection) in shard.store.first_tenants_where(room, wanted) {
-                rows.push(oldest.row(tenant, projection, now_ms, settings));
-            }
-        }
-        rows.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-        rows.truncate(MAX_TENANT_ROWS - tenants.len());
-        tenants.extend(rows);
-    }
-    Ok(Snapshot {
-        taken_at_ms: now_ms,
-        amqp_ready,
-        seal_after: settings.seal_after,
-        seal_lag,
-        shards: shards.iter().map(|shard| shard.id.0).collect(),
-        shard_count: deployment.len() as u32,
-        deployment,
-        census,
-        tenants,
-    })
-}
-
-/// What a bounded read of a shard's overdue records found: each tenant's
-/// oldest overdue record, and whether the read reached them all.
-struct Overdue {
-    oldest: HashMap<String, i64>,
-    complete: bool,
-    seal_after: Duration,
-}
-
-impl Overdue {
-    fn row(&self, tenant: String, projection: TenantProjection, now_ms: i64, settings: &Settings) -> TenantRow {
-        let seal_lag = match self.oldest.get(tenant.as_str()) {
-            Some(&ingested_at_ms) => Some(sealing::seal_lag(now_ms, self.seal_after, ingested_at_ms)),
-            None if self.complete || projection.hot_records == 0 => Some(Duration::ZERO),
-            None => None,
-        };
-        TenantRow { health: KeyHealthView::of(&projection, settings.lockdown_after), tenant, projection, seal_lag }
-    }
-}
-
-/// `shard`'s seal lag and its tenants' oldest overdue records.
-fn overdue_of(shard: &Shard, now_ms: i64, seal_after: Duration) -> Result<(Duration, Overdue), StoreError> {
-    // A tenant's seal lag needs its oldest record in `hot`, but the time
-    // index is ordered by time, not by tenant. Reading only the overdue part
-    // of it (before the seal cutoff) finds every tenant's oldest overdue
-    // record, and that part is small: each sweep seals the overdue records
-    // of every active tenant. Only a tenant whose sealing is held back piles
-    // up a backlog there, so the read stops after OVERDUE_SCAN_LIMIT entries
-    // and a tenant it did not reach shows its lag as not measured. The
-    // shard-wide lag is exact either way: it is the first entry's.
-    let cutoff_ms = sealing::seal_cutoff_ms(now_ms, seal_after);
-    let overdue = shard.store.ingested_before(None, cutoff_ms, OVERDUE_SCAN_LIMIT)?;
-    let mut oldest = HashMap::new();
-    for entry in &overdue {
-        if let Some((tenant, _)) = keys::split_record_key(&entry.record_key) {
-            oldest.entry(tenant.to_owned()).or_insert(entry.ingested_at_ms);
-        }
-    }
-    let lag =
-        overdue.first().map_or(Duration::ZERO, |entry| sealing::seal_lag(now_ms, seal_after, entry.ingested_at_ms));
-    Ok((lag, Overdue { oldest, complete: overdue.len() < OVERDUE_SCAN_LIMIT, seal_after }))
-}
+use crate::proto::names::{TENANT_STATES, state_name};
+use crate::proto::store::TenantState;
 
 /// The page for `snapshot`, as a complete HTML document.
 pub fn render(snapshot: &Snapshot) -> String {
@@ -249,22 +92,9 @@ fn write_summary(out: &mut String, s: &Snapshot) -> fmt::Result {
         s.census.tenants(),
         Lag(Some(s.seal_lag)),
         humantime::format_duration(s.seal_after),
-        ShardList(&s.shards),
+        s.shards,
         s.shard_count,
     )
-}
-
-/// Shard ids as `0, 3, 4`, or `none`.
-struct ShardList<'a>(&'a [u32]);
-
-impl fmt::Display for ShardList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("none");
-        }
-        let ids: Vec<String> = self.0.iter().map(u32::to_string).collect();
-        f.write_str(&ids.join(", "))
-    }
 }
 
 /// The deployment's shards, one row each; this worker's are marked.
@@ -281,7 +111,7 @@ fn write_shards(out: &mut String, s: &Snapshot) -> fmt::Result {
     for line in &s.deployment {
         write!(out, "<tr data-shard=\"{}\">\n<th scope=\"row\" class=\"num\">{}</th>\n", line.shard, line.shard)?;
         match &line.owner {
-            Some(owner) if s.shards.contains(&line.shard) => {
+            Some(owner) if s.shards.0.contains(&line.shard) => {
                 writeln!(out, "<td>{} <small>(this worker)</small></td>", Escaped(owner))?
             }
             Some(owner) => writeln!(out, "<td>{}</td>", Escaped(owner))?,
@@ -441,6 +271,11 @@ impl fmt::Display for Lag {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::shards_api::ShardLine;
+    use crate::health::policy::KeyHealthView;
+    use crate::placement::ShardList;
+    use crate::proto::store::TenantProjection;
+    use crate::storage::TenantCensus;
 
     const GRACE: Duration = Duration::from_secs(50 * 60);
 
@@ -454,7 +289,7 @@ mod tests {
             amqp_ready: true,
             seal_after: Duration::from_secs(48 * 3600),
             seal_lag: Duration::from_secs(90),
-            shards: vec![0, 3],
+            shards: ShardList([0, 3].into()),
             shard_count: 4,
             deployment: (0..4)
                 .map(|shard| ShardLine {
@@ -575,7 +410,7 @@ mod tests {
     fn the_page_shows_which_shards_the_worker_owns() {
         let html = page(Vec::new());
         assert!(html.contains("<dt>Shards owned</dt><dd>0, 3 <small>(of 4)</small></dd>"), "{html}");
-        assert_eq!(ShardList(&[]).to_string(), "none");
+        assert_eq!(ShardList::default().to_string(), "none");
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Generated protobuf types: the external contract (`keyseal.v1`) and the
 //! on-disk encodings (`keyseal.store.v1`). The modules mirror the protobuf
-//! packages so prost's cross-package paths resolve.
-
-#![allow(missing_docs, clippy::all)]
+//! packages so prost's cross-package paths resolve. [`names`] holds the
+//! names the API, routing keys and metrics give them.
 
 /// Protobuf package root.
+#[allow(missing_docs, clippy::all)]
 pub mod keyseal {
     /// `keyseal.v1`: `IngestRecord` and the domain `Event`s.
     pub mod v1 {
@@ -18,6 +18,8 @@ pub mod keyseal {
         }
     }
 }
+
+pub mod names;
 
 pub use keyseal::store::v1 as store;
 pub use keyseal::v1;
