@@ -1,22 +1,43 @@
 //! docker-compose.yml: the stack's services, their ports, health checks,
 //! restart policies and volumes; the workers of one deployment and the
 //! settings and flags they pass to keyseal (checked against `keyseal
-//! --help`); and how a worker reaches the Key Vault emulator.
+//! --help`); the three RabbitMQ nodes that form one cluster and that every
+//! worker is given; and how a worker reaches the Key Vault emulator.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
+use lapin::uri::AMQPScheme;
 use serde_yaml_ng::Value as Yaml;
 
 use crate::files::{
-    ENV_ONLY, compose, env_names, environment, help, help_block, long_flags, mounts, port_of, scalar, service,
-    str_list, worker_services,
+    ENV_ONLY, amqp_nodes, compose, env_names, environment, help, help_block, long_flags, mounts, one_login, port_of,
+    read, scalar, service, str_list, worker_services,
 };
 
-/// The six services the stack is made of: a service added or renamed
+/// The nine services the stack is made of: a service added or renamed
 /// without its checks fails the first test.
-const SERVICES: [&str; 6] = ["rabbitmq", "keyvault-emulator", "worker", "worker-2", "prometheus", "grafana"];
+const SERVICES: [&str; 9] = [
+    "rabbitmq-1",
+    "rabbitmq-2",
+    "rabbitmq-3",
+    "keyvault-emulator",
+    "keyseal-1",
+    "keyseal-2",
+    "keyseal-3",
+    "prometheus",
+    "grafana",
+];
+
+/// The RabbitMQ nodes' image, RabbitMQ's official one (Docker Hub's
+/// `library/rabbitmq`) with the management UI: what the nodes' settings
+/// (environment, config file, data dir) are written for.
+const RABBITMQ_IMAGE: &str = "rabbitmq:3.13-management";
+
+/// Where the official image reads its main configuration file, which the
+/// nodes mount from the repository.
+const RABBITMQ_CONF: &str = "/etc/rabbitmq/rabbitmq.conf";
 
 /// Host ports a service publishes (short `[ip:]host:container[/proto]` or
 /// long `{published, target}` syntax): what the header of
@@ -47,18 +68,21 @@ fn flag_value<'a>(command: &'a [String], flag: &str) -> Option<&'a str> {
 }
 
 #[test]
-fn compose_has_the_six_services_with_ports_healthchecks_and_restart_policies() {
+fn compose_has_the_nine_services_with_ports_healthchecks_and_restart_policies() {
     let compose = compose();
     let services = compose["services"].as_mapping().expect("docker-compose.yml has services");
     let names: BTreeSet<String> = services.keys().map(scalar).collect();
     let expected: BTreeSet<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
     assert_eq!(names, expected, "the stack's services");
 
-    let expected_ports: [(&str, &[u16]); 6] = [
-        ("rabbitmq", &[5672, 15672]),
+    let expected_ports: [(&str, &[u16]); 9] = [
+        ("rabbitmq-1", &[5672, 15672]),
+        ("rabbitmq-2", &[5673, 15673]),
+        ("rabbitmq-3", &[5674, 15674]),
         ("keyvault-emulator", &[8443]),
-        ("worker", &[8080]),
-        ("worker-2", &[8081]),
+        ("keyseal-1", &[8080]),
+        ("keyseal-2", &[8081]),
+        ("keyseal-3", &[8082]),
         ("prometheus", &[9090]),
         ("grafana", &[3000]),
     ];
@@ -94,10 +118,13 @@ fn compose_has_the_six_services_with_ports_healthchecks_and_restart_policies() {
         }
     }
     for (name, data_dir) in [
-        ("rabbitmq", "/var/lib/rabbitmq"),
+        ("rabbitmq-1", "/var/lib/rabbitmq"),
+        ("rabbitmq-2", "/var/lib/rabbitmq"),
+        ("rabbitmq-3", "/var/lib/rabbitmq"),
         ("keyvault-emulator", "/var/lib/keyvault-emulator"),
-        ("worker", "/var/lib/keyseal"),
-        ("worker-2", "/var/lib/keyseal"),
+        ("keyseal-1", "/var/lib/keyseal"),
+        ("keyseal-2", "/var/lib/keyseal"),
+        ("keyseal-3", "/var/lib/keyseal"),
         ("prometheus", "/prometheus"),
         ("grafana", "/var/lib/grafana"),
     ] {
@@ -114,13 +141,6 @@ fn compose_has_the_six_services_with_ports_healthchecks_and_restart_policies() {
         let worker_check = str_list(&worker["healthcheck"]["test"]).join(" ");
         assert!(worker_check.contains("/healthz") && worker_check.contains("8080"), "{name}: {worker_check}");
     }
-    // guest/guest must work from the worker's container.
-    let rabbit = environment(service(&compose, "rabbitmq"));
-    assert!(
-        rabbit.get("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS").is_some_and(|v| v.contains("loopback_users []")),
-        "rabbitmq clears loopback_users: {rabbit:?}"
-    );
-    assert_eq!(service(&compose, "rabbitmq")["image"].as_str(), Some("rabbitmq:3.13-management"));
 }
 
 #[test]
@@ -212,7 +232,9 @@ fn admin_token_is_read_from_the_environment() {
 fn compose_commands_use_flags_the_binary_has() {
     let compose = compose();
     let mut checked = 0;
-    for name in ["worker", "worker-2", "keyvault-emulator"] {
+    let workers = worker_services(&compose);
+    let names = workers.iter().map(|(name, _)| name.as_str()).chain(["keyvault-emulator"]);
+    for name in names {
         let svc = service(&compose, name);
         assert!(svc.get("build").is_some(), "{name} is built from the Dockerfile");
         let command = str_list(&svc["command"]);
@@ -225,19 +247,19 @@ fn compose_commands_use_flags_the_binary_has() {
             checked += 1;
         }
     }
-    assert_eq!(str_list(&service(&compose, "worker")["command"]), ["run"]);
+    assert_eq!(str_list(&service(&compose, "keyseal-1")["command"]), ["run"]);
     assert!(checked >= 2, "the emulator's command sets --addr and --state-dir");
 }
 
-/// Two workers of one deployment: the same shard count, broker and token,
-/// and one data volume, so either can take over any shard of the other.
+/// Three workers of one deployment: the same shard count, broker and token,
+/// and one data volume, so any of them can take over any shard of another.
 #[test]
-fn compose_runs_two_workers_of_one_deployment() {
+fn compose_runs_three_workers_of_one_deployment() {
     let compose = compose();
     let workers = worker_services(&compose);
     let names: Vec<&str> = workers.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(workers.len(), 2, "two worker services (command `run`): {names:?}");
-    assert!(names.contains(&"worker"), "one is `worker`, the name the docs and tests use: {names:?}");
+    assert_eq!(workers.len(), 3, "three worker services (command `run`): {names:?}");
+    assert!(names.contains(&"keyseal-1"), "one is `keyseal-1`, the name the docs and tests use: {names:?}");
 
     for setting in ["KEYSEAL_SHARDS", "KEYSEAL_AMQP_URL", "KEYSEAL_ADMIN_TOKEN"] {
         let values: BTreeSet<String> = workers
@@ -251,7 +273,7 @@ fn compose_runs_two_workers_of_one_deployment() {
     let first = environment(workers[0].1);
     let shards = &first["KEYSEAL_SHARDS"];
     let shards: u32 = shards.parse().unwrap_or_else(|_| panic!("KEYSEAL_SHARDS={shards} is a number"));
-    assert!(shards >= 2, "the two workers share more than one shard, not {shards}");
+    assert!(shards >= 3, "each of the three workers owns a shard while all run, with {shards} shards");
 
     // One named volume at every worker's data dir, writable.
     let declared: BTreeSet<String> =
@@ -270,7 +292,7 @@ fn compose_runs_two_workers_of_one_deployment() {
         .collect();
     assert_eq!(data_volumes.len(), 1, "the workers share one data volume: {data_volumes:?}");
 
-    // Each on its own host port (8080 and 8081).
+    // Each on its own host port (8080, 8081 and 8082).
     let mut published = BTreeSet::new();
     for (name, svc) in &workers {
         for port in published_ports(svc) {
@@ -278,15 +300,15 @@ fn compose_runs_two_workers_of_one_deployment() {
         }
     }
     assert!(
-        published.is_superset(&BTreeSet::from([8080u16, 8081])),
-        "the workers publish 8080 and 8081: {published:?}"
+        published.is_superset(&BTreeSet::from([8080u16, 8081, 8082])),
+        "the workers publish 8080, 8081 and 8082: {published:?}"
     );
 }
 
 #[test]
 fn worker_reaches_the_emulator_by_a_name_its_certificate_covers() {
     let compose = compose();
-    let worker = service(&compose, "worker");
+    let worker = service(&compose, "keyseal-1");
     let env = environment(worker);
     let emulator = service(&compose, "keyvault-emulator");
     let command = str_list(&emulator["command"]);
@@ -327,16 +349,131 @@ fn worker_reaches_the_emulator_by_a_name_its_certificate_covers() {
         .unwrap_or_else(|| panic!("the worker mounts volume {state_volume} where {} lies", ca.display()));
     assert!(read_only, "the worker mounts the emulator's state read-only");
 
-    // The worker starts after the broker and the vault are healthy, and
-    // reaches both by service name.
-    for dependency in ["rabbitmq", "keyvault-emulator"] {
+    // The worker starts after the broker's nodes and the vault are healthy,
+    // and reaches each by its service name.
+    let brokers: Vec<String> = amqp_nodes(&env["KEYSEAL_AMQP_URL"]).into_iter().map(|n| n.authority.host).collect();
+    for dependency in brokers.iter().map(String::as_str).chain(["keyvault-emulator"]) {
+        service(&compose, dependency);
         assert_eq!(
             worker["depends_on"][dependency]["condition"].as_str(),
             Some("service_healthy"),
             "the worker waits for a healthy {dependency}"
         );
     }
-    assert!(env["KEYSEAL_AMQP_URL"].contains("@rabbitmq:5672/"), "{}", env["KEYSEAL_AMQP_URL"]);
     assert_eq!(port_of(&env["KEYSEAL_HTTP_ADDR"]), 8080);
     assert!(!env["KEYSEAL_HTTP_ADDR"].starts_with("127."), "the worker's admin API is reachable from Prometheus");
+}
+
+/// The RabbitMQ services (RabbitMQ's image), by name: the broker's nodes.
+fn rabbitmq_services(compose: &Yaml) -> Vec<(String, &Yaml)> {
+    compose["services"]
+        .as_mapping()
+        .expect("docker-compose.yml has services")
+        .iter()
+        .filter(|(_, svc)| svc["image"].as_str().is_some_and(|image| image.starts_with("rabbitmq:")))
+        .map(|(name, svc)| (scalar(name), svc))
+        .collect()
+}
+
+/// The `key = value` settings of a rabbitmq.conf (`#` starts a comment),
+/// to check what the nodes are configured with.
+fn rabbitmq_conf(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(|line| line.split('#').next().unwrap().trim())
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("rabbitmq.conf: {line:?} is no setting"));
+            (key.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect()
+}
+
+/// Three RabbitMQ nodes form one cluster by classic config peer discovery:
+/// one mounted rabbitmq.conf lists the three node names, which are the
+/// services' hostnames, and the nodes share one Erlang cookie. Every worker
+/// is given exactly those three nodes, with one vhost and the user the
+/// nodes create.
+#[test]
+fn compose_runs_one_rabbitmq_cluster_of_three_nodes_by_classic_config() {
+    let compose = compose();
+    let nodes = rabbitmq_services(&compose);
+    let names: BTreeSet<String> = nodes.iter().map(|(name, _)| name.clone()).collect();
+    let expected: BTreeSet<String> = ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"].map(String::from).into();
+    assert_eq!(names, expected, "three RabbitMQ services");
+
+    let (mut node_names, mut cookies, mut logins, mut confs, mut data) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for (name, svc) in &nodes {
+        assert_eq!(svc["image"].as_str(), Some(RABBITMQ_IMAGE), "{name}: RabbitMQ's official image");
+        // The node is rabbit@<hostname>; its peers reach that host by the
+        // service's name, and its data in the volume is kept under it.
+        let hostname = svc["hostname"].as_str().unwrap_or_else(|| panic!("{name} sets a hostname"));
+        assert_eq!(hostname, name, "{name}: the hostname its peers reach it by is its service name");
+        let env = environment(svc);
+        let node = format!("rabbit@{hostname}");
+        assert!(env.get("RABBITMQ_NODENAME").is_none_or(|n| *n == node), "{name} is node {node}");
+        node_names.insert(node);
+        cookies.insert(env.get("RABBITMQ_ERLANG_COOKIE").cloned().unwrap_or_default());
+        logins.insert((env.get("RABBITMQ_DEFAULT_USER").cloned(), env.get("RABBITMQ_DEFAULT_PASS").cloned()));
+        for (source, target, read_only) in mounts(svc) {
+            if target == RABBITMQ_CONF {
+                assert!(read_only, "{name} mounts {source} read-only");
+                confs.insert(source);
+            } else if target == "/var/lib/rabbitmq" {
+                data.insert(source);
+            }
+        }
+    }
+    assert_eq!(data.len(), 3, "each node keeps its data in a volume of its own: {data:?}");
+    assert_eq!(cookies.len(), 1, "the nodes share one Erlang cookie: {cookies:?}");
+    let cookie = cookies.first().unwrap();
+    assert!(
+        cookie.starts_with("${RABBITMQ_ERLANG_COOKIE:-") && cookie.len() > "${RABBITMQ_ERLANG_COOKIE:-}".len(),
+        "the cookie comes from the caller, with a default for a laptop: {cookie:?}"
+    );
+
+    assert_eq!(confs.len(), 1, "every node mounts the same {RABBITMQ_CONF}: {confs:?}");
+    let source = confs.first().unwrap();
+    let conf = rabbitmq_conf(&read(source.trim_start_matches("./")));
+    let backend = conf.get("cluster_formation.peer_discovery_backend").map(String::as_str);
+    assert!(
+        matches!(backend, Some("classic_config" | "rabbit_peer_discovery_classic_config")),
+        "{source}: classic config peer discovery, not {backend:?}"
+    );
+    let listed: BTreeSet<String> = conf
+        .iter()
+        .filter(|(key, _)| key.starts_with("cluster_formation.classic_config.nodes."))
+        .map(|(_, node)| node.clone())
+        .collect();
+    assert_eq!(listed, node_names, "{source} lists the three nodes, rabbit@<hostname>");
+    // keyseal's shard leases are exclusive queues: a partitioned minority
+    // must pause (and drop its connections) rather than keep a lease that
+    // the majority gives to another worker.
+    assert_eq!(conf.get("cluster_partition_handling").map(String::as_str), Some("pause_minority"), "{source}");
+
+    // The user the nodes create may log in from the workers' containers.
+    assert_eq!(logins.len(), 1, "the nodes create one user: {logins:?}");
+    let (user, password) = logins.pop_first().unwrap();
+    let (user, password) = (user.expect("RABBITMQ_DEFAULT_USER"), password.expect("RABBITMQ_DEFAULT_PASS"));
+    assert!(
+        conf.get(&format!("loopback_users.{user}")).is_some_and(|v| v == "false")
+            || conf.get("loopback_users").is_some_and(|v| v == "none"),
+        "{source}: {user} may log in from other containers, not only from loopback"
+    );
+
+    // Every worker is given each node once, all with that user and one vhost.
+    for (worker, svc) in worker_services(&compose) {
+        let urls = amqp_nodes(&environment(svc)["KEYSEAL_AMQP_URL"]);
+        let hosts: Vec<&str> = urls.iter().map(|url| url.authority.host.as_str()).collect();
+        assert_eq!(hosts.len(), 3, "{worker}: KEYSEAL_AMQP_URL names three nodes: {hosts:?}");
+        let distinct: BTreeSet<String> = hosts.iter().map(|host| (*host).to_owned()).collect();
+        assert_eq!(distinct, names, "{worker}: KEYSEAL_AMQP_URL names each RabbitMQ service once");
+        for url in &urls {
+            assert_eq!(url.scheme, AMQPScheme::AMQP, "{worker}: {}", url.authority.host);
+            assert_eq!(url.authority.port, 5672, "{worker}: {} on the AMQP port", url.authority.host);
+        }
+        let (login_user, login_password, vhost) = one_login(&worker, &urls);
+        assert_eq!((login_user, login_password), (user.clone(), password.clone()), "{worker} logs in as {user}");
+        assert_eq!(vhost, "/", "{worker}: the default vhost, the one {user} has permissions on");
+    }
 }

@@ -323,9 +323,9 @@ fn prometheus_scrapes_the_worker() {
                 .as_sequence()
                 .into_iter()
                 .flatten()
-                .any(|c| str_list(&c["targets"]).iter().any(|t| t == "worker:8080"))
+                .any(|c| str_list(&c["targets"]).iter().any(|t| t == "keyseal-1:8080"))
         })
-        .expect("a job scrapes worker:8080");
+        .expect("a job scrapes keyseal-1:8080");
     assert!(matches!(job["metrics_path"].as_str(), None | Some("/metrics")), "{job:?}");
     assert!(matches!(job["scheme"].as_str(), None | Some("http")), "{job:?}");
     // With KEYSEAL_ADMIN_TOKEN set, /metrics needs it: Prometheus sends it
@@ -339,9 +339,9 @@ fn prometheus_scrapes_the_worker() {
     let selector = format!("job=\"{job_name}\"");
     assert!(dashboard_queries(&dashboard()).iter().any(|q| q.contains(&selector)), "the dashboard selects {selector}");
 
-    // compose: `worker` is the service, Prometheus reads this file.
+    // compose: `keyseal-1` is the service, Prometheus reads this file.
     let compose = compose();
-    assert_eq!(port_of(&environment(service(&compose, "worker"))["KEYSEAL_HTTP_ADDR"]), 8080);
+    assert_eq!(port_of(&environment(service(&compose, "keyseal-1"))["KEYSEAL_HTTP_ADDR"]), 8080);
     // The same job scrapes every worker of the stack.
     let targets: BTreeSet<String> =
         job["static_configs"].as_sequence().into_iter().flatten().flat_map(|c| str_list(&c["targets"])).collect();
@@ -365,7 +365,7 @@ fn prometheus_scrapes_the_worker() {
     let prometheus = service(&compose, "prometheus");
     assert_eq!(
         environment(prometheus).get("KEYSEAL_ADMIN_TOKEN"),
-        environment(service(&compose, "worker")).get("KEYSEAL_ADMIN_TOKEN"),
+        environment(service(&compose, "keyseal-1")).get("KEYSEAL_ADMIN_TOKEN"),
         "Prometheus gets the worker's token"
     );
     let entrypoint = str_list(&prometheus["entrypoint"]).join(" ");

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use lapin::uri::AMQPUri;
 use serde::Deserialize;
 use serde_yaml_ng::Value as Yaml;
 
@@ -114,6 +115,30 @@ pub(crate) fn mounts(service: &Yaml) -> Vec<(String, String, bool)> {
             (parts[0].to_owned(), parts[1].to_owned(), read_only)
         })
         .collect()
+}
+
+/// The node URLs of a `KEYSEAL_AMQP_URL`, a comma-separated list with one
+/// URL per node of one RabbitMQ cluster, each parsed by lapin (the AMQP
+/// client keyseal connects with), so a URL it would refuse fails here.
+pub(crate) fn amqp_nodes(list: &str) -> Vec<AMQPUri> {
+    list.split(',')
+        .map(|url| url.parse().unwrap_or_else(|e| panic!("{url:?} in KEYSEAL_AMQP_URL {list:?} is no AMQP URL: {e}")))
+        .collect()
+}
+
+/// The `(username, password, vhost)` every node URL of a `KEYSEAL_AMQP_URL`
+/// shares: the nodes are one cluster, so `--amqp-url` requires one user and
+/// one vhost for all of them. `whose` names the list in a failure.
+pub(crate) fn one_login(whose: &str, nodes: &[AMQPUri]) -> (String, String, String) {
+    let mut logins: BTreeSet<(String, String, String)> = nodes
+        .iter()
+        .map(|node| {
+            let user = &node.authority.userinfo;
+            (user.username.clone(), user.password.clone(), node.vhost.clone())
+        })
+        .collect();
+    assert_eq!(logins.len(), 1, "{whose}: one user, password and vhost for every node: {logins:?}");
+    logins.pop_first().unwrap()
 }
 
 /// The port of a `host:port` address, to compare a listener (`--addr`,
