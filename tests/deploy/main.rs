@@ -9,7 +9,8 @@
 //! - [`docker`]: the image, `Dockerfile` and `.dockerignore`.
 //! - [`dashboards`]: the Grafana dashboard (`dashboards/keyseal.json`,
 //!   `deploy/grafana/`) and Prometheus (`deploy/prometheus.yml`).
-//! - [`k8s`]: the Kubernetes manifests, `deploy/k8s/*.yaml`.
+//! - [`k8s`]: the Kubernetes manifests, `deploy/k8s/*.yaml` (a directory:
+//!   the manifests as a whole, and a module per manifest with its own story).
 //! - [`files`]: reading and parsing for all of them (repository paths, YAML,
 //!   the compose services, `keyseal --help`).
 
