@@ -81,7 +81,7 @@ pub enum DemoError {
     /// No broker answers at the URL (shown without its password).
     #[error(
         "RabbitMQ is not reachable at {url} ({reason}): start one with `rabbitmq-server -detached` \
-         (or `docker compose up -d rabbitmq`), or point --amqp-url / KEYSEAL_AMQP_URL at one"
+         (or `docker compose up -d rabbitmq-1 rabbitmq-2 rabbitmq-3`), or point --amqp-url / KEYSEAL_AMQP_URL at one"
     )]
     BrokerUnreachable {
         /// The URL, password masked.
