@@ -27,7 +27,7 @@ use crate::proto::v1::{TenantErased, TenantErasureCompleted, event::Kind};
 use crate::shard::Shard;
 use crate::storage::StoreError;
 use crate::sweeps::Sweeper;
-use crate::telemetry::metrics as m;
+use crate::telemetry::happenings::{Emit, TenantErasureFinished};
 
 /// Why a tenant could not be erased.
 #[derive(Debug, Error)]
@@ -83,9 +83,15 @@ pub async fn erase(shard: &Shard, sweeper: &Sweeper, tenant: &str) -> Result<Era
             |data_keys_destroyed| Kind::TenantErased(TenantErased { data_keys_destroyed, hot_records, sealed_records });
         shard.keyring.shred(tenant, shard.now_ms(), erased).await?
     };
-    info!(tenant, data_keys_destroyed, "tenant erased: its data keys are destroyed");
+    info!(tenant, data_keys_destroyed, "tenant's data keys destroyed; removing its data");
     let completed = purge(shard, tenant).await?;
-    m::tenant_erased(started.elapsed());
+    TenantErasureFinished {
+        tenant,
+        data_keys: data_keys_destroyed,
+        records: completed.records_removed,
+        took: started.elapsed(),
+    }
+    .emit();
     Ok(ErasureSummary {
         data_keys_destroyed,
         records_removed: completed.records_removed,

@@ -1,50 +1,33 @@
 //! keyseal: an event-sourced worker that keeps tenant records encrypted at
 //! rest and seals them under each tenant's own key.
 //!
-//! A map of the crate, in the order a record travels:
+//! The crate in layers, each importing only from itself and the layers
+//! before it in this list (docs/architecture.md has the file-by-file table;
+//! `../shared/tools/circles.py` checks there is no import circle):
 //!
-//! - [`broker`]: RabbitMQ connections, the fixed topology and
-//!   [`broker::publish`], the confirm-mode producer of `keyseal publish`.
-//! - [`ingest`]: consume a shard's queue in batches, [`ingest::validate`]
-//!   each message, dead-letter rejects with a reason, ack after durability.
-//! - [`records`]: turn producer content into encrypted envelopes in `hot`
-//!   (deduplicating redeliveries) and read them back.
-//! - [`crypto`]: data keys, the root keys that wrap them (one
-//!   [`crypto::root_key::RootKey`] per kind: managed, Key Vault), the
-//!   [`crypto::keyring`] and the envelope that binds a ciphertext to its
-//!   identity.
-//! - [`storage`]: RocksDB column families, the one atomic write path (which
-//!   appends events and folds them into the [`events::projection`]) and
-//!   the [`storage::pager`] for cursor scans.
-//! - [`keyvault`]: Azure Key Vault for a tenant's root key (BYOK): key URIs,
-//!   credentials, the official client (it wraps and unwraps plain bytes)
-//!   and the enable checks.
-//! - [`byok`]: enabling and disabling a tenant's own key, and the
-//!   [`byok::rewrapper`], the one task that moves data keys under a new root
-//!   (after enables, rolls and restarts).
-//! - [`health`]: the key prober, the lockdown policy and the lockdown
-//!   deadline tick.
-//! - [`sweeps`]: the [`sweeps::Sweeper`] and its sweeps: [`sweeps::seal`]
-//!   moves records older than the seal age into `sealed`; re-encryption
-//!   off old data keys and the scrub that verifies every record.
-//! - [`erasure`]: erasing a tenant provably: its data keys shredded in
-//!   one batch, then its data removed from every file.
-//! - [`audit`]: the key-use audit: every root-key call is a `KeyUsed`
-//!   event, recorded without an fsync of its own.
-//! - [`events`]: event naming, the projection fold, the
-//!   [`events::outbox`] relay to `keyseal.events` and the replay check.
-//! - [`admin`]: the admin HTTP API and the status page.
-//! - [`telemetry`]: Prometheus metrics and the gauges derived from the store.
-//! - [`shard`]: the handle a shard's tasks share (store, keyring, clock);
-//!   [`shards`]: placement, leases, balancing and forwarding across the
-//!   workers of a deployment; [`worker`] wires a process together; [`config`],
-//!   [`clock`] and [`proto`] support them; [`error`] holds the one table
-//!   of error codes.
+//! 0. Vocabulary: [`clock`], [`placement`] (a tenant's shard), [`readiness`],
+//!    [`error`], [`proto`] and its names, [`config_file`], the pure parts of
+//!    [`crypto`] (data keys, the envelope) and of [`events`] (the projection
+//!    fold), [`telemetry`]'s metrics and typed events.
+//! 1. [`storage`] (RocksDB, the one atomic write path, the event log) and
+//!    [`broker`] (RabbitMQ: the cluster's nodes, the one reconnecting
+//!    session, the fixed topology, the confirm-mode producer).
+//! 2. Keys: [`keyvault`] (Azure Key Vault, and the one vocabulary of a
+//!    key's trouble), the roots and the [`crypto::keyring`], [`audit`]
+//!    of every root-key call.
+//! 3. A shard and its work: [`shard`] (the handle its tasks share),
+//!    [`records`], [`ingest`], [`health`], [`sweeps`], [`byok`],
+//!    [`erasure`], the [`events`] outbox and replay check.
+//! 4. [`fleet`]: many workers, one deployment (leases, balance, intake,
+//!    forwarding to owners); [`config`] (the settings, and the option
+//!    structs it builds for the layers below).
+//! 5. [`admin`]: the HTTP API and the status page; [`client`], the API's
+//!    client the CLI and tests share.
+//! 6. [`worker`]: wires a process together.
 //!
-//! Outside the library: the `keyseal` binary (`src/cli/`: the commands, the
-//! CLI's admin client, `keyseal demo`) and the Key Vault emulator, its own
-//! workspace crate (`keyvault-emulator/`, started by `keyseal
-//! keyvault-emulator`).
+//! Outside the library: the `keyseal` binary (`src/cli/`: the commands and
+//! `keyseal demo`) and the Key Vault emulator, its own workspace crate
+//! (`keyvault-emulator/`, started by `keyseal keyvault-emulator`).
 
 #![warn(missing_docs)]
 
@@ -52,20 +35,23 @@ pub mod admin;
 pub mod audit;
 pub mod broker;
 pub mod byok;
+pub mod client;
 pub mod clock;
 pub mod config;
+pub mod config_file;
 pub mod crypto;
 pub mod erasure;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod health;
 pub mod ingest;
 pub mod keyvault;
 pub mod placement;
 pub mod proto;
+pub mod readiness;
 pub mod records;
 pub mod shard;
-pub mod shards;
 pub mod storage;
 pub mod sweeps;
 pub mod telemetry;

@@ -13,17 +13,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, state::AdminState};
+use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::config::{Secret, Settings};
-use crate::ingest::consumer::Readiness;
+use crate::fleet::balance::Balancer;
+use crate::fleet::forward::{ForwardKey, Forwarder, InboxContext};
+use crate::fleet::intake::{self, Intake, PlacementBudget};
+use crate::fleet::leases::LeaseError;
+use crate::fleet::owned::OwnedShards;
+use crate::fleet::running::RunningShard;
 use crate::placement::ShardId;
+use crate::readiness::Readiness;
 use crate::shard::deployment_root_keys;
-use crate::shards::balance::Balancer;
-use crate::shards::forward::{ForwardKey, Forwarder, InboxContext};
-use crate::shards::intake::{self, Intake, PlacementBudget};
-use crate::shards::leases::LeaseError;
-use crate::shards::owned::OwnedShards;
-use crate::shards::running::RunningShard;
 use crate::telemetry::metrics as m;
 
 /// A running worker.
@@ -60,7 +61,15 @@ impl Worker {
         let listener = admin::bind(&settings).await?;
         let http_addr = listener.local_addr()?;
         let owned = Arc::new(OwnedShards::new(settings.shards, worker_name(http_addr)));
-        info!(%http_addr, data_dir = %settings.data_dir.display(), shards = settings.shards, "keyseal worker starting");
+        let broker = Broker::new(settings.amqp_url.clone(), owned.worker());
+        info!(
+            %http_addr,
+            data_dir = %settings.data_dir.display(),
+            shards = settings.shards,
+            broker = %broker.nodes,
+            first_node = %broker.nodes.shown(broker.first),
+            "keyseal worker starting"
+        );
 
         let (leased, intake_ready) = (Readiness::default(), Readiness::default());
         let (data_dir, shards) = (settings.data_dir.clone(), settings.shards);
@@ -70,7 +79,7 @@ impl Worker {
             .context("the managed root key")?;
         let key = ForwardKey::derive(&roots, settings.admin_token.as_ref().map(Secret::expose))?;
         drop(roots);
-        let forwarder = Arc::new(Forwarder::new(&settings.amqp_url, key.clone(), settings.forward_timeout));
+        let forwarder = Arc::new(Forwarder::new(&broker, key.clone(), settings.forward_timeout));
         let state = AdminState {
             owned: owned.clone(),
             settings: settings.clone(),
@@ -78,11 +87,13 @@ impl Worker {
             leased: leased.clone(),
             intake: intake_ready.clone(),
             forwarder: forwarder.clone(),
+            broker: broker.clone(),
         };
         let router = admin::router(state.clone());
         let inbox = InboxContext { router: router.clone(), key, replays: Arc::default() };
         let vault = settings.vault();
-        let balancer = Arc::new(Balancer::new(settings.clone(), vault, clock.clone(), owned.clone(), leased, inbox));
+        let balancer =
+            Arc::new(Balancer::new(settings.clone(), &broker, vault, clock.clone(), owned.clone(), leased, inbox));
         let leases = match balancer.connect().await {
             Ok(leases) => match balancer.round(&leases).await {
                 // A shard that cannot be opened at start (its root key gone,
@@ -114,8 +125,8 @@ impl Worker {
             prefetch: intake::prefetch_for(settings.prefetch_bytes),
             placements: PlacementBudget::new(settings.new_tenants_per_minute, clock.clone()),
         };
-        let (se, r, stop) = (settings.clone(), intake_ready, shutdown.clone());
-        tasks.spawn(async move { intake::run(&se.amqp_url, intake, &r, stop).await });
+        let (r, stop) = (intake_ready, shutdown.clone());
+        tasks.spawn(async move { intake::run(&broker, intake, &r, stop).await });
         let stop = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = admin::serve(listener, router, stop).await {

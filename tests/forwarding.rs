@@ -20,10 +20,10 @@ use futures_util::StreamExt;
 use keyseal::broker::lease_queue;
 use keyseal::clock::SystemClock;
 use keyseal::crypto::root_key::ManagedRootKeys;
+use keyseal::fleet::forward::message::{ForwardedAnswer, ForwardedRequest, unpack_answer};
+use keyseal::fleet::forward::{ForwardKey, Forwarder, InboxContext, serve_inbox};
 use keyseal::placement::ShardId;
 use keyseal::placement::shard_of;
-use keyseal::shards::forward::message::{ForwardedAnswer, ForwardedRequest, unpack_answer};
-use keyseal::shards::forward::{ForwardKey, Forwarder, InboxContext, serve_inbox};
 use keyvault_emulator::{Fault, FaultAction};
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -253,7 +253,8 @@ async fn a_panic_serving_a_forwarded_request_is_a_500_and_the_inbox_goes_on() {
     };
     let before = panics();
 
-    let forwarder = Forwarder::new(&vhost.amqp_url(), key, Duration::from_secs(10));
+    let broker = keyseal::broker::Broker::from_list(&vhost.amqp_url()).unwrap();
+    let forwarder = Forwarder::new(&broker, key, Duration::from_secs(10));
     let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
     let answer = forwarder.forward(ShardId(0), get("/v1/panic")).await.unwrap();
     assert_eq!(answer.status(), 500);

@@ -15,9 +15,9 @@ use tracing::error;
 use super::reply::ApiError;
 use super::state::AdminState;
 use crate::config::Secret;
+use crate::fleet::forward::{ForwardError, Forwarded};
 use crate::ingest::validate::is_valid_tenant_id;
 use crate::placement::ShardId;
-use crate::shards::forward::{ForwardError, Forwarded};
 use crate::telemetry::happenings::{Emit, RequestPanicked};
 
 /// Serves `request`; a panic while doing so is answered 500 `internal_error`

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 
 use super::reply::ApiError;
+use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::config::Settings;
-use crate::ingest::consumer::Readiness;
+use crate::fleet::forward::Forwarder;
+use crate::fleet::owned::OwnedShards;
+use crate::fleet::running::RunningShard;
 use crate::placement::ShardId;
-use crate::shards::forward::Forwarder;
-use crate::shards::owned::OwnedShards;
-use crate::shards::running::RunningShard;
+use crate::readiness::Readiness;
 
 /// What the admin API serves from: the shards the worker owns (each with
 /// its sweeper, rewrapper and read-only views of its consumer and prober)
@@ -32,6 +33,8 @@ pub struct AdminState {
     pub intake: Readiness,
     /// Sends requests for shards other workers own to their owners.
     pub forwarder: Arc<Forwarder>,
+    /// The broker (an erasure removes the tenant's route binding).
+    pub broker: Broker,
 }
 
 impl AdminState {

@@ -10,8 +10,8 @@ use axum::http::request::Parts;
 
 use super::reply::{ApiError, ApiPath, check_tenant, erased};
 use super::state::AdminState;
+use crate::fleet::running::RunningShard;
 use crate::proto::store::{TenantProjection, TenantState};
-use crate::shards::running::RunningShard;
 use crate::storage::Store;
 
 /// The tenant a `/v1/tenants/{tenant}…` path names, its id checked, with

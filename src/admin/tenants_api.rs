@@ -91,12 +91,12 @@ pub async fn erase_tenant(
         ));
     }
     let Tenant { id, running } = tenant;
-    let (erasing, amqp_url) = (id.clone(), app.settings.amqp_url.clone());
+    let (erasing, broker) = (id.clone(), app.broker.clone());
     let summary = tokio::spawn(async move {
         let summary = erasure::erase(&running.shard, &running.sweeper, &erasing).await?;
         // Its late messages go to the intake again, and from there to the
         // dead-letter queue without their payload.
-        if let Err(e) = broker::unbind_tenant(&amqp_url, running.shard.id.0, &erasing).await {
+        if let Err(e) = broker::unbind_tenant(&broker, running.shard.id.0, &erasing).await {
             warn!(error = %e, "removing an erased tenant's route binding; its next late message removes it");
         }
         Ok::<_, ErasureError>(summary)

@@ -2,8 +2,12 @@
 //! connecting, the fixed topology from DESIGN.md, and reconnect backoff;
 //! [`publish`] is the confirm-mode producer.
 
+pub mod nodes;
 pub mod properties;
 pub mod publish;
+pub mod session;
+
+pub use nodes::{Broker, BrokerNodes, NodesError};
 
 use std::time::Duration;
 
@@ -57,10 +61,40 @@ pub fn lease_queue(shard: u32) -> String {
     format!("keyseal.shard-{shard}.owner")
 }
 
-/// Opens a connection named after its role (visible in the management UI).
+/// Opens a connection named after its role (visible in the management UI)
+/// to one node: a tool's or a test's connection.
 pub async fn connect(url: &str, role: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(format!("keyseal {role}").into());
     Connection::connect(url, properties).await
+}
+
+/// Opens a connection named after its role to the first of `broker`'s nodes
+/// that answers, trying each once in turn from node `from`, with
+/// `heartbeat` seconds when given; returns it with the index of the node
+/// it reached, or the last node's refusal.
+pub async fn connect_any(
+    broker: &Broker,
+    from: usize,
+    role: &str,
+    heartbeat: Option<u16>,
+) -> lapin::Result<(Connection, usize)> {
+    let nodes = &broker.nodes;
+    let mut last = None;
+    for index in (from..from + nodes.len()).map(|i| i % nodes.len()) {
+        let mut uri = nodes.uri(index).clone();
+        if heartbeat.is_some() {
+            uri.query.heartbeat = heartbeat;
+        }
+        let properties = ConnectionProperties::default().with_connection_name(format!("keyseal {role}").into());
+        match Connection::connect_uri(uri, properties).await {
+            Ok(connection) => return Ok((connection, index)),
+            Err(e) => {
+                tracing::debug!(node = %nodes.shown(index), role, error = %e, "broker node does not answer; trying the next");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("a list has at least one node"))
 }
 
 /// Closes a connection, waiting at most two seconds for the broker's answer.
@@ -129,7 +163,7 @@ pub async fn declare_topology(connection: &Connection) -> lapin::Result<()> {
 
 /// Deliveries after which the broker dead-letters an intake message by
 /// itself (`x-delivery-limit`), should the intake's own limit
-/// (`shards::intake::MAX_FORWARD_ATTEMPTS`) never get to see it.
+/// (`fleet::intake::MAX_FORWARD_ATTEMPTS`) never get to see it.
 pub const INTAKE_DELIVERY_LIMIT: i64 = 20;
 
 /// Declares durable queue `name` with `args`. A queue that exists with
@@ -156,8 +190,8 @@ async fn declare_queue(connection: &Connection, name: &str, args: FieldTable) ->
 /// Removes `tenant`'s binding to shard `shard`'s queue (an erasure's
 /// last step): its late messages then go through the intake, which binds
 /// it again only if any arrive (their dead letters carry no payload).
-pub async fn unbind_tenant(url: &str, shard: u32, tenant: &str) -> lapin::Result<()> {
-    let connection = connect(url, "erasure").await?;
+pub async fn unbind_tenant(broker: &Broker, shard: u32, tenant: &str) -> lapin::Result<()> {
+    let (connection, _) = connect_any(broker, broker.first, "erasure", None).await?;
     let result = async {
         let channel = connection.create_channel().await?;
         let queue = shard_queue(shard);

@@ -9,7 +9,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use prost::Message;
 
-use crate::broker::{self, INGEST_EXCHANGE, PROTOBUF_CONTENT_TYPE};
+use crate::broker::{self, Broker, INGEST_EXCHANGE, NodesError, PROTOBUF_CONTENT_TYPE};
 use crate::error::ErrorCode;
 use crate::proto::v1::IngestRecord;
 
@@ -19,6 +19,9 @@ pub enum PublishError {
     /// The broker connection failed.
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    /// The broker's URL (or list of nodes) is malformed.
+    #[error(transparent)]
+    Nodes(#[from] NodesError),
     /// A records file could not be read or parsed.
     #[error("records file line {line}: {reason}")]
     File {
@@ -36,10 +39,12 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connects, declares the topology (so nothing published is unroutable
-    /// because the worker has not started yet) and enables confirms.
+    /// Connects to the first node of `amqp_url` (one URL, or a cluster's
+    /// nodes) that answers, declares the topology (so nothing published is
+    /// unroutable because the worker has not started yet) and enables
+    /// confirms.
     pub async fn connect(amqp_url: &str) -> Result<Self, PublishError> {
-        let connection = broker::connect(amqp_url, "publisher").await?;
+        let (connection, _) = broker::connect_any(&Broker::from_list(amqp_url)?, 0, "publisher", None).await?;
         let channel = connection.create_channel().await?;
         broker::declare_topology(&connection).await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -180,6 +185,7 @@ impl ErrorCode for PublishError {
     fn code(&self) -> &'static str {
         match self {
             Self::Broker(_) => "broker_unavailable",
+            Self::Nodes(_) => "invalid_amqp_url",
             Self::File { .. } => "invalid_records_file",
         }
     }

@@ -9,7 +9,7 @@ pub mod rewrapper;
 use tracing::{info, warn};
 
 use self::rewrapper::RewrapRequests;
-use crate::audit::KeyUse;
+use crate::audit::key_use::KeyUse;
 use crate::crypto::keyring::{RewrapSummary, TenantRoot};
 use crate::error::ErrorCode;
 use crate::health::canary;

@@ -1,7 +1,6 @@
 //! The `keyseal` command line: the worker, a producer, and thin clients of
 //! the admin API. Subcommand names are part of keyseal's contract.
 
-mod client;
 mod demo;
 
 use std::io::Write;
@@ -16,8 +15,8 @@ use keyseal::config::{self, LogFormat, Settings};
 use keyseal::worker::Worker;
 use keyvault_emulator::{self as emulator, EmulatorArgs};
 
-use crate::client::AdminClient;
 use crate::demo::DemoArgs;
+use keyseal::client::AdminClient;
 
 #[derive(Debug, Parser)]
 #[command(

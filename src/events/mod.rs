@@ -1,10 +1,8 @@
 //! Domain events: naming (the `<event_kind>` of routing keys), the
 //! [`projection`] fold of events into tenant state, the
-//! [`outbox`] relay that publishes the log to `keyseal.events`, the
-//! [`audit_flush`] that commits key-use audit entries on a quiet shard, and
-//! the [`replay`] check of the projections against the log.
+//! [`outbox`] relay that publishes the log to `keyseal.events`, and the
+//! [`replay`] check of the projections against the log.
 
-pub mod audit_flush;
 pub mod outbox;
 pub mod projection;
 pub mod replay;

@@ -6,15 +6,15 @@
 
 use std::time::Duration;
 
-use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use super::routing_key;
-use crate::broker::{self, Backoff, EVENTS_EXCHANGE, PROTOBUF_CONTENT_TYPE};
+use crate::broker::session::{Session, Sessions};
+use crate::broker::{self, Broker, EVENTS_EXCHANGE, PROTOBUF_CONTENT_TYPE};
 use crate::placement::ShardId;
 use crate::proto::names::kind_name;
 use crate::storage::{Store, StoreError};
@@ -35,34 +35,37 @@ enum RelayError {
     Store(#[from] StoreError),
 }
 
-/// Relays shard `shard`'s log until `shutdown`, reconnecting with backoff.
-/// Each event goes out with its shard (consumers dedupe on shard and sequence).
-pub async fn run(store: &Store, shard: ShardId, amqp_url: &str, shutdown: CancellationToken) {
-    let mut backoff = Backoff::default();
-    loop {
-        match relay(store, shard, amqp_url, &shutdown, &mut backoff).await {
-            Ok(()) => return,
-            Err(e) => warn!(error = %e, "event relay interrupted; retrying"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-        }
+/// Relays shard `shard`'s log until `shutdown`, on whichever node of the
+/// broker answers, reconnecting with backoff. Each event goes out with its
+/// shard (consumers dedupe on shard and sequence).
+pub async fn run(store: &Store, shard: ShardId, broker: &Broker, shutdown: CancellationToken) {
+    Sessions::new(broker, "events").run(&shutdown, Relay { store, shard, shutdown: &shutdown }).await;
+}
+
+/// The relay's sessions.
+struct Relay<'a> {
+    store: &'a Store,
+    shard: ShardId,
+    shutdown: &'a CancellationToken,
+}
+
+impl Session for Relay<'_> {
+    type Error = RelayError;
+
+    async fn run(&mut self, connection: &Connection) -> Result<(), RelayError> {
+        relay(self.store, self.shard, connection, self.shutdown).await
     }
 }
 
 async fn relay(
     store: &Store,
     shard: ShardId,
-    amqp_url: &str,
+    connection: &Connection,
     shutdown: &CancellationToken,
-    backoff: &mut Backoff,
 ) -> Result<(), RelayError> {
-    let connection = broker::connect(amqp_url, "events").await?;
     let channel = connection.create_channel().await?;
-    broker::declare_topology(&connection).await?;
+    broker::declare_topology(connection).await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    backoff.reset();
     loop {
         let watermark = store.published_watermark()?;
         m::outbox_lag(shard, store.last_sequence().saturating_sub(watermark));
@@ -71,7 +74,6 @@ async fn relay(
             tokio::select! {
                 () = shutdown.cancelled() => {
                     broker::close_channel(&channel, "shutdown").await;
-                    broker::close(&connection, "shutdown").await;
                     return Ok(());
                 }
                 () = store.appended().notified() => {}

@@ -4,7 +4,7 @@
 //! refuses). The prober runs it (purpose `canary`), and so do the checks
 //! before a key is enabled (purpose `validate`); both calls are audited.
 
-use crate::audit::KeyUse;
+use crate::audit::key_use::KeyUse;
 use crate::crypto::data_key::DataKey;
 use crate::keyvault::client::KeyWrapAlgorithm;
 use crate::keyvault::{KeyUri, Vault, VaultError};

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::canary;
 use super::lockdown::LOCKDOWN_TICK;
 use super::policy::{self, HealthReason, Observation, Probe};
-use crate::audit::KeyUse;
+use crate::audit::key_use::KeyUse;
 use crate::byok::rewrapper::RewrapRequests;
 use crate::keyvault::validate::{KeyRefusal, check_key};
 use crate::keyvault::{KeyUri, VaultError};

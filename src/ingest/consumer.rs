@@ -16,8 +16,6 @@
 //! N's WAL fsync runs on a blocking thread; N is acked once its fsync is done.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -32,10 +30,12 @@ use tracing::{info, warn};
 use super::dead_letter::{self, DeadLetterError};
 use super::prefetch::PrefetchWindow;
 use super::validate::{Rejection, validate};
-use crate::broker::{self, Backoff, ROUTE_EXCHANGE};
+use crate::broker::session::{Session, Sessions};
+use crate::broker::{self, Backoff, Broker, ROUTE_EXCHANGE};
 use crate::error::ErrorCode;
 use crate::placement::ShardId;
 use crate::placement::shard_of;
+use crate::readiness::Readiness;
 use crate::records::{self, Outcome, RecordError, UnreadableTenants};
 use crate::shard::Shard;
 use crate::storage::StoreError;
@@ -57,30 +57,13 @@ enum SessionError {
     SyncTask(String),
 }
 
-/// Whether the ingest consumer is connected and consuming: only the
-/// consumer sets it; `/readyz` and the status page read it.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    /// Whether the consumer is consuming right now.
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// Set by the task whose consuming it tells.
-    pub(crate) fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
-    }
-}
-
 /// How a shard's consumer consumes: the broker, the deployment's shard
 /// count (to refuse a tenant of another shard), `--prefetch`,
 /// `--prefetch-bytes`, `--batch-size` and `--batch-linger`.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
     /// The broker.
-    pub amqp_url: String,
+    pub broker: Broker,
     /// The deployment's shard count.
     pub shards: u32,
     /// Most deliveries the broker sends ahead.
@@ -102,47 +85,50 @@ struct Ingest<'a> {
     unreadable: UnreadableTenants,
 }
 
-/// Consumes `shard`'s queue until `shutdown`, reconnecting after broker
-/// failures and pausing after storage failures; `ready` tells whether it
-/// is consuming.
+/// Consumes `shard`'s queue until `shutdown`, on whichever node of the
+/// broker answers, reconnecting after broker failures and pausing after
+/// storage failures; `ready` tells whether it is consuming. Closing a
+/// session's connection returns every unacked delivery to the queue.
 pub async fn run(shard: &Shard, settings: &IngestOptions, ready: &Readiness, shutdown: CancellationToken) {
-    let ingest = &Ingest { shard, settings, ready, unreadable: UnreadableTenants::default() };
-    let mut backoff = Backoff::default();
-    loop {
-        let result = session(ingest, &shutdown, &mut backoff).await;
-        ingest.ready.set(false);
-        match result {
-            Ok(()) => return,
-            Err(SessionError::Storage(e)) => {
-                IngestPaused { code: e.code(), error: &e }.emit();
-                wait_until_writable(ingest, &shutdown).await;
-                IngestResumed.emit();
-            }
-            Err(e) => warn!(error = %e, "ingest session ended; reconnecting"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
+    let ingest = Ingest { shard, settings, ready, unreadable: UnreadableTenants::default() };
+    Sessions::new(&settings.broker, "ingest").run(&shutdown, Consuming { ingest, shutdown: &shutdown }).await;
 }
 
-async fn session(ingest: &Ingest<'_>, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), SessionError> {
-    let connection = broker::connect(&ingest.settings.amqp_url, "ingest").await?;
-    let result = consume(ingest, &connection, shutdown, backoff).await;
-    ingest.ready.set(false);
-    // Closing returns every unacked delivery to the queue, on success or
-    // error; bounded, because a connection the broker already dropped may
-    // never answer.
-    broker::close(&connection, "keyseal ingest session ended").await;
-    result
+/// The consumer's sessions.
+struct Consuming<'a> {
+    ingest: Ingest<'a>,
+    shutdown: &'a CancellationToken,
+}
+
+impl Session for Consuming<'_> {
+    type Error = SessionError;
+
+    async fn run(&mut self, connection: &lapin::Connection) -> Result<(), SessionError> {
+        let result = consume(&self.ingest, connection, self.shutdown).await;
+        self.ingest.ready.set(false);
+        result
+    }
+
+    /// A storage failure pauses consuming until the store takes writes.
+    async fn ended(&mut self, error: SessionError) {
+        match error {
+            SessionError::Storage(e) => {
+                IngestPaused { code: e.code(), error: &e }.emit();
+                wait_until_writable(&self.ingest, self.shutdown).await;
+                IngestResumed.emit();
+            }
+            SessionError::Broker(_)
+            | SessionError::DeadLetter(_)
+            | SessionError::ConsumerClosed
+            | SessionError::SyncTask(_) => {}
+        }
+    }
 }
 
 async fn consume(
     ingest: &Ingest<'_>,
     connection: &lapin::Connection,
     shutdown: &CancellationToken,
-    backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
     let settings = ingest.settings;
     let channel = connection.create_channel().await?;
@@ -168,7 +154,6 @@ async fn consume(
             )
             .await?;
         ingest.ready.set(true);
-        backoff.reset();
         info!(%queue, prefetch = window.current(), "consuming");
         let mut resubscribing = false;
         loop {

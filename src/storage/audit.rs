@@ -1,10 +1,11 @@
 //! The key-use audit in the store: entries recorded by [`Store::audit`]
 //! wait in memory and are appended, as `KeyUsed` events, by the shard's
 //! next commit (the audit flush commits them when nothing else does, see
-//! [`crate::events::audit_flush`]), so recording never waits for a disk.
+//! [`crate::audit::flush`]), so recording never waits for a disk.
 //! Each is also indexed in `audit` by tenant and time for
 //! `GET /v1/tenants/{t}/audit`.
 
+use crate::telemetry::happenings::{AuditEntriesDropped, Emit};
 use prost::Message;
 
 use super::listing::{Scanned, TimeRange};
@@ -38,8 +39,7 @@ impl Store {
         let mut pending = self.pending_audit.lock().expect("audit lock");
         if pending.len() >= MAX_PENDING {
             pending.drain(..1);
-            crate::telemetry::metrics::audit_dropped(1);
-            tracing::warn!("audit entries are waiting for a commit that keeps failing: the oldest was dropped");
+            AuditEntriesDropped { entries: 1 }.emit();
         }
         pending.push((tenant.to_owned(), used));
     }
@@ -62,7 +62,7 @@ impl Store {
         let excess = entries.len().saturating_sub(MAX_PENDING);
         if excess > 0 {
             entries.drain(..excess);
-            crate::telemetry::metrics::audit_dropped(excess as u64);
+            AuditEntriesDropped { entries: excess as u64 }.emit();
         }
         *pending = entries;
     }

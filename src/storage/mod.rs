@@ -14,16 +14,16 @@
 
 mod audit;
 mod data_keys;
-mod erasure;
 mod event_log;
 mod head;
 pub mod keys;
 mod listing;
+mod lookups;
 mod outbox_watermark;
 pub mod pager;
-mod records;
 mod schema;
 mod step_commits;
+mod tenant_removal;
 mod tombstones;
 mod transaction;
 
@@ -37,16 +37,16 @@ use tokio::sync::Notify;
 
 pub use self::audit::{AuditEntry, AuditRange};
 pub use self::data_keys::{RootRecord, read_root_record};
-pub use self::erasure::Removed;
 use self::head::Head;
 pub use self::head::TenantCensus;
 pub use self::listing::{Listed, ListingRange, TimeRange};
-pub use self::records::{IndexEntry, RawRecord};
+pub use self::lookups::{IndexEntry, RawRecord};
 pub use self::schema::{
     CF_AUDIT, CF_BY_TENANT, CF_BY_TIME, CF_DEKS, CF_EVENTS, CF_HOT, CF_PROJECTIONS, CF_SEALED, CF_TOMBSTONES,
 };
 use self::schema::{CHECKPOINT_KEY, COLUMN_FAMILIES, decode_sequence};
 pub use self::step_commits::StepCommits;
+pub use self::tenant_removal::Removed;
 pub use self::transaction::Transaction;
 use crate::error::ErrorCode;
 use crate::proto::store::StoredRecord;

@@ -4,7 +4,7 @@
 //! the cursor are simply not revisited. Sealing, re-encryption and the
 //! scrub walk the store this way.
 
-use super::records::{IndexEntry, RawRecord};
+use super::lookups::{IndexEntry, RawRecord};
 use super::{Store, StoreError};
 use crate::proto::v1::Layer;
 

@@ -9,7 +9,7 @@ use std::fmt::Display;
 use metrics::counter;
 use tracing::warn;
 
-use super::metrics::set_ingest_paused;
+use super::metrics::{self as m, set_ingest_paused};
 use crate::placement::ShardId;
 
 /// Something that happened, told to the logs and the metrics at once.
@@ -96,6 +96,56 @@ impl Emit for TenantHeldBack<'_> {
     fn emit(self) {
         warn!(tenant = self.tenant, reason = self.reason, error = %self.error, "no sealed data key; tenant held back for this sweep");
         counter!("keyseal_seal_held_back_total", "reason" => self.reason).increment(1);
+    }
+}
+
+/// Key-use audit entries were dropped: they waited for a commit that kept
+/// failing, past the bound on what waits in memory.
+pub struct AuditEntriesDropped {
+    /// How many.
+    pub entries: u64,
+}
+
+impl Emit for AuditEntriesDropped {
+    fn emit(self) {
+        warn!(entries = self.entries, "audit entries waited for a commit that keeps failing: the oldest were dropped");
+        m::audit_dropped(self.entries);
+    }
+}
+
+/// This worker stopped running a shard: handed it over (`rebalance`,
+/// `shutdown`) or lost its lease (`lease_lost`).
+pub struct ShardStopped {
+    /// The shard.
+    pub shard: ShardId,
+    /// Why.
+    pub cause: &'static str,
+}
+
+impl Emit for ShardStopped {
+    fn emit(self) {
+        tracing::info!(shard = %self.shard, cause = self.cause, "shard stopped");
+        m::shard_handover(self.cause);
+    }
+}
+
+/// A tenant was erased: its data keys destroyed and its data removed.
+pub struct TenantErasureFinished<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Data keys destroyed.
+    pub data_keys: u32,
+    /// Records removed.
+    pub records: u64,
+    /// How long the whole erasure took.
+    pub took: std::time::Duration,
+}
+
+impl Emit for TenantErasureFinished<'_> {
+    fn emit(self) {
+        let Self { tenant, data_keys, records, took } = self;
+        tracing::info!(tenant, data_keys, records, seconds = took.as_secs_f64(), "tenant erased");
+        m::tenant_erased(took);
     }
 }
 

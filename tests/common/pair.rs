@@ -66,7 +66,7 @@ impl Pair {
     }
 
     /// The running shard that holds `tenant`.
-    pub fn shard_of(&self, tenant: &str) -> Arc<keyseal::shards::running::RunningShard> {
+    pub fn shard_of(&self, tenant: &str) -> Arc<keyseal::fleet::running::RunningShard> {
         let shard = shard_of(tenant, SHARDS);
         self.workers.iter().find_map(|w| w.owned.get(shard)).expect("every shard is owned")
     }

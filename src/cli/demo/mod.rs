@@ -33,7 +33,7 @@ use reqwest::StatusCode;
 mod story;
 
 use self::story::{Narrator, Story};
-use crate::client::{AdminClient, ClientError};
+use keyseal::client::{AdminClient, ClientError};
 
 /// Residence time before sealing (the real default is 48 h).
 const SEAL_AFTER: &str = "3s";

@@ -8,7 +8,7 @@ use keyvault_emulator::admin::KeyAdmin;
 use serde_json::Value;
 
 use super::*;
-use crate::client::AdminClient;
+use keyseal::client::AdminClient;
 
 /// What one look at a condition being waited for found.
 pub(super) enum Check<T> {

@@ -52,7 +52,7 @@ use self::writers::{Unsettled, Writer};
 use super::CryptoError;
 use super::data_key::{DataKey, DataKeyId};
 use super::root_key::{ManagedRootKeys, RootKey, RootKeyError, VaultRootKey, WRAP_ALGORITHM, WrapAlgorithm};
-use crate::audit::KeyUse;
+use crate::audit::key_use::KeyUse;
 use crate::clock::SharedClock;
 use crate::error::ErrorCode;
 use crate::keyvault::key_uri::KeyUriError;

@@ -8,8 +8,6 @@
 //! every lease goes with it: [`Leases::lost`] fires and the worker stops
 //! every shard it ran.
 
-use std::time::Duration;
-
 use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
@@ -17,8 +15,7 @@ use lapin::options::{
 };
 use lapin::protocol::AMQPSoftError;
 use lapin::types::FieldTable;
-use lapin::uri::AMQPUri;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use super::forward;
@@ -28,9 +25,6 @@ use crate::placement::ShardId;
 /// Why the lease connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    /// The AMQP URL does not parse.
-    #[error("the AMQP URL does not parse: {0}")]
-    Url(String),
     /// The broker failed or could not be reached.
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
@@ -57,14 +51,10 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// Connects (heartbeat `heartbeat`), declares the topology and the
-    /// deployment's `shards` shard queues, and registers this worker in
-    /// `keyseal.workers`.
-    pub async fn connect(url: &str, heartbeat: Duration, shards: u32) -> Result<Self, LeaseError> {
-        let mut uri: AMQPUri = url.parse().map_err(LeaseError::Url)?;
-        uri.query.heartbeat = Some(u16::try_from(heartbeat.as_secs()).unwrap_or(u16::MAX));
-        let properties = ConnectionProperties::default().with_connection_name("keyseal leases".into());
-        let connection = Connection::connect_uri(uri, properties).await?;
+    /// Holds leases on `connection` (a lease connection, with heartbeats):
+    /// declares the topology and the deployment's `shards` shard queues, and
+    /// registers this worker in `keyseal.workers`.
+    pub async fn on(connection: Connection, shards: u32) -> Result<Self, LeaseError> {
         let lost = CancellationToken::new();
         let mut events = connection.events_listener();
         let (status, signal) = (connection.status().clone(), lost.clone());

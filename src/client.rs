@@ -1,6 +1,7 @@
-//! The admin API client behind `keyseal tenant`, `keyseal get`,
-//! `keyseal records` and `keyseal sweep`: it finds the server with `--server`/`KEYSEAL_SERVER`
-//! and sends `KEYSEAL_ADMIN_TOKEN` when set.
+//! The admin API's client: behind `keyseal tenant`, `keyseal get`,
+//! `keyseal records` and `keyseal sweep` (which find the server with
+//! `--server`/`KEYSEAL_SERVER` and send `KEYSEAL_ADMIN_TOKEN` when set),
+//! and what the tests call a worker with.
 //!
 //! Requests go out over hyper's HTTP/1.1 connection (TLS by rustls with the
 //! platform's roots for `https://`) with the request target exactly as
@@ -21,7 +22,10 @@ use tokio::net::TcpStream;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server could not be reached, or its answer not read.
-    #[error("cannot reach keyseal at {url}: {reason}")]
+    #[error(
+        "no keyseal at {url} ({reason}): start one with `cargo xtask demo` or `keyseal run`, or point --server \
+         (KEYSEAL_SERVER) at one"
+    )]
     Unreachable {
         /// URL tried.
         url: String,
@@ -175,7 +179,7 @@ impl AdminClient {
     }
 
     /// `GET /v1/sweeps/progress`: the running maintenance sweep, if any.
-    pub async fn sweep_progress(&self) -> Result<Option<keyseal::sweeps::ProgressSnapshot>, ClientError> {
+    pub async fn sweep_progress(&self) -> Result<Option<crate::sweeps::ProgressSnapshot>, ClientError> {
         let body = self.send(Method::GET, "/v1/sweeps/progress").await?;
         let progress: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         // Several shards answer one entry each: show the first running one.

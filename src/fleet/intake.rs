@@ -20,17 +20,18 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Consumer};
+use lapin::{Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::broker::{self, Backoff, INGEST_QUEUE, ROUTE_EXCHANGE, properties, shard_queue};
+use crate::broker::session::{Session, Sessions};
+use crate::broker::{self, Broker, INGEST_QUEUE, ROUTE_EXCHANGE, properties, shard_queue};
 use crate::clock::SharedClock;
-use crate::ingest::consumer::Readiness;
 use crate::ingest::dead_letter::{self, DeadLetterError};
 use crate::ingest::prefetch::PrefetchWindow;
 use crate::ingest::validate::{Rejection, is_valid_tenant_id, validate};
 use crate::placement::shard_of;
+use crate::readiness::Readiness;
 use crate::telemetry::happenings::{Emit, MessageDeadLettered};
 use crate::telemetry::metrics as m;
 
@@ -111,61 +112,57 @@ pub fn prefetch_for(budget_bytes: u64) -> u16 {
     PrefetchWindow::new(MAX_PREFETCH, budget_bytes).current()
 }
 
-/// Forwards the intake until `shutdown`, reconnecting with backoff;
-/// `ready` tells whether it consumes.
-pub async fn run(amqp_url: &str, mut intake: Intake, ready: &Readiness, shutdown: CancellationToken) {
-    let mut backoff = Backoff::default();
-    loop {
-        let result = session(amqp_url, &mut intake, ready, &shutdown, &mut backoff).await;
-        ready.set(false);
-        match result {
-            Ok(()) => return,
-            Err(e) => warn!(error = %e, "intake session ended; reconnecting"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-        }
+/// Forwards the intake until `shutdown`, on whichever node of the broker
+/// answers, reconnecting with backoff; `ready` tells whether it consumes.
+pub async fn run(broker: &Broker, intake: Intake, ready: &Readiness, shutdown: CancellationToken) {
+    Sessions::new(broker, "intake").run(&shutdown, Forwarding { intake, ready, shutdown: &shutdown }).await;
+}
+
+/// The intake's sessions.
+struct Forwarding<'a> {
+    intake: Intake,
+    ready: &'a Readiness,
+    shutdown: &'a CancellationToken,
+}
+
+impl Session for Forwarding<'_> {
+    type Error = IntakeError;
+
+    async fn run(&mut self, connection: &Connection) -> Result<(), IntakeError> {
+        let result = session(connection, &mut self.intake, self.ready, self.shutdown).await;
+        self.ready.set(false);
+        result
     }
 }
 
 async fn session(
-    amqp_url: &str,
+    connection: &Connection,
     intake: &mut Intake,
     ready: &Readiness,
     shutdown: &CancellationToken,
-    backoff: &mut Backoff,
 ) -> Result<(), IntakeError> {
-    let connection = broker::connect(amqp_url, "intake").await?;
-    let result = async {
-        let channel = connection.create_channel().await?;
-        broker::declare_topology(&connection).await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        channel.basic_qos(intake.prefetch, BasicQosOptions::default()).await?;
-        let mut consumer = channel
-            .basic_consume(
-                INGEST_QUEUE.into(),
-                "keyseal-intake".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        ready.set(true);
-        backoff.reset();
-        info!(queue = INGEST_QUEUE, "forwarding the intake to the shards");
-        loop {
-            let first = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                delivery = consumer.next() => delivery.ok_or(IntakeError::ConsumerClosed)??,
-            };
-            let batch = fill(first, &mut consumer, intake.prefetch).await?;
-            forward(&channel, &batch, intake.shards, &mut intake.placements).await?;
-        }
+    let channel = connection.create_channel().await?;
+    broker::declare_topology(connection).await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel.basic_qos(intake.prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            INGEST_QUEUE.into(),
+            "keyseal-intake".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    ready.set(true);
+    info!(queue = INGEST_QUEUE, "forwarding the intake to the shards");
+    loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            delivery = consumer.next() => delivery.ok_or(IntakeError::ConsumerClosed)??,
+        };
+        let batch = fill(first, &mut consumer, intake.prefetch).await?;
+        forward(&channel, &batch, intake.shards, &mut intake.placements).await?;
     }
-    .await;
-    ready.set(false);
-    broker::close(&connection, "keyseal intake session ended").await;
-    result
 }
 
 /// `first` and whatever else arrives within [`LINGER`], up to `max`.

@@ -11,13 +11,16 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit;
+use crate::broker::Broker;
 use crate::byok::rewrapper::{self, RewrapRequests};
 use crate::config::Settings;
 use crate::erasure;
-use crate::events::{audit_flush, outbox};
+use crate::events::outbox;
 use crate::health::lockdown;
 use crate::health::prober::{ProbeTimes, Prober};
-use crate::ingest::consumer::{self, Readiness};
+use crate::ingest::consumer;
+use crate::readiness::Readiness;
 use crate::shard::Shard;
 use crate::sweeps::Sweeper;
 use crate::telemetry::gauges;
@@ -39,8 +42,8 @@ pub struct RunningShard {
 }
 
 impl RunningShard {
-    /// Starts every task of `shard`, as `settings` say.
-    pub fn start(shard: Shard, settings: &Arc<Settings>) -> Self {
+    /// Starts every task of `shard`, as `settings` say, on `broker`.
+    pub fn start(shard: Shard, settings: &Arc<Settings>, broker: &Broker) -> Self {
         let shard = Arc::new(shard);
         crate::telemetry::metrics::shard_started(shard.id);
         let stop = CancellationToken::new();
@@ -50,10 +53,10 @@ impl RunningShard {
         let ready = Readiness::default();
         let mut tasks = JoinSet::new();
         let token = || stop.clone();
-        let (sh, options, r, st) = (shard.clone(), settings.ingest_options(), ready.clone(), token());
+        let (sh, options, r, st) = (shard.clone(), settings.ingest_options(broker), ready.clone(), token());
         tasks.spawn(async move { consumer::run(&sh, &options, &r, st).await });
-        let (sh, se, st) = (shard.clone(), settings.clone(), token());
-        tasks.spawn(async move { outbox::run(&sh.store, sh.id, &se.amqp_url, st).await });
+        let (sh, b, st) = (shard.clone(), broker.clone(), token());
+        tasks.spawn(async move { outbox::run(&sh.store, sh.id, &b, st).await });
         let (sw, st) = (sweeper.clone(), token());
         tasks.spawn(async move { sw.seal_on_schedule(st).await });
         let (sw, st) = (sweeper.clone(), token());
@@ -67,7 +70,7 @@ impl RunningShard {
         let (sh, st) = (shard.clone(), token());
         tasks.spawn(async move { rewrapper::run(&sh, inbox, st).await });
         let (sh, st) = (shard.clone(), token());
-        tasks.spawn(async move { audit_flush::run(&sh, st).await });
+        tasks.spawn(async move { audit::flush::run(&sh, st).await });
         let sh = shard.clone();
         tasks.spawn(async move { erasure::resume(&sh).await });
         Self { shard, prober, sweeper, rewraps, ready, stop, tasks: std::sync::Mutex::new(tasks) }

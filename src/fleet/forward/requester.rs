@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::key::ForwardKey;
 use super::message::{ForwardedRequest, MAX_SHORT_STRING, Refusal, unpack_answer};
-use crate::broker::{self, lease_queue};
+use crate::broker::session::Sessions;
+use crate::broker::{self, Broker, lease_queue};
 use crate::clock::{Clock, SystemClock};
 use crate::placement::ShardId;
 
@@ -59,10 +60,15 @@ pub enum ForwardError {
 /// exclusive reply queue of its own (so only this connection reads them,
 /// and the owner can check the reply queue a request was signed for).
 pub struct Forwarder {
-    amqp_url: String,
     key: ForwardKey,
     deadline: Duration,
-    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    session: tokio::sync::Mutex<Current>,
+}
+
+/// The live session, if any, and where the next one connects.
+struct Current {
+    sessions: Sessions,
+    live: Option<Arc<Session>>,
 }
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>;
@@ -76,10 +82,11 @@ struct Session {
 }
 
 impl Forwarder {
-    /// A forwarder on `amqp_url`, signing with `key`, waiting `deadline`
-    /// for each answer.
-    pub fn new(amqp_url: &str, key: ForwardKey, deadline: Duration) -> Self {
-        Self { amqp_url: amqp_url.to_owned(), key, deadline, session: tokio::sync::Mutex::new(None) }
+    /// A forwarder on `broker` (whichever of its nodes answers), signing
+    /// with `key`, waiting `deadline` for each answer.
+    pub fn new(broker: &Broker, key: ForwardKey, deadline: Duration) -> Self {
+        let current = Current { sessions: Sessions::new(broker, "forwarder"), live: None };
+        Self { key, deadline, session: tokio::sync::Mutex::new(current) }
     }
 
     /// Sends `request` to shard `shard`'s owner and returns its answer.
@@ -117,7 +124,7 @@ impl Forwarder {
         let result = self.exchange(&session, &request, answered).await;
         session.pending.lock().expect("pending lock").remove(&request.id);
         if matches!(result, Err(ForwardError::Broker(_) | ForwardError::Disconnected)) {
-            self.session.lock().await.take();
+            self.session.lock().await.live.take();
         }
         result
     }
@@ -155,10 +162,10 @@ impl Forwarder {
 
     async fn session(&self) -> Result<Arc<Session>, ForwardError> {
         let mut current = self.session.lock().await;
-        if let Some(session) = current.as_ref().filter(|s| !s.broken.is_cancelled()) {
+        if let Some(session) = current.live.as_ref().filter(|s| !s.broken.is_cancelled()) {
             return Ok(session.clone());
         }
-        let connection = broker::connect(&self.amqp_url, "forwarder").await?;
+        let connection = current.sessions.connect().await?;
         let channel = connection.create_channel().await?;
         let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
         let reply_queue = channel.queue_declare("".into(), exclusive, FieldTable::default()).await?.name().to_string();
@@ -174,13 +181,13 @@ impl Forwarder {
             broken: CancellationToken::new(),
         });
         tokio::spawn(dispatch_replies(replies, session.pending.clone(), session.broken.clone()));
-        *current = Some(session.clone());
+        current.live = Some(session.clone());
         Ok(session)
     }
 
     /// Closes the connection.
     pub async fn close(&self) {
-        if let Some(session) = self.session.lock().await.take() {
+        if let Some(session) = self.session.lock().await.live.take() {
             broker::close(&session.connection, "keyseal forwarder stopping").await;
         }
     }

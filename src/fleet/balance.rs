@@ -20,13 +20,14 @@ use super::forward::{self, InboxContext};
 use super::leases::{LeaseError, Leases};
 use super::owned::OwnedShards;
 use super::running::RunningShard;
-use crate::broker::Backoff;
+use crate::broker::session::Sessions;
+use crate::broker::{Backoff, Broker};
 use crate::clock::SharedClock;
 use crate::config::Settings;
-use crate::ingest::consumer::Readiness;
 use crate::placement::ShardId;
+use crate::readiness::Readiness;
 use crate::shard::{OpenError, Shard, WorkerVault};
-use crate::telemetry::metrics as m;
+use crate::telemetry::happenings::{Emit, ShardStopped};
 
 /// Longest a handover waits for requests still using a shard's store, and a
 /// new owner for the old owner's RocksDB lock.
@@ -51,6 +52,10 @@ pub fn candidates(shards: u32, owned: &[ShardId], pinned: Option<&BTreeSet<u32>>
 /// The balancer of one worker.
 pub struct Balancer {
     settings: Arc<Settings>,
+    /// The broker the shards' tasks use.
+    broker: Broker,
+    /// Where the lease connection connects next.
+    sessions: tokio::sync::Mutex<Sessions>,
     /// The worker's one vault client, which every shard it opens shares.
     vault: WorkerVault,
     clock: SharedClock,
@@ -66,6 +71,7 @@ impl Balancer {
     /// with `inbox`.
     pub fn new(
         settings: Arc<Settings>,
+        broker: &Broker,
         vault: WorkerVault,
         clock: SharedClock,
         owned: Arc<OwnedShards>,
@@ -73,13 +79,16 @@ impl Balancer {
         inbox: InboxContext,
     ) -> Self {
         let offset = std::process::id() % settings.shards;
-        Self { settings, vault, clock, owned, leased, inbox, offset }
+        let sessions = Sessions::new(broker, "leases").with_heartbeat(settings.amqp_heartbeat);
+        let sessions = tokio::sync::Mutex::new(sessions);
+        Self { settings, broker: broker.clone(), sessions, vault, clock, owned, leased, inbox, offset }
     }
 
-    /// Connects the lease connection.
+    /// Connects the lease connection, to the next node of the broker that
+    /// answers.
     pub async fn connect(&self) -> Result<Leases, LeaseError> {
-        let settings = &self.settings;
-        let leases = Leases::connect(&settings.amqp_url, settings.amqp_heartbeat, settings.shards).await?;
+        let connection = self.sessions.lock().await.connect().await?;
+        let leases = Leases::on(connection, self.settings.shards).await?;
         self.leased.set(true);
         Ok(leases)
     }
@@ -194,7 +203,7 @@ impl Balancer {
                 other => break other?,
             }
         };
-        let running = Arc::new(RunningShard::start(shard, &self.settings));
+        let running = Arc::new(RunningShard::start(shard, &self.settings, &self.broker));
         let context = self.inbox.clone();
         running.spawn(|stop| forward::serve_inbox(id, inbox.0, inbox.1, context, stop));
         self.owned.insert(running, self.clock.now_ms());
@@ -206,8 +215,7 @@ impl Balancer {
     async fn stop(&self, id: ShardId, cause: &'static str) {
         if let Some(running) = self.owned.remove(id) {
             running.stop(DRAIN).await;
-            m::shard_handover(cause);
-            info!(shard = %id, cause, "shard stopped");
+            ShardStopped { shard: id, cause }.emit();
         }
     }
 
