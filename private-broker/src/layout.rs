@@ -183,13 +183,13 @@ pub(crate) fn parse_passwd_line(line: &str) -> Option<Account> {
 
 /// The `rabbitmq` user that Debian's package creates, if there is one.
 pub(crate) fn rabbitmq_account() -> Option<Account> {
-    if let Ok(out) = Command::new("getent").args(["passwd", "rabbitmq"]).output()
-        && out.status.success()
-    {
-        return parse_passwd_line(&String::from_utf8_lossy(&out.stdout));
+    match Command::new("getent").args(["passwd", "rabbitmq"]).output() {
+        Ok(out) if out.status.success() => parse_passwd_line(&String::from_utf8_lossy(&out.stdout)),
+        _ => {
+            let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+            passwd.lines().find(|line| line.starts_with("rabbitmq:")).and_then(parse_passwd_line)
+        }
     }
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find(|line| line.starts_with("rabbitmq:")).and_then(parse_passwd_line)
 }
 
 /// The effective user id, from `id -u`.

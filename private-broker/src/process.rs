@@ -156,6 +156,11 @@ mod tests {
         let mut child = Command::new("sleep").arg("30").env("PRIVATE_BROKER_MARK", "yes").spawn().unwrap();
         let pid = child.id();
         assert!(alive(pid));
+        // Right after spawn, /proc may still show an empty environment for a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !has_env(pid, "PRIVATE_BROKER_MARK=yes") && Instant::now() < deadline {
+            sleep(POLL);
+        }
         assert!(has_env(pid, "PRIVATE_BROKER_MARK=yes"));
         assert!(!has_env(pid, "PRIVATE_BROKER_MARK=no"));
         signal(pid, "TERM");
