@@ -40,7 +40,7 @@ async fn dump_dom(url: &str) -> String {
         .unwrap_or_else(|e| {
             panic!(
                 "cannot run `chromium` ({e}): this test needs Debian's `chromium` package on PATH; \
-                 .ci/run installs it (apt-get install chromium)"
+                 `cargo xtask test` installs it (apt-get install chromium)"
             )
         });
     let output = tokio::time::timeout(BROWSER_TIMEOUT, child.wait_with_output())

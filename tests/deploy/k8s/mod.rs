@@ -18,7 +18,7 @@ use crate::files::{ENV_ONLY, compose, env_names, help, keyseal_names, read, repo
 /// one, not the newest, so they also suit clusters a few releases behind.
 const KUBERNETES_VERSION: &str = "1.35.0";
 
-/// The validator, as .ci/run installs it (it ships the schemas of
+/// The validator, as tests/python/requirements.txt pins it (it ships the schemas of
 /// Kubernetes 1.25 to 1.37).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
