@@ -35,7 +35,12 @@ pub fn secure_dir(dir: &Path) -> Result<(), CryptoError> {
             if let Some(parent) = dir.parent() {
                 fs::create_dir_all(parent).map_err(file_error(parent))?;
             }
-            return fs::DirBuilder::new().mode(0o700).create(dir).map_err(file_error(dir));
+            return match fs::DirBuilder::new().mode(0o700).create(dir) {
+                // Another worker starting on the same data dir made it
+                // first: its directory is checked like any existing one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => secure_dir(dir),
+                created => created.map_err(file_error(dir)),
+            };
         }
         Err(e) => return Err(file_error(dir)(e)),
         Ok(meta) if meta.file_type().is_symlink() => {
@@ -126,6 +131,20 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn workers_starting_together_all_get_the_directory() {
+        for _ in 0..50 {
+            let base = tempfile::tempdir().unwrap();
+            let dir = base.path().join("root-keys");
+            let results: Vec<_> = std::thread::scope(|scope| {
+                let racers: Vec<_> = (0..4).map(|_| scope.spawn(|| secure_dir(&dir))).collect();
+                racers.into_iter().map(|racer| racer.join().unwrap()).collect()
+            });
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+            assert_eq!(mode(&dir), 0o700);
+        }
     }
 
     #[test]
