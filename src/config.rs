@@ -31,7 +31,7 @@ pub struct Settings {
     /// nodes of one cluster as a comma-separated list (same vhost and
     /// credentials). A worker connects to one node, starting at an offset
     /// of its own, and on a loss goes on to the next.
-    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = crate::broker::DEFAULT_AMQP_URL)]
+    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = crate::broker::DEFAULT_AMQP_URL, value_parser = NodesParser)]
     pub amqp_url: BrokerNodes,
     /// Data dir: the managed root keys and the shards' stores
     /// (`shards/<i>/`; a one-shard deployment keeps its store in `db/`).
@@ -213,6 +213,26 @@ fn secret_from_env(name: &str) -> Option<Secret> {
     std::env::var(name).ok().filter(|t| !t.is_empty()).map(Secret)
 }
 
+/// Parses `--amqp-url` without echoing it: clap's own message quotes the
+/// raw value, and an AMQP URL carries a password.
+#[derive(Debug, Clone, Copy)]
+struct NodesParser;
+
+impl clap::builder::TypedValueParser for NodesParser {
+    type Value = BrokerNodes;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<BrokerNodes, clap::Error> {
+        let refused = |why: String| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{why}\n"));
+        let list = value.to_str().ok_or_else(|| refused("--amqp-url: the list is not UTF-8".into()))?;
+        BrokerNodes::parse(list).map_err(|e| refused(e.to_string()))
+    }
+}
+
 impl Settings {
     /// Where shards live and how their keyrings keep keys.
     pub fn shard_options(&self) -> ShardOptions {
@@ -364,6 +384,17 @@ mod tests {
         let shown = format!("{settings:?} {settings:#?}");
         assert!(!shown.contains("admin-s3cret") && !shown.contains("vault-s3cret"), "{shown}");
         assert!(shown.contains("Secret(redacted)"), "the fields are there, only their values are hidden");
+    }
+
+    #[test]
+    fn a_malformed_node_list_is_one_line_without_its_password() {
+        let refused = parse_flags::<Settings, _, _>(["--amqp-url", "amqp://u:s3cret@h1/v,,amqp://u:s3cret@h2/v"]);
+        let error = refused.expect_err("an empty entry is refused").to_string();
+        assert!(error.contains("entry 2 of the list is empty"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+        assert_eq!(error.trim_end().lines().count(), 1, "{error}");
+        let nodes = parse_flags::<Settings, _, _>(["--amqp-url", "amqp://u:p@h1/v,amqp://u:p@h2/v"]).unwrap().amqp_url;
+        assert_eq!(nodes.len(), 2);
     }
 
     #[test]

@@ -41,7 +41,10 @@ async fn with_a_token_v1_needs_the_right_bearer_and_health_stays_open() {
     })
     .await;
     assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["brokerNode"], "127.0.0.1:5672", "the node holding the leases: {ready}");
     worker.stop().await;
 }
 

@@ -16,10 +16,12 @@ use super::{shards_api, status_page};
 use crate::shard::Shard;
 use crate::telemetry::gauges;
 
-/// `GET /readyz`: 200 once the worker consumes (see [`AdminState::is_ready`]), else 503.
+/// `GET /readyz`: 200 once the worker consumes (see [`AdminState::is_ready`]),
+/// with the shards it owns and the broker node holding their leases; else 503.
 pub async fn readyz(State(app): State<AdminState>) -> Result<Json<serde_json::Value>, ApiError> {
     if app.is_ready() {
-        Ok(Json(json!({"status": "ready", "shards": app.owned.ids().iter().map(|id| id.0).collect::<Vec<_>>()})))
+        let shards: Vec<u32> = app.owned.ids().iter().map(|id| id.0).collect();
+        Ok(Json(json!({"status": "ready", "shards": shards, "brokerNode": app.owned.broker_node()})))
     } else {
         Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "not consuming from RabbitMQ yet"))
     }

@@ -32,10 +32,12 @@ pub const ROUTE_EXCHANGE: &str = "keyseal.route";
 /// Fanout exchange: the alternate exchange of [`ROUTE_EXCHANGE`], so a
 /// tenant with no binding yet lands in the intake [`INGEST_QUEUE`].
 pub const UNPLACED_EXCHANGE: &str = "keyseal.unplaced";
-/// Queue every worker consumes and nobody publishes to: its consumer count
-/// is the number of live workers, and its `x-max-length` argument holds the
-/// deployment's shard count (RabbitMQ refuses a redeclaration with another
-/// value, so a worker started with a different `--shards` cannot join).
+/// Quorum queue nobody publishes to or consumes: its `x-max-length`
+/// argument holds the deployment's shard count (RabbitMQ refuses a
+/// redeclaration with another value, so a worker started with a different
+/// `--shards` cannot join). Live workers are counted by their presence
+/// queues ([`presence_queue`]), not by its consumers: a quorum queue keeps
+/// the consumers of a lost node, suspected down, in its count.
 pub const WORKERS_QUEUE: &str = "keyseal.workers";
 /// Dead-letter exchange of the ingest queue.
 pub const DEAD_LETTER_EXCHANGE: &str = "keyseal.ingest.dlx";
@@ -53,6 +55,14 @@ pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
 /// The ingest queue of shard `shard`.
 pub fn shard_queue(shard: u32) -> String {
     format!("keyseal.ingest.shard-{shard}")
+}
+
+/// Presence slot `slot`: an exclusive queue a live worker holds on its
+/// lease connection, so it goes with that connection or its node. The
+/// slots taken are the live workers (slots `0..shards`: a worker past the
+/// shard count would get one shard either way).
+pub fn presence_queue(slot: u32) -> String {
+    format!("keyseal.workers.{slot}")
 }
 
 /// The lease queue of shard `shard`: whoever holds it (declared exclusive)
@@ -170,21 +180,34 @@ pub const INTAKE_DELIVERY_LIMIT: i64 = 20;
 /// other arguments (declared by an earlier keyseal, or under other
 /// settings) is used as it is, with a warning: RabbitMQ cannot change a
 /// queue's arguments (a policy can), and refusing to start over it would
-/// stop a deployment at an upgrade.
-async fn declare_queue(connection: &Connection, name: &str, args: FieldTable) -> lapin::Result<()> {
-    let channel = connection.create_channel().await?;
-    match channel.queue_declare(name.into(), QueueDeclareOptions::durable(), args).await {
-        Ok(_) => close_channel(&channel, "declared").await,
-        Err(e) if is_soft_error(&e, AMQPSoftError::PRECONDITIONFAILED) => {
-            warn!(queue = name, broker = %e, "the queue exists with other arguments; using it as it is");
+/// stop a deployment at an upgrade. Returns the broker's refusal then.
+async fn declare_queue(connection: &Connection, name: &str, args: FieldTable) -> lapin::Result<Option<String>> {
+    match try_declare(connection, name, args).await? {
+        Ok(()) => Ok(None),
+        Err(refusal) => {
+            warn!(queue = name, broker = %refusal, "the queue exists with other arguments; using it as it is");
             let channel = connection.create_channel().await?;
             let passive = QueueDeclareOptions { passive: true, ..Default::default() };
             channel.queue_declare(name.into(), passive, FieldTable::default()).await?;
             close_channel(&channel, "declared").await;
+            Ok(Some(refusal))
         }
-        Err(e) => return Err(e),
     }
-    Ok(())
+}
+
+/// Declares durable queue `name` with `args` on a channel of its own (a
+/// refused declaration closes its channel): `Ok(Err(refusal))` when the
+/// queue exists with other arguments.
+async fn try_declare(connection: &Connection, name: &str, args: FieldTable) -> lapin::Result<Result<(), String>> {
+    let channel = connection.create_channel().await?;
+    match channel.queue_declare(name.into(), QueueDeclareOptions::durable(), args).await {
+        Ok(_) => {
+            close_channel(&channel, "declared").await;
+            Ok(Ok(()))
+        }
+        Err(e) if is_soft_error(&e, AMQPSoftError::PRECONDITIONFAILED) => Ok(Err(e.to_string())),
+        Err(e) => Err(e),
+    }
 }
 
 /// Removes `tenant`'s binding to shard `shard`'s queue (an erasure's
@@ -208,28 +231,33 @@ pub async fn unbind_tenant(broker: &Broker, shard: u32, tenant: &str) -> lapin::
 
 /// Declares the shard queues of a deployment of `shards` shards and the
 /// workers queue that records the count. [`ShardCountError::Mismatch`]
-/// when the deployment on this broker has another count.
+/// when the deployment on this broker has another count. Every queue is a
+/// quorum queue, so it outlives the loss of any one node of a cluster.
 pub async fn declare_shard_queues(connection: &Connection, shards: u32) -> Result<(), ShardCountError> {
-    // A refused declaration closes its channel: give it one of its own.
-    let check = connection.create_channel().await?;
-    let mut workers = FieldTable::default();
+    let mut count = FieldTable::default();
+    count.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::from(shards)));
+    let mut workers = quorum();
     workers.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::from(shards)));
-    match check.queue_declare(WORKERS_QUEUE.into(), QueueDeclareOptions::durable(), workers).await {
-        Ok(_) => close_channel(&check, "declared").await,
-        Err(e) if is_soft_error(&e, AMQPSoftError::PRECONDITIONFAILED) => {
-            return Err(ShardCountError::Mismatch { shards, broker: e.to_string() });
+    match try_declare(connection, WORKERS_QUEUE, workers).await? {
+        Ok(()) => {}
+        Err(refusal) if refusal.contains("x-max-length") => {
+            return Err(ShardCountError::Mismatch { shards, broker: refusal });
         }
-        Err(e) => return Err(e.into()),
+        // A classic workers queue, from before the cluster support: its
+        // count is checked with the arguments it was declared with.
+        Err(_) => match try_declare(connection, WORKERS_QUEUE, count).await? {
+            Ok(()) => warn!(
+                queue = WORKERS_QUEUE,
+                "a classic queue, unavailable while its node is down: delete it once every worker is upgraded"
+            ),
+            Err(refusal) => return Err(ShardCountError::Mismatch { shards, broker: refusal }),
+        },
     }
-    let channel = connection.create_channel().await?;
     let mut queue = dead_lettering(quorum());
     queue.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     for shard in 0..shards {
-        channel
-            .queue_declare(shard_queue(shard).as_str().into(), QueueDeclareOptions::durable(), queue.clone())
-            .await?;
+        declare_queue(connection, &shard_queue(shard), queue.clone()).await?;
     }
-    close_channel(&channel, "declared").await;
     Ok(())
 }
 

@@ -28,6 +28,8 @@ pub struct Sessions {
     role: &'static str,
     heartbeat: Option<u16>,
     next: usize,
+    /// The node of the latest connection.
+    node: Option<usize>,
     backoff: Backoff,
 }
 
@@ -35,7 +37,14 @@ impl Sessions {
     /// Sessions of the task named `role` (it names its connections), from
     /// the broker's first node on.
     pub fn new(broker: &Broker, role: &'static str) -> Self {
-        Self { broker: broker.clone(), role, heartbeat: None, next: broker.first, backoff: Backoff::default() }
+        Self {
+            broker: broker.clone(),
+            role,
+            heartbeat: None,
+            next: broker.first,
+            node: None,
+            backoff: Backoff::default(),
+        }
     }
 
     /// The same, with AMQP heartbeats every `heartbeat` (the lease
@@ -49,7 +58,7 @@ impl Sessions {
     pub async fn connect(&mut self) -> lapin::Result<Connection> {
         match connect_any(&self.broker, self.next, self.role, self.heartbeat).await {
             Ok((connection, node)) => {
-                self.next = node + 1;
+                (self.next, self.node) = (node + 1, Some(node));
                 Ok(connection)
             }
             Err(e) => {
@@ -57,6 +66,11 @@ impl Sessions {
                 Err(e)
             }
         }
+    }
+
+    /// The node (`host:port`) of the latest connection.
+    pub fn node(&self) -> Option<String> {
+        self.node.map(|i| self.broker.nodes.shown(i))
     }
 
     /// Waits out the backoff before the next connection; `false` if

@@ -87,8 +87,10 @@ impl Balancer {
     /// Connects the lease connection, to the next node of the broker that
     /// answers.
     pub async fn connect(&self) -> Result<Leases, LeaseError> {
-        let connection = self.sessions.lock().await.connect().await?;
+        let mut sessions = self.sessions.lock().await;
+        let connection = sessions.connect().await?;
         let leases = Leases::on(connection, self.settings.shards).await?;
+        self.owned.set_broker_node(sessions.node());
         self.leased.set(true);
         Ok(leases)
     }
@@ -131,6 +133,7 @@ impl Balancer {
                 }
             }
             self.leased.set(false);
+            self.owned.set_broker_node(None);
             warn!(shards = ?self.owned.ids(), "lease connection lost: stopping every shard");
             futures_util::future::join_all(self.owned.ids().into_iter().map(|id| self.stop(id, "lease_lost"))).await;
         }
@@ -183,6 +186,7 @@ impl Balancer {
         self.hand_over_all(&leases).await;
         leases.close().await;
         self.leased.set(false);
+        self.owned.set_broker_node(None);
     }
 
     /// Opens shard `id` (its lease held) and starts its tasks, among them

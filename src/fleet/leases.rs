@@ -3,10 +3,16 @@
 //! exclusive queue `keyseal.shard-<i>.owner`, which only one connection can
 //! declare and which the broker deletes when that connection closes (at
 //! once when the process dies, after two missed heartbeats when its host
-//! is lost). The same connection consumes `keyseal.workers`, so that queue's
-//! consumer count is the number of live workers. When the connection goes,
-//! every lease goes with it: [`Leases::lost`] fires and the worker stops
-//! every shard it ran.
+//! is lost). The same connection holds the worker's presence slot, an
+//! exclusive queue `keyseal.workers.<j>`: the slots taken are the live
+//! workers, counted as the leases are found free, so a worker on a lost node
+//! stops counting the moment its leases go. (Counting the consumers of one
+//! queue does not survive a node's loss: a quorum queue keeps a lost node's
+//! consumers, suspected down, in its count, and a classic queue is gone
+//! with its node.) When the connection goes, every lease goes with it:
+//! [`Leases::lost`] fires and the worker stops every shard it ran.
+
+use std::sync::Mutex;
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -19,7 +25,7 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use super::forward;
-use crate::broker::{self, ShardCountError, WORKERS_QUEUE, lease_queue};
+use crate::broker::{self, ShardCountError, lease_queue, presence_queue};
 use crate::placement::ShardId;
 
 /// Why the lease connection failed.
@@ -46,14 +52,15 @@ impl From<ShardCountError> for LeaseError {
 pub struct Leases {
     connection: Connection,
     lost: CancellationToken,
-    /// The `keyseal.workers` subscription: held, never read.
-    _presence: (Channel, Consumer),
+    shards: u32,
+    /// The presence slot this worker holds, once it got one.
+    slot: Mutex<Option<u32>>,
 }
 
 impl Leases {
     /// Holds leases on `connection` (a lease connection, with heartbeats):
     /// declares the topology and the deployment's `shards` shard queues, and
-    /// registers this worker in `keyseal.workers`.
+    /// takes a presence slot.
     pub async fn on(connection: Connection, shards: u32) -> Result<Self, LeaseError> {
         let lost = CancellationToken::new();
         let mut events = connection.events_listener();
@@ -68,13 +75,11 @@ impl Leases {
             }
             signal.cancel();
         });
-        let channel = connection.create_channel().await?;
         broker::declare_topology(&connection).await?;
         broker::declare_shard_queues(&connection, shards).await?;
-        let presence = channel
-            .basic_consume(WORKERS_QUEUE.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await?;
-        Ok(Self { connection, lost, _presence: (channel, presence) })
+        let leases = Self { connection, lost, shards, slot: Mutex::new(None) };
+        leases.live_workers().await?;
+        Ok(leases)
     }
 
     /// Fires when the connection, and with it every lease, is gone.
@@ -91,15 +96,8 @@ impl Leases {
     /// holds it, else the shard's request inbox: the lease queue, consumed
     /// on a channel of its own (admin requests forwarded by other workers).
     pub async fn try_take(&self, shard: ShardId) -> Result<Option<(Channel, Consumer)>, LeaseError> {
-        // A refused declaration closes its channel: one per attempt.
-        let channel = self.connection.create_channel().await?;
         let queue = lease_queue(shard.0);
-        let options = QueueDeclareOptions { exclusive: true, ..Default::default() };
-        match channel.queue_declare(queue.as_str().into(), options, FieldTable::default()).await {
-            Ok(_) => {}
-            Err(e) if broker::is_soft_error(&e, AMQPSoftError::RESOURCELOCKED) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
+        let Some(channel) = self.declare_exclusive(&queue).await? else { return Ok(None) };
         // Manual acks, so the prefetch bounds what waits in this worker.
         channel.basic_qos(forward::PREFETCH, BasicQosOptions::default()).await?;
         let consume = BasicConsumeOptions::default();
@@ -107,29 +105,45 @@ impl Leases {
         Ok(Some((channel, inbox)))
     }
 
-    /// The shards among `candidates` whose lease nobody holds. An empty,
-    /// expired-on-arrival `mandatory` message to each lease queue comes back
-    /// unroutable exactly when that queue does not exist; asking this way
-    /// costs no refused declaration (which would close a channel) per
-    /// shard another worker owns.
+    /// The shards among `candidates` whose lease nobody holds.
     pub async fn free(&self, candidates: &[ShardId]) -> Result<Vec<ShardId>, LeaseError> {
+        let queues: Vec<String> = candidates.iter().map(|shard| lease_queue(shard.0)).collect();
+        let held = self.held(&queues).await?;
+        Ok(candidates.iter().zip(held).filter(|(_, held)| !held).map(|(shard, _)| *shard).collect())
+    }
+
+    /// Declares `queue` exclusive on a channel of its own (a refused
+    /// declaration closes its channel): `None` when another connection
+    /// holds it.
+    async fn declare_exclusive(&self, queue: &str) -> Result<Option<Channel>, LeaseError> {
+        let channel = self.connection.create_channel().await?;
+        let options = QueueDeclareOptions { exclusive: true, ..Default::default() };
+        match channel.queue_declare(queue.into(), options, FieldTable::default()).await {
+            Ok(_) => Ok(Some(channel)),
+            Err(e) if broker::is_soft_error(&e, AMQPSoftError::RESOURCELOCKED) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Which of `queues` exist. An empty, expired-on-arrival `mandatory`
+    /// message to each comes back unroutable exactly when that queue does
+    /// not exist; asking this way costs no refused declaration (which would
+    /// close a channel) per queue another worker holds.
+    async fn held(&self, queues: &[String]) -> Result<Vec<bool>, LeaseError> {
         let channel = self.connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        let mut confirms = Vec::with_capacity(candidates.len());
-        for &shard in candidates {
+        let mut confirms = Vec::with_capacity(queues.len());
+        for queue in queues {
             let options = BasicPublishOptions { mandatory: true, ..Default::default() };
             let probe = BasicProperties::default().with_expiration("0".into());
-            let queue = lease_queue(shard.0);
-            confirms.push((shard, channel.basic_publish("".into(), queue.as_str().into(), options, b"", probe).await?));
+            confirms.push(channel.basic_publish("".into(), queue.as_str().into(), options, b"", probe).await?);
         }
-        let mut free = Vec::new();
-        for (shard, confirm) in confirms {
-            if confirm.await?.take_message().is_some() {
-                free.push(shard);
-            }
+        let mut held = Vec::with_capacity(queues.len());
+        for confirm in confirms {
+            held.push(confirm.await?.take_message().is_none());
         }
         broker::close_channel(&channel, "leases probed").await;
-        Ok(free)
+        Ok(held)
     }
 
     /// Gives shard `shard`'s lease back (after its store is closed).
@@ -140,13 +154,26 @@ impl Leases {
         Ok(())
     }
 
-    /// The number of live workers (consumers of `keyseal.workers`), at least 1.
+    /// The number of live workers, at least 1: the presence slots taken,
+    /// this worker among them (it takes the first free slot while it has
+    /// none). Past `shards` workers the count stops at `shards` plus this
+    /// one, which gives every worker the same share, one shard.
     pub async fn live_workers(&self) -> Result<u32, LeaseError> {
-        let channel = self.connection.create_channel().await?;
-        let options = QueueDeclareOptions { passive: true, ..Default::default() };
-        let queue = channel.queue_declare(WORKERS_QUEUE.into(), options, FieldTable::default()).await?;
-        broker::close_channel(&channel, "counted").await;
-        Ok(queue.consumer_count().max(1))
+        let slots: Vec<String> = (0..self.shards).map(presence_queue).collect();
+        let held = self.held(&slots).await?;
+        let mut live = held.iter().filter(|held| **held).count() as u32;
+        let slot = *self.slot.lock().expect("presence slot lock");
+        if slot.is_none() {
+            live += 1;
+            for (i, _) in held.iter().enumerate().filter(|(_, held)| !**held) {
+                if let Some(channel) = self.declare_exclusive(&slots[i]).await? {
+                    broker::close_channel(&channel, "present").await;
+                    *self.slot.lock().expect("presence slot lock") = Some(i as u32);
+                    break;
+                }
+            }
+        }
+        Ok(live.max(1))
     }
 
     /// Closes the connection, which gives back every lease still held.

@@ -15,6 +15,8 @@ pub struct OwnedShards {
     count: u32,
     worker: String,
     workers: AtomicU32,
+    /// The broker node (`host:port`) its lease connection is on.
+    node: RwLock<Option<String>>,
     shards: RwLock<BTreeMap<ShardId, Owned>>,
 }
 
@@ -31,7 +33,13 @@ impl OwnedShards {
     /// None owned yet, in a deployment of `count` shards, by the worker
     /// named `worker` (shown as the owner of its shards).
     pub fn new(count: u32, worker: String) -> Self {
-        Self { count, worker, workers: AtomicU32::new(1), shards: RwLock::new(BTreeMap::new()) }
+        Self {
+            count,
+            worker,
+            workers: AtomicU32::new(1),
+            node: RwLock::default(),
+            shards: RwLock::new(BTreeMap::new()),
+        }
     }
 
     /// This worker's name.
@@ -47,6 +55,18 @@ impl OwnedShards {
     /// Records the balancer's latest count of live workers.
     pub fn set_workers(&self, workers: u32) {
         self.workers.store(workers, Ordering::Relaxed);
+    }
+
+    /// The broker node (`host:port`) holding this worker's leases, while
+    /// it holds them: an operator (and the cluster test) sees which node's
+    /// loss would move its shards.
+    pub fn broker_node(&self) -> Option<String> {
+        self.node.read().expect("broker node lock").clone()
+    }
+
+    /// Records the node of the lease connection (`None` once it is lost).
+    pub fn set_broker_node(&self, node: Option<String>) {
+        *self.node.write().expect("broker node lock") = node;
     }
 
     /// The deployment's shard count.
