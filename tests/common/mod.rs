@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod byok;
+pub mod cluster;
 pub mod fleet;
 pub mod pair;
 pub mod vault;
