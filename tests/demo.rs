@@ -102,6 +102,50 @@ async fn without_rabbitmq_the_demo_says_how_to_start_it_and_fails() {
     assert!(took < Duration::from_secs(30), "fails fast: {took:?}");
 }
 
+/// `keyseal demo` with no `--amqp-url`, in a network namespace of its own
+/// where nothing answers at 127.0.0.1:5672 (a newcomer's machine with
+/// RabbitMQ installed but not started).
+async fn demo_without_a_local_broker() -> (Output, Duration) {
+    let started = Instant::now();
+    let script = r#"/usr/sbin/ip link set lo up && exec "$0" demo --http-addr 127.0.0.1:0"#;
+    let child = tokio::process::Command::new("unshare")
+        .args(["-n", "sh", "-c", script, env!("CARGO_BIN_EXE_keyseal")])
+        .env_remove("KEYSEAL_AMQP_URL")
+        .env_remove("KEYSEAL_LOG")
+        .env_remove("KEYSEAL_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning keyseal demo in a network namespace");
+    let output = tokio::time::timeout(KILL_AFTER, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("keyseal demo still running after {KILL_AFTER:?}; killed"))
+        .expect("keyseal demo output");
+    (output, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_broker_at_the_default_url_the_demo_starts_a_private_node_and_stops_it() {
+    if !private_broker::installed() {
+        panic!("rabbitmq-server is not installed: `cargo xtask test` installs it");
+    }
+    let (output, _) = demo_without_a_local_broker().await;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("no RabbitMQ answers at 127.0.0.1:5672: starting a private node"), "{stdout}");
+    let node = stdout
+        .lines()
+        .find_map(|line| line.split("private RabbitMQ node ").nth(1)?.split_whitespace().next())
+        .expect("the demo names its node")
+        .to_owned();
+    assert!(node.starts_with("keyseal-demo-") && node.ends_with("@localhost"), "{node}");
+    assert!(stdout.contains(&format!("private RabbitMQ node {node} stopped")), "{stdout}");
+    assert!(stdout.contains("7. BYOK disabled for acme-"), "the whole story ran on the private node: {stdout}");
+    let left = std::process::Command::new("pgrep").args(["-f", &format!("beam.*{node}")]).output().unwrap();
+    assert!(left.stdout.is_empty(), "the node's VM is gone: {}", text(&left.stdout));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_refuses_a_vhost_where_records_wait_for_another_worker() {
     let vhost = Vhost::new("demo-busy");
@@ -114,4 +158,21 @@ async fn the_demo_refuses_a_vhost_where_records_wait_for_another_worker() {
     assert!(!output.status.success(), "{said}");
     assert!(said.contains("has 3 waiting messages and 0 consumers"), "{said}");
     assert!(said.contains("rabbitmqctl add_vhost keyseal-demo"), "{said}");
+}
+
+#[test]
+fn keyseal_help_lists_each_subcommand_on_one_line() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keyseal")).arg("--help").output().unwrap();
+    let help = text(&output.stdout);
+    let commands: Vec<&str> =
+        help.lines().skip_while(|line| *line != "Commands:").skip(1).take_while(|line| !line.is_empty()).collect();
+    let names: Vec<&str> = commands.iter().filter_map(|line| line.split_whitespace().next()).collect();
+    for name in ["run", "publish", "tenant", "records", "sweep", "shards", "demo", "keyvault-emulator"] {
+        assert!(names.contains(&name), "{name} missing from:\n{help}");
+    }
+    for line in &commands {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(line.starts_with("  ") && words.len() >= 2, "one line per subcommand, name then summary: {line:?}");
+        assert!(line.chars().count() <= 100, "a summary fits a terminal line: {line:?}");
+    }
 }

@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the worker: consume, store encrypted, seal, relay events, serve the admin API.
+    /// Run the worker: consume, store encrypted, seal, relay events, serve the API.
     Run(Box<Settings>),
     /// Publish IngestRecords to keyseal.ingest with publisher confirms.
     Publish(PublishArgs),
@@ -69,7 +69,7 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Show each shard's owner, since when, and its tenant count, and the live workers.
+    /// Show each shard's owner, since when, its tenant count, and the live workers.
     Shards {
         #[command(flatten)]
         server: ServerArgs,
@@ -79,10 +79,12 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
-    /// Serve a local Azure Key Vault–compatible HTTPS API (keys only) for tests, demos and compose.
+    /// Serve a local Key Vault–compatible HTTPS API (keys only) for tests and demos.
     KeyvaultEmulator(EmulatorArgs),
-    /// Tell the whole story on local defaults in about 12 seconds: two tenants, BYOK, sealing, a key roll,
-    /// a broken key (degraded, locked down), the key mended, BYOK disabled; narrated.
+    /// Tell the whole story, narrated, in about 12 seconds on local defaults.
+    ///
+    /// Two tenants, BYOK, sealing, a key roll, a broken key (degraded, locked down), the key mended,
+    /// BYOK disabled. With no broker at the default URL it starts a private RabbitMQ node.
     Demo(DemoArgs),
 }
 

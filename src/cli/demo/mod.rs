@@ -18,20 +18,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyseal::broker::INGEST_QUEUE;
 use keyseal::broker::publish::{self, PublishError, Publisher};
-use keyseal::broker::{self, DEFAULT_AMQP_URL, INGEST_QUEUE};
 use keyseal::clock::{Clock, SystemClock};
 use keyseal::config::{self, Settings};
 use keyseal::proto::v1::IngestRecord;
 use keyseal::worker::Worker;
 use keyvault_emulator::admin::{KeyAdmin, KeyAdminError};
 use keyvault_emulator::{self as emulator, EmulatorArgs, EmulatorError};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use reqwest::StatusCode;
 
+mod broker;
 mod story;
 
+use self::broker::DemoBroker;
 use self::story::{Narrator, Story};
 use keyseal::client::{AdminClient, ClientError};
 
@@ -53,8 +53,6 @@ const PAYLOAD_BYTES: usize = 512;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a condition being waited for is checked.
 const POLL_EVERY: Duration = Duration::from_millis(100);
-/// How long the broker may take to accept a connection.
-const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records in flight per confirm round.
 const PUBLISH_WINDOW: usize = 500;
 
@@ -64,8 +62,10 @@ const PUBLISH_WINDOW: usize = 500;
 pub struct DemoArgs {
     /// RabbitMQ to use. The demo's worker consumes `keyseal.ingest` on this
     /// vhost, so the demo refuses a vhost where another keyseal is working.
-    #[arg(long, env = "KEYSEAL_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
-    pub amqp_url: String,
+    /// Unset: the local one (amqp://guest:guest@127.0.0.1:5672/%2f), or a
+    /// private node the demo starts and stops when none answers there.
+    #[arg(long, env = "KEYSEAL_AMQP_URL")]
+    pub amqp_url: Option<String>,
     /// Status page, admin API and /metrics of the demo's worker; when the
     /// port is taken, a free one is used instead (the URL is printed).
     #[arg(long, env = "KEYSEAL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -89,6 +89,21 @@ pub enum DemoError {
         /// What the connection attempt said.
         reason: String,
     },
+    /// No broker at the default URL, and none can be started here.
+    #[error(
+        "no RabbitMQ answers at {url} and rabbitmq-server is not installed: install it \
+         (`sudo apt-get install rabbitmq-server`), or point --amqp-url / KEYSEAL_AMQP_URL at a broker"
+    )]
+    NoBroker {
+        /// The default URL, password masked.
+        url: String,
+    },
+    /// The private RabbitMQ node did not start (or stop).
+    #[error("the demo's private RabbitMQ node: {0}")]
+    PrivateNode(#[from] private_broker::Error),
+    /// A task of the demo (starting or stopping the private node) panicked.
+    #[error("a task of the demo failed")]
+    Task(#[from] tokio::task::JoinError),
     /// Another keyseal uses the vhost: the demo's throwaway worker would
     /// take (and later discard) its messages.
     #[error(
@@ -165,13 +180,12 @@ pub enum DemoError {
 /// temporary data.
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let narrator = Narrator::start();
-    let shown_url = redact_password(&args.amqp_url);
-    check_broker(&args.amqp_url, &shown_url).await?;
+    let broker = DemoBroker::find(args.amqp_url.as_deref(), &narrator).await?;
     narrator.say(format!(
         "keyseal demo: two tenants, one with its own key; sealing after {SEAL_AFTER}, key probes every \
          {PROBE_INTERVAL}, lockdown {LOCKDOWN_AFTER} after a key breaks"
     ));
-    narrator.say(format!("RabbitMQ at {shown_url} is reachable"));
+    narrator.say(format!("RabbitMQ at {} is reachable", redact_password(broker.url())));
 
     let scratch = tempfile::Builder::new().prefix("keyseal-demo-").tempdir().map_err(DemoError::TempDir)?;
     let emulator_args: EmulatorArgs = config::parse_flags(flags(&[
@@ -185,7 +199,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let keys = KeyAdmin::new(&vault.vault_url(), vault.cert_pem_path(), &token)?;
     narrator.say(format!("Key Vault emulator (in-process, TLS) at {}", vault.vault_url()));
 
-    let (settings, moved_from) = worker_settings(&args, &vault, &scratch.path().join("data"))?;
+    let (settings, moved_from) = worker_settings(&args, broker.url(), &vault, &scratch.path().join("data"))?;
     let admin_token = settings.admin_token.as_ref().map(|t| t.expose().to_owned());
     let worker = Worker::start(settings, Arc::new(SystemClock)).await.map_err(|e| DemoError::Worker(e.into()))?;
     let base = format!("http://{}", worker.http_addr);
@@ -201,7 +215,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         narrator: &narrator,
         admin: AdminClient::new(&base, admin_token),
         keys: &keys,
-        amqp_url: &args.amqp_url,
+        amqp_url: broker.url(),
         byok: format!("acme-{run}"),
         managed: format!("globex-{run}"),
     };
@@ -222,41 +236,12 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     };
     vault.shutdown().await;
     drop(scratch);
+    let closed = broker.close(&narrator).await;
     told?;
     stopped?;
+    closed?;
     narrator.say("worker and emulator stopped, temporary data removed");
     Ok(())
-}
-
-/// Fails with the way to start RabbitMQ when none answers, and refuses a
-/// vhost where another keyseal consumes or has records waiting.
-async fn check_broker(url: &str, shown_url: &str) -> Result<(), DemoError> {
-    let unreachable = |reason: String| DemoError::BrokerUnreachable { url: shown_url.to_owned(), reason };
-    let connection = match tokio::time::timeout(BROKER_TIMEOUT, broker::connect(url, "demo")).await {
-        Err(_) => return Err(unreachable(format!("no answer within {BROKER_TIMEOUT:?}"))),
-        Ok(Err(e)) => return Err(unreachable(e.to_string())),
-        Ok(Ok(connection)) => connection,
-    };
-    let load = ingest_queue_load(&connection).await;
-    broker::close(&connection, "demo broker check done").await;
-    match load {
-        Some((messages, consumers)) if messages > 0 || consumers > 0 => {
-            Err(DemoError::BrokerInUse { url: shown_url.to_owned(), messages, consumers })
-        }
-        _ => Ok(()),
-    }
-}
-
-/// (waiting messages, consumers) of the ingest queue, declaring the
-/// topology first (idempotent, as every role does) so that the passive
-/// declare finds the queue; `None` when the broker refuses either.
-async fn ingest_queue_load(connection: &lapin::Connection) -> Option<(u32, u32)> {
-    let channel = connection.create_channel().await.ok()?;
-    broker::declare_topology(connection).await.ok()?;
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let queue = channel.queue_declare(INGEST_QUEUE.into(), passive, FieldTable::default()).await.ok()?;
-    broker::close_channel(&channel, "demo broker check done").await;
-    Some((queue.message_count(), queue.consumer_count()))
 }
 
 /// The worker's settings: the demo's durations, the scratch data dir, the
@@ -264,6 +249,7 @@ async fn ingest_queue_load(connection: &lapin::Connection) -> Option<(u32, u32)>
 /// (returned second so the demo can say so).
 fn worker_settings(
     args: &DemoArgs,
+    amqp_url: &str,
     vault: &emulator::Emulator,
     data_dir: &Path,
 ) -> Result<(Settings, Option<SocketAddr>), DemoError> {
@@ -277,7 +263,7 @@ fn worker_settings(
     let http_addr = http_addr.to_string();
     let mut flags = flags(&[
         "--amqp-url".as_ref(),
-        args.amqp_url.as_ref(),
+        amqp_url.as_ref(),
         "--data-dir".as_ref(),
         data_dir.as_os_str(),
         "--http-addr".as_ref(),
