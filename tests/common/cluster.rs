@@ -26,6 +26,7 @@ static DIR: OnceLock<PathBuf> = OnceLock::new();
 extern "C" fn teardown_at_exit() {
     if let Some(dir) = DIR.get() {
         let _ = Command::new(script()).arg("teardown").arg(dir).env("KS_QUIET", "1").output();
+        let _ = std::fs::remove_file(dir.with_extension("state"));
     }
 }
 
