@@ -19,13 +19,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Vhost;
+use common::backlog::publish_backlog;
 use futures_util::StreamExt;
-use keyseal::broker::publish::{Publisher, synthetic};
-use keyseal::clock::SystemClock;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
@@ -48,23 +46,7 @@ async fn prefill(vhost: &Vhost, count: usize) {
 
 async fn prefill_sized(vhost: &Vhost, count: usize, size: usize) {
     place(vhost).await;
-    publish_backlog(vhost, &TENANTS, count, size).await;
-}
-
-/// Publishes `count` records of `size` bytes, spread over `tenants`.
-async fn publish_backlog(vhost: &Vhost, tenants: &[&str], count: usize, size: usize) {
-    let publisher = Publisher::connect(&vhost.amqp_url()).await.unwrap();
-    // Publish in pieces of about 20 MiB, so the producer's own memory stays small.
-    let chunk = (20 << 20) / size.max(1);
-    for tenant in tenants {
-        let per_tenant = count / tenants.len();
-        for start in (0..per_tenant).step_by(chunk.max(1)) {
-            let n = chunk.min(per_tenant - start);
-            let records = synthetic(tenant, &format!("r-{start}-"), n, size, 1);
-            let confirmed = publisher.publish_all(&records, 2000).await.unwrap();
-            assert!(confirmed.iter().all(|c| *c));
-        }
-    }
+    publish_backlog(&vhost.amqp_url(), &TENANTS, count, size).await;
 }
 
 /// Drains the queue with a consumer that does nothing but ack (multiple,
@@ -95,27 +77,11 @@ async fn bare_consumer(vhost: &Vhost, count: usize) -> f64 {
 }
 
 async fn keyseal_worker(vhost: &Vhost, count: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
     let prefetch = PREFETCH.to_string();
     let extra = std::env::var("KEYSEAL_BENCH_WORKER_ARGS").unwrap_or_default();
     let mut args = vec!["--prefetch", &prefetch];
     args.extend(extra.split_whitespace());
-    let settings = common::settings(vhost, dir.path(), &args);
-    // Start-up (root key generation, opening the store, the broker
-    // session) is not ingestion: like the bare consumer's, the clock starts
-    // once the worker is up, and counts only what is stored after that.
-    keyseal::crypto::root_key::ManagedRootKeys::load_or_create(&dir.path().join("root-keys")).unwrap();
-    let worker = keyseal::worker::Worker::start(settings, Arc::new(SystemClock)).await.unwrap();
-    let started = Instant::now();
-    let store = worker.only().shard.store.clone();
-    let stored = || TENANTS.iter().map(|t| store.tenant(t).map_or(0, |p| p.hot_records)).sum::<u64>();
-    let before = stored();
-    while stored() < count as u64 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let rate = (count as u64 - before) as f64 / started.elapsed().as_secs_f64();
-    worker.stop().await;
-    rate
+    common::backlog::drain_rate(&vhost.amqp_url(), &TENANTS, count, &args).await
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -172,7 +138,7 @@ async fn child_peak_rss(name: &str, backlog: Backlog, count: usize, size: usize,
             &TENANTS
         }
         Backlog::OneNewTenant => {
-            publish_backlog(&vhost, &TENANTS[..1], count, size).await;
+            publish_backlog(&vhost.amqp_url(), &TENANTS[..1], count, size).await;
             &TENANTS[..1]
         }
     };

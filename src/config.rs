@@ -49,6 +49,12 @@ pub struct Settings {
     /// loses its shards after two missed heartbeats.
     #[arg(long, env = "KEYSEAL_AMQP_HEARTBEAT", default_value = "10s", value_parser = parse_heartbeat)]
     pub amqp_heartbeat: Duration,
+    /// Replicas of each quorum queue keyseal declares (shard queues, the
+    /// intake, dead letters): 3 or 5 on a cluster of at least that many
+    /// nodes; unset leaves it to the broker (`quorum_cluster_size`, 3).
+    /// Applies when a queue is first declared.
+    #[arg(long, env = "KEYSEAL_QUORUM_SIZE", value_parser = clap::value_parser!(u32).range(1..=7))]
+    pub quorum_size: Option<u32>,
     /// How often a worker compares its shards with its share, ceil(shards /
     /// live workers), and takes free ones or hands some over.
     #[arg(long, env = "KEYSEAL_REBALANCE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -61,7 +61,8 @@ impl Worker {
         let listener = admin::bind(&settings).await?;
         let http_addr = listener.local_addr()?;
         let owned = Arc::new(OwnedShards::new(settings.shards, worker_name(http_addr)));
-        let broker = Broker::new(settings.amqp_url.clone(), owned.worker());
+        let broker =
+            Broker { quorum_size: settings.quorum_size, ..Broker::new(settings.amqp_url.clone(), owned.worker()) };
         info!(
             %http_addr,
             data_dir = %settings.data_dir.display(),

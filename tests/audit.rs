@@ -61,7 +61,7 @@ async fn every_root_key_call_is_audited_and_customer_calls_match_the_vaults_log(
     let s = setup("audit", RecoveryLevel::Recoverable, None, &["--dek-cache-ttl", "1s"]).await;
     let connection = keyseal::broker::connect(&s.vhost.amqp_url(), "test").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    keyseal::broker::declare_topology(&connection).await.unwrap();
+    keyseal::broker::declare_topology(&connection, None).await.unwrap();
     channel.queue_declare("test.key_used".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
     channel
         .queue_bind(

@@ -35,11 +35,12 @@ struct ClusterWorker {
 }
 
 impl ClusterWorker {
-    fn spawn(vhost: &ClusterVhost, data_dir: &Path) -> Self {
+    fn spawn(vhost: &ClusterVhost, data_dir: &Path, extra: &[&str]) -> Self {
         let port = free_port();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_keyseal"))
             .args(["run", "--amqp-url", &vhost.urls(), "--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--shards", &SHARDS.to_string(), "--rebalance-interval", "1s", "--amqp-heartbeat", "5s"])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .env("KEYSEAL_LOG", "warn,lapin::returned_messages=error")
@@ -168,19 +169,59 @@ async fn collect_events(broker: Broker, seen: Arc<Mutex<BTreeSet<(u32, u64)>>>) 
     }
 }
 
+/// The number of nodes holding each queue of `vhost` that is replicated.
+fn members(cluster: &Cluster, vhost: &ClusterVhost) -> BTreeMap<String, usize> {
+    let listed = cluster.ctl(1, &["list_queues", "-p", &vhost.name, "name", "members", "--formatter", "json"]);
+    let queues: Vec<serde_json::Value> = serde_json::from_str(&listed).expect("rabbitmqctl's JSON");
+    queues.iter().filter_map(|q| Some((q["name"].as_str()?.to_owned(), q["members"].as_array()?.len()))).collect()
+}
+
+/// The queues keyseal declares for a deployment of [`SHARDS`] shards, which
+/// `--quorum-size` replicates.
+fn replicated_queues() -> Vec<String> {
+    let mut queues: Vec<String> = (0..SHARDS).map(keyseal::broker::shard_queue).collect();
+    queues.extend([keyseal::broker::INGEST_QUEUE.into(), keyseal::broker::DEAD_LETTER_QUEUE.into()]);
+    queues
+}
+
+/// Held by a test while the cluster must keep all its nodes: the chaos
+/// test stops them, and a queue declared meanwhile gets fewer members.
+static ALL_NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_size_sets_the_replicas_of_every_queue_keyseal_declares() {
+    let _all_nodes = ALL_NODES.lock().await;
+    let cluster = Cluster::get();
+    let vhost = ClusterVhost::new("quorum-size");
+    let dir = tempfile::tempdir().unwrap();
+    let worker = ClusterWorker::spawn(&vhost, dir.path(), &["--quorum-size", "2"]);
+    wait_owned(std::slice::from_ref(&worker), Instant::now()).await;
+    let members = members(cluster, &vhost);
+    for queue in replicated_queues() {
+        assert_eq!(members.get(&queue), Some(&2), "{queue} of {members:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_follow_node_losses_and_every_confirmed_record_is_stored_once() {
+    let _all_nodes = ALL_NODES.lock().await;
     let cluster = Cluster::get();
     let vhost = ClusterVhost::new("chaos");
     let dir = tempfile::tempdir().unwrap();
     // The events queue is bound before the workers start, so it holds
     // every event from the first.
     let (connection, _) = connect_any(&Broker::from_list(&vhost.urls()).unwrap(), 0, "test", None).await.unwrap();
-    keyseal::broker::declare_topology(&connection).await.unwrap();
+    keyseal::broker::declare_topology(&connection, None).await.unwrap();
     declare_events_queue(&connection).await.unwrap();
     keyseal::broker::close(&connection, "declared").await;
-    let mut workers = vec![ClusterWorker::spawn(&vhost, dir.path()), ClusterWorker::spawn(&vhost, dir.path())];
+    let mut workers =
+        vec![ClusterWorker::spawn(&vhost, dir.path(), &[]), ClusterWorker::spawn(&vhost, dir.path(), &[])];
     wait_owned(&workers, Instant::now()).await;
+    // Unset, --quorum-size leaves it to the broker: every node of three.
+    let members = members(cluster, &vhost);
+    for queue in replicated_queues() {
+        assert_eq!(members.get(&queue), Some(&3), "{queue} of {members:?}");
+    }
 
     let stop = CancellationToken::new();
     let seen = Arc::new(Mutex::new(BTreeSet::new()));

@@ -13,11 +13,19 @@ use keyseal::broker::publish::{Publisher, synthetic};
 /// The demo promises to end within two minutes; past this it is killed.
 const KILL_AFTER: Duration = Duration::from_secs(150);
 
+/// `keyseal demo` with `args`, as a user runs it.
 async fn demo(args: &[&str]) -> (Output, Duration) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyseal"));
+    command.arg("demo").args(args);
+    run_demo(command).await
+}
+
+/// Runs `command` (a demo) with the environment a newcomer has, collects
+/// its output and how long it took; kills it past [`KILL_AFTER`].
+async fn run_demo(mut command: tokio::process::Command) -> (Output, Duration) {
     let started = Instant::now();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyseal"))
-        .arg("demo")
-        .args(args)
+    let child = command
+        .env_remove("KEYSEAL_AMQP_URL")
         .env_remove("KEYSEAL_LOG")
         .env_remove("KEYSEAL_ADMIN_TOKEN")
         .stdout(std::process::Stdio::piped())
@@ -106,23 +114,10 @@ async fn without_rabbitmq_the_demo_says_how_to_start_it_and_fails() {
 /// where nothing answers at 127.0.0.1:5672 (a newcomer's machine with
 /// RabbitMQ installed but not started).
 async fn demo_without_a_local_broker() -> (Output, Duration) {
-    let started = Instant::now();
     let script = r#"/usr/sbin/ip link set lo up && exec "$0" demo --http-addr 127.0.0.1:0"#;
-    let child = tokio::process::Command::new("unshare")
-        .args(["-n", "sh", "-c", script, env!("CARGO_BIN_EXE_keyseal")])
-        .env_remove("KEYSEAL_AMQP_URL")
-        .env_remove("KEYSEAL_LOG")
-        .env_remove("KEYSEAL_ADMIN_TOKEN")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning keyseal demo in a network namespace");
-    let output = tokio::time::timeout(KILL_AFTER, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("keyseal demo still running after {KILL_AFTER:?}; killed"))
-        .expect("keyseal demo output");
-    (output, started.elapsed())
+    let mut command = tokio::process::Command::new("unshare");
+    command.args(["-n", "sh", "-c", script, env!("CARGO_BIN_EXE_keyseal")]);
+    run_demo(command).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

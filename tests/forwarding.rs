@@ -25,7 +25,9 @@ use keyseal::fleet::forward::{ForwardKey, Forwarder, InboxContext, serve_inbox};
 use keyseal::placement::ShardId;
 use keyseal::placement::shard_of;
 use keyvault_emulator::{Fault, FaultAction};
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Consumer};
 use serde_json::Value;
@@ -171,7 +173,7 @@ async fn an_answer_not_signed_by_the_deployment_is_refused() {
     let tenant = tenant_on(1, "victim");
     // A squatter holds shard 1's lease before any worker starts.
     let connection = keyseal::broker::connect(&vhost.amqp_url(), "squatter").await.unwrap();
-    keyseal::broker::declare_topology(&connection).await.unwrap();
+    keyseal::broker::declare_topology(&connection, None).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     let exclusive = QueueDeclareOptions { exclusive: true, ..Default::default() };
     channel.queue_declare(lease_queue(1).as_str().into(), exclusive, FieldTable::default()).await.unwrap();
@@ -382,4 +384,47 @@ async fn a_content_type_no_amqp_header_can_carry_is_refused_and_the_forwarder_go
         assert_eq!(pair.status(&other, &tenant).await.0, 200, "forwarding goes on");
     }
     pair.stop().await;
+}
+
+/// Messages (ready and unacknowledged) in queue `queue` of `vhost`.
+fn messages_in(vhost: &Vhost, queue: &str) -> Option<u64> {
+    let listed = rabbitmqctl(&["list_queues", "-p", &vhost.name, "name", "messages", "--formatter", "json"]);
+    let queues: Vec<Value> = serde_json::from_str(&listed).expect("rabbitmqctl's JSON");
+    queues.iter().find(|q| q["name"] == queue).and_then(|q| q["messages"].as_u64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_probe_reaching_an_owner_is_acked_and_not_counted_as_a_refused_request() {
+    let vhost = Vhost::new("fwd-probe");
+    let dir = tempfile::tempdir().unwrap();
+    let worker = start_worker(&vhost, dir.path(), Arc::new(SystemClock), &[]).await;
+    let base = base_url(&worker);
+    let connection = keyseal::broker::connect(&vhost.amqp_url(), "prober").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let queue = lease_queue(0);
+    wait_until("shard 0 owned", WAIT, || async { messages_in(&vhost, &queue).is_some() }).await;
+    let send = |properties: BasicProperties, body: &'static [u8]| {
+        let channel = channel.clone();
+        let queue = queue.clone();
+        async move {
+            let options = BasicPublishOptions::default();
+            let confirm = channel.basic_publish("".into(), queue.as_str().into(), options, body, properties);
+            assert!(confirm.await.unwrap().await.unwrap().is_ack());
+        }
+    };
+
+    // Something that is no request is refused and counted: the count is read
+    // under the label it really has.
+    send(BasicProperties::default(), b"not a request").await;
+    wait_until("the refusal counted", WAIT, || async { refused(&base, "malformed_forward").await == 1.0 }).await;
+
+    // A probe as workers send them (but kept until delivered, so it surely
+    // reaches the inbox): acked, and no refusal of any reason counted.
+    send(BasicProperties::default().with_type(keyseal::broker::PROBE_TYPE.into()), b"").await;
+    wait_until("the probe acked", WAIT, || async { messages_in(&vhost, &queue) == Some(0) }).await;
+    let total = scrape_sum(&base, "keyseal_forwarded_requests_refused_total", &[]).await;
+    assert_eq!(total, Some(1.0), "only the request that was no request counts as refused");
+    keyseal::broker::close(&connection, "probed").await;
+    worker.stop().await;
 }

@@ -250,7 +250,7 @@ async fn events_of_a_publish_and_seal_run_arrive_once_per_shard_and_sequence() {
     let vhost = Vhost::new("events");
     let connection = keyseal::broker::connect(&vhost.amqp_url(), "test").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    keyseal::broker::declare_topology(&connection).await.unwrap();
+    keyseal::broker::declare_topology(&connection, None).await.unwrap();
     channel.queue_declare("test.events".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
     channel
         .queue_bind(

@@ -7,7 +7,7 @@ pub mod properties;
 pub mod publish;
 pub mod session;
 
-pub use nodes::{Broker, BrokerNodes, NodesError};
+pub use nodes::{Broker, BrokerNodes, NodesError, hide_password};
 
 use std::time::Duration;
 
@@ -64,6 +64,11 @@ pub fn shard_queue(shard: u32) -> String {
 pub fn presence_queue(slot: u32) -> String {
     format!("keyseal.workers.{slot}")
 }
+
+/// The AMQP `type` of a lease probe: an empty, expired-on-arrival message
+/// a worker sends to learn whether a queue exists. One that reaches an
+/// owner's inbox is acked there and nothing more: it asks nothing.
+pub const PROBE_TYPE: &str = "keyseal.probe";
 
 /// The lease queue of shard `shard`: whoever holds it (declared exclusive)
 /// owns the shard.
@@ -129,8 +134,9 @@ pub async fn close_channel(channel: &Channel, reason: &str) {
 /// started first. Removes the one-queue layout's `#` binding of the intake
 /// (its backlog then drains through placement). Uses channels of its own,
 /// so a queue declared earlier with other arguments cannot close the
-/// caller's.
-pub async fn declare_topology(connection: &Connection) -> lapin::Result<()> {
+/// caller's. The dead-letter queue and the intake get `quorum_size`
+/// replicas ([`Broker::quorum_size`]).
+pub async fn declare_topology(connection: &Connection, quorum_size: Option<u32>) -> lapin::Result<()> {
     let channel = connection.create_channel().await?;
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     for exchange in [INGEST_EXCHANGE, DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE] {
@@ -140,8 +146,8 @@ pub async fn declare_topology(connection: &Connection) -> lapin::Result<()> {
     let mut route = FieldTable::default();
     route.insert("alternate-exchange".into(), AMQPValue::LongString(UNPLACED_EXCHANGE.into()));
     channel.exchange_declare(ROUTE_EXCHANGE.into(), ExchangeKind::Direct, durable, route).await?;
-    declare_queue(connection, DEAD_LETTER_QUEUE, quorum()).await?;
-    let mut intake = dead_lettering(quorum());
+    declare_queue(connection, DEAD_LETTER_QUEUE, quorum(quorum_size)).await?;
+    let mut intake = dead_lettering(quorum(quorum_size));
     intake.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(INTAKE_DELIVERY_LIMIT));
     declare_queue(connection, INGEST_QUEUE, intake).await?;
     let no_args = FieldTable::default;
@@ -232,11 +238,17 @@ pub async fn unbind_tenant(broker: &Broker, shard: u32, tenant: &str) -> lapin::
 /// Declares the shard queues of a deployment of `shards` shards and the
 /// workers queue that records the count. [`ShardCountError::Mismatch`]
 /// when the deployment on this broker has another count. Every queue is a
-/// quorum queue, so it outlives the loss of any one node of a cluster.
-pub async fn declare_shard_queues(connection: &Connection, shards: u32) -> Result<(), ShardCountError> {
+/// quorum queue, so it outlives the loss of any one node of a cluster; the
+/// shard queues get `quorum_size` replicas ([`Broker::quorum_size`]), the
+/// workers queue the broker's default (its one argument is the count).
+pub async fn declare_shard_queues(
+    connection: &Connection,
+    shards: u32,
+    quorum_size: Option<u32>,
+) -> Result<(), ShardCountError> {
     let mut count = FieldTable::default();
     count.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::from(shards)));
-    let mut workers = quorum();
+    let mut workers = quorum(None);
     workers.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::from(shards)));
     match try_declare(connection, WORKERS_QUEUE, workers).await? {
         Ok(()) => {}
@@ -253,7 +265,7 @@ pub async fn declare_shard_queues(connection: &Connection, shards: u32) -> Resul
             Err(refusal) => return Err(ShardCountError::Mismatch { shards, broker: refusal }),
         },
     }
-    let mut queue = dead_lettering(quorum());
+    let mut queue = dead_lettering(quorum(quorum_size));
     queue.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     for shard in 0..shards {
         declare_queue(connection, &shard_queue(shard), queue.clone()).await?;
@@ -286,9 +298,14 @@ pub fn is_soft_error(error: &lapin::Error, kind: AMQPSoftError) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if *e.kind() == AMQPErrorKind::Soft(kind))
 }
 
-fn quorum() -> FieldTable {
+/// The arguments of a quorum queue with `size` replicas (the broker's
+/// default when `None`; it places at most one per node).
+fn quorum(size: Option<u32>) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    if let Some(size) = size {
+        args.insert("x-quorum-initial-group-size".into(), AMQPValue::LongLongInt(i64::from(size)));
+    }
     args
 }
 

@@ -128,6 +128,10 @@ pub struct Broker {
     pub nodes: BrokerNodes,
     /// The index of the node tried first.
     pub first: usize,
+    /// Replicas of each quorum queue keyseal declares
+    /// (`x-quorum-initial-group-size`); `None` leaves it to the broker
+    /// (`quorum_cluster_size`, 3 unless configured).
+    pub quorum_size: Option<u32>,
 }
 
 impl Broker {
@@ -136,13 +140,13 @@ impl Broker {
     pub fn new(nodes: BrokerNodes, key: &str) -> Self {
         let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         let first = (hash % nodes.len() as u64) as usize;
-        Self { nodes, first }
+        Self { nodes, first, quorum_size: None }
     }
 
     /// The broker of `list` (one URL or a cluster's nodes), reached first
     /// through its first node: a tool's, or a test's.
     pub fn from_list(list: &str) -> Result<Self, NodesError> {
-        Ok(Self { nodes: BrokerNodes::parse(list)?, first: 0 })
+        Ok(Self { nodes: BrokerNodes::parse(list)?, first: 0, quorum_size: None })
     }
 }
 
@@ -167,8 +171,9 @@ impl fmt::Display for BrokerNodes {
     }
 }
 
-/// `url` with the password of its user info replaced by `***`.
-fn hide_password(url: &str) -> String {
+/// `url` with the password of its user info replaced by `***`: how a URL
+/// is printed anywhere (a password may hold `@`; the last one ends it).
+pub fn hide_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
@@ -208,6 +213,15 @@ mod tests {
         let credentials = refused("amqp://u:p@h1/a,amqp://u:q@h2/a");
         assert!(matches!(credentials, NodesError::CredentialsDiffer { .. }));
         assert!(!credentials.to_string().contains(":q@"), "{credentials}");
+    }
+
+    #[test]
+    fn a_password_is_masked_and_nothing_else_changes() {
+        assert_eq!(hide_password("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(hide_password("amqp://u:p@ss@h/v"), "amqp://u:***@h/v");
+        assert_eq!(hide_password("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
+        assert_eq!(hide_password("amqp://user@h/v"), "amqp://user@h/v");
+        assert_eq!(hide_password("not a url"), "not a url");
     }
 
     #[test]

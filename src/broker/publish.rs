@@ -46,7 +46,7 @@ impl Publisher {
     pub async fn connect(amqp_url: &str) -> Result<Self, PublishError> {
         let (connection, _) = broker::connect_any(&Broker::from_list(amqp_url)?, 0, "publisher", None).await?;
         let channel = connection.create_channel().await?;
-        broker::declare_topology(&connection).await?;
+        broker::declare_topology(&connection, None).await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Self { _connection: connection, channel })
     }

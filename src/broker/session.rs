@@ -3,8 +3,8 @@
 //! close the connection, and on a failure go on to the next node after a
 //! backoff, until shutdown. The outbox relay, the intake, each shard's
 //! consumer and the lease connection all recover through it: each session
-//! starts from scratch on whatever node answers, re-declares what it needs
-//! and resumes where its own state says (the store's watermark, the queue's
+//! starts from scratch on whatever node answers, with the topology declared
+//! there, and resumes where its own state says (the store's watermark, the queue's
 //! unacked deliveries), which lapin's auto-recovery cannot do (it
 //! reconnects to the same URI and replays consumes as first issued).
 
@@ -16,7 +16,7 @@ use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Backoff, Broker, close, connect_any};
+use super::{Backoff, Broker, close, connect_any, declare_topology};
 
 /// A session that lasted this long was a working one: the next failure
 /// retries at once rather than after a long backoff.
@@ -53,12 +53,17 @@ impl Sessions {
         Self { heartbeat: Some(u16::try_from(heartbeat.as_secs()).unwrap_or(u16::MAX)), ..self }
     }
 
-    /// Connects to the next node that answers; the one after it is tried
-    /// first next time.
+    /// Connects to the next node that answers and declares the topology
+    /// there (every session relies on it, and a node that was down may not
+    /// have it yet); the node after it is tried first next time.
     pub async fn connect(&mut self) -> lapin::Result<Connection> {
         match connect_any(&self.broker, self.next, self.role, self.heartbeat).await {
             Ok((connection, node)) => {
                 (self.next, self.node) = (node + 1, Some(node));
+                if let Err(e) = declare_topology(&connection, self.broker.quorum_size).await {
+                    close(&connection, "topology refused").await;
+                    return Err(e);
+                }
                 Ok(connection)
             }
             Err(e) => {

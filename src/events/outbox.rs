@@ -64,7 +64,6 @@ async fn relay(
     shutdown: &CancellationToken,
 ) -> Result<(), RelayError> {
     let channel = connection.create_channel().await?;
-    broker::declare_topology(connection).await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     loop {
         let watermark = store.published_watermark()?;

@@ -89,7 +89,7 @@ impl Balancer {
     pub async fn connect(&self) -> Result<Leases, LeaseError> {
         let mut sessions = self.sessions.lock().await;
         let connection = sessions.connect().await?;
-        let leases = Leases::on(connection, self.settings.shards).await?;
+        let leases = Leases::on(connection, self.settings.shards, self.broker.quorum_size).await?;
         self.owned.set_broker_node(sessions.node());
         self.leased.set(true);
         Ok(leases)

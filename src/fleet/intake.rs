@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::broker::session::{Session, Sessions};
-use crate::broker::{self, Broker, INGEST_QUEUE, ROUTE_EXCHANGE, properties, shard_queue};
+use crate::broker::{Broker, INGEST_QUEUE, ROUTE_EXCHANGE, properties, shard_queue};
 use crate::clock::SharedClock;
 use crate::ingest::dead_letter::{self, DeadLetterError};
 use crate::ingest::prefetch::PrefetchWindow;
@@ -142,7 +142,6 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<(), IntakeError> {
     let channel = connection.create_channel().await?;
-    broker::declare_topology(connection).await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     channel.basic_qos(intake.prefetch, BasicQosOptions::default()).await?;
     let mut consumer = channel

@@ -25,7 +25,7 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use super::forward;
-use crate::broker::{self, ShardCountError, lease_queue, presence_queue};
+use crate::broker::{self, PROBE_TYPE, ShardCountError, lease_queue, presence_queue};
 use crate::placement::ShardId;
 
 /// Why the lease connection failed.
@@ -58,10 +58,11 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// Holds leases on `connection` (a lease connection, with heartbeats):
-    /// declares the topology and the deployment's `shards` shard queues, and
-    /// takes a presence slot.
-    pub async fn on(connection: Connection, shards: u32) -> Result<Self, LeaseError> {
+    /// Holds leases on `connection` (a lease connection, with heartbeats,
+    /// from [`Sessions`](crate::broker::session::Sessions), which declared
+    /// the topology): declares the deployment's `shards` shard queues with
+    /// `quorum_size` replicas, and takes a presence slot.
+    pub async fn on(connection: Connection, shards: u32, quorum_size: Option<u32>) -> Result<Self, LeaseError> {
         let lost = CancellationToken::new();
         let mut events = connection.events_listener();
         let (status, signal) = (connection.status().clone(), lost.clone());
@@ -75,8 +76,7 @@ impl Leases {
             }
             signal.cancel();
         });
-        broker::declare_topology(&connection).await?;
-        broker::declare_shard_queues(&connection, shards).await?;
+        broker::declare_shard_queues(&connection, shards, quorum_size).await?;
         let leases = Self { connection, lost, shards, slot: Mutex::new(None) };
         leases.live_workers().await?;
         Ok(leases)
@@ -135,7 +135,7 @@ impl Leases {
         let mut confirms = Vec::with_capacity(queues.len());
         for queue in queues {
             let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-            let probe = BasicProperties::default().with_expiration("0".into());
+            let probe = BasicProperties::default().with_expiration("0".into()).with_type(PROBE_TYPE.into());
             confirms.push(channel.basic_publish("".into(), queue.as_str().into(), options, b"", probe).await?);
         }
         let mut held = Vec::with_capacity(queues.len());

@@ -132,7 +132,6 @@ async fn consume(
 ) -> Result<(), SessionError> {
     let settings = ingest.settings;
     let channel = connection.create_channel().await?;
-    broker::declare_topology(connection).await?;
     let dead_letters = connection.create_channel().await?;
     dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut window = PrefetchWindow::new(settings.prefetch, settings.prefetch_bytes);

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod backlog;
 pub mod byok;
 pub mod cluster;
 pub mod fleet;
@@ -52,9 +53,11 @@ impl Drop for Vhost {
     }
 }
 
-pub fn rabbitmqctl(args: &[&str]) {
+/// Runs `rabbitmqctl` on the default node; its output.
+pub fn rabbitmqctl(args: &[&str]) -> String {
     let out = Command::new("rabbitmqctl").args(args).output().expect("running rabbitmqctl");
     assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Stops the broker's application; starts it again when dropped, even if
@@ -187,25 +190,7 @@ pub async fn get_record(base: &str, tenant: &str, record_id: &str) -> (u16, Vec<
 /// `tenants` on their shards, as the intake would on their first message:
 /// for benchmarks of the steady state, where every tenant is placed.
 pub async fn place(vhost: &Vhost, shards: u32, tenants: &[String]) {
-    use keyseal::broker::{self, ROUTE_EXCHANGE, shard_queue};
-    let connection = broker::connect(&vhost.amqp_url(), "placement").await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    broker::declare_topology(&connection).await.unwrap();
-    broker::declare_shard_queues(&connection, shards).await.unwrap();
-    for tenant in tenants {
-        let queue = shard_queue(keyseal::placement::shard_of(tenant, shards).0);
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                ROUTE_EXCHANGE.into(),
-                tenant.as_str().into(),
-                Default::default(),
-                Default::default(),
-            )
-            .await
-            .unwrap();
-    }
-    broker::close(&connection, "placed").await;
+    backlog::place_at(&vhost.amqp_url(), shards, tenants).await;
 }
 
 /// Publishes (republishing what the broker nacks, as a producer must) and

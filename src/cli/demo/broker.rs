@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use keyseal::broker::{self, DEFAULT_AMQP_URL, INGEST_QUEUE};
+use keyseal::broker::{self, DEFAULT_AMQP_URL, INGEST_QUEUE, hide_password};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use private_broker::PrivateNode;
 
+use super::DemoError;
 use super::story::Narrator;
-use super::{DemoError, redact_password};
 
 /// How long the broker may take to accept a connection.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,7 +43,7 @@ impl DemoBroker {
             return Ok(Self { url: DEFAULT_AMQP_URL.to_owned(), private: None });
         }
         if !private_broker::installed() {
-            return Err(DemoError::NoBroker { url: redact_password(DEFAULT_AMQP_URL) });
+            return Err(DemoError::NoBroker { url: hide_password(DEFAULT_AMQP_URL) });
         }
         narrator.say(format!("no RabbitMQ answers at {host}:{port}: starting a private node (about 10 s)"));
         let (node, dir) = tokio::task::spawn_blocking(start_private).await??;
@@ -88,7 +88,7 @@ fn start_private() -> Result<(PrivateNode, tempfile::TempDir), DemoError> {
 /// Fails with the way to start RabbitMQ when none answers at `url`, and
 /// refuses a vhost where another keyseal consumes or has records waiting.
 async fn check_broker(url: &str) -> Result<(), DemoError> {
-    let shown_url = redact_password(url);
+    let shown_url = hide_password(url);
     let unreachable = |reason: String| DemoError::BrokerUnreachable { url: shown_url.clone(), reason };
     let connection = match tokio::time::timeout(BROKER_TIMEOUT, broker::connect(url, "demo")).await {
         Err(_) => return Err(unreachable(format!("no answer within {BROKER_TIMEOUT:?}"))),
@@ -110,7 +110,7 @@ async fn check_broker(url: &str) -> Result<(), DemoError> {
 /// declare finds the queue; `None` when the broker refuses either.
 async fn ingest_queue_load(connection: &lapin::Connection) -> Option<(u32, u32)> {
     let channel = connection.create_channel().await.ok()?;
-    broker::declare_topology(connection).await.ok()?;
+    broker::declare_topology(connection, None).await.ok()?;
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
     let queue = channel.queue_declare(INGEST_QUEUE.into(), passive, FieldTable::default()).await.ok()?;
     broker::close_channel(&channel, "demo broker check done").await;

@@ -18,8 +18,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyseal::broker::INGEST_QUEUE;
 use keyseal::broker::publish::{self, PublishError, Publisher};
+use keyseal::broker::{INGEST_QUEUE, hide_password};
 use keyseal::clock::{Clock, SystemClock};
 use keyseal::config::{self, Settings};
 use keyseal::proto::v1::IngestRecord;
@@ -185,7 +185,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         "keyseal demo: two tenants, one with its own key; sealing after {SEAL_AFTER}, key probes every \
          {PROBE_INTERVAL}, lockdown {LOCKDOWN_AFTER} after a key breaks"
     ));
-    narrator.say(format!("RabbitMQ at {} is reachable", redact_password(broker.url())));
+    narrator.say(format!("RabbitMQ at {} is reachable", hide_password(broker.url())));
 
     let scratch = tempfile::Builder::new().prefix("keyseal-demo-").tempdir().map_err(DemoError::TempDir)?;
     let emulator_args: EmulatorArgs = config::parse_flags(flags(&[
@@ -292,33 +292,9 @@ fn run_suffix() -> String {
     format!("{:04x}", (nanos ^ std::process::id().rotate_left(16)) & 0xffff)
 }
 
-/// `url` with its password replaced by `***`, for printing.
-pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    // The last `@` ends the user info, even if the password holds an `@`.
-    let Some((user_info, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match user_info.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_masked_and_nothing_else_changes() {
-        assert_eq!(redact_password("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
-        assert_eq!(redact_password("amqp://u:p@ss@h/v"), "amqp://u:***@h/v");
-        assert_eq!(redact_password("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
-        assert_eq!(redact_password("amqp://user@h/v"), "amqp://user@h/v");
-        assert_eq!(redact_password("not a url"), "not a url");
-    }
 
     #[test]
     fn tenant_names_with_the_run_suffix_are_valid() {

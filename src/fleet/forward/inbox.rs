@@ -31,7 +31,7 @@ use super::key::ForwardKey;
 use super::message::{ForwardedAnswer, Refusal, unpack_request};
 use super::replay::{Admission, ReplayGuard};
 use super::requester::now_ms;
-use crate::broker;
+use crate::broker::{self, PROBE_TYPE};
 use crate::placement::ShardId;
 use crate::telemetry::happenings::{Emit, ForwardedRequestRefused};
 
@@ -86,9 +86,25 @@ pub async fn serve_inbox(
     broker::close_channel(&channel, "shard handed over").await;
 }
 
-/// Checks, runs and answers one request, then acks it.
+/// Answers one request, then acks it. A lease probe (another worker
+/// asking whether the lease queue exists) is only acked: it asks nothing.
 async fn serve(shard: ShardId, channel: &Channel, delivery: Delivery, context: &InboxContext) {
-    let (answer, refused_for) = match admit(shard, &delivery, context) {
+    if !is_probe(&delivery) {
+        answer(shard, channel, &delivery, context).await;
+    }
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        warn!(error = %e, "acknowledging a forwarded request");
+    }
+}
+
+/// Whether `delivery` is a lease probe: empty, of type [`PROBE_TYPE`].
+fn is_probe(delivery: &Delivery) -> bool {
+    delivery.data.is_empty() && delivery.properties.kind().as_ref().is_some_and(|kind| kind.as_str() == PROBE_TYPE)
+}
+
+/// Checks and runs one request and sends its answer, or counts why not.
+async fn answer(shard: ShardId, channel: &Channel, delivery: &Delivery, context: &InboxContext) {
+    let (answer, refused_for) = match admit(shard, delivery, context) {
         Ok((request, id, reply_to)) => (Some((run(&context.router, request).await, id, reply_to)), None),
         Err((refusal, id, reply_to)) => {
             let answer = refusal.is_answerable().then(|| (refused(&refusal), id, reply_to));
@@ -104,9 +120,6 @@ async fn serve(shard: ShardId, channel: &Channel, delivery: Delivery, context: &
     // has the answer (if there is one) ahead of later ones.
     if let Some(reason) = refused_for {
         ForwardedRequestRefused { shard, reason }.emit();
-    }
-    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-        warn!(error = %e, "acknowledging a forwarded request");
     }
 }
 
