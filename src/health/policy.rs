@@ -291,6 +291,61 @@ mod tests {
         apply_all(p, &events, now)
     }
 
+    /// A tenant's story, read as cqrs-es tests read: `given` the events it
+    /// has (on its own key `u` at `v1`), `when` a probe concludes at a
+    /// time, `then` the events the policy decides, by name. Each step goes
+    /// on from where the one before left the tenant.
+    struct Story {
+        tenant: TenantProjection,
+    }
+
+    /// The tenant after `events`, each applied at its time.
+    fn given(events: &[(i64, Kind)]) -> Story {
+        let mut tenant = byok("v1");
+        for (at, event) in events {
+            projection::apply(&mut tenant, event, *at);
+        }
+        Story { tenant }
+    }
+
+    /// What the policy decided, not yet checked.
+    struct Decided {
+        story: Story,
+        events: Vec<&'static str>,
+    }
+
+    impl Story {
+        /// A probe of the tenant's current key that began and ended at `at`.
+        fn when(mut self, probe: Probe, at: i64) -> Decided {
+            let events = run(&mut self.tenant, probe, at);
+            Decided { story: self, events }
+        }
+    }
+
+    impl Decided {
+        /// Checks the decided events; the story goes on.
+        #[track_caller]
+        fn then(self, expected: &[&str]) -> Story {
+            assert_eq!(self.events, expected);
+            self.story
+        }
+    }
+
+    /// `KeyHealth`: the key unavailable for `reason`, seen at `at`.
+    fn unavailable(reason: HealthReason, at: i64) -> (i64, Kind) {
+        let health = KeyHealth {
+            status: Status::Unavailable as i32,
+            reason: reason.as_str().into(),
+            key_version: String::new(),
+            observed_at_unix_ms: at,
+        };
+        (at, Kind::KeyHealth(health))
+    }
+
+    fn healthy(version: &str) -> Probe {
+        Probe::Healthy { version: version.into(), expires_at_ms: None }
+    }
+
     #[test]
     fn an_expiring_version_is_warned_of_once_and_a_version_rolled_to_afresh() {
         const DAY: i64 = 86_400_000;
@@ -321,43 +376,45 @@ mod tests {
 
     #[test]
     fn a_new_version_rolls_once() {
-        let mut p = byok("v1");
-        assert!(run(&mut p, Probe::Healthy { version: "v1".into(), expires_at_ms: None }, 0).is_empty());
-        assert_eq!(run(&mut p, Probe::Healthy { version: "v2".into(), expires_at_ms: None }, 1), ["key_rolled"]);
-        assert_eq!((p.key_version.as_str(), p.rewrap_pending), ("v2", true));
-        assert!(run(&mut p, Probe::Healthy { version: "v2".into(), expires_at_ms: None }, 2).is_empty());
+        let story = given(&[]).when(healthy("v1"), 0).then(&[]).when(healthy("v2"), 1).then(&["key_rolled"]);
+        assert_eq!((story.tenant.key_version.as_str(), story.tenant.rewrap_pending), ("v2", true));
+        story.when(healthy("v2"), 2).then(&[]);
     }
 
     #[test]
     fn a_broken_key_degrades_then_locks_after_the_grace_then_restores() {
-        let healthy = || Probe::Healthy { version: "v1".into(), expires_at_ms: None };
-        let mut p = byok("v1");
-        assert!(run(&mut p, healthy(), 0).is_empty(), "healthy stays silent");
-        assert_eq!(run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), 1_000), ["key_health"]);
-        assert!(
-            run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), 61_000).is_empty(),
-            "no event without a change"
-        );
-        assert!(run(&mut p, Probe::Inconclusive, 3_000_000).is_empty(), "throttling decides nothing");
+        let disabled = || Probe::Unavailable(HealthReason::KeyDisabled);
         let at = 1_000 + GRACE.as_millis() as i64;
-        assert!(run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), at - 1).is_empty());
-        assert_eq!(run(&mut p, Probe::Unavailable(HealthReason::KeyDisabled), at), ["tenant_locked_down"]);
-        assert_eq!(p.state(), TenantState::LockedDown);
-        assert_eq!(run(&mut p, Probe::Unavailable(HealthReason::KeyNotFound), at + 1), ["key_health"], "reason change");
-        assert_eq!(run(&mut p, healthy(), at + 2), ["key_health", "tenant_restored"]);
-        assert_eq!(p.state(), TenantState::Active);
+        let story = given(&[])
+            .when(healthy("v1"), 0)
+            .then(&[]) // healthy stays silent
+            .when(disabled(), 1_000)
+            .then(&["key_health"])
+            .when(disabled(), 61_000)
+            .then(&[]) // no event without a change
+            .when(Probe::Inconclusive, 3_000_000)
+            .then(&[]) // throttling decides nothing
+            .when(disabled(), at - 1)
+            .then(&[])
+            .when(disabled(), at)
+            .then(&["tenant_locked_down"]);
+        assert_eq!(story.tenant.state(), TenantState::LockedDown);
+        let story = story
+            .when(Probe::Unavailable(HealthReason::KeyNotFound), at + 1)
+            .then(&["key_health"]) // a change of reason
+            .when(healthy("v1"), at + 2)
+            .then(&["key_health", "tenant_restored"]);
+        assert_eq!(story.tenant.state(), TenantState::Active);
     }
 
     #[test]
     fn recovery_within_the_grace_never_locks() {
-        let mut p = byok("v1");
-        run(&mut p, Probe::Unavailable(HealthReason::VaultUnreachable), 0);
-        assert_eq!(run(&mut p, Probe::Healthy { version: "v1".into(), expires_at_ms: None }, 10), ["key_health"]);
-        assert!(
-            run(&mut p, Probe::Unavailable(HealthReason::VaultUnreachable), GRACE.as_millis() as i64 + 5)
-                .contains(&"key_health")
-        );
-        assert_eq!(p.state(), TenantState::Degraded, "a new outage starts a new grace");
+        let story = given(&[unavailable(HealthReason::VaultUnreachable, 0)])
+            .when(healthy("v1"), 10)
+            .then(&["key_health"])
+            .when(Probe::Unavailable(HealthReason::VaultUnreachable), GRACE.as_millis() as i64 + 5)
+            .then(&["key_health"]);
+        assert_eq!(story.tenant.state(), TenantState::Degraded, "a new outage starts a new grace");
     }
 
     #[test]
@@ -384,12 +441,9 @@ mod tests {
 
     #[test]
     fn a_probe_arriving_after_a_long_outage_locks_at_once() {
-        let mut p = byok("v1");
-        run(&mut p, Probe::Unavailable(HealthReason::KeyExpired), 0);
-        assert_eq!(
-            run(&mut p, Probe::Unavailable(HealthReason::KeyExpired), 10 * GRACE.as_millis() as i64),
-            ["tenant_locked_down"]
-        );
+        given(&[unavailable(HealthReason::KeyExpired, 0)])
+            .when(Probe::Unavailable(HealthReason::KeyExpired), 10 * GRACE.as_millis() as i64)
+            .then(&["tenant_locked_down"]);
     }
 
     #[test]
