@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Vhost;
-use common::backlog::{drain_rate, place_at, publish_backlog};
+use common::backlog::{drain, place_at, publish_backlog};
 use common::cluster::{Cluster, ClusterVhost};
 use keyseal::broker::publish::{Publisher, synthetic};
 use keyseal::clock::SystemClock;
@@ -42,7 +42,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 async fn ingestion(amqp_url: &str, count: usize) -> f64 {
     place_at(amqp_url, 1, &TENANTS.map(String::from)).await;
     publish_backlog(amqp_url, &TENANTS, count, 1024).await;
-    drain_rate(amqp_url, &TENANTS, count, &["--prefetch", "1000"]).await
+    drain(amqp_url, &TENANTS, count, &["--prefetch", "1000"]).await.rate
 }
 
 async fn ingestion_figures(cluster: &Cluster) {

@@ -2,16 +2,22 @@
 //! slices of 10 %. Each slice is ingested through the write path the
 //! consumer runs (`store_batch` in batches of 250, one WAL fsync per batch)
 //! and then, 48 hours later by the bench's clock, sealed by the seal sweep.
-//! Printed per slice: ingest and seal throughput, and RocksDB's own
-//! figures (cumulative compaction and write stalls, L0 files and pending
-//! compaction bytes of `hot` and `sealed`). The last slice must run at
-//! ≥ 0.9 of the first: the cost per record must not grow with the data.
+//! Printed per slice: ingest and seal throughput, RocksDB's own figures
+//! (cumulative compaction and write stalls, L0 files and pending
+//! compaction bytes of `hot` and `sealed`), and the write amplification:
+//! the bytes RocksDB wrote for each of `hot` and `sealed` (every table and
+//! blob file its flushes and compactions made, from its info LOG) and
+//! the bytes the process wrote to disk (`/proc/self/io`, WAL included),
+//! each divided by the record bytes the slice ingested. The last slice must
+//! run at ≥ 0.9 of the first and write at most 1.5 times its bytes: the
+//! cost per record must not grow with the data.
 //!
 //! The broker is left out on purpose: its throughput is the ingest bench's
 //! subject, and its own queue behaviour would hide keyseal's.
 //!
 //! `cargo bench --bench soak` (KEYSEAL_BENCH_RECORDS to change the size).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +32,55 @@ use keyseal::sweeps::seal::seal_due;
 const SEAL_AFTER: Duration = Duration::from_secs(48 * 3600);
 const BATCH: usize = 250;
 const TENANTS: usize = 8;
+
+/// Bytes written so far: by RocksDB's flushes and compactions of `hot`
+/// and of `sealed`, and by this process to disk.
+#[derive(Clone, Copy, Default)]
+struct Written {
+    hot: f64,
+    sealed: f64,
+    disk: f64,
+}
+
+impl Written {
+    /// Read off the store's info LOG (every table and blob file RocksDB
+    /// created, with its column family and size: flushes and compactions)
+    /// and `/proc/self/io`.
+    fn now(store_dir: &Path) -> Self {
+        let mut written = Self::default();
+        let log = std::fs::read_to_string(store_dir.join("LOG")).unwrap_or_default();
+        for event in log.lines().filter_map(|l| l.split_once("EVENT_LOG_v1 ")).map(|(_, json)| json) {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(event) else { continue };
+            let bytes = match event["event"].as_str() {
+                Some("table_file_creation") => event["file_size"].as_f64(),
+                Some("blob_file_creation") => event["total_blob_bytes"].as_f64(),
+                _ => None,
+            };
+            match (event["cf_name"].as_str(), bytes) {
+                (Some(CF_HOT), Some(bytes)) => written.hot += bytes,
+                (Some(CF_SEALED), Some(bytes)) => written.sealed += bytes,
+                _ => {}
+            }
+        }
+        let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let disk = io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok());
+        Self { disk: disk.unwrap_or(0.0), ..written }
+    }
+
+    fn minus(self, earlier: Self) -> Self {
+        Self { hot: self.hot - earlier.hot, sealed: self.sealed - earlier.sealed, disk: self.disk - earlier.disk }
+    }
+
+    /// Per byte of records ingested: `hot`, `sealed`, disk.
+    fn per(self, record_bytes: f64) -> String {
+        format!(
+            "write amplification hot {:.2}, sealed {:.2}, disk (WAL included) {:.2}",
+            self.hot / record_bytes,
+            self.sealed / record_bytes,
+            self.disk / record_bytes
+        )
+    }
+}
 
 /// RocksDB's figures after a slice.
 struct DbFigures {
@@ -74,7 +129,8 @@ fn main() {
     let slice = count / 10;
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let store_dir = dir.path().join("store");
+    let store = Arc::new(Store::open(&store_dir).unwrap());
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let keyring = Keyring::new(
         store.clone(),
@@ -86,7 +142,10 @@ fn main() {
     );
     println!("soak: {count} records of 1 KiB over {TENANTS} tenants, ingested then sealed in 10 slices of {slice}");
     let (mut ingest_rates, mut seal_rates) = (Vec::new(), Vec::new());
+    let record_bytes = (slice * 1024) as f64;
+    let (start, mut written) = (Written::now(&store_dir), Vec::new());
     for s in 0..10 {
+        let before = Written::now(&store_dir);
         let batches: Vec<_> = (0..slice.div_ceil(BATCH))
             .map(|b| {
                 let n = BATCH.min(slice - b * BATCH);
@@ -123,7 +182,30 @@ fn main() {
             db.levels[1].1 as f64 / 1048576.0,
         );
         println!("             {}; {}", db.compaction, db.stall);
+        written.push(Written::now(&store_dir).minus(before));
+        let w = written[s];
+        println!(
+            "             wrote hot {:.0} MiB, sealed {:.0} MiB, disk {:.0} MiB: {}",
+            w.hot / 1048576.0,
+            w.sealed / 1048576.0,
+            w.disk / 1048576.0,
+            w.per(record_bytes)
+        );
     }
+    println!("in total: {}", Written::now(&store_dir).minus(start).per(record_bytes * 10.0));
+    let bytes = |w: &Written| w.hot + w.sealed;
+    let median3 = |slices: &[Written], of: &dyn Fn(&Written) -> f64| {
+        let mut three: Vec<f64> = slices.iter().map(of).collect();
+        three.sort_by(f64::total_cmp);
+        three[1]
+    };
+    let growth = |of: &dyn Fn(&Written) -> f64| median3(&written[7..], of) / median3(&written[..3], of);
+    println!(
+        "bytes written per slice, median of the last 3 / of the first 3: RocksDB hot and sealed {:.2}, disk {:.2} \
+         (target <= 1.5)",
+        growth(&bytes),
+        growth(&|w| w.disk)
+    );
     let ratio = |rates: &[f64]| rates[9] / rates[0];
     println!(
         "last slice / first slice: ingest {:.2}, seal {:.2} (target >= 0.9 each)",

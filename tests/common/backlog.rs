@@ -42,24 +42,57 @@ pub async fn publish_backlog(amqp_url: &str, tenants: &[&str], count: usize, siz
     }
 }
 
-/// Records per second an in-process worker of one shard (with `args`)
-/// stores while it drains the `count` records of `tenants` queued at
-/// `amqp_url`. Start-up (root keys, the store, the broker sessions) is not
-/// ingestion: the clock starts once the worker is up and counts only what
-/// is stored after that.
-pub async fn drain_rate(amqp_url: &str, tenants: &[&str], count: usize, args: &[&str]) -> f64 {
+/// What one drain of a backlog measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Drained {
+    /// Records stored (or acked) per second.
+    pub rate: f64,
+    /// CPU time of this process (user and system, every thread: RocksDB's
+    /// flushes and compactions too) per record, in microseconds.
+    pub cpu_us_per_record: f64,
+}
+
+impl Drained {
+    /// The figures of `records` handled since `started`, when this process
+    /// had used `cpu_before` of CPU.
+    pub fn since(records: u64, started: Instant, cpu_before: Duration) -> Self {
+        let cpu = cpu_time().saturating_sub(cpu_before);
+        Self {
+            rate: records as f64 / started.elapsed().as_secs_f64(),
+            cpu_us_per_record: cpu.as_secs_f64() * 1e6 / records as f64,
+        }
+    }
+}
+
+/// The CPU time (user and system, all threads) this process has used.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// How an in-process worker of one shard (with `args`) drains the `count`
+/// records of `tenants` queued at `amqp_url`. Start-up (root keys, the
+/// store, the broker sessions) is not ingestion: the clocks start once the
+/// worker is up and count only what is stored after that.
+pub async fn drain(amqp_url: &str, tenants: &[&str], count: usize, args: &[&str]) -> Drained {
     let dir = tempfile::tempdir().unwrap();
     let settings = super::settings_at(amqp_url, dir.path(), args);
     keyseal::crypto::root_key::ManagedRootKeys::load_or_create(&dir.path().join("root-keys")).unwrap();
     let worker = keyseal::worker::Worker::start(settings, Arc::new(SystemClock)).await.unwrap();
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), cpu_time());
     let store = worker.only().shard.store.clone();
     let stored = || tenants.iter().map(|t| store.tenant(t).map_or(0, |p| p.hot_records)).sum::<u64>();
     let before = stored();
     while stored() < count as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let rate = (count as u64 - before) as f64 / started.elapsed().as_secs_f64();
+    let drained = Drained::since(count as u64 - before, started, cpu);
     worker.stop().await;
-    rate
+    drained
 }
