@@ -98,6 +98,21 @@ pub struct Located {
     pub record: StoredRecord,
 }
 
+/// The column families whose records of [`MIN_BLOB_SIZE`] bytes and more
+/// live in blob files (RocksDB's integrated BlobDB), written once at flush:
+/// leveled compaction then moves only keys and blob references. Over the
+/// 1,000,000-record soak this cut the bytes RocksDB wrote for `sealed` from
+/// 4.74 to 1.32 times the record bytes, and for `hot` from 2.09 to 1.15.
+/// Background blob garbage collection stays off: it relocates live blobs
+/// of the oldest files at every compaction (2.99 with it). A blob file is
+/// deleted once every record in it is deleted, which sealing (for `hot`)
+/// and retention (for `sealed`) do in time order; an erasure collects
+/// every blob file of both ([`Store::compact_tenant`]).
+pub const BLOB_FAMILIES: [&str; 2] = [CF_HOT, CF_SEALED];
+/// Smallest value kept in a blob file: a 1 KiB record's envelope is
+/// larger, a short one stays inline beside its key.
+pub const MIN_BLOB_SIZE: u64 = 512;
+
 /// The shard's RocksDB and the single write path into it.
 pub struct Store {
     /// Shared with the blocking threads that fsync its WAL.
@@ -155,6 +170,10 @@ impl Store {
                 rocksdb::DBCompressionType::Lz4
             };
             cf.set_compression_type(compression);
+            if BLOB_FAMILIES.contains(name) {
+                cf.set_enable_blob_files(true);
+                cf.set_min_blob_size(MIN_BLOB_SIZE);
+            }
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&db_opts, dir, descriptors)?;

@@ -18,7 +18,7 @@ use rocksdb::{AsRawPtr, BottommostLevelCompaction, CompactOptions, Direction, It
 use super::schema::{
     CF_BY_TENANT, CF_BY_TIME, CF_DEKS, CF_EVENTS, CF_HOT, CF_PROJECTIONS, CF_SEALED, CF_TOMBSTONES, decode,
 };
-use super::{Store, StoreError, keys};
+use super::{BLOB_FAMILIES, Store, StoreError, keys};
 use crate::proto::store::StoredRecord;
 use crate::proto::v1::{Event, event::Kind};
 
@@ -94,6 +94,11 @@ impl Store {
     /// memtable (the WAL files written before are then deleted), and
     /// compacts the tenant's ranges, the seal index and the redacted
     /// events down to the bottom level, rewriting every file that held them.
+    /// The tenant's records in blob files share them with other tenants'
+    /// records, so those families are compacted whole with blob garbage
+    /// collection forced: every live blob is moved to a new file and every
+    /// old blob file deleted. That costs a rewrite of the families' blob
+    /// data, paid per erasure, not per record.
     pub fn compact_tenant(&self, tenant: &str, removed: &Removed) -> Result<(), StoreError> {
         self.flush()?;
         let prefix = keys::tenant_prefix(tenant);
@@ -101,13 +106,27 @@ impl Store {
         let mut options = CompactOptions::default();
         options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         for cf in TENANT_KEYED {
-            self.db.compact_range_cf_opt(self.cf(cf), Some(&prefix), Some(&end), &options);
+            if BLOB_FAMILIES.contains(&cf) {
+                self.collect_blobs(cf, &options)?;
+            } else {
+                self.db.compact_range_cf_opt(self.cf(cf), Some(&prefix), Some(&end), &options);
+            }
         }
         self.db.compact_range_cf_opt(self.cf(CF_BY_TIME), None::<&[u8]>, None::<&[u8]>, &options);
         if let Some((first, last)) = removed.redacted_span {
             let (first, last) = (keys::event_key(first), keys::event_key(last));
             self.db.compact_range_cf_opt(self.cf(CF_EVENTS), Some(&first[..]), Some(&last[..]), &options);
         }
+        Ok(())
+    }
+
+    /// Compacts column family `cf` whole with blob garbage collection
+    /// forced on every blob file (age cutoff 1.0), then turns it off again.
+    fn collect_blobs(&self, cf: &str, options: &CompactOptions) -> Result<(), StoreError> {
+        let collect = [("enable_blob_garbage_collection", "true"), ("blob_garbage_collection_age_cutoff", "1.0")];
+        self.db.set_options_cf(self.cf(cf), &collect)?;
+        self.db.compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, options);
+        self.db.set_options_cf(self.cf(cf), &[("enable_blob_garbage_collection", "false")])?;
         Ok(())
     }
 
@@ -221,11 +240,11 @@ mod tests {
         ] {
             let key = keys::record_key(tenant, id);
             let mut txn = store.transaction();
-            txn.put_record(
-                layer,
-                &key,
-                &Envelope::from(&StoredRecord { ingested_at_unix_ms: 7, ..StoredRecord::default() }),
-            );
+            // A ciphertext of 1 KiB goes to a blob file: the search below
+            // covers blob files too.
+            let ciphertext = id.repeat(1024 / id.len()).into_bytes();
+            let record = StoredRecord { ciphertext, ingested_at_unix_ms: 7, ..StoredRecord::default() };
+            txn.put_record(layer, &key, &Envelope::from(&record));
             if layer == Layer::Hot {
                 txn.put_index(&keys::index_key(7, &key));
             }
@@ -234,19 +253,31 @@ mod tests {
             // Spread over files, as a long-lived store is.
             store.flush().unwrap();
         }
+        // Two tenants' records in one flush share a blob file.
+        let mut txn = store.transaction();
+        for (tenant, id) in [("gone", "secret-id-4"), ("kept", "kept-id-2")] {
+            let record = StoredRecord { ciphertext: id.repeat(100).into_bytes(), ..StoredRecord::default() };
+            txn.put_record(Layer::Sealed, &keys::record_key(tenant, id), &Envelope::from(&record));
+        }
+        txn.commit(7).unwrap();
+        store.flush().unwrap();
         let mut txn = store.transaction();
         let deleted = RecordDeleted { record_id: "secret-id-3".into(), layer: Layer::Hot as i32 };
         txn.event("gone", Kind::RecordDeleted(deleted));
         txn.commit(8).unwrap();
         store.flush().unwrap();
         assert!(!files_mention(dir.path(), b"secret-id").is_empty(), "the test data reached the files");
+        let blobs =
+            |needle: &[u8]| files_mention(dir.path(), needle).into_iter().filter(|f| f.ends_with(".blob")).count();
+        assert!(blobs(b"secret-id") > 0, "the records' values reached blob files");
 
         let removed = store.remove_tenant("gone").unwrap();
-        assert_eq!((removed.records, removed.events_redacted), (2, 1));
+        assert_eq!((removed.records, removed.events_redacted), (3, 1));
         store.compact_tenant("gone", &removed).unwrap();
         store.roll_manifest().unwrap();
         assert_eq!(files_mention(dir.path(), b"secret-id"), Vec::<String>::new());
         assert!(!files_mention(dir.path(), b"kept-id-1").is_empty(), "another tenant's records stay");
+        assert!(blobs(b"kept-id-2") > 0, "in a blob file");
         assert!(store.find_record(&keys::record_key("kept", "kept-id-1")).unwrap().is_some());
         assert!(store.find_record(&keys::record_key("gone", "secret-id-1")).unwrap().is_none());
 
