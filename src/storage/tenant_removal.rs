@@ -107,7 +107,7 @@ impl Store {
         options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         for cf in TENANT_KEYED {
             if BLOB_FAMILIES.contains(&cf) {
-                self.collect_blobs(cf, &options)?;
+                self.collect_blobs(cf)?;
             } else {
                 self.db.compact_range_cf_opt(self.cf(cf), Some(&prefix), Some(&end), &options);
             }
@@ -121,11 +121,17 @@ impl Store {
     }
 
     /// Compacts column family `cf` whole with blob garbage collection
-    /// forced on every blob file (age cutoff 1.0), then turns it off again.
-    fn collect_blobs(&self, cf: &str, options: &CompactOptions) -> Result<(), StoreError> {
+    /// forced on every blob file (age cutoff 1.0), then turns it off again;
+    /// one erasure at a time (concurrent ones wait), and automatic
+    /// compactions (ingestion's) go on beside it.
+    fn collect_blobs(&self, cf: &str) -> Result<(), StoreError> {
+        let _one_at_a_time = self.blob_collection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut options = CompactOptions::default();
+        options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        options.set_exclusive_manual_compaction(false);
         let collect = [("enable_blob_garbage_collection", "true"), ("blob_garbage_collection_age_cutoff", "1.0")];
         self.db.set_options_cf(self.cf(cf), &collect)?;
-        self.db.compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, options);
+        self.db.compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, &options);
         self.db.set_options_cf(self.cf(cf), &[("enable_blob_garbage_collection", "false")])?;
         Ok(())
     }
