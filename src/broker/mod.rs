@@ -9,6 +9,7 @@ pub mod session;
 
 pub use nodes::{Broker, BrokerNodes, NodesError, hide_password};
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -191,7 +192,12 @@ async fn declare_queue(connection: &Connection, name: &str, args: FieldTable) ->
     match try_declare(connection, name, args).await? {
         Ok(()) => Ok(None),
         Err(refusal) => {
-            warn!(queue = name, broker = %refusal, "the queue exists with other arguments; using it as it is");
+            // Said once per queue and process: every session re-declares.
+            static WARNED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+            let first = WARNED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name.to_owned());
+            if first {
+                warn!(queue = name, broker = %refusal, "the queue exists with other arguments; using it as it is");
+            }
             let channel = connection.create_channel().await?;
             let passive = QueueDeclareOptions { passive: true, ..Default::default() };
             channel.queue_declare(name.into(), passive, FieldTable::default()).await?;

@@ -172,14 +172,18 @@ impl fmt::Display for BrokerNodes {
 }
 
 /// `url` with the password of its user info replaced by `***`: how a URL
-/// is printed anywhere (a password may hold `@`; the last one ends it).
+/// is printed anywhere. A comma-separated node list is masked entry by
+/// entry; in each, the user info ends at the last `@` (a password may hold
+/// `@`, `/`, `?` or `#` unencoded).
 pub fn hide_password(url: &str) -> String {
+    url.split(',').map(hide_one).collect::<Vec<_>>().join(",")
+}
+
+fn hide_one(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
             None => url.to_owned(),
         },
         None => url.to_owned(),
@@ -222,6 +226,8 @@ mod tests {
         assert_eq!(hide_password("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
         assert_eq!(hide_password("amqp://user@h/v"), "amqp://user@h/v");
         assert_eq!(hide_password("not a url"), "not a url");
+        assert_eq!(hide_password("amqp://ks:pw@a/v,amqp://ks:pw@b/v"), "amqp://ks:***@a/v,amqp://ks:***@b/v");
+        assert_eq!(hide_password("amqp://ks:p/w?x#y@h:5672/v"), "amqp://ks:***@h:5672/v");
     }
 
     #[test]
