@@ -45,7 +45,7 @@ async fn ingestion(amqp_url: &str, count: usize) -> f64 {
     drain(amqp_url, &TENANTS, count, &["--prefetch", "1000"]).await.rate
 }
 
-async fn ingestion_figures(cluster: &Cluster) {
+async fn ingestion_figures() {
     let count = env_usize("KEYSEAL_BENCH_RECORDS", 50_000);
     let runs = env_usize("KEYSEAL_BENCH_RUNS", 3);
     println!("ingestion: {count} records of 1 KiB, one worker, {runs} runs");
@@ -56,8 +56,9 @@ async fn ingestion_figures(cluster: &Cluster) {
         drop(vhost);
         let vhost = ClusterVhost::new(&format!("bench-three-{run}"));
         three.push(ingestion(&vhost.urls(), count).await);
-        let replicas = cluster.ctl(1, &["list_queues", "-p", &vhost.name, "name", "members", "--formatter", "json"]);
-        assert!(replicas.contains("ks3@localhost"), "replicated on every node: {replicas}");
+        let members = vhost.members();
+        let queue = keyseal::broker::shard_queue(0);
+        assert_eq!(members.get(&queue), Some(&3), "{queue} replicated on every node: {members:?}");
         println!("  run {run}: one node {:>8.0} records/s   three nodes {:>8.0} records/s", one[run], three[run]);
     }
     let (o, t) = (median(one), median(three));
@@ -136,6 +137,6 @@ async fn main() {
         return;
     }
     let cluster = Cluster::get();
-    ingestion_figures(cluster).await;
+    ingestion_figures().await;
     resumption_figures(cluster).await;
 }

@@ -41,7 +41,7 @@ const TENANTS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 /// Places the tenants (one shard, as the worker runs here) before the
 /// queue is filled, so every record goes straight to the shard's queue.
 async fn place(vhost: &Vhost) {
-    common::place(vhost, 1, &TENANTS.map(String::from)).await;
+    common::backlog::place_at(&vhost.amqp_url(), 1, &TENANTS.map(String::from)).await;
 }
 
 fn env_usize(name: &str, default: usize) -> usize {

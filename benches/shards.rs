@@ -21,7 +21,8 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Vhost, free_port, place, spawn_worker};
+use common::backlog::place_at;
+use common::{Vhost, free_port, spawn_worker};
 use keyseal::broker::publish::{Publisher, synthetic};
 use keyseal::clock::SystemClock;
 use keyseal::proto::v1::IngestRecord;
@@ -51,7 +52,7 @@ fn records(count: usize) -> Vec<IngestRecord> {
 
 /// Places the tenants on `shards` shards and fills their queues.
 async fn prefill(vhost: &Vhost, shards: u32, records: &[IngestRecord]) {
-    place(vhost, shards, &tenants()).await;
+    place_at(&vhost.amqp_url(), shards, &tenants()).await;
     let publisher = Publisher::connect(&vhost.amqp_url()).await.unwrap();
     for chunk in records.chunks(20_000) {
         assert!(publisher.publish_all(chunk, 2000).await.unwrap().iter().all(|c| *c));

@@ -169,13 +169,6 @@ async fn collect_events(broker: Broker, seen: Arc<Mutex<BTreeSet<(u32, u64)>>>) 
     }
 }
 
-/// The number of nodes holding each queue of `vhost` that is replicated.
-fn members(cluster: &Cluster, vhost: &ClusterVhost) -> BTreeMap<String, usize> {
-    let listed = cluster.ctl(1, &["list_queues", "-p", &vhost.name, "name", "members", "--formatter", "json"]);
-    let queues: Vec<serde_json::Value> = serde_json::from_str(&listed).expect("rabbitmqctl's JSON");
-    queues.iter().filter_map(|q| Some((q["name"].as_str()?.to_owned(), q["members"].as_array()?.len()))).collect()
-}
-
 /// The queues keyseal declares for a deployment of [`SHARDS`] shards, which
 /// `--quorum-size` replicates.
 fn replicated_queues() -> Vec<String> {
@@ -191,12 +184,11 @@ static ALL_NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_size_sets_the_replicas_of_every_queue_keyseal_declares() {
     let _all_nodes = ALL_NODES.lock().await;
-    let cluster = Cluster::get();
     let vhost = ClusterVhost::new("quorum-size");
     let dir = tempfile::tempdir().unwrap();
     let worker = ClusterWorker::spawn(&vhost, dir.path(), &["--quorum-size", "2"]);
     wait_owned(std::slice::from_ref(&worker), Instant::now()).await;
-    let members = members(cluster, &vhost);
+    let members = vhost.members();
     for queue in replicated_queues() {
         assert_eq!(members.get(&queue), Some(&2), "{queue} of {members:?}");
     }
@@ -218,7 +210,7 @@ async fn workers_follow_node_losses_and_every_confirmed_record_is_stored_once() 
         vec![ClusterWorker::spawn(&vhost, dir.path(), &[]), ClusterWorker::spawn(&vhost, dir.path(), &[])];
     wait_owned(&workers, Instant::now()).await;
     // Unset, --quorum-size leaves it to the broker: every node of three.
-    let members = members(cluster, &vhost);
+    let members = vhost.members();
     for queue in replicated_queues() {
         assert_eq!(members.get(&queue), Some(&3), "{queue} of {members:?}");
     }

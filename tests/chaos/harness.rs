@@ -26,7 +26,7 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// Records the producer publishes per confirm window, and the pause between
 /// windows (a steady ~400 records/s keeps the read-back of every record short).
 pub const WINDOW: usize = 40;
-pub const PACE: Duration = Duration::from_millis(100);
+const PACE: Duration = Duration::from_millis(100);
 
 /// One chaos test at a time: one of them stops the broker every test shares.
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
@@ -38,6 +38,7 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A source seeded from `KEYSEAL_CHAOS_SEED` or the time; with its seed.
     pub fn seeded() -> (Self, u64) {
         let seed = std::env::var("KEYSEAL_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
@@ -46,7 +47,7 @@ impl Rng {
         (Self(seed), seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -66,8 +67,8 @@ type RecordKey = (String, String);
 /// What the producer published, and which of it the broker confirmed.
 #[derive(Default)]
 pub struct Ledger {
-    pub published: BTreeMap<RecordKey, Vec<u8>>,
-    pub confirmed: BTreeSet<RecordKey>,
+    published: BTreeMap<RecordKey, Vec<u8>>,
+    confirmed: BTreeSet<RecordKey>,
 }
 
 /// Record `n` of a producer: tenants take turns, payloads are distinct.
@@ -88,12 +89,13 @@ pub fn record(tenants: &[&str], prefix: &str, n: usize, size: usize) -> IngestRe
 /// pace, reconnecting after broker failures (a window whose confirms were
 /// lost counts as published, not confirmed), until stopped.
 pub struct Producer {
-    pub stop: CancellationToken,
-    pub confirmed: Arc<std::sync::atomic::AtomicUsize>,
-    pub task: tokio::task::JoinHandle<Ledger>,
+    stop: CancellationToken,
+    confirmed: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<Ledger>,
 }
 
 impl Producer {
+    /// Starts publishing records of `payload_size` bytes for `tenants` at `amqp_url`.
     pub fn start(amqp_url: String, tenants: &[&str], prefix: &str, payload_size: usize) -> Self {
         let stop = CancellationToken::new();
         let confirmed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -136,6 +138,7 @@ impl Producer {
         Self { stop, confirmed, task }
     }
 
+    /// How many records the broker has confirmed so far.
     pub fn confirmed(&self) -> usize {
         self.confirmed.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -146,6 +149,7 @@ impl Producer {
         wait_until(&format!("{target} records confirmed"), WAIT, || async { self.confirmed() >= target }).await;
     }
 
+    /// Stops publishing; what was published and confirmed.
     pub async fn finish(self) -> Ledger {
         self.stop.cancel();
         self.task.await.expect("producer task")
@@ -154,18 +158,21 @@ impl Producer {
 
 /// One worker's vhost, data dir and port, and its child process when running.
 pub struct Shard {
+    /// The worker's own vhost.
     pub vhost: Vhost,
-    pub data_dir: PathBuf,
-    pub port: u16,
-    pub flags: Vec<String>,
-    pub child: Option<Child>,
+    data_dir: PathBuf,
+    port: u16,
+    flags: Vec<String>,
+    child: Option<Child>,
 }
 
 impl Shard {
+    /// A worker named `name` on `data_dir` with `flags`, not started yet.
     pub fn new(name: &str, data_dir: PathBuf, flags: Vec<String>) -> Self {
         Self { vhost: Vhost::new(name), data_dir, port: free_port(), flags, child: None }
     }
 
+    /// Its admin API's base URL.
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -178,6 +185,7 @@ impl Shard {
         wait_until("the worker to be ready", WAIT, || ready(&base)).await;
     }
 
+    /// Kills the child with SIGKILL and waits for it.
     pub fn kill_9(&mut self) {
         let mut child = self.child.take().expect("worker running");
         child.kill().unwrap(); // SIGKILL
@@ -196,10 +204,12 @@ impl Shard {
         }
     }
 
+    /// `GET /v1/tenants/{tenant}`, when it answers 200.
     pub async fn status(&self, tenant: &str) -> Option<Value> {
         reqwest::get(format!("{}/v1/tenants/{tenant}", self.base())).await.ok()?.json().await.ok()
     }
 
+    /// Records of `tenant` stored (hot and sealed).
     pub async fn stored(&self, tenant: &str) -> u64 {
         counts(&self.base(), tenant).await.map_or(0, |(h, s)| h + s)
     }
@@ -211,7 +221,7 @@ impl Shard {
         self.depth(INGEST_QUEUE).await + self.depth(&shard_queue(0)).await
     }
 
-    pub async fn depth(&self, queue: &str) -> u32 {
+    async fn depth(&self, queue: &str) -> u32 {
         let connection = keyseal::broker::connect(&self.vhost.amqp_url(), "chaos-check").await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         let options = QueueDeclareOptions { passive: true, ..Default::default() };
@@ -238,6 +248,7 @@ impl Shard {
         reasons
     }
 
+    /// The sum of metric `name` on `/metrics`, if present.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let text = reqwest::get(format!("{}/metrics", self.base())).await.ok()?.text().await.ok()?;
         text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -253,6 +264,7 @@ impl Drop for Shard {
     }
 }
 
+/// Whether the worker at `base` answers `/readyz` with 200.
 pub async fn ready(base: &str) -> bool {
     reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status().is_success())
 }
@@ -260,17 +272,20 @@ pub async fn ready(base: &str) -> bool {
 /// The figures a chaos run prints.
 #[derive(Debug, Default)]
 pub struct Figures {
-    pub published: usize,
-    pub confirmed: usize,
-    pub stored: usize,
+    published: usize,
+    confirmed: usize,
+    stored: usize,
+    /// Records sealed.
     pub sealed: usize,
-    pub lost: usize,
-    pub doubled: usize,
-    pub dead_lettered: u32,
+    lost: usize,
+    doubled: usize,
+    dead_lettered: u32,
+    /// SIGKILLs survived.
     pub kills: usize,
 }
 
 impl Figures {
+    /// Prints the figures of `test`.
     pub fn print(&self, test: &str, seed: Option<u64>, started: Instant) {
         println!(
             "chaos figures ({test}): published {}, confirmed {}, stored {} ({} sealed), lost {}, doubled {}, \
@@ -367,7 +382,6 @@ pub async fn drain_and_check(shard: &mut Shard, ledger: &Ledger) -> Figures {
     figures
 }
 
-/// Prints how far into its test a step is, so a slow step shows in CI logs.
 /// The end of a chaos test without kills: stops the producer, drains and
 /// checks the store, reads every confirmed record back, prints the figures.
 pub async fn finish_without_kills(producer: Producer, shard: &mut Shard, test: &str, started: Instant) {
@@ -383,6 +397,7 @@ pub async fn finish_without_kills(producer: Producer, shard: &mut Shard, test: &
     figures.print(test, None, started);
 }
 
+/// Prints how far into its test a step is, so a slow step shows in CI logs.
 pub fn phase(started: Instant, what: &str) {
     println!("[{:6.1} s] {what}", started.elapsed().as_secs_f64());
 }
@@ -418,10 +433,12 @@ pub async fn assert_reads_back(shard: &Shard, ledger: &Ledger) {
 
 /// A size-limited tmpfs, unmounted when dropped.
 pub struct Tmpfs {
+    /// The mount point.
     pub dir: PathBuf,
 }
 
 impl Tmpfs {
+    /// Mounts a tmpfs of `size` on `dir`.
     pub fn mount(dir: &Path, size: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
@@ -433,6 +450,7 @@ impl Tmpfs {
         Self { dir: dir.to_path_buf() }
     }
 
+    /// Changes the size of the mounted tmpfs.
     pub fn resize(&self, size: &str) {
         let out = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.dir).output().unwrap();
         assert!(out.status.success(), "remount tmpfs: {}", String::from_utf8_lossy(&out.stderr));

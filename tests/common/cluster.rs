@@ -140,6 +140,13 @@ impl ClusterVhost {
     pub fn url(&self, n: u8) -> String {
         Cluster::get().url(n, &self.name)
     }
+
+    /// The number of nodes holding each replicated queue of this vhost.
+    pub fn members(&self) -> std::collections::BTreeMap<String, usize> {
+        let args = ["list_queues", "-p", &self.name, "name", "members", "--formatter", "json"];
+        let queues: Vec<serde_json::Value> = serde_json::from_str(&Cluster::get().ctl(1, &args)).expect("JSON");
+        queues.iter().filter_map(|q| Some((q["name"].as_str()?.to_owned(), q["members"].as_array()?.len()))).collect()
+    }
 }
 
 impl Drop for ClusterVhost {

@@ -186,13 +186,6 @@ pub async fn get_record(base: &str, tenant: &str, record_id: &str) -> (u16, Vec<
     (status, response.bytes().await.unwrap().to_vec())
 }
 
-/// Declares a deployment of `shards` shards on `vhost` and places
-/// `tenants` on their shards, as the intake would on their first message:
-/// for benchmarks of the steady state, where every tenant is placed.
-pub async fn place(vhost: &Vhost, shards: u32, tenants: &[String]) {
-    backlog::place_at(&vhost.amqp_url(), shards, tenants).await;
-}
-
 /// Publishes (republishing what the broker nacks, as a producer must) and
 /// asserts every record was confirmed.
 pub async fn publish_confirmed(vhost: &Vhost, records: &[IngestRecord]) {
