@@ -446,7 +446,13 @@ mod tests {
             (defaults.shards, defaults.own_shards, defaults.rebalance_interval),
             (1, None, Duration::from_secs(10))
         );
-        for refused in [["--shards", "0"], ["--own-shards", "2-1"], ["--amqp-heartbeat", "1500ms"]] {
+        for refused in [
+            ["--shards", "0"],
+            ["--own-shards", "2-1"],
+            ["--amqp-heartbeat", "1500ms"],
+            ["--quorum-size", "0"],
+            ["--quorum-size", "8"],
+        ] {
             assert!(parse_flags::<Settings, _, _>(refused).is_err(), "{refused:?} accepted");
         }
     }
